@@ -1,0 +1,42 @@
+-- Dispatchbox schema: the outbox table and the index the claim uses.
+--
+-- Idempotent: safe to run again, and it upgrades a table created by the original
+-- (Python) Dispatchbox in place without touching any row. `dispatchbox migrate` runs
+-- exactly this text (compiled in with include_str!); for `--table other` it substitutes
+-- the quoted name for every `outbox_event` below, and `<table>_suffix` for index names.
+
+CREATE TABLE IF NOT EXISTS outbox_event (
+    id             bigserial PRIMARY KEY,
+    aggregate_type text,
+    aggregate_id   text,
+    event_type     text,
+    payload        jsonb,
+    status         text DEFAULT 'pending',      -- pending | retry | done | dead
+    attempts       int DEFAULT 0,               -- incremented when claimed; the claim's fencing token
+    next_run_at    timestamptz DEFAULT now(),   -- due time; while claimed: the lease expiry
+    created_at     timestamptz DEFAULT now()
+);
+
+-- Columns the original table does not have. A claimed event keeps its status
+-- (pending/retry); locked_by names the worker holding the lease until next_run_at.
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS locked_by    text;
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS locked_at    timestamptz;
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS last_error   text;
+ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS delivered_at timestamptz;
+
+-- The claim index: only pending/retry rows are in it, ordered by due time, so a claim
+-- stays an index range scan however many done/dead rows the table holds. The original
+-- tool created the same partial index under another name; do not build it twice.
+DO $migrate$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1
+        FROM pg_index i
+        WHERE i.indrelid = 'outbox_event'::regclass
+          AND pg_get_indexdef(i.indexrelid) LIKE '%(next_run_at) WHERE (status = ANY (ARRAY[''pending''::text, ''retry''::text]))'
+    ) THEN
+        CREATE INDEX outbox_event_due_idx ON outbox_event (next_run_at)
+            WHERE status IN ('pending', 'retry');
+    END IF;
+END
+$migrate$;

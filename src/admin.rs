@@ -1,0 +1,38 @@
+//! The admin commands: `dispatchbox migrate` and `dispatchbox stats`.
+
+use crate::config::AdminConfig;
+use crate::error::Result;
+use crate::info;
+use crate::store;
+use crate::worker::connect_until;
+use std::io::Write;
+use std::time::Instant;
+
+fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
+    let connector = cfg.dsn.connector()?;
+    connect_until(
+        &connector,
+        Instant::now() + cfg.connect_timeout,
+        &format!("cannot connect to {}", cfg.dsn.redacted()),
+    )
+}
+
+/// Creates or upgrades the table (idempotent; `sql/schema.sql` is the text it runs).
+pub fn migrate(cfg: &AdminConfig) -> Result<()> {
+    let mut client = connect(cfg)?;
+    store::migrate(&mut client, &cfg.table)?;
+    store::check_table(&mut client, &cfg.table)?;
+    info!("table {} is ready", cfg.table);
+    Ok(())
+}
+
+/// Prints `status count` per line: pending, retry, done, dead, then any other status.
+pub fn stats(cfg: &AdminConfig) -> Result<()> {
+    let mut client = connect(cfg)?;
+    store::check_table(&mut client, &cfg.table)?;
+    let mut out = std::io::stdout().lock();
+    for (status, n) in store::stats(&mut client, &cfg.table)? {
+        writeln!(out, "{status} {n}")?;
+    }
+    Ok(())
+}

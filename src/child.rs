@@ -1,0 +1,85 @@
+//! A worker child's start-up: read the configuration line the supervisor wrote on our stdin,
+//! wire signals and the rest of stdin to the worker's inbox, run the worker.
+//!
+//! Stdin after the configuration line carries `stop` / `stop-now`; EOF means the supervisor
+//! is gone (even killed with SIGKILL), and the worker shuts down gracefully.
+
+use crate::config::Config;
+use crate::error::{exit, Error, Result};
+use crate::handler::Router;
+use crate::worker::{self, Ended, Msg};
+use crate::{info, warn};
+use std::io::BufRead;
+use std::sync::mpsc;
+
+pub fn run(index: u32, compiled: &Router) -> Result<u8> {
+    crate::log::set_process(&format!("worker {index}"));
+    let (tx, rx) = mpsc::channel::<Msg>();
+
+    // Signals first, before any other thread starts.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let sig_tx = tx.clone();
+    std::thread::spawn(move || {
+        for (n, _) in signals.forever().enumerate() {
+            let msg = if n == 0 { Msg::Stop } else { Msg::StopNow };
+            if sig_tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    if line.trim().is_empty() {
+        return Err(Error::Usage(
+            "--worker-index is internal: worker processes are started by the supervisor, which \
+             passes their configuration on stdin"
+                .into(),
+        ));
+    }
+    let cfg = Config::from_child_json(line.trim())?;
+    crate::log::set_level(cfg.log_level);
+    drop(stdin);
+
+    let ctl_tx = tx.clone();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.trim() == "stop" => {
+                    let _ = ctl_tx.send(Msg::Stop);
+                }
+                Some(Ok(l)) if l.trim() == "stop-now" => {
+                    let _ = ctl_tx.send(Msg::StopNow);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    warn!("the supervisor is gone (stdin closed): stopping");
+                    let _ = ctl_tx.send(Msg::Stop);
+                    return;
+                }
+            }
+        }
+    });
+
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        crate::log::write(
+            crate::log::Level::Error,
+            format_args!("panic in thread {}: {info}", thread.name().unwrap_or("?")),
+        );
+    }));
+
+    let router = worker::build_router(&cfg, compiled)?;
+    match worker::run(&cfg, &router, index, tx, rx)? {
+        Ended::Drained | Ended::Stopped => {
+            info!("exiting");
+            Ok(exit::OK)
+        }
+    }
+}

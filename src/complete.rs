@@ -1,0 +1,127 @@
+//! The completer's buffer: handler results waiting to be written, grouped into one statement
+//! per flush. Flushes on size, on age (a few milliseconds) and always before exit.
+//!
+//! Invariant: a result leaves this buffer only after the database accepted the batch; on a
+//! lost connection the batch stays here and is written after reconnecting (the fencing in the
+//! statement drops it if the lease was taken over meanwhile).
+
+use crate::backoff::Backoff;
+use crate::handler::Outcome;
+use crate::store::{truncate_error, Completion};
+use std::time::{Duration, Instant};
+
+/// Flush when this many results wait.
+pub const FLUSH_MAX: usize = 1000;
+/// ... or when the oldest has waited this long. This is also the window in which a crash
+/// after a successful delivery leads to a redelivery, so it stays short.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(3);
+
+pub struct Completer {
+    pending: Vec<Completion>,
+    oldest: Option<Instant>,
+    max_attempts: i32,
+    backoff: Backoff,
+    rng: fastrand::Rng,
+}
+
+impl Completer {
+    pub fn new(max_attempts: i32, backoff: Backoff) -> Completer {
+        Completer {
+            pending: Vec::new(),
+            oldest: None,
+            max_attempts,
+            backoff,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Turns a handler outcome into the row's next state: done, retry with backoff, or dead
+    /// (permanent failure, or the attempt that just failed was the last one allowed).
+    pub fn push(&mut self, id: i64, token: i32, outcome: Outcome) {
+        let (status, delay, error) = match outcome {
+            Outcome::Delivered => ("done", 0.0, None),
+            Outcome::Permanent(e) => ("dead", 0.0, Some(e)),
+            Outcome::Retry(e) if token >= self.max_attempts => ("dead", 0.0, Some(e)),
+            Outcome::Retry(e) => {
+                let attempt = u32::try_from(token.max(1)).unwrap_or(1);
+                let d = self.backoff.delay(attempt, &mut self.rng).as_secs_f64();
+                ("retry", d, Some(e))
+            }
+        };
+        self.pending.push(Completion {
+            id,
+            token,
+            status,
+            delay,
+            error: error.map(truncate_error),
+        });
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// When the buffer must be flushed at the latest (None when empty).
+    pub fn due_at(&self) -> Option<Instant> {
+        if self.pending.len() >= FLUSH_MAX {
+            return Some(Instant::now());
+        }
+        self.oldest.map(|t| t + FLUSH_DELAY)
+    }
+
+    pub fn batch(&self) -> &[Completion] {
+        &self.pending
+    }
+
+    /// The database accepted the whole batch.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.oldest = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completer() -> Completer {
+        Completer::new(
+            3,
+            Backoff {
+                base: Duration::from_secs(10),
+                max: Duration::from_secs(100),
+            },
+        )
+    }
+
+    #[test]
+    fn outcomes_map_to_statuses() {
+        let mut c = completer();
+        c.push(1, 1, Outcome::Delivered);
+        c.push(2, 1, Outcome::Retry("boom".into()));
+        c.push(3, 3, Outcome::Retry("last".into()));
+        c.push(4, 1, Outcome::Permanent("rejected".into()));
+        let b = c.batch();
+        assert_eq!((b[0].status, b[0].error.as_deref()), ("done", None));
+        assert_eq!((b[1].status, b[1].error.as_deref()), ("retry", Some("boom")));
+        assert!(b[1].delay >= 7.5 && b[1].delay < 12.5, "{}", b[1].delay);
+        assert_eq!((b[2].status, b[2].error.as_deref()), ("dead", Some("last")));
+        assert_eq!((b[3].status, b[3].error.as_deref()), ("dead", Some("rejected")));
+        assert!(c.due_at().is_some());
+        c.clear();
+        assert!(c.is_empty() && c.due_at().is_none());
+    }
+
+    #[test]
+    fn second_retry_waits_twice_as_long() {
+        let mut c = completer();
+        c.push(1, 2, Outcome::Retry("x".into()));
+        let d = c.batch()[0].delay;
+        assert!((15.0..25.0).contains(&d), "{d}");
+    }
+}

@@ -1,0 +1,429 @@
+//! Raw flags + `DISPATCHBOX_*` environment + libpq environment → one validated `Config`.
+//!
+//! Flags win over the environment. Every value is checked here, once, with an error that
+//! names the flag (and never echoes a DSN). The supervisor hands the resolved configuration
+//! to its worker children as JSON on a pipe (`to_child_json` / `from_child_json`), so secrets
+//! never appear in a child's argv and both sides go through the same validation.
+
+use crate::backoff::Backoff;
+use crate::cli::{env_name, RawArgs};
+use crate::dsn::Dsn;
+use crate::error::{Error, Result};
+use crate::log::Level;
+use std::time::Duration;
+
+/// A table name, optionally schema-qualified, always quoted when put into SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl Table {
+    /// `name` or `schema.name`, taken literally (case-sensitive, like a quoted identifier).
+    pub fn parse(s: &str) -> Result<Table> {
+        let bad = |why: &str| Error::Usage(format!("--table `{s}`: {why}"));
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("expected NAME or SCHEMA.NAME"));
+        }
+        if parts.iter().any(|p| p.contains('\0')) {
+            return Err(bad("contains a NUL byte"));
+        }
+        match parts.as_slice() {
+            [name] => Ok(Table {
+                schema: None,
+                name: name.to_string(),
+            }),
+            [schema, name] => Ok(Table {
+                schema: Some(schema.to_string()),
+                name: name.to_string(),
+            }),
+            _ => Err(bad("expected NAME or SCHEMA.NAME")),
+        }
+    }
+
+    /// The table as SQL: `"schema"."name"` with embedded quotes doubled.
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&self.name)),
+            None => quote_ident(&self.name),
+        }
+    }
+
+    /// An object named after the table (index names): `"name_suffix"`.
+    pub fn quoted_derived(&self, suffix: &str) -> String {
+        quote_ident(&format!("{}{suffix}", self.name))
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dsn: Dsn,
+    pub table: Table,
+    pub processes: u32,
+    pub threads: usize,
+    pub batch_size: u32,
+    pub poll_interval: Duration,
+    pub max_attempts: i32,
+    pub backoff: Backoff,
+    pub lease: Duration,
+    /// `(pattern, target)` as given; `*=stdout` when none were.
+    pub routes: Vec<(String, String)>,
+    pub exec_timeout: Duration,
+    pub drain: bool,
+    pub max_runtime: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub log_level: Level,
+}
+
+/// What `migrate` and `stats` need: no worker settings.
+pub struct AdminConfig {
+    pub dsn: Dsn,
+    pub table: Table,
+    pub log_level: Level,
+    pub connect_timeout: Duration,
+}
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+struct Source<'a> {
+    raw: &'a RawArgs,
+    env: Env<'a>,
+}
+
+impl Source<'_> {
+    /// The flag's value, else its environment variable's; with the name to blame.
+    fn get(&self, flag: &str) -> Option<(String, String)> {
+        if let Some(v) = self.raw.get(flag) {
+            return Some((format!("--{flag}"), v.to_string()));
+        }
+        let var = env_name(flag);
+        (self.env)(&var).map(|v| (var, v))
+    }
+
+    fn int<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+        &self,
+        flag: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T> {
+        let Some((who, v)) = self.get(flag) else {
+            return Ok(default);
+        };
+        let n: T = v.trim().parse().map_err(|_| {
+            Error::Usage(format!("{who}: `{}` is not a whole number", v.trim()))
+        })?;
+        if n < min || n > max {
+            return Err(Error::Usage(format!(
+                "{who}: {n} is out of range ({min} to {max})"
+            )));
+        }
+        Ok(n)
+    }
+
+    fn secs(&self, flag: &str, default: Option<f64>, min: f64, max: f64) -> Result<Option<Duration>> {
+        let Some((who, v)) = self.get(flag) else {
+            return Ok(default.map(Duration::from_secs_f64));
+        };
+        let n: f64 = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite())
+            .ok_or_else(|| Error::Usage(format!("{who}: `{}` is not a number of seconds", v.trim())))?;
+        if n < min || n > max {
+            return Err(Error::Usage(format!(
+                "{who}: {n} is out of range ({min} to {max} seconds)"
+            )));
+        }
+        Ok(Some(Duration::from_secs_f64(n)))
+    }
+
+    fn dsn(&self) -> Result<Dsn> {
+        let text = self.get("dsn").map(|(_, v)| v).unwrap_or_default();
+        if text.trim().is_empty() && !["PGHOST", "PGDATABASE", "PGUSER", "PGSERVICE"]
+            .iter()
+            .any(|v| (self.env)(v).is_some())
+        {
+            return Err(Error::Usage(
+                "no database given: use --dsn, DISPATCHBOX_DSN or the libpq variables (PGHOST, PGDATABASE, ...)"
+                    .into(),
+            ));
+        }
+        Dsn::resolve(&text, self.env)
+    }
+
+    fn table(&self) -> Result<Table> {
+        match self.get("table") {
+            Some((_, v)) => Table::parse(v.trim()),
+            None => Table::parse("outbox_event"),
+        }
+    }
+
+    fn log_level(&self) -> Result<Level> {
+        match self.get("log-level") {
+            None => Ok(Level::Info),
+            Some((who, v)) => Level::parse(v.trim()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{who}: `{}` is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+                    v.trim()
+                ))
+            }),
+        }
+    }
+}
+
+const DAY: f64 = 86_400.0;
+
+impl Config {
+    pub fn from_raw(raw: &RawArgs, env: Env<'_>) -> Result<Config> {
+        let src = Source { raw, env };
+        let log_level = src.log_level()?;
+        let processes = src.int("processes", 1u32, 1, 1024)?;
+        let threads = src.int("threads", 10usize, 1, 4096)?;
+        let batch_size = src.int("batch-size", 10u32, 1, 100_000)?;
+        let poll_interval = src.secs("poll-interval", Some(1.0), 0.001, DAY)?.unwrap_or_default();
+        let max_attempts = src.int("max-attempts", 5i32, 1, 1_000_000)?;
+        let base = src.secs("retry-backoff", Some(30.0), 0.0, 30.0 * DAY)?.unwrap_or_default();
+        let max = src.secs("retry-backoff-max", Some(3600.0), 0.0, 365.0 * DAY)?.unwrap_or_default();
+        if max < base {
+            return Err(Error::Usage(format!(
+                "--retry-backoff-max ({}) is below --retry-backoff ({})",
+                max.as_secs_f64(),
+                base.as_secs_f64()
+            )));
+        }
+        let lease = src.secs("lease", Some(30.0), 1.0, DAY)?.unwrap_or_default();
+        let exec_timeout = src.secs("exec-timeout", Some(30.0), 0.001, DAY)?.unwrap_or_default();
+        let max_runtime = src.secs("max-runtime", None, 0.001, 365.0 * DAY)?;
+        let shutdown_timeout = src.secs("shutdown-timeout", Some(30.0), 0.0, DAY)?.unwrap_or_default();
+        let connect_timeout = src.secs("connect-timeout", Some(30.0), 0.0, DAY)?.unwrap_or_default();
+
+        let mut route_texts = raw.routes.clone();
+        if route_texts.is_empty() {
+            if let Some(v) = env("DISPATCHBOX_ROUTE") {
+                route_texts = v
+                    .split([';', '\n'])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+            }
+        }
+        let mut routes = Vec::new();
+        for r in &route_texts {
+            let (pattern, target) = r.split_once('=').ok_or_else(|| {
+                Error::Usage(format!("--route `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"))
+            })?;
+            crate::handler::Pattern::parse(pattern)
+                .map_err(|e| Error::Usage(format!("--route: {e}")))?;
+            routes.push((pattern.trim().to_string(), target.trim().to_string()));
+        }
+
+        let drain = raw.drain
+            || match env("DISPATCHBOX_DRAIN") {
+                None => false,
+                Some(v) => parse_bool(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "DISPATCHBOX_DRAIN: `{v}` is not a boolean (1/0, true/false, yes/no)"
+                    ))
+                })?,
+            };
+
+        Ok(Config {
+            dsn: src.dsn()?,
+            table: src.table()?,
+            processes,
+            threads,
+            batch_size,
+            poll_interval,
+            max_attempts,
+            backoff: Backoff { base, max },
+            lease,
+            routes,
+            exec_timeout,
+            drain,
+            max_runtime,
+            shutdown_timeout,
+            connect_timeout,
+            log_level,
+        })
+    }
+
+    /// Everything a worker child needs, as one JSON line (contains the password: pipe only).
+    pub fn to_child_json(&self) -> String {
+        let d = |d: Duration| serde_json::Value::from(d.as_secs_f64().to_string());
+        let mut m = serde_json::Map::new();
+        m.insert("dsn".into(), self.dsn.to_conninfo().into());
+        m.insert("table".into(), self.table.to_string().into());
+        m.insert("processes".into(), self.processes.to_string().into());
+        m.insert("threads".into(), self.threads.to_string().into());
+        m.insert("batch-size".into(), self.batch_size.to_string().into());
+        m.insert("poll-interval".into(), d(self.poll_interval));
+        m.insert("max-attempts".into(), self.max_attempts.to_string().into());
+        m.insert("retry-backoff".into(), d(self.backoff.base));
+        m.insert("retry-backoff-max".into(), d(self.backoff.max));
+        m.insert("lease".into(), d(self.lease));
+        m.insert("exec-timeout".into(), d(self.exec_timeout));
+        if let Some(r) = self.max_runtime {
+            m.insert("max-runtime".into(), d(r));
+        }
+        m.insert("shutdown-timeout".into(), d(self.shutdown_timeout));
+        m.insert("connect-timeout".into(), d(self.connect_timeout));
+        m.insert("log-level".into(), self.log_level.as_str().into());
+        let routes: Vec<String> = self.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
+        m.insert("routes".into(), routes.into());
+        m.insert("drain".into(), self.drain.into());
+        serde_json::Value::Object(m).to_string()
+    }
+
+    pub fn from_child_json(line: &str) -> Result<Config> {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Other("configuration from supervisor is not an object".into()))?;
+        let mut raw = RawArgs::default();
+        for flag in crate::cli::VALUE_FLAGS {
+            if let Some(s) = obj.get(*flag).and_then(|v| v.as_str()) {
+                raw.values.push((flag, s.to_string()));
+            }
+        }
+        raw.routes = obj
+            .get("routes")
+            .and_then(|r| r.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
+        // Everything is resolved already: no environment lookups on this side.
+        Config::from_raw(&raw, &|_| None)
+    }
+}
+
+impl AdminConfig {
+    pub fn from_raw(raw: &RawArgs, env: Env<'_>) -> Result<AdminConfig> {
+        let src = Source { raw, env };
+        Ok(AdminConfig {
+            log_level: src.log_level()?,
+            connect_timeout: src.secs("connect-timeout", Some(30.0), 0.0, DAY)?.unwrap_or_default(),
+            dsn: src.dsn()?,
+            table: src.table()?,
+        })
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&'static str, &str)]) -> RawArgs {
+        RawArgs {
+            values: pairs.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_match_the_original_tool() {
+        let c = Config::from_raw(&raw(&[("dsn", "host=h user=u")]), &no_env).unwrap();
+        assert_eq!(c.batch_size, 10);
+        assert_eq!(c.processes, 1);
+        assert_eq!(c.threads, 10);
+        assert_eq!(c.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.table.quoted(), "\"outbox_event\"");
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let env = |k: &str| match k {
+            "DISPATCHBOX_BATCH_SIZE" => Some("50".to_string()),
+            "DISPATCHBOX_THREADS" => Some("3".to_string()),
+            "DISPATCHBOX_DSN" => Some("host=envhost user=u".to_string()),
+            "DISPATCHBOX_ROUTE" => Some("a=stdout; b.*=exec:true".to_string()),
+            "DISPATCHBOX_DRAIN" => Some("yes".to_string()),
+            _ => None,
+        };
+        let c = Config::from_raw(&raw(&[("batch-size", "20")]), &env).unwrap();
+        assert_eq!(c.batch_size, 20);
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.dsn.get("host"), Some("envhost"));
+        assert_eq!(c.routes.len(), 2);
+        assert!(c.drain);
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_by_name() {
+        for (flag, v, expect) in [
+            ("batch-size", "0", "--batch-size: 0 is out of range"),
+            ("poll-interval", "-1", "--poll-interval: -1 is out of range"),
+            ("max-attempts", "0", "--max-attempts: 0 is out of range"),
+            ("threads", "ten", "--threads: `ten` is not a whole number"),
+            ("poll-interval", "NaN", "--poll-interval: `NaN` is not a number"),
+            ("log-level", "loud", "--log-level: `loud` is not one of"),
+            ("table", "a.b.c", "--table `a.b.c`"),
+        ] {
+            let e = Config::from_raw(&raw(&[("dsn", "host=h"), (flag, v)]), &no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(expect), "{flag}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_quoted() {
+        let t = Table::parse("Sales.out\"box").unwrap();
+        assert_eq!(t.quoted(), "\"Sales\".\"out\"\"box\"");
+        assert_eq!(t.quoted_derived("_due_idx"), "\"out\"\"box_due_idx\"");
+        assert!(Table::parse("a.").is_err());
+    }
+
+    #[test]
+    fn child_json_round_trips() {
+        let mut r = raw(&[
+            ("dsn", "host=h user=u password='p w'"),
+            ("batch-size", "77"),
+            ("poll-interval", "0.25"),
+            ("max-runtime", "9"),
+        ]);
+        r.routes = vec!["order.*=exec:sh -c 'cat > /dev/null'".into()];
+        r.drain = true;
+        let c = Config::from_raw(&r, &no_env).unwrap();
+        let back = Config::from_child_json(&c.to_child_json()).unwrap();
+        assert_eq!(back.dsn, c.dsn);
+        assert_eq!(back.batch_size, 77);
+        assert_eq!(back.poll_interval, Duration::from_millis(250));
+        assert_eq!(back.max_runtime, Some(Duration::from_secs(9)));
+        assert_eq!(back.routes, c.routes);
+        assert!(back.drain);
+    }
+}

@@ -1,0 +1,309 @@
+//! What a handler is, and which handler an event type goes to.
+//!
+//! A `Handler` receives one claimed `Event` and says how delivery went. A `Router` maps event
+//! types to handlers with exact names, prefix patterns (`order.*`) and a catch-all (`*`); the
+//! most specific pattern wins (exact, then the longest prefix, then `*`). The router also tells
+//! the claim query which types this worker takes, so events nobody here routes stay pending.
+
+use std::sync::Arc;
+
+/// One claimed event, as a handler sees it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: i64,
+    pub event_type: Option<String>,
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    /// The payload as JSON text (`null` when the column is NULL). Parse it with
+    /// [`Event::payload_json`] if the handler needs a value; sinks that forward it don't.
+    pub payload: String,
+    /// 1 on the first delivery attempt, 2 on the first retry, ...
+    pub attempt: i32,
+}
+
+impl Event {
+    pub fn payload_json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::from_str(&self.payload)
+    }
+
+    /// The event as one JSON object (no trailing newline): id, event_type, aggregate_type,
+    /// aggregate_id, attempt, payload. This is what `stdout` prints and `exec` pipes.
+    pub fn to_json_line(&self) -> String {
+        let s = |v: &Option<String>| match v {
+            Some(v) => serde_json::Value::String(v.clone()).to_string(),
+            None => "null".to_string(),
+        };
+        format!(
+            r#"{{"id":{},"event_type":{},"aggregate_type":{},"aggregate_id":{},"attempt":{},"payload":{}}}"#,
+            self.id,
+            s(&self.event_type),
+            s(&self.aggregate_type),
+            s(&self.aggregate_id),
+            self.attempt,
+            self.payload
+        )
+    }
+}
+
+/// How one delivery attempt went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered: the event becomes `done`.
+    Delivered,
+    /// Failed, worth retrying: `retry` with backoff, or `dead` after `--max-attempts`.
+    Retry(String),
+    /// Failed for good (the receiver rejected the event): straight to `dead`.
+    Permanent(String),
+}
+
+/// A delivery target. Called from several handler threads at once, hence `Sync`.
+/// A panic inside `handle` is caught and counted as a failed (retryable) attempt.
+pub trait Handler: Send + Sync {
+    fn handle(&self, event: &Event) -> Outcome;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Event) -> Outcome + Send + Sync,
+{
+    fn handle(&self, event: &Event) -> Outcome {
+        self(event)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    Exact(String),
+    /// `order.*` is stored as the prefix `order.`.
+    Prefix(String),
+    Any,
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty event-type pattern".into());
+        }
+        if s == "*" {
+            return Ok(Pattern::Any);
+        }
+        if let Some(prefix) = s.strip_suffix('*') {
+            if prefix.contains('*') {
+                return Err(format!(
+                    "pattern `{s}`: `*` is only allowed at the end (e.g. `order.*`)"
+                ));
+            }
+            return Ok(Pattern::Prefix(prefix.to_string()));
+        }
+        if s.contains('*') {
+            return Err(format!(
+                "pattern `{s}`: `*` is only allowed at the end (e.g. `order.*`)"
+            ));
+        }
+        Ok(Pattern::Exact(s.to_string()))
+    }
+
+    pub fn matches(&self, event_type: Option<&str>) -> bool {
+        match (self, event_type) {
+            (Pattern::Any, _) => true,
+            (Pattern::Exact(e), Some(t)) => e == t,
+            (Pattern::Prefix(p), Some(t)) => t.starts_with(p.as_str()),
+            _ => false,
+        }
+    }
+
+    /// Higher is more specific.
+    fn rank(&self) -> usize {
+        match self {
+            Pattern::Exact(_) => usize::MAX,
+            Pattern::Prefix(p) => 1 + p.len(),
+            Pattern::Any => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Exact(e) => f.write_str(e),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+            Pattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Which event types the claim query may take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeFilter {
+    pub all: bool,
+    pub exact: Vec<String>,
+    /// SQL LIKE patterns (`order.%`, with `%`, `_` and `\` escaped in the prefix).
+    pub like: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Vec<(Pattern, String, Arc<dyn Handler>)>,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Routes `pattern` to `handler`; `target` is a name for logs. A pattern given twice
+    /// keeps the first route (compiled-in routes are added before `--route` ones).
+    pub fn add(
+        &mut self,
+        pattern: Pattern,
+        target: impl Into<String>,
+        handler: Arc<dyn Handler>,
+    ) -> &mut Router {
+        if !self.routes.iter().any(|(p, _, _)| *p == pattern) {
+            self.routes.push((pattern, target.into(), handler));
+        }
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The most specific handler for this type, or None when this worker does not route it.
+    pub fn route(&self, event_type: Option<&str>) -> Option<&Arc<dyn Handler>> {
+        self.routes
+            .iter()
+            .filter(|(p, _, _)| p.matches(event_type))
+            .max_by_key(|(p, _, _)| p.rank())
+            .map(|(_, _, h)| h)
+    }
+
+    pub fn describe(&self) -> String {
+        self.routes
+            .iter()
+            .map(|(p, t, _)| format!("{p}={t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn type_filter(&self) -> TypeFilter {
+        let mut f = TypeFilter::default();
+        for (p, _, _) in &self.routes {
+            match p {
+                Pattern::Any => f.all = true,
+                Pattern::Exact(e) => f.exact.push(e.clone()),
+                Pattern::Prefix(prefix) => f.like.push(format!("{}%", escape_like(prefix))),
+            }
+        }
+        f
+    }
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &'static str) -> Arc<dyn Handler> {
+        Arc::new(move |_: &Event| Outcome::Retry(name.to_string()))
+    }
+
+    fn which(r: &Router, t: Option<&str>) -> Option<String> {
+        let ev = Event {
+            id: 1,
+            event_type: None,
+            aggregate_type: None,
+            aggregate_id: None,
+            payload: "null".into(),
+            attempt: 1,
+        };
+        r.route(t).map(|h| match h.handle(&ev) {
+            Outcome::Retry(n) => n,
+            o => panic!("{o:?}"),
+        })
+    }
+
+    #[test]
+    fn most_specific_pattern_wins() {
+        let mut r = Router::new();
+        r.add(Pattern::parse("*").unwrap(), "any", named("any"));
+        r.add(Pattern::parse("order.*").unwrap(), "order", named("order"));
+        r.add(Pattern::parse("order.paid.*").unwrap(), "paid", named("paid"));
+        r.add(Pattern::parse("order.created").unwrap(), "exact", named("exact"));
+        assert_eq!(which(&r, Some("order.created")).as_deref(), Some("exact"));
+        assert_eq!(which(&r, Some("order.paid.eu")).as_deref(), Some("paid"));
+        assert_eq!(which(&r, Some("order.shipped")).as_deref(), Some("order"));
+        assert_eq!(which(&r, Some("user.created")).as_deref(), Some("any"));
+        assert_eq!(which(&r, None).as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn unrouted_types_have_no_handler() {
+        let mut r = Router::new();
+        r.add(Pattern::parse("order.*").unwrap(), "o", named("o"));
+        assert!(r.route(Some("user.created")).is_none());
+        assert!(r.route(Some("order")).is_none(), "`order.*` needs the dot");
+        assert!(r.route(None).is_none());
+        assert_eq!(
+            r.type_filter(),
+            TypeFilter {
+                all: false,
+                exact: vec![],
+                like: vec!["order.%".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn like_patterns_are_escaped() {
+        let mut r = Router::new();
+        r.add(Pattern::parse("a_b%*").unwrap(), "x", named("x"));
+        assert_eq!(r.type_filter().like, vec![r"a\_b\%%".to_string()]);
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse("a*b").is_err());
+        assert!(Pattern::parse("**").is_err());
+        assert_eq!(Pattern::parse("order.*"), Ok(Pattern::Prefix("order.".into())));
+    }
+
+    #[test]
+    fn first_route_for_a_pattern_is_kept() {
+        let mut r = Router::new();
+        r.add(Pattern::Any, "a", named("a"));
+        r.add(Pattern::Any, "b", named("b"));
+        assert_eq!(which(&r, Some("x")).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn json_line_escapes_strings_and_keeps_payload() {
+        let ev = Event {
+            id: 7,
+            event_type: Some("order.\"created\"".into()),
+            aggregate_type: None,
+            aggregate_id: Some("42".into()),
+            payload: r#"{"a": 1}"#.into(),
+            attempt: 2,
+        };
+        let v: serde_json::Value = serde_json::from_str(&ev.to_json_line()).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["event_type"], "order.\"created\"");
+        assert_eq!(v["aggregate_type"], serde_json::Value::Null);
+        assert_eq!(v["aggregate_id"], "42");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["payload"]["a"], 1);
+    }
+}

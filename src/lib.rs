@@ -1,0 +1,107 @@
+//! Dispatchbox: a transactional-outbox worker for PostgreSQL.
+//!
+//! Applications insert an event row into the outbox table in the same transaction as their
+//! business rows; Dispatchbox claims due events with `FOR UPDATE SKIP LOCKED` and a lease,
+//! hands them to handlers on a thread pool, and writes the results back in batches. Delivery
+//! is at least once; while the system is healthy, never twice.
+//!
+//! The binary is a thin `main.rs` over [`main_with`]. To compile your own handlers in, build
+//! your own binary the same way (see `examples/custom_handler.rs`):
+//!
+//! ```no_run
+//! use dispatchbox::{Event, Outcome, Pattern, Router};
+//! use std::sync::Arc;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut routes = Router::new();
+//!     routes.add(Pattern::parse("order.*").unwrap(), "orders", Arc::new(|e: &Event| {
+//!         println!("order event {}", e.id);
+//!         Outcome::Delivered
+//!     }));
+//!     dispatchbox::main_with(routes)
+//! }
+//! ```
+
+pub mod log;
+
+pub mod admin;
+pub mod backoff;
+pub mod cli;
+pub mod complete;
+pub mod config;
+pub mod dsn;
+pub mod error;
+pub mod handler;
+pub mod sink;
+pub mod store;
+pub mod supervisor;
+pub mod worker;
+
+mod child;
+
+pub use error::{Error, Result};
+pub use handler::{Event, Handler, Outcome, Pattern, Router};
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// The whole command line: parse, pick the mode, map errors to exit codes. `compiled` routes
+/// are added before any `--route` (and `*=stdout` is the default only when both are empty).
+pub fn main_with(compiled: Router) -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let env = |k: &str| std::env::var(k).ok();
+    let (mode, raw) = match cli::parse(args) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    let code = match mode {
+        cli::Mode::Help => {
+            print!("{}", cli::HELP);
+            Ok(error::exit::OK)
+        }
+        cli::Mode::Version => {
+            println!("dispatchbox {}", env!("CARGO_PKG_VERSION"));
+            Ok(error::exit::OK)
+        }
+        cli::Mode::Migrate | cli::Mode::Stats => {
+            let cfg = match config::AdminConfig::from_raw(&raw, &env) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            log::set_level(cfg.log_level);
+            log::set_process(if mode == cli::Mode::Migrate { "migrate" } else { "stats" });
+            let r = if mode == cli::Mode::Migrate {
+                admin::migrate(&cfg)
+            } else {
+                admin::stats(&cfg)
+            };
+            r.map(|_| error::exit::OK)
+        }
+        cli::Mode::Worker(index) => child::run(index, &compiled),
+        cli::Mode::Run => {
+            let cfg = match config::Config::from_raw(&raw, &env) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            log::set_level(cfg.log_level);
+            log::set_process("supervisor");
+            // Check the routes now: a bad `exec:` target is a usage error, not a crash loop.
+            if let Err(e) = worker::build_router(&cfg, &compiled) {
+                return usage_error(&e);
+            }
+            supervisor::run(&cfg)
+        }
+    };
+    match code {
+        Ok(c) => ExitCode::from(c),
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn usage_error(e: &Error) -> ExitCode {
+    eprintln!("dispatchbox: {e}");
+    ExitCode::from(e.exit_code())
+}

@@ -1,0 +1,29 @@
+//! Built-in delivery targets, chosen with `--route PATTERN=TARGET`:
+//! `stdout` (one JSON line per event) and `exec:COMMAND ARGS...` (run a program per event).
+//! The HTTP webhook target will live here too.
+
+pub mod exec;
+pub mod stdout;
+
+use crate::handler::Handler;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings the built-in targets share.
+#[derive(Clone, Debug)]
+pub struct SinkOptions {
+    pub exec_timeout: Duration,
+}
+
+/// Builds the handler a `--route` target names, or says what is wrong with it.
+pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>, String> {
+    if target == "stdout" {
+        return Ok(Arc::new(stdout::Stdout));
+    }
+    if let Some(cmd) = target.strip_prefix("exec:") {
+        return Ok(Arc::new(exec::Exec::new(cmd, opts.exec_timeout)?));
+    }
+    Err(format!(
+        "unknown route target `{target}` (expected `stdout` or `exec:COMMAND ARGS...`)"
+    ))
+}

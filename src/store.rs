@@ -1,0 +1,365 @@
+//! Every SQL statement Dispatchbox runs, in one place, with the index that serves it.
+//!
+//! Invariants kept here:
+//! - the claim is one statement in its own (autocommit) transaction: no transaction is ever
+//!   open while a handler runs;
+//! - every write after the claim (complete, extend, release) is fenced by
+//!   `locked_by = <this worker> AND attempts = <token>`, so a worker that lost its lease can
+//!   never overwrite the result of the worker that took the event over;
+//! - one statement per batch (arrays + unnest), never one per event;
+//! - the table name is always a quoted identifier; every value is a bind parameter.
+
+use crate::config::Table;
+use crate::error::{Error, Result};
+use crate::handler::{Event, TypeFilter};
+use postgres::{Client, Statement};
+use std::time::Duration;
+
+/// The schema, compiled in from `sql/schema.sql`: `migrate` and the file cannot drift apart.
+pub const SCHEMA_SQL: &str = include_str!("../sql/schema.sql");
+
+/// Columns the worker needs; a table missing any of them needs `dispatchbox migrate`.
+const REQUIRED_COLUMNS: &[&str] = &[
+    "id",
+    "aggregate_type",
+    "aggregate_id",
+    "event_type",
+    "payload",
+    "status",
+    "attempts",
+    "next_run_at",
+    "created_at",
+    "locked_by",
+    "locked_at",
+    "last_error",
+    "delivered_at",
+];
+
+/// Longest error text stored in `last_error`.
+pub const MAX_ERROR_LEN: usize = 2000;
+
+/// `sql/schema.sql` for another table: every `outbox_event` becomes the quoted table name,
+/// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`.
+pub fn schema_for(table: &Table) -> String {
+    const NAME: &str = "outbox_event";
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(SCHEMA_SQL.len() + 256);
+    let mut rest = SCHEMA_SQL;
+    while let Some(pos) = rest.find(NAME) {
+        let before_ok = rest[..pos].chars().next_back().is_none_or(|c| !is_ident(c));
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + NAME.len()..];
+        let suffix_len = after.find(|c: char| !is_ident(c)).unwrap_or(after.len());
+        if before_ok {
+            let suffix = &after[..suffix_len];
+            if suffix.is_empty() {
+                out.push_str(&table.quoted());
+            } else {
+                out.push_str(&table.quoted_derived(suffix));
+            }
+        } else {
+            out.push_str(NAME);
+            out.push_str(&after[..suffix_len]);
+        }
+        rest = &after[suffix_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Creates or upgrades the table. Serialized with an advisory lock so that several
+/// `migrate` runs (or processes) at once do not trip over each other.
+pub fn migrate(client: &mut Client, table: &Table) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))", &[])?;
+    tx.batch_execute(&schema_for(table))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Checks that the table exists and has every column the worker needs, with an error a user
+/// can act on.
+pub fn check_table(client: &mut Client, table: &Table) -> Result<()> {
+    let row = client.query_one(
+        "SELECT to_regclass($1)::oid::bigint AS oid, current_database()",
+        &[&table.quoted()],
+    )?;
+    let oid: Option<i64> = row.get(0);
+    let db: String = row.get(1);
+    let Some(oid) = oid else {
+        return Err(Error::Database(format!(
+            "table {table} does not exist in database {db}: run `dispatchbox migrate` first"
+        )));
+    };
+    let rows = client.query(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped",
+        &[&oid],
+    )?;
+    let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let missing: Vec<&str> = REQUIRED_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !have.iter().any(|h| h == c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Database(format!(
+            "table {table} lacks column(s) {}: run `dispatchbox migrate` to upgrade it",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// `(status, count)` for every status present, plus the four standard ones even when zero.
+pub fn stats(client: &mut Client, table: &Table) -> Result<Vec<(String, i64)>> {
+    let sql = format!(
+        "SELECT coalesce(status, '(null)'), count(*) FROM {} GROUP BY 1",
+        table.quoted()
+    );
+    let mut out: Vec<(String, i64)> = ["pending", "retry", "done", "dead"]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    for row in client.query(&sql, &[])? {
+        let status: String = row.get(0);
+        let n: i64 = row.get(1);
+        match out.iter_mut().find(|(s, _)| *s == status) {
+            Some(slot) => slot.1 = n,
+            None => out.push((status, n)),
+        }
+    }
+    Ok(out)
+}
+
+/// Event types waiting in the table that `filter` does not take (at most 10, busiest first).
+pub fn unrouted(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<Vec<(String, i64)>> {
+    if f.all {
+        return Ok(Vec::new());
+    }
+    // Served by the claim index (status predicate); a start-up-only scan of waiting rows.
+    let sql = format!(
+        "SELECT coalesce(event_type, '(null)'), count(*) FROM {} \
+         WHERE status IN ('pending', 'retry') \
+           AND NOT coalesce(event_type = ANY($1::text[]) OR event_type LIKE ANY($2::text[]), false) \
+         GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+        table.quoted()
+    );
+    Ok(client
+        .query(&sql, &[&f.exact, &f.like])?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// One claimed row.
+pub struct Claimed {
+    pub event: Event,
+    /// `attempts` after the claim: the fencing token for every later write.
+    pub token: i32,
+    /// The event had used all its attempts (its last worker died holding it): the claim
+    /// marked it `dead` instead of leasing it; do not dispatch it.
+    pub exhausted: bool,
+}
+
+/// A handler's verdict, ready to be written.
+pub struct Completion {
+    pub id: i64,
+    pub token: i32,
+    /// `done`, `retry` or `dead`.
+    pub status: &'static str,
+    /// Seconds until a `retry` is due again (ignored otherwise).
+    pub delay: f64,
+    pub error: Option<String>,
+}
+
+/// A connection with this worker's statements prepared on it.
+pub struct Conn {
+    pub client: Client,
+    claim: Statement,
+    complete: Statement,
+    extend: Statement,
+    release: Statement,
+}
+
+impl Conn {
+    pub fn prepare(mut client: Client, table: &Table) -> Result<Conn, postgres::Error> {
+        let t = table.quoted();
+        // Served by the partial index (next_run_at) WHERE status IN ('pending','retry'):
+        // an index range scan in due order, however many done/dead rows exist. Rows leased by
+        // another worker have next_run_at in the future and are skipped by the range itself;
+        // SKIP LOCKED skips rows another claim is taking right now. An event whose attempts
+        // are used up (its last holder died) is marked dead here instead of leased again.
+        let claim = client.prepare(&format!(
+            "WITH due AS (
+                SELECT id FROM {t}
+                WHERE status IN ('pending', 'retry') AND next_run_at <= now()
+                  AND ($3::bool OR event_type = ANY($4::text[]) OR event_type LIKE ANY($5::text[]))
+                ORDER BY next_run_at
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {t} AS e SET
+                attempts    = CASE WHEN coalesce(e.attempts, 0) >= $6 THEN e.attempts ELSE coalesce(e.attempts, 0) + 1 END,
+                status      = CASE WHEN coalesce(e.attempts, 0) >= $6 THEN 'dead' ELSE e.status END,
+                last_error  = CASE WHEN coalesce(e.attempts, 0) >= $6
+                                   THEN 'attempts exhausted: the lease of the final attempt expired (worker died?)'
+                                   ELSE e.last_error END,
+                next_run_at = CASE WHEN coalesce(e.attempts, 0) >= $6 THEN e.next_run_at
+                                   ELSE now() + make_interval(secs => $2) END,
+                locked_by   = CASE WHEN coalesce(e.attempts, 0) >= $6 THEN NULL ELSE $7 END,
+                locked_at   = CASE WHEN coalesce(e.attempts, 0) >= $6 THEN NULL ELSE now() END
+            FROM due WHERE e.id = due.id
+            RETURNING e.id, e.attempts, e.status, e.event_type, e.aggregate_type, e.aggregate_id,
+                      coalesce(e.payload::text, 'null')"
+        ))?;
+        // Primary-key lookups; fenced by owner and token.
+        let complete = client.prepare(&format!(
+            "UPDATE {t} AS e SET
+                status       = r.status,
+                next_run_at  = CASE WHEN r.status = 'retry'
+                                    THEN now() + make_interval(secs => r.delay) ELSE e.next_run_at END,
+                last_error   = CASE WHEN r.status = 'done' THEN e.last_error ELSE r.error END,
+                delivered_at = CASE WHEN r.status = 'done' THEN now() ELSE e.delivered_at END,
+                locked_by    = NULL,
+                locked_at    = NULL
+            FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[])
+                 AS r(id, token, status, delay, error)
+            WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = $6"
+        ))?;
+        let extend = client.prepare(&format!(
+            "UPDATE {t} AS e SET next_run_at = now() + make_interval(secs => $3)
+            FROM unnest($1::bigint[], $2::int[]) AS r(id, token)
+            WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = $4
+              AND e.status IN ('pending', 'retry')"
+        ))?;
+        // Unstarted at shutdown: due again at once, and the attempt is given back.
+        let release = client.prepare(&format!(
+            "UPDATE {t} AS e SET attempts = e.attempts - 1, next_run_at = now(),
+                                 locked_by = NULL, locked_at = NULL
+            FROM unnest($1::bigint[], $2::int[]) AS r(id, token)
+            WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = $3
+              AND e.status IN ('pending', 'retry')"
+        ))?;
+        Ok(Conn {
+            client,
+            claim,
+            complete,
+            extend,
+            release,
+        })
+    }
+
+    pub fn claim(
+        &mut self,
+        n: u32,
+        lease: Duration,
+        owner: &str,
+        filter: &TypeFilter,
+        max_attempts: i32,
+    ) -> Result<Vec<Claimed>, postgres::Error> {
+        let rows = self.client.query(
+            &self.claim,
+            &[
+                &i64::from(n),
+                &lease.as_secs_f64(),
+                &filter.all,
+                &filter.exact,
+                &filter.like,
+                &max_attempts,
+                &owner,
+            ],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let token: i32 = r.get(1);
+                let status: Option<String> = r.get(2);
+                Claimed {
+                    event: Event {
+                        id: r.get(0),
+                        event_type: r.get(3),
+                        aggregate_type: r.get(4),
+                        aggregate_id: r.get(5),
+                        payload: r.get(6),
+                        attempt: token,
+                    },
+                    token,
+                    exhausted: status.as_deref() == Some("dead"),
+                }
+            })
+            .collect())
+    }
+
+    /// Writes a batch of results; returns how many still belonged to us.
+    pub fn complete(&mut self, owner: &str, batch: &[Completion]) -> Result<u64, postgres::Error> {
+        let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+        let tokens: Vec<i32> = batch.iter().map(|c| c.token).collect();
+        let statuses: Vec<&str> = batch.iter().map(|c| c.status).collect();
+        let delays: Vec<f64> = batch.iter().map(|c| c.delay).collect();
+        let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
+        self.client.execute(
+            &self.complete,
+            &[&ids, &tokens, &statuses, &delays, &errors, &owner],
+        )
+    }
+
+    pub fn extend(
+        &mut self,
+        owner: &str,
+        held: &[(i64, i32)],
+        lease: Duration,
+    ) -> Result<u64, postgres::Error> {
+        let (ids, tokens): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+        self.client
+            .execute(&self.extend, &[&ids, &tokens, &lease.as_secs_f64(), &owner])
+    }
+
+    pub fn release(&mut self, owner: &str, held: &[(i64, i32)]) -> Result<u64, postgres::Error> {
+        let (ids, tokens): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+        self.client.execute(&self.release, &[&ids, &tokens, &owner])
+    }
+}
+
+/// Cuts an error message to `MAX_ERROR_LEN` bytes on a character boundary.
+pub fn truncate_error(mut s: String) -> String {
+    if s.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_for_default_table_only_quotes() {
+        let t = Table::parse("outbox_event").unwrap();
+        let s = schema_for(&t);
+        assert!(s.contains("CREATE TABLE IF NOT EXISTS \"outbox_event\" ("));
+        assert!(s.contains("CREATE INDEX \"outbox_event_due_idx\" ON \"outbox_event\""));
+        assert!(s.contains("'\"outbox_event\"'::regclass"));
+    }
+
+    #[test]
+    fn schema_for_other_table_renames_everything() {
+        let t = Table::parse("ops.Events").unwrap();
+        let s = schema_for(&t);
+        assert!(!s.contains("outbox_event"), "{s}");
+        assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
+        assert!(s.contains("CREATE INDEX \"Events_due_idx\" ON \"ops\".\"Events\""));
+    }
+
+    #[test]
+    fn errors_are_truncated_on_char_boundaries() {
+        let s = truncate_error("é".repeat(MAX_ERROR_LEN));
+        assert!(s.len() <= MAX_ERROR_LEN + '…'.len_utf8());
+        assert!(s.ends_with('…'));
+        assert_eq!(truncate_error("short".into()), "short");
+    }
+}

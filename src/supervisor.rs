@@ -1,0 +1,299 @@
+//! The supervisor: starts `--processes` worker children by re-executing its own binary with
+//! `--worker-index N`, hands each its configuration on a pipe, restarts children that die,
+//! forwards stop requests, and decides the exit code.
+//!
+//! ```text
+//! dispatchbox (supervisor)
+//!   ├─ dispatchbox --worker-index 0   stdin: config JSON line, then "stop" / "stop-now";
+//!   ├─ dispatchbox --worker-index 1   EOF on stdin = the supervisor is gone → graceful stop
+//!   └─ ...                            stderr: forwarded line by line (last error kept)
+//! ```
+//! Invariants: no secret in any child's argv (the DSN travels on the pipe and the child's
+//! environment is stripped of DISPATCHBOX_DSN and PGPASSWORD); a child that fails for a reason
+//! a restart cannot fix (bad configuration, database refused or unreachable) stops everything
+//! with that child's error and exit code instead of being restarted forever.
+
+use crate::backoff::reconnect_delay;
+use crate::config::Config;
+use crate::error::{exit, Error, Result};
+use crate::{error, info, warn};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A child that dies sooner than this after starting counts as failing at start-up.
+const QUICK_DEATH: Duration = Duration::from_secs(10);
+/// Consecutive quick deaths of one child after which the supervisor gives up.
+const MAX_QUICK_DEATHS: u32 = 5;
+
+enum State {
+    Running {
+        child: Child,
+        stdin: Option<ChildStdin>,
+        started: Instant,
+    },
+    /// Died unexpectedly; restart at this instant.
+    Restarting { at: Instant },
+    /// Exited on its own terms with this code.
+    Exited(u8),
+}
+
+struct Slot {
+    index: u32,
+    state: State,
+    quick_deaths: u32,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// The path to re-execute: `/proc/self/exe` (immune to the binary being replaced or the
+/// process having been started through a relative path), else `current_exe()`.
+fn own_exe() -> Result<PathBuf> {
+    let proc_self = PathBuf::from("/proc/self/exe");
+    if proc_self.exists() {
+        return Ok(proc_self);
+    }
+    std::env::current_exe().map_err(Error::Io)
+}
+
+pub fn run(cfg: &Config) -> Result<u8> {
+    // Signals first, before any thread or child exists.
+    let (sig_tx, sig_rx) = mpsc::channel::<i32>();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            if sig_tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+
+    let exe = own_exe()?;
+    let config_line = cfg.to_child_json();
+    let mut rng = fastrand::Rng::new();
+    let mut slots: Vec<Slot> = (0..cfg.processes)
+        .map(|index| Slot {
+            index,
+            state: State::Restarting { at: Instant::now() },
+            quick_deaths: 0,
+            last_error: Arc::new(Mutex::new(None)),
+        })
+        .collect();
+    info!(
+        "starting {} worker process(es) for table {} on {}",
+        cfg.processes,
+        cfg.table,
+        cfg.dsn.redacted()
+    );
+
+    let deadline = cfg.max_runtime.map(|d| Instant::now() + d);
+    let mut stop_requests = 0u32;
+    let mut time_limit_hit = false;
+    // Set when a child failed in a way restarting cannot fix: (code, message).
+    let mut fatal: Option<(u8, String)> = None;
+
+    loop {
+        // Start or restart children that are due.
+        if stop_requests == 0 && fatal.is_none() {
+            for slot in &mut slots {
+                if let State::Restarting { at } = slot.state {
+                    if at <= Instant::now() {
+                        slot.state = spawn(&exe, slot, &config_line)?;
+                    }
+                }
+            }
+        }
+
+        // Reap children.
+        for slot in &mut slots {
+            let State::Running { child, started, .. } = &mut slot.state else {
+                continue;
+            };
+            let Some(status) = child.try_wait()? else {
+                continue;
+            };
+            let lived = started.elapsed();
+            let code = status.code();
+            let stopping = stop_requests > 0 || fatal.is_some();
+            match code {
+                Some(c) if stopping || (c == 0 && cfg.drain) => {
+                    slot.state = State::Exited(c as u8);
+                }
+                Some(c @ 2..=4) => {
+                    let msg = slot
+                        .last_error
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.clone())
+                        .unwrap_or_else(|| format!("exit code {c}"));
+                    error!("worker {} cannot run: {msg}; stopping all workers", slot.index);
+                    fatal = Some((c as u8, format!("worker {} cannot run: {msg}", slot.index)));
+                    slot.state = State::Exited(c as u8);
+                }
+                _ if stopping => slot.state = State::Exited(exit::FAILURE),
+                _ => {
+                    slot.quick_deaths = if lived < QUICK_DEATH {
+                        slot.quick_deaths + 1
+                    } else {
+                        1
+                    };
+                    if slot.quick_deaths >= MAX_QUICK_DEATHS {
+                        let msg = format!(
+                            "worker {} died {} times in a row within {}s of starting ({status}); giving up",
+                            slot.index,
+                            slot.quick_deaths,
+                            QUICK_DEATH.as_secs()
+                        );
+                        error!("{msg}");
+                        fatal = Some((exit::FAILURE, msg));
+                        slot.state = State::Exited(exit::FAILURE);
+                    } else {
+                        let pause = reconnect_delay(slot.quick_deaths, Duration::from_secs(30), &mut rng);
+                        warn!(
+                            "worker {} exited unexpectedly ({status}) after {:.1}s; restarting in {:.1}s",
+                            slot.index,
+                            lived.as_secs_f64(),
+                            pause.as_secs_f64()
+                        );
+                        slot.state = State::Restarting {
+                            at: Instant::now() + pause,
+                        };
+                    }
+                }
+            }
+        }
+
+        // A fatal child error or the time limit: stop the others like a signal would.
+        if (fatal.is_some() || time_limit_hit) && stop_requests == 0 {
+            stop_requests = 1;
+            tell_all(&mut slots, "stop");
+        }
+
+        let running = slots
+            .iter()
+            .filter(|s| matches!(s.state, State::Running { .. }))
+            .count();
+        let waiting_restart = slots
+            .iter()
+            .any(|s| matches!(s.state, State::Restarting { .. }));
+        if running == 0 && (stop_requests > 0 || !waiting_restart) {
+            if let Some((code, msg)) = fatal {
+                return Err(match code {
+                    exit::USAGE => Error::Usage(msg),
+                    exit::UNREACHABLE => Error::Unreachable(msg),
+                    exit::DATABASE => Error::Database(msg),
+                    _ => Error::Other(msg),
+                });
+            }
+            let failed = slots
+                .iter()
+                .any(|s| matches!(s.state, State::Exited(c) if c != 0));
+            if time_limit_hit && cfg.drain {
+                info!("--max-runtime reached before the drain finished");
+                return Ok(exit::TIME_LIMIT);
+            }
+            if failed {
+                return Ok(exit::FAILURE);
+            }
+            info!("all workers finished; exiting");
+            return Ok(exit::OK);
+        }
+
+        // Wait for a signal, the time limit, or the next reap.
+        let mut wait = Duration::from_millis(50);
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        match sig_rx.recv_timeout(wait) {
+            Ok(_) => {
+                stop_requests += 1;
+                if stop_requests == 1 {
+                    info!(
+                        "signal received: stopping workers (a second signal stops without waiting for running handlers)"
+                    );
+                    tell_all(&mut slots, "stop");
+                } else {
+                    info!("second signal: telling workers to stop now");
+                    tell_all(&mut slots, "stop-now");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(d) = deadline {
+            if !time_limit_hit && Instant::now() >= d {
+                info!("--max-runtime reached: stopping workers");
+                time_limit_hit = true;
+            }
+        }
+    }
+}
+
+fn tell_all(slots: &mut [Slot], what: &str) {
+    for slot in slots.iter_mut() {
+        match &mut slot.state {
+            State::Running { stdin, .. } => {
+                if let Some(pipe) = stdin {
+                    if pipe.write_all(format!("{what}\n").as_bytes()).is_err() {
+                        *stdin = None;
+                    }
+                }
+            }
+            // A child waiting to be restarted is simply not restarted.
+            State::Restarting { .. } => slot.state = State::Exited(exit::OK),
+            State::Exited(_) => {}
+        }
+    }
+}
+
+fn spawn(exe: &PathBuf, slot: &mut Slot, config_line: &str) -> Result<State> {
+    let mut child = Command::new(exe)
+        .arg("--worker-index")
+        .arg(slot.index.to_string())
+        .env_remove("DISPATCHBOX_DSN")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Other(format!("cannot start worker {}: {e}", slot.index)))?;
+    let mut stdin = child.stdin.take();
+    if let Some(pipe) = stdin.as_mut() {
+        // The pipe buffer holds the line; a child that died at once shows up when reaped.
+        let _ = pipe.write_all(format!("{config_line}\n").as_bytes());
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let last_error = Arc::clone(&slot.last_error);
+        std::thread::spawn(move || forward_stderr(stderr, &last_error));
+    }
+    info!("started worker {} (pid {})", slot.index, child.id());
+    Ok(State::Running {
+        child,
+        stdin,
+        started: Instant::now(),
+    })
+}
+
+/// Copies a child's log lines to our stderr, remembering its last ERROR message so that the
+/// supervisor can repeat it when the child could not start.
+fn forward_stderr(stderr: std::process::ChildStderr, last_error: &Mutex<Option<String>>) {
+    let reader = BufReader::new(stderr);
+    for line in reader.split(b'\n') {
+        let Ok(mut line) = line else { return };
+        line.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&line);
+        let text = String::from_utf8_lossy(&line);
+        if let Some(pos) = text.find(" ERROR ") {
+            let msg = text[pos + 7..].trim();
+            // Strip the `[worker N pid P]` tag.
+            let msg = msg.split_once("] ").map(|(_, m)| m).unwrap_or(msg);
+            if let Ok(mut slot) = last_error.lock() {
+                *slot = Some(msg.to_string());
+            }
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! One worker process: a DB thread that owns the connection, and a fixed pool of handler
+//! threads inside `std::thread::scope`, wired with two `mpsc` channels.
+//!
+//! ```text
+//!  DB thread: claim ──jobs──▶ handler threads ──inbox (results)──▶ DB thread: complete
+//!             extend leases of in-flight events, release unstarted ones at shutdown
+//! ```
+//! Invariants: no transaction is open while a handler runs (every statement autocommits);
+//! at most `threads + batch_size` events are claimed and not yet finished, so no event waits
+//! in the queue long enough for its lease to matter; results not yet written survive a lost
+//! connection; at shutdown unstarted events are released (attempt given back) and all results
+//! are written before the process exits.
+
+use crate::backoff::reconnect_delay;
+use crate::complete::Completer;
+use crate::config::Config;
+use crate::dsn::Connector;
+use crate::error::{describe_pg, is_transient, Error, Result};
+use crate::handler::{Event, Handler, Outcome, Router, TypeFilter};
+use crate::store::{self, Conn};
+use crate::{debug, error, info, warn};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything the DB thread waits for arrives here.
+#[derive(Debug)]
+pub enum Msg {
+    /// A handler finished an event.
+    Done { id: i64, token: i32, outcome: Outcome },
+    /// A claimed event that no handler started before shutdown.
+    Unstarted { id: i64, token: i32 },
+    /// Stop claiming, finish running handlers (bounded), write results, release the rest.
+    Stop,
+    /// Stop waiting for running handlers.
+    StopNow,
+}
+
+/// How a worker ended (the process exit code follows from it).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// `--drain` and nothing was due any more.
+    Drained,
+    /// Stopped on request, every result written.
+    Stopped,
+}
+
+struct Job {
+    event: Event,
+    token: i32,
+    handler: Arc<dyn Handler>,
+}
+
+/// A unique name for this worker incarnation: written to `locked_by` and used as fence.
+pub fn owner_id(index: u32) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{host}:{}:w{index}:{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+/// Builds the router from compiled-in routes plus `--route`s (`*=stdout` when both are empty).
+pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
+    let opts = crate::sink::SinkOptions {
+        exec_timeout: cfg.exec_timeout,
+    };
+    let mut router = compiled.clone();
+    let mut routes = cfg.routes.clone();
+    if routes.is_empty() && router.is_empty() {
+        routes.push(("*".into(), "stdout".into()));
+    }
+    for (pattern, target) in &routes {
+        let p = crate::handler::Pattern::parse(pattern)
+            .map_err(|e| Error::Usage(format!("--route: {e}")))?;
+        let h = crate::sink::build(target, &opts)
+            .map_err(|e| Error::Usage(format!("--route {pattern}={target}: {e}")))?;
+        router.add(p, target.clone(), h);
+    }
+    Ok(router)
+}
+
+/// Connects, retrying transient failures until `deadline`; authentication and other
+/// non-transient refusals fail at once.
+pub fn connect_until(connector: &Connector, deadline: Instant, what: &str) -> Result<postgres::Client> {
+    let mut rng = fastrand::Rng::new();
+    let mut failures = 0u32;
+    loop {
+        match connector.connect() {
+            Ok(c) => return Ok(c),
+            Err(e) if !is_transient(&e) => {
+                return Err(Error::Database(format!("{what}: {}", describe_pg(&e))))
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    warn!("{what}: {}; retrying", describe_pg(&e));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::Unreachable(format!(
+                        "{what}: {} (gave up after {failures} attempts)",
+                        describe_pg(&e)
+                    )));
+                }
+                let pause = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
+                std::thread::sleep(pause.min(deadline - now));
+            }
+        }
+    }
+}
+
+/// Runs one worker until it drains (`--drain`) or is told to stop through `inbox`.
+/// `tx` is a sender of the same channel, handed to the handler threads.
+pub fn run(
+    cfg: &Config,
+    router: &Router,
+    index: u32,
+    tx: Sender<Msg>,
+    inbox: Receiver<Msg>,
+) -> Result<Ended> {
+    let connector = cfg.dsn.connector()?;
+    let started = Instant::now();
+    let client = connect_until(
+        &connector,
+        started + cfg.connect_timeout,
+        &format!("cannot connect to {}", cfg.dsn.redacted()),
+    )?;
+    let mut client = client;
+    store::check_table(&mut client, &cfg.table)?;
+    let filter = router.type_filter();
+    match store::unrouted(&mut client, &cfg.table, &filter) {
+        Ok(list) if !list.is_empty() => {
+            let shown: Vec<String> = list.iter().map(|(t, n)| format!("{t} ({n})")).collect();
+            warn!(
+                "events of types no route here takes are waiting and stay pending for another worker: {}",
+                shown.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => debug!("could not list unrouted event types: {e}"),
+    }
+    let conn = Conn::prepare(client, &cfg.table).map_err(|e| {
+        if is_transient(&e) {
+            Error::Postgres(e)
+        } else {
+            Error::Database(format!("cannot prepare statements: {}", describe_pg(&e)))
+        }
+    })?;
+    let owner = owner_id(index);
+    info!(
+        "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, owner {owner}",
+        cfg.table,
+        router.describe(),
+        cfg.batch_size,
+        cfg.threads,
+        cfg.lease.as_secs_f64()
+    );
+
+    let stopping = AtomicBool::new(false);
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Mutex::new(job_rx);
+
+    std::thread::scope(|s| {
+        for t in 0..cfg.threads {
+            let tx = tx.clone();
+            let job_rx = &job_rx;
+            let stopping = &stopping;
+            std::thread::Builder::new()
+                .name(format!("handler-{t}"))
+                .spawn_scoped(s, move || handler_loop(job_rx, tx, stopping))
+                .map_err(Error::Io)?;
+        }
+        drop(tx);
+        let mut db = DbThread {
+            cfg,
+            router,
+            filter,
+            owner,
+            connector,
+            conn: Some(conn),
+            inbox,
+            job_tx: Some(job_tx),
+            job_rx: &job_rx,
+            stopping: &stopping,
+            in_flight: HashMap::new(),
+            completer: Completer::new(cfg.max_attempts, cfg.backoff),
+            to_release: Vec::new(),
+            rng: fastrand::Rng::new(),
+            idle_until: None,
+            next_extend: Instant::now() + cfg.lease / 3,
+            reconnect_at: None,
+            outage_since: None,
+            failures: 0,
+            stop_deadline: None,
+            claimed_total: 0,
+        };
+        db.run()
+    })
+}
+
+fn handler_loop(jobs: &Mutex<Receiver<Job>>, tx: Sender<Msg>, stopping: &AtomicBool) {
+    loop {
+        // Only one idle thread waits inside recv() at a time; the rest wait for the lock.
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok(job) = job else { return };
+        if stopping.load(Ordering::SeqCst) {
+            let _ = tx.send(Msg::Unstarted {
+                id: job.event.id,
+                token: job.token,
+            });
+            continue;
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| job.handler.handle(&job.event)))
+            .unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic payload".into());
+                Outcome::Retry(format!("handler panicked: {msg}"))
+            });
+        match &outcome {
+            Outcome::Delivered => {}
+            Outcome::Retry(e) | Outcome::Permanent(e) => debug!(
+                "event {} ({}) attempt {} failed: {e}",
+                job.event.id,
+                job.event.event_type.as_deref().unwrap_or("-"),
+                job.token
+            ),
+        }
+        if tx
+            .send(Msg::Done {
+                id: job.event.id,
+                token: job.token,
+                outcome,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+struct DbThread<'a> {
+    cfg: &'a Config,
+    router: &'a Router,
+    filter: TypeFilter,
+    owner: String,
+    connector: Connector,
+    conn: Option<Conn>,
+    inbox: Receiver<Msg>,
+    job_tx: Option<Sender<Job>>,
+    job_rx: &'a Mutex<Receiver<Job>>,
+    stopping: &'a AtomicBool,
+    /// Claimed and handed to the pool, no result yet: id → token.
+    in_flight: HashMap<i64, i32>,
+    completer: Completer,
+    to_release: Vec<(i64, i32)>,
+    rng: fastrand::Rng,
+    /// Nothing was due: do not claim again before this.
+    idle_until: Option<Instant>,
+    next_extend: Instant,
+    reconnect_at: Option<Instant>,
+    outage_since: Option<Instant>,
+    failures: u32,
+    stop_deadline: Option<Instant>,
+    claimed_total: u64,
+}
+
+enum Step {
+    Continue,
+    Finished(Ended),
+}
+
+impl DbThread<'_> {
+    fn run(&mut self) -> Result<Ended> {
+        loop {
+            // Absorb everything that has arrived.
+            while let Ok(msg) = self.inbox.try_recv() {
+                self.absorb(msg);
+            }
+            if let Step::Finished(e) = self.step()? {
+                return Ok(e);
+            }
+            let wait = self.next_wake().map(|t| t.saturating_duration_since(Instant::now()));
+            match wait {
+                Some(d) if d.is_zero() => {}
+                Some(d) => match self.inbox.recv_timeout(d) {
+                    Ok(msg) => self.absorb(msg),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {}
+                },
+                None => {
+                    if let Ok(msg) = self.inbox.recv() {
+                        self.absorb(msg)
+                    }
+                }
+            }
+        }
+    }
+
+    fn absorb(&mut self, msg: Msg) {
+        match msg {
+            Msg::Done { id, token, outcome } => {
+                if self.in_flight.remove(&id).is_some() {
+                    self.completer.push(id, token, outcome);
+                }
+            }
+            Msg::Unstarted { id, token } => {
+                if self.in_flight.remove(&id).is_some() {
+                    self.to_release.push((id, token));
+                }
+            }
+            Msg::Stop => self.begin_stop(),
+            Msg::StopNow => {
+                if self.stop_deadline.is_none() {
+                    self.begin_stop();
+                }
+                info!("stopping now: not waiting for running handlers");
+                self.stop_deadline = Some(Instant::now());
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        info!(
+            "stopping: no new claims; waiting up to {}s for {} running handler(s)",
+            self.cfg.shutdown_timeout.as_secs_f64(),
+            self.in_flight.len()
+        );
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_deadline = Some(Instant::now() + self.cfg.shutdown_timeout);
+        // Take back what no thread has started. If an idle thread holds the lock inside
+        // recv(), the queue is empty; threads check `stopping` themselves after recv().
+        if let Ok(rx) = self.job_rx.try_lock() {
+            while let Ok(job) = rx.try_recv() {
+                self.in_flight.remove(&job.event.id);
+                self.to_release.push((job.event.id, job.token));
+            }
+        }
+        // Idle threads exit once the queue is closed and empty.
+        self.job_tx = None;
+    }
+
+    /// One pass: keep the connection, write results, extend leases, release, claim.
+    fn step(&mut self) -> Result<Step> {
+        let now = Instant::now();
+        let stopping = self.stop_deadline.is_some();
+        if self.conn.is_none() && self.reconnect_at.is_none_or(|t| t <= now) {
+            self.reconnect()?;
+        }
+        if self.conn.is_some() {
+            let must_flush = !self.completer.is_empty()
+                && (stopping
+                    || self.in_flight.is_empty()
+                    || self.completer.due_at().is_some_and(|t| t <= now));
+            if must_flush {
+                self.db(|w| w.flush())?;
+            }
+            if !self.to_release.is_empty() {
+                self.db(|w| w.release())?;
+            }
+            if !self.in_flight.is_empty() && self.next_extend <= now {
+                self.db(|w| w.extend())?;
+            }
+        }
+
+        if stopping {
+            let everything_written = self.completer.is_empty() && self.to_release.is_empty();
+            if self.in_flight.is_empty() && everything_written {
+                info!("stopped cleanly; all results written");
+                return Ok(Step::Finished(Ended::Stopped));
+            }
+            if self.stop_deadline.is_some_and(|t| t <= now) && (everything_written || self.conn.is_none()) {
+                self.abandon();
+            }
+            return Ok(Step::Continue);
+        }
+
+        if self.conn.is_some() && self.can_claim(now) {
+            let claimed = self.db(|w| w.claim())?;
+            if claimed == Some(0) {
+                if self.cfg.drain && self.in_flight.is_empty() && self.completer.is_empty() {
+                    info!(
+                        "drained: nothing is due any more ({} events claimed by this worker)",
+                        self.claimed_total
+                    );
+                    return Ok(Step::Finished(Ended::Drained));
+                }
+                self.idle_until = Some(now + self.cfg.poll_interval);
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// The shutdown wait is over but handlers still run: their events stay leased and are
+    /// taken over by another worker after the lease expires. Exits the process (the scope
+    /// would otherwise join the running handler threads).
+    fn abandon(&mut self) -> ! {
+        if !self.in_flight.is_empty() {
+            warn!(
+                "{} handler(s) still running at the shutdown deadline; their events stay leased \
+                 and will be retried after the lease ({}s) expires",
+                self.in_flight.len(),
+                self.cfg.lease.as_secs_f64()
+            );
+        }
+        if !self.completer.is_empty() || !self.to_release.is_empty() {
+            warn!(
+                "database unreachable at shutdown: {} result(s) not written; those events \
+                 will be delivered again after their lease expires",
+                self.completer.len() + self.to_release.len()
+            );
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(i32::from(crate::error::exit::OK));
+    }
+
+    fn can_claim(&self, now: Instant) -> bool {
+        if self.job_tx.is_none() || self.idle_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        let limit = self.cfg.threads + self.cfg.batch_size as usize;
+        limit - self.in_flight.len().min(limit) >= self.cfg.batch_size as usize
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if self.conn.is_none() {
+            at(self.reconnect_at.unwrap_or(now));
+        } else {
+            if let Some(t) = self.completer.due_at() {
+                at(t);
+            }
+            if !self.to_release.is_empty() {
+                at(now);
+            }
+            if !self.in_flight.is_empty() {
+                at(self.next_extend);
+            }
+            if self.stop_deadline.is_none() && self.can_claim(now) {
+                at(now);
+            } else if self.stop_deadline.is_none() && self.job_tx.is_some() {
+                if let Some(t) = self.idle_until {
+                    at(t);
+                }
+            }
+        }
+        if let Some(t) = self.stop_deadline {
+            at(t);
+        }
+        wake
+    }
+
+    /// Runs a database operation; a transient failure drops the connection (kept work is
+    /// retried after reconnecting), anything else ends the worker.
+    fn db<T>(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<T, postgres::Error>,
+    ) -> Result<Option<T>> {
+        match op(self) {
+            Ok(v) => {
+                self.failures = 0;
+                Ok(Some(v))
+            }
+            Err(e) if is_transient(&e) => {
+                self.lost_connection(&e);
+                Ok(None)
+            }
+            Err(e) => Err(Error::Database(format!("database refused a statement: {}", describe_pg(&e)))),
+        }
+    }
+
+    fn lost_connection(&mut self, e: &postgres::Error) {
+        if self.outage_since.is_none() {
+            warn!(
+                "lost the database connection ({}); reconnecting, keeping {} unwritten result(s)",
+                describe_pg(e),
+                self.completer.len() + self.to_release.len()
+            );
+            self.outage_since = Some(Instant::now());
+        }
+        self.conn = None;
+        self.failures += 1;
+        self.reconnect_at =
+            Some(Instant::now() + reconnect_delay(self.failures, Duration::from_secs(5), &mut self.rng));
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        let attempt = self
+            .connector
+            .connect()
+            .and_then(|c| Conn::prepare(c, &self.cfg.table));
+        match attempt {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.reconnect_at = None;
+                if let Some(since) = self.outage_since.take() {
+                    info!(
+                        "reconnected after {:.1}s; writing {} kept result(s)",
+                        since.elapsed().as_secs_f64(),
+                        self.completer.len() + self.to_release.len()
+                    );
+                }
+                // Leases may have run out during the outage: extend what is still ours now.
+                self.next_extend = Instant::now();
+                Ok(())
+            }
+            Err(e) if is_transient(&e) => {
+                self.lost_connection(&e);
+                let outage = self.outage_since.map(|t| t.elapsed()).unwrap_or_default();
+                if self.cfg.drain && outage > self.cfg.connect_timeout {
+                    return Err(Error::Unreachable(format!(
+                        "database unreachable for {:.0}s: {}",
+                        outage.as_secs_f64(),
+                        describe_pg(&e)
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::Database(format!("cannot reconnect: {}", describe_pg(&e)))),
+        }
+    }
+
+    fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("called only while connected")
+    }
+
+    fn flush(&mut self) -> Result<(), postgres::Error> {
+        let owner = self.owner.clone();
+        let n = self.completer.len();
+        let written = {
+            let batch = self.completer.batch();
+            let conn = self.conn.as_mut().expect("called only while connected");
+            conn.complete(&owner, batch)?
+        };
+        if (written as usize) < n {
+            warn!(
+                "{} of {n} result(s) were not written: their lease had expired and another worker took them over",
+                n - written as usize
+            );
+        }
+        debug!("wrote {written} result(s)");
+        self.completer.clear();
+        if self.in_flight.is_empty() {
+            // The pipeline is empty: look for work again now rather than after the poll.
+            self.idle_until = None;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), postgres::Error> {
+        let owner = self.owner.clone();
+        let held = std::mem::take(&mut self.to_release);
+        match self.conn().release(&owner, &held) {
+            Ok(n) => {
+                info!("released {n} unstarted event(s): claimable again at once");
+                Ok(())
+            }
+            Err(e) => {
+                self.to_release = held;
+                Err(e)
+            }
+        }
+    }
+
+    fn extend(&mut self) -> Result<(), postgres::Error> {
+        let owner = self.owner.clone();
+        let held: Vec<(i64, i32)> = self.in_flight.iter().map(|(k, v)| (*k, *v)).collect();
+        let lease = self.cfg.lease;
+        let n = self.conn().extend(&owner, &held, lease)?;
+        debug!("extended the lease of {n} in-flight event(s)");
+        if (n as usize) < held.len() {
+            warn!(
+                "{} in-flight event(s) were taken over by another worker before their lease \
+                 could be extended (this worker was cut off longer than --lease)",
+                held.len() - n as usize
+            );
+        }
+        self.next_extend = Instant::now() + lease / 3;
+        Ok(())
+    }
+
+    fn claim(&mut self) -> Result<usize, postgres::Error> {
+        let owner = self.owner.clone();
+        let (n, lease, max) = (self.cfg.batch_size, self.cfg.lease, self.cfg.max_attempts);
+        let filter = self.filter.clone();
+        let claimed = self.conn().claim(n, lease, &owner, &filter, max)?;
+        let count = claimed.len();
+        if self.in_flight.is_empty() {
+            self.next_extend = Instant::now() + lease / 3;
+        }
+        for c in claimed {
+            if c.exhausted {
+                warn!(
+                    "event {} ({}) is dead: its final attempt's lease expired",
+                    c.event.id,
+                    c.event.event_type.as_deref().unwrap_or("-")
+                );
+                continue;
+            }
+            self.claimed_total += 1;
+            let Some(handler) = self.router.route(c.event.event_type.as_deref()).cloned() else {
+                // The claim filter only takes routed types; this cannot normally happen.
+                self.completer.push(
+                    c.event.id,
+                    c.token,
+                    Outcome::Retry("no route for this event type".into()),
+                );
+                continue;
+            };
+            self.in_flight.insert(c.event.id, c.token);
+            let job = Job {
+                token: c.token,
+                event: c.event,
+                handler,
+            };
+            if let Some(tx) = &self.job_tx {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    // All handler threads are gone: give the event back.
+                    self.in_flight.remove(&job.event.id);
+                    self.to_release.push((job.event.id, job.token));
+                }
+            }
+        }
+        if count > 0 {
+            debug!("claimed {count} event(s)");
+        }
+        Ok(count)
+    }
+}
+
+/// Logs a fatal worker error (used by main for the child and single-process paths).
+pub fn report(e: &Error) {
+    error!("{e}");
+}
