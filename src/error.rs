@@ -55,6 +55,15 @@ impl Error {
 /// the server is shutting down or restarting, or it is out of resources for now. Decided
 /// with the driver's predicates and SQLSTATE classes, never by matching message text.
 pub fn is_transient(e: &postgres::Error) -> bool {
+    // A TLS failure (certificate not trusted, wrong host name, server without TLS under
+    // sslmode=require) will fail the same way next time.
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        if cause.downcast_ref::<native_tls::Error>().is_some() {
+            return false;
+        }
+        src = cause.source();
+    }
     if e.is_closed() {
         return true;
     }

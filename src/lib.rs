@@ -89,6 +89,10 @@ pub fn main_with(compiled: Router) -> ExitCode {
             if let Err(e) = worker::build_router(&cfg, &compiled) {
                 return usage_error(&e);
             }
+            // And the TLS files: unreadable certificates are a usage error, reported once.
+            if let Err(e) = cfg.dsn.connector() {
+                return usage_error(&e);
+            }
             supervisor::run(&cfg)
         }
     };

@@ -151,6 +151,18 @@ pub fn unrouted(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<Ve
         .collect())
 }
 
+/// Whether any event this worker could take is leased right now (by anyone). `--drain` waits
+/// for those: they either complete or come due again when their worker died.
+pub fn any_leased(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<bool, postgres::Error> {
+    // Served by the claim index (status predicate); only runs when nothing is due.
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE status IN ('pending', 'retry') AND locked_by IS NOT NULL \
+           AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[])))",
+        table.quoted()
+    );
+    Ok(client.query_one(&sql, &[&f.all, &f.exact, &f.like])?.get(0))
+}
+
 /// One claimed row.
 pub struct Claimed {
     pub event: Event,

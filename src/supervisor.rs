@@ -131,7 +131,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
                         .ok()
                         .and_then(|m| m.clone())
                         .unwrap_or_else(|| format!("exit code {c}"));
-                    error!("worker {} cannot run: {msg}; stopping all workers", slot.index);
+                    info!("worker {} cannot run; stopping all workers", slot.index);
                     fatal = Some((c as u8, format!("worker {} cannot run: {msg}", slot.index)));
                     slot.state = State::Exited(c as u8);
                 }

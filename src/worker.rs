@@ -394,11 +394,17 @@ impl DbThread<'_> {
             let claimed = self.db(|w| w.claim())?;
             if claimed == Some(0) {
                 if self.cfg.drain && self.in_flight.is_empty() && self.completer.is_empty() {
-                    info!(
-                        "drained: nothing is due any more ({} events claimed by this worker)",
-                        self.claimed_total
-                    );
-                    return Ok(Step::Finished(Ended::Drained));
+                    // Events leased by a worker that died come due when the lease expires;
+                    // a drain is finished only when none is leased any more.
+                    let (table, filter) = (self.cfg.table.clone(), self.filter.clone());
+                    let leased = self.db(|w| store::any_leased(&mut w.conn().client, &table, &filter))?;
+                    if leased == Some(false) {
+                        info!(
+                            "drained: nothing is due or leased any more ({} events claimed by this worker)",
+                            self.claimed_total
+                        );
+                        return Ok(Step::Finished(Ended::Drained));
+                    }
                 }
                 self.idle_until = Some(now + self.cfg.poll_interval);
             }

@@ -25,3 +25,5 @@ fn harness_smoke() {
         assert!(cluster.ca_cert_path().is_file());
     }
 }
+
+mod suite;

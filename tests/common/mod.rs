@@ -474,7 +474,10 @@ pub struct Shared {
 impl Shared {
     /// DSN for `dbname` on this server.
     pub fn dsn(&self, dbname: &str) -> String {
-        with_dbname(&self.base_dsn, dbname)
+        match &self.cluster {
+            Some(cluster) => cluster.dsn(dbname),
+            None => with_dbname(&self.base_dsn, dbname),
+        }
     }
 
     /// The local cluster; `None` when the tests run against `DISPATCHBOX_TEST_DSN`.
@@ -662,14 +665,16 @@ fn kv_pairs(dsn: &str) -> Vec<(String, String)> {
     }
 }
 
-/// The DSN for messages, without its password.
+/// The DSN for messages, without its password (the harness's own [`PASSWORD`] may show).
 fn redact(dsn: &str) -> String {
     if dsn.contains("://") {
         // scheme://user:password@host: hide what is between the first ':' and '@'.
         if let (Some(start), Some(at)) = (dsn.find("://"), dsn.rfind('@')) {
             if let Some(colon) = dsn[start + 3..at].find(':') {
                 let colon = start + 3 + colon;
-                return format!("{}:***{}", &dsn[..colon], &dsn[at..]);
+                if &dsn[colon + 1..at] != PASSWORD {
+                    return format!("{}:***{}", &dsn[..colon], &dsn[at..]);
+                }
             }
         }
         return dsn.to_string();
@@ -677,7 +682,7 @@ fn redact(dsn: &str) -> String {
     kv_pairs(dsn)
         .into_iter()
         .map(|(key, raw)| match key.as_str() {
-            "password" => "password=***".to_string(),
+            "password" if raw != PASSWORD => "password=***".to_string(),
             _ => format!("{key}={raw}"),
         })
         .collect::<Vec<_>>()
@@ -902,6 +907,11 @@ fn show(cmd: &Command) -> String {
         .chain(cmd.get_args())
         .map(|arg| {
             let arg = arg.to_string_lossy();
+            let arg = if arg.contains("password=") || (arg.contains("://") && arg.contains('@')) {
+                redact(&arg).into()
+            } else {
+                arg
+            };
             if !arg.is_empty()
                 && arg
                     .chars()
@@ -984,5 +994,7 @@ mod tests {
             "host=h password=*** user=u"
         );
         assert_eq!(redact("postgres://u:s3@h/db"), "postgres://u:***@h/db");
+        let local = format!("host=h password={PASSWORD}");
+        assert_eq!(redact(&local), local);
     }
 }

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Quickstart: build Dispatchbox, start a throwaway PostgreSQL (removed again on exit), load
+# 50 sample events, deliver them to stdout and show the counts per status.
+#
+#   scripts/quickstart.sh
+#
+# Needs cargo and the PostgreSQL server binaries (Debian/Ubuntu: apt-get install -y
+# postgresql). Touches no existing cluster: like the test harness it runs initdb in a temp
+# dir (as the postgres OS user when run as root), on a free port and a private unix socket.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+# Only the DSN below configures the tools, whatever this shell has exported.
+for var in $(compgen -e); do
+    case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
+done
+
+say() { printf '\n== %s\n' "$*"; }
+
+find_bindir() {
+    local dir
+    # Debian layout, highest version first; then pg_config; then PATH.
+    for dir in $(printf "%s\n" /usr/lib/postgresql/*/bin | sort -rV); do
+        [[ -x $dir/initdb && -x $dir/pg_ctl ]] && { echo "$dir"; return; }
+    done
+    if dir=$(pg_config --bindir 2>/dev/null) && [[ -x $dir/initdb && -x $dir/pg_ctl ]]; then
+        echo "$dir"
+        return
+    fi
+    if dir=$(command -v initdb); then
+        dir=$(dirname "$(readlink -f "$dir")")
+        [[ -x $dir/pg_ctl ]] && { echo "$dir"; return; }
+    fi
+    echo "PostgreSQL server binaries (initdb, pg_ctl) not found: install them" \
+        "(Debian/Ubuntu: apt-get install -y postgresql)" >&2
+    exit 1
+}
+
+# A TCP port nobody listens on (bash's /dev/tcp: a refused connect means free).
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    echo "no free TCP port found" >&2
+    exit 1
+}
+
+say "cargo build --release"
+cargo build --release
+bin="${CARGO_TARGET_DIR:-target}/release/dispatchbox"
+
+say "starting a throwaway PostgreSQL"
+bindir=$(find_bindir)
+root=false
+[[ $(id -u) == 0 ]] && root=true
+# The server refuses to run as root: as root, run its programs as the postgres OS user.
+as_pg() {
+    if $root; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-quickstart.XXXXXX")
+data=$tmp/data
+sock=$tmp/sock
+cleanup() {
+    if [[ -f $data/postmaster.pid ]]; then
+        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$data" stop -m fast -w >/dev/null 2>&1) || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$sock"
+printf 's3cret-pw\n' >"$tmp/pwfile"
+if $root; then
+    chmod 755 "$tmp"
+    chown -R postgres: "$tmp"
+fi
+cd "$tmp" # somewhere the postgres user may enter
+as_pg "$bindir/initdb" -D "$data" --auth-local=trust --auth-host=scram-sha-256 \
+    -U postgres --pwfile="$tmp/pwfile" -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" ||
+    { cat "$tmp/initdb.log" >&2; exit 1; }
+port=$(free_port)
+as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+
+# dispatchbox quickstart
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$sock'
+max_connections = 200
+shared_buffers = 128MB
+synchronous_commit = on
+logging_collector = off
+log_min_messages = warning
+EOF
+as_pg "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 start >/dev/null ||
+    { tail -n 30 "$tmp/server.log" >&2; exit 1; }
+cd - >/dev/null
+
+DSN="host=$sock port=$port dbname=outbox user=postgres"
+echo "server: $DSN"
+"$bindir/createdb" -h "$sock" -p "$port" -U postgres outbox
+
+say "dispatchbox migrate"
+"$bin" migrate --dsn "$DSN"
+
+say "loading 50 sample events"
+scripts/generate_outbox_sql.sh 50 | "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -d "$DSN"
+
+say "dispatchbox --drain --route '*=stdout' (one JSON line per delivered event)"
+"$bin" --dsn "$DSN" --drain --route '*=stdout' --poll-interval 0.2
+
+say "dispatchbox stats"
+"$bin" stats --dsn "$DSN"
+
+say "the same, asked with psql"
+"$bindir/psql" -X -v ON_ERROR_STOP=1 -d "$DSN" \
+    -c "SELECT status, count(*) FROM outbox_event GROUP BY 1 ORDER BY 1"

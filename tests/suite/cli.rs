@@ -1,0 +1,170 @@
+//! The binary's contract as a user meets it: flags, errors, exit codes.
+
+use super::drain;
+use crate::common::{self, dispatchbox, run};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn help_and_version() {
+    let out = run(dispatchbox().arg("--help"), T);
+    assert_eq!(out.code, Some(0), "{out}");
+    for flag in [
+        "--dsn",
+        "--processes",
+        "--batch-size",
+        "--poll-interval",
+        "--log-level",
+        "--threads",
+        "--max-attempts",
+        "--retry-backoff",
+        "--retry-backoff-max",
+        "--lease",
+        "--table",
+        "--route",
+        "--drain",
+    ] {
+        assert!(out.stdout.contains(flag), "--help lacks {flag}\n{out}");
+    }
+    let out = run(dispatchbox().arg("--version"), T);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.starts_with("dispatchbox "), "{out}");
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_the_problem() {
+    let dsn = "host=127.0.0.1 user=u password=hunter2";
+    let cases: &[(&[&str], &str)] = &[
+        (&["--batch-size", "0"], "--batch-size: 0 is out of range"),
+        (&["--poll-interval", "-1"], "--poll-interval: -1 is out of range"),
+        (&["--max-attempts", "0"], "--max-attempts: 0 is out of range"),
+        (&["--threads", "many"], "--threads: `many` is not a whole number"),
+        (&["--log-level", "chatty"], "--log-level: `chatty` is not one of"),
+        (&["--bogus"], "unexpected argument: --bogus"),
+        (&["--route", "nothing"], "--route `nothing`: expected PATTERN=TARGET"),
+        (&["--route", "a=carrier-pigeon"], "unknown route target `carrier-pigeon`"),
+        (&["--route", "a*b=stdout"], "only allowed at the end"),
+        (&["--table", "a.b.c"], "--table `a.b.c`"),
+        (&["--retry-backoff", "100", "--retry-backoff-max", "10"], "--retry-backoff-max"),
+    ];
+    for (args, expect) in cases {
+        let out = run(dispatchbox().args(["--dsn", dsn]).args(*args), T);
+        assert_eq!(out.code, Some(2), "{args:?}\n{out}");
+        assert!(out.stderr.contains(expect), "{args:?}: expected {expect:?}\n{out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{args:?}: not one line\n{out}");
+        assert!(!out.stderr.contains("hunter2"), "{args:?}: password echoed\n{out}");
+        assert!(out.stdout.is_empty(), "{out}");
+    }
+}
+
+#[test]
+fn bad_dsns_exit_2_without_echoing_the_password() {
+    for dsn in [
+        "host=h password=hunter2 port=notaport",
+        "host=h password=hunter2 frobnicate=1",
+        "host=h password='hunter2",
+        "hunter2",
+        "host=h password=hunter2 sslmode=maybe",
+        "postgres://u:hunter2@h:5432/db?sslmode=nope",
+        "postgres://u:hunter2@h:notaport/db",
+    ] {
+        let out = run(dispatchbox().args(["--dsn", dsn]), T);
+        assert_eq!(out.code, Some(2), "{dsn}\n{out}");
+        assert!(out.stderr.contains("invalid DSN"), "{dsn}\n{out}");
+        assert!(!out.stderr.contains("hunter2"), "{dsn}: password echoed\n{out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    }
+    let out = run(&mut dispatchbox(), T);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("no database given"), "{out}");
+}
+
+#[test]
+fn environment_variables_configure_and_flags_win() {
+    let db = super::db_with_events(3, "order.created");
+    // DSN from DISPATCHBOX_DSN; a bad DISPATCHBOX_BATCH_SIZE is overridden by the flag.
+    let mut cmd = dispatchbox();
+    cmd.env("DISPATCHBOX_DSN", &db.dsn)
+        .env("DISPATCHBOX_BATCH_SIZE", "0")
+        .env("DISPATCHBOX_ROUTE", "order.*=stdout")
+        .env("DISPATCHBOX_DRAIN", "true")
+        .args(["--batch-size", "2"]);
+    let out = run(&mut cmd, T);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(super::delivered_ids(&out.stdout).len(), 3, "{out}");
+    // Without the flag, the bad environment value is reported by its variable name.
+    let mut cmd = dispatchbox();
+    cmd.env("DISPATCHBOX_DSN", &db.dsn)
+        .env("DISPATCHBOX_BATCH_SIZE", "0");
+    let out = run(&mut cmd, T);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("DISPATCHBOX_BATCH_SIZE: 0 is out of range"), "{out}");
+}
+
+#[test]
+fn libpq_environment_supplies_the_connection() {
+    let db = super::db_with_events(2, "x");
+    let shared = common::shared();
+    let Some(cluster) = shared.cluster() else {
+        // DISPATCHBOX_TEST_DSN mode: the PG* split below needs the local cluster's layout.
+        return;
+    };
+    let mut cmd = dispatchbox();
+    cmd.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", cluster.port().to_string())
+        .env("PGUSER", "postgres")
+        .env("PGPASSWORD", common::PASSWORD)
+        .env("PGDATABASE", &db.name)
+        .env("PGSSLMODE", "disable")
+        .args(["--drain", "--poll-interval", "0.05"]);
+    let out = run(&mut cmd, T);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(super::delivered_ids(&out.stdout).len(), 2, "{out}");
+}
+
+#[test]
+fn missing_table_exits_4_and_suggests_migrate() {
+    let db = common::test_db();
+    let out = drain(&db, &[]);
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(out.stderr.contains("does not exist"), "{out}");
+    assert!(out.stderr.contains("dispatchbox migrate"), "{out}");
+    assert!(!out.stderr.contains(common::PASSWORD), "{out}");
+}
+
+#[test]
+fn wrong_password_exits_4_fast_without_echoing_it() {
+    let db = common::test_db();
+    let Some(cluster) = common::shared().cluster() else {
+        return;
+    };
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres password=wrong-secret dbname={} sslmode=disable",
+        cluster.port(),
+        db.name
+    );
+    let started = std::time::Instant::now();
+    let out = run(dispatchbox().args(["--dsn", &dsn, "--processes", "2"]), T);
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(20), "slow: {:?}", started.elapsed());
+    assert!(out.stderr.contains("password authentication failed"), "{out}");
+    assert!(!out.stderr.contains("wrong-secret"), "{out}");
+}
+
+#[test]
+fn unreachable_database_exits_3_after_connect_timeout() {
+    // A port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dsn = format!("host=127.0.0.1 port={port} user=u password=hunter2 dbname=d");
+    let out = run(
+        dispatchbox().args(["--dsn", &dsn, "--connect-timeout", "1", "--drain"]),
+        T,
+    );
+    assert_eq!(out.code, Some(3), "{out}");
+    assert!(out.stderr.contains("cannot connect"), "{out}");
+    assert!(!out.stderr.contains("hunter2"), "{out}");
+}

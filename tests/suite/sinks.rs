@@ -1,0 +1,118 @@
+//! The built-in targets as users configure them: `stdout` and `exec:`.
+
+use super::{db_with_events, drain};
+use crate::common;
+
+fn status_and_error(db: &common::TestDb, id: i64) -> (String, i32, Option<String>) {
+    let r = db
+        .client()
+        .query_one("SELECT status, attempts, last_error FROM outbox_event WHERE id = $1", &[&id])
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[test]
+fn stdout_prints_one_json_line_per_event() {
+    let db = common::test_db();
+    db.migrate();
+    db.client()
+        .execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
+             VALUES ('order', 'A-1', 'order.created', '{\"total\": 12.5, \"items\": [\"x\"], \"note\": \"line\\nbreak \\\"q\\\"\"}'),
+                    (NULL, NULL, 'odd\"type', NULL)",
+            &[],
+        )
+        .unwrap();
+    let out = drain(&db, &["--route", "*=stdout"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let first = lines.iter().find(|v| v["id"] == 1).unwrap();
+    let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 6);
+    for k in ["id", "event_type", "aggregate_type", "aggregate_id", "attempt", "payload"] {
+        assert!(keys.contains(&k), "missing {k}: {first}");
+    }
+    assert_eq!(first["event_type"], "order.created");
+    assert_eq!(first["aggregate_type"], "order");
+    assert_eq!(first["aggregate_id"], "A-1");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["payload"]["total"], 12.5);
+    assert_eq!(first["payload"]["note"], "line\nbreak \"q\"");
+    let second = lines.iter().find(|v| v["id"] == 2).unwrap();
+    assert_eq!(second["event_type"], "odd\"type");
+    assert!(second["aggregate_type"].is_null() && second["payload"].is_null());
+}
+
+#[test]
+fn exec_success_gets_the_event_on_stdin_and_in_the_environment() {
+    let db = db_with_events(2, "order.created");
+    let dir = std::env::temp_dir().join(format!("dbx-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "exec:sh -c 'cat > {d}/$DISPATCHBOX_EVENT_ID.json; env | grep ^DISPATCHBOX_ | sort > {d}/$DISPATCHBOX_EVENT_ID.env'",
+        d = dir.display()
+    );
+    let out = drain(&db, &["--route", &script]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), 2, "{out}");
+    let json = std::fs::read_to_string(dir.join("2.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["id"], 2);
+    assert_eq!(v["payload"]["n"], 2);
+    let env = std::fs::read_to_string(dir.join("2.env")).unwrap();
+    for line in [
+        "DISPATCHBOX_AGGREGATE_ID=2",
+        "DISPATCHBOX_AGGREGATE_TYPE=order",
+        "DISPATCHBOX_ATTEMPT=1",
+        "DISPATCHBOX_EVENT_ID=2",
+        "DISPATCHBOX_EVENT_TYPE=order.created",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing in\n{env}");
+    }
+    assert!(!env.contains("DISPATCHBOX_DSN"), "{env}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exec_failure_stores_the_stderr_tail() {
+    let db = db_with_events(1, "x");
+    let out = drain(
+        &db,
+        &["--route", "*=exec:sh -c 'seq 1 5000 >&2; echo the-real-reason >&2; exit 7'"],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let (status, attempts, err) = status_and_error(&db, 1);
+    assert_eq!((status.as_str(), attempts), ("retry", 1));
+    let err = err.unwrap();
+    assert!(err.starts_with("exec sh: exit code 7: "), "{err}");
+    assert!(err.ends_with("the-real-reason"), "{err}");
+    assert!(err.len() < 2100, "{}", err.len());
+}
+
+#[test]
+fn exec_timeout_kills_the_program_and_retries() {
+    let db = db_with_events(1, "x");
+    let started = std::time::Instant::now();
+    let out = drain(&db, &["--route", "*=exec:sleep 30", "--exec-timeout", "0.5"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+    let (status, _, err) = status_and_error(&db, 1);
+    assert_eq!(status, "retry");
+    assert!(err.unwrap().contains("timed out after"), "{out}");
+}
+
+#[test]
+fn exec_missing_program_is_a_retryable_failure() {
+    let db = db_with_events(1, "x");
+    let out = drain(&db, &["--route", "*=exec:/nonexistent/notify --fast"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let (status, attempts, err) = status_and_error(&db, 1);
+    assert_eq!((status.as_str(), attempts), ("retry", 1));
+    let err = err.unwrap();
+    assert!(err.contains("/nonexistent/notify") && err.contains("No such file"), "{err}");
+}

@@ -1,0 +1,259 @@
+//! The multi-process supervisor as an operator runs it: exactly-once across processes and
+//! supervisors, crash safety under SIGKILL, graceful shutdown, lease extension, no secrets
+//! in any command line.
+
+use super::{assert_exactly_once, db_with_events, delivered_ids};
+use crate::common::{self, dispatchbox, spawn, wait_until};
+use std::time::{Duration, Instant};
+
+/// Pids of a process's direct children (Linux: /proc/PID/task/*/children).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Alive and not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill").args(["-s", sig, &pid.to_string()]).status();
+}
+
+/// The worker children (dispatchbox processes) under a supervisor.
+fn workers_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).contains("--worker-index"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn three_processes_deliver_20000_events_exactly_once() {
+    let n = 20_000;
+    let db = db_with_events(n, "order.created");
+    let out = super::drain(&db, &["--processes", "3", "--batch-size", "50"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_exactly_once(n, delivered_ids(&out.stdout));
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"), n);
+    for i in 0..3 {
+        assert!(out.stderr.contains(&format!("[worker {i} pid")), "worker {i} never logged\n{}", out.stderr);
+    }
+}
+
+#[test]
+fn two_supervisors_at_once_deliver_every_event_exactly_once() {
+    let n = 10_000;
+    let db = db_with_events(n, "order.created");
+    let start = |bs: &str| {
+        spawn(dispatchbox().args([
+            "--dsn", &db.dsn, "--drain", "--processes", "2", "--batch-size", bs, "--poll-interval", "0.02",
+        ]))
+    };
+    let (a, b) = (start("20"), start("30"));
+    let (a, b) = (a.wait(Duration::from_secs(180)), b.wait(Duration::from_secs(180)));
+    assert_eq!((a.code, b.code), (Some(0), Some(0)), "{a}\n{b}");
+    assert_exactly_once(n, delivered_ids(&a.stdout).into_iter().chain(delivered_ids(&b.stdout)));
+}
+
+#[test]
+fn sigkill_of_random_children_loses_nothing() {
+    let n = 20_000;
+    let db = db_with_events(n, "order.created");
+    // exec slows delivery down so that the drain lasts long enough to kill children during it.
+    let dir = std::env::temp_dir().join(format!("dbx-sigkill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("delivered.log");
+    let sup = spawn(dispatchbox().args([
+        "--dsn", &db.dsn, "--drain", "--processes", "3", "--batch-size", "20", "--lease", "2",
+        "--poll-interval", "0.05", "--route", "*=stdout",
+    ]));
+    let mut kills = 0;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while alive(sup.pid()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let workers = workers_of(sup.pid());
+        if !workers.is_empty() && db.count("SELECT count(*) FROM outbox_event WHERE status <> 'done'") > 0 {
+            kill(workers[rng.usize(..workers.len())], "KILL");
+            kills += 1;
+        }
+    }
+    let out = sup.wait(Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), n, "{out}");
+    let ids = delivered_ids(&out.stdout);
+    let mut counts = vec![0u32; n as usize + 1];
+    for id in &ids {
+        counts[*id as usize] += 1;
+    }
+    assert!(counts[1..].iter().all(|&c| c >= 1), "an event was never delivered");
+    let twice = counts.iter().filter(|&&c| c > 1).count();
+    // Only events in flight at a kill may repeat: per kill at most threads + batch (10 + 20).
+    assert!(twice <= kills * 30, "{twice} duplicates for {kills} kills");
+    // Those are exactly the events whose attempts went above 1.
+    let reclaimed = db.count("SELECT count(*) FROM outbox_event WHERE attempts > 1") as usize;
+    assert!(twice <= reclaimed, "{twice} duplicates but only {reclaimed} events were claimed twice");
+    assert!(out.stderr.contains("exited unexpectedly"), "no child was killed?\n{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = log;
+}
+
+#[test]
+fn sigterm_lets_running_handlers_finish_and_releases_the_rest() {
+    let db = db_with_events(20, "x");
+    let sup = spawn(dispatchbox().args([
+        "--dsn", &db.dsn, "--threads", "2", "--batch-size", "5", "--route", "*=exec:sleep 2",
+        "--shutdown-timeout", "20", "--poll-interval", "0.05",
+    ]));
+    wait_until(Duration::from_secs(30), "handlers are running", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") >= 7
+    });
+    let t0 = Instant::now();
+    sup.signal("TERM");
+    // The unstarted ones are back at once, before the running handlers finish.
+    wait_until(Duration::from_secs(1), "unstarted claims are released", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2
+    });
+    let out = sup.wait(Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), 2, "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0 AND locked_by IS NULL AND next_run_at <= now()"),
+        18
+    );
+    assert!(out.stderr.contains("released 5 unstarted"), "{out}");
+}
+
+#[test]
+fn second_sigterm_stops_without_waiting() {
+    let db = db_with_events(2, "x");
+    let sup = spawn(dispatchbox().args([
+        "--dsn", &db.dsn, "--threads", "2", "--route", "*=exec:sleep 30", "--lease", "5",
+    ]));
+    wait_until(Duration::from_secs(30), "handlers are running", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2
+    });
+    sup.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // Still leased: another worker takes them over after the lease.
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND locked_by IS NOT NULL"), 2);
+}
+
+#[test]
+fn a_handler_slower_than_the_lease_is_delivered_once() {
+    let db = db_with_events(3, "x");
+    let dir = std::env::temp_dir().join(format!("dbx-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("runs.log");
+    let route = format!("*=exec:sh -c 'cat >> {}; sleep 4'", log.display());
+    // Two supervisors compete; the lease is 1 s and each handler takes 4 s.
+    let start = || {
+        spawn(dispatchbox().args([
+            "--dsn", &db.dsn, "--drain", "--lease", "1", "--route", &route, "--poll-interval", "0.1",
+        ]))
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (a.wait(Duration::from_secs(60)), b.wait(Duration::from_secs(60)));
+    assert_eq!((a.code, b.code), (Some(0), Some(0)), "{a}\n{b}");
+    assert_exactly_once(3, delivered_ids(&std::fs::read_to_string(&log).unwrap()));
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn children_stop_when_the_supervisor_is_killed() {
+    let db = db_with_events(0, "x");
+    let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--processes", "2", "--poll-interval", "0.05"]));
+    wait_until(Duration::from_secs(30), "two workers run", || workers_of(sup.pid()).len() == 2);
+    let workers = workers_of(sup.pid());
+    sup.signal("KILL");
+    wait_until(Duration::from_secs(5), "the orphaned workers exit", || {
+        workers.iter().all(|w| !alive(*w))
+    });
+}
+
+#[test]
+fn no_password_in_any_command_line() {
+    let db = db_with_events(0, "x");
+    let sup = spawn(
+        dispatchbox()
+            .env("DISPATCHBOX_DSN", &db.dsn)
+            .args(["--processes", "2", "--route", "*=exec:sleep 20", "--poll-interval", "0.05"]),
+    );
+    wait_until(Duration::from_secs(30), "two workers run", || workers_of(sup.pid()).len() == 2);
+    assert!(db.dsn.contains(common::PASSWORD));
+    for pid in std::iter::once(sup.pid()).chain(workers_of(sup.pid())) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!cmdline.contains(common::PASSWORD), "pid {pid}: {cmdline}");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if pid != sup.pid() {
+            assert!(
+                !String::from_utf8_lossy(&environ).contains(common::PASSWORD),
+                "worker {pid} has the password in its environment"
+            );
+        }
+    }
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(30));
+    assert!(!out.stderr.contains(common::PASSWORD), "{out}");
+}
+
+#[test]
+fn max_runtime_bounds_a_drain() {
+    let db = db_with_events(50, "x");
+    let t0 = Instant::now();
+    let out = super::drain(&db, &["--route", "*=exec:sleep 1", "--threads", "1", "--max-runtime", "1.5"]);
+    assert_eq!(out.code, Some(5), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") >= 1);
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL"), 0);
+}
+
+#[test]
+fn a_worker_that_keeps_crashing_is_restarted() {
+    // Killing a worker while idle: the supervisor restarts it and keeps running.
+    let db = db_with_events(0, "x");
+    let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--poll-interval", "0.05"]));
+    wait_until(Duration::from_secs(30), "a worker runs", || workers_of(sup.pid()).len() == 1);
+    let first = workers_of(sup.pid())[0];
+    kill(first, "KILL");
+    wait_until(Duration::from_secs(30), "a new worker runs", || {
+        let w = workers_of(sup.pid());
+        w.len() == 1 && w[0] != first && alive(w[0])
+    });
+    common::insert_events(&mut db.client(), "outbox_event", 10, "x");
+    wait_until(Duration::from_secs(30), "events are delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 10
+    });
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("exited unexpectedly"), "{out}");
+}
