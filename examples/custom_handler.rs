@@ -28,7 +28,9 @@ impl Handler for Demo {
                 }
             }
             Some("demo.reject") => Outcome::Permanent("rejected by the demo handler".into()),
-            Some("demo.flaky") if event.attempt < 2 => Outcome::Retry("flaky: first try fails".into()),
+            Some("demo.flaky") if event.attempt < 2 => {
+                Outcome::Retry("flaky: first try fails".into())
+            }
             Some("demo.flaky") => Outcome::Delivered,
             Some("demo.panic") => panic!("demo handler exploded on event {}", event.id),
             _ => Outcome::Retry("no demo behaviour for this type".into()),

@@ -69,8 +69,14 @@ mod tests {
             let nominal = b.nominal(attempt).as_secs_f64();
             for _ in 0..500 {
                 let d = b.delay(attempt, &mut rng).as_secs_f64();
-                assert!(d >= nominal * 0.75 - 1e-9, "attempt {attempt}: {d} < 0.75 × {nominal}");
-                assert!(d < nominal * 1.25 + 1e-9, "attempt {attempt}: {d} ≥ 1.25 × {nominal}");
+                assert!(
+                    d >= nominal * 0.75 - 1e-9,
+                    "attempt {attempt}: {d} < 0.75 × {nominal}"
+                );
+                assert!(
+                    d < nominal * 1.25 + 1e-9,
+                    "attempt {attempt}: {d} ≥ 1.25 × {nominal}"
+                );
                 assert!(d <= 3600.0 + 1e-9);
             }
         }

@@ -95,7 +95,10 @@ impl RawArgs {
 }
 
 pub fn env_name(flag: &str) -> String {
-    format!("DISPATCHBOX_{}", flag.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "DISPATCHBOX_{}",
+        flag.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 fn usage(msg: String) -> Error {
@@ -138,12 +141,10 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
             Some("migrate") => mode = Mode::Migrate,
             Some("stats") => mode = Mode::Stats,
             // Not echoed: a misplaced DSN or password must not reach a terminal or a log.
-            Some(_) => {
-                return Err(usage(
-                    "unexpected argument: commands are `migrate` and `stats`; the DSN goes in --dsn"
-                        .into(),
-                ))
-            }
+            Some(_) => return Err(usage(
+                "unexpected argument: commands are `migrate` and `stats`; the DSN goes in --dsn"
+                    .into(),
+            )),
         }
     }
     let rest = p.finish();
@@ -194,8 +195,14 @@ mod tests {
         assert_eq!(r.get("batch-size"), Some("20"));
         assert_eq!(r.routes, vec!["a=stdout", "b.*=exec:true"]);
         assert!(r.drain);
-        assert_eq!(parse(args(&["migrate", "--dsn", "x"])).unwrap().0, Mode::Migrate);
-        assert_eq!(parse(args(&["--worker-index", "3"])).unwrap().0, Mode::Worker(3));
+        assert_eq!(
+            parse(args(&["migrate", "--dsn", "x"])).unwrap().0,
+            Mode::Migrate
+        );
+        assert_eq!(
+            parse(args(&["--worker-index", "3"])).unwrap().0,
+            Mode::Worker(3)
+        );
     }
 
     #[test]

@@ -108,10 +108,16 @@ mod tests {
         c.push(4, 1, Outcome::Permanent("rejected".into()));
         let b = c.batch();
         assert_eq!((b[0].status, b[0].error.as_deref()), ("done", None));
-        assert_eq!((b[1].status, b[1].error.as_deref()), ("retry", Some("boom")));
+        assert_eq!(
+            (b[1].status, b[1].error.as_deref()),
+            ("retry", Some("boom"))
+        );
         assert!(b[1].delay >= 7.5 && b[1].delay < 12.5, "{}", b[1].delay);
         assert_eq!((b[2].status, b[2].error.as_deref()), ("dead", Some("last")));
-        assert_eq!((b[3].status, b[3].error.as_deref()), ("dead", Some("rejected")));
+        assert_eq!(
+            (b[3].status, b[3].error.as_deref()),
+            ("dead", Some("rejected"))
+        );
         assert!(c.due_at().is_some());
         c.clear();
         assert!(c.is_empty() && c.due_at().is_none());

@@ -126,9 +126,10 @@ impl Source<'_> {
         let Some((who, v)) = self.get(flag) else {
             return Ok(default);
         };
-        let n: T = v.trim().parse().map_err(|_| {
-            Error::Usage(format!("{who}: `{}` is not a whole number", v.trim()))
-        })?;
+        let n: T = v
+            .trim()
+            .parse()
+            .map_err(|_| Error::Usage(format!("{who}: `{}` is not a whole number", v.trim())))?;
         if n < min || n > max {
             return Err(Error::Usage(format!(
                 "{who}: {n} is out of range ({min} to {max})"
@@ -137,7 +138,13 @@ impl Source<'_> {
         Ok(n)
     }
 
-    fn secs(&self, flag: &str, default: Option<f64>, min: f64, max: f64) -> Result<Option<Duration>> {
+    fn secs(
+        &self,
+        flag: &str,
+        default: Option<f64>,
+        min: f64,
+        max: f64,
+    ) -> Result<Option<Duration>> {
         let Some((who, v)) = self.get(flag) else {
             return Ok(default.map(Duration::from_secs_f64));
         };
@@ -146,7 +153,9 @@ impl Source<'_> {
             .parse()
             .ok()
             .filter(|n: &f64| n.is_finite())
-            .ok_or_else(|| Error::Usage(format!("{who}: `{}` is not a number of seconds", v.trim())))?;
+            .ok_or_else(|| {
+                Error::Usage(format!("{who}: `{}` is not a number of seconds", v.trim()))
+            })?;
         if n < min || n > max {
             return Err(Error::Usage(format!(
                 "{who}: {n} is out of range ({min} to {max} seconds)"
@@ -157,9 +166,10 @@ impl Source<'_> {
 
     fn dsn(&self) -> Result<Dsn> {
         let text = self.get("dsn").map(|(_, v)| v).unwrap_or_default();
-        if text.trim().is_empty() && !["PGHOST", "PGDATABASE", "PGUSER", "PGSERVICE"]
-            .iter()
-            .any(|v| (self.env)(v).is_some())
+        if text.trim().is_empty()
+            && !["PGHOST", "PGDATABASE", "PGUSER", "PGSERVICE"]
+                .iter()
+                .any(|v| (self.env)(v).is_some())
         {
             return Err(Error::Usage(
                 "no database given: use --dsn, DISPATCHBOX_DSN or the libpq variables (PGHOST, PGDATABASE, ...)"
@@ -198,10 +208,16 @@ impl Config {
         let processes = src.int("processes", 1u32, 1, 1024)?;
         let threads = src.int("threads", 10usize, 1, 4096)?;
         let batch_size = src.int("batch-size", 10u32, 1, 100_000)?;
-        let poll_interval = src.secs("poll-interval", Some(1.0), 0.001, DAY)?.unwrap_or_default();
+        let poll_interval = src
+            .secs("poll-interval", Some(1.0), 0.001, DAY)?
+            .unwrap_or_default();
         let max_attempts = src.int("max-attempts", 5i32, 1, 1_000_000)?;
-        let base = src.secs("retry-backoff", Some(30.0), 0.0, 30.0 * DAY)?.unwrap_or_default();
-        let max = src.secs("retry-backoff-max", Some(3600.0), 0.0, 365.0 * DAY)?.unwrap_or_default();
+        let base = src
+            .secs("retry-backoff", Some(30.0), 0.0, 30.0 * DAY)?
+            .unwrap_or_default();
+        let max = src
+            .secs("retry-backoff-max", Some(3600.0), 0.0, 365.0 * DAY)?
+            .unwrap_or_default();
         if max < base {
             return Err(Error::Usage(format!(
                 "--retry-backoff-max ({}) is below --retry-backoff ({})",
@@ -210,10 +226,16 @@ impl Config {
             )));
         }
         let lease = src.secs("lease", Some(30.0), 1.0, DAY)?.unwrap_or_default();
-        let exec_timeout = src.secs("exec-timeout", Some(30.0), 0.001, DAY)?.unwrap_or_default();
+        let exec_timeout = src
+            .secs("exec-timeout", Some(30.0), 0.001, DAY)?
+            .unwrap_or_default();
         let max_runtime = src.secs("max-runtime", None, 0.001, 365.0 * DAY)?;
-        let shutdown_timeout = src.secs("shutdown-timeout", Some(30.0), 0.0, DAY)?.unwrap_or_default();
-        let connect_timeout = src.secs("connect-timeout", Some(30.0), 0.0, DAY)?.unwrap_or_default();
+        let shutdown_timeout = src
+            .secs("shutdown-timeout", Some(30.0), 0.0, DAY)?
+            .unwrap_or_default();
+        let connect_timeout = src
+            .secs("connect-timeout", Some(30.0), 0.0, DAY)?
+            .unwrap_or_default();
 
         let mut route_texts = raw.routes.clone();
         if route_texts.is_empty() {
@@ -229,7 +251,9 @@ impl Config {
         let mut routes = Vec::new();
         for r in &route_texts {
             let (pattern, target) = r.split_once('=').ok_or_else(|| {
-                Error::Usage(format!("--route `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"))
+                Error::Usage(format!(
+                    "--route `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                ))
             })?;
             crate::handler::Pattern::parse(pattern)
                 .map_err(|e| Error::Usage(format!("--route: {e}")))?;
@@ -287,7 +311,11 @@ impl Config {
         m.insert("shutdown-timeout".into(), d(self.shutdown_timeout));
         m.insert("connect-timeout".into(), d(self.connect_timeout));
         m.insert("log-level".into(), self.log_level.as_str().into());
-        let routes: Vec<String> = self.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|(p, t)| format!("{p}={t}"))
+            .collect();
         m.insert("routes".into(), routes.into());
         m.insert("drain".into(), self.drain.into());
         serde_json::Value::Object(m).to_string()
@@ -307,7 +335,11 @@ impl Config {
         raw.routes = obj
             .get("routes")
             .and_then(|r| r.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
         // Everything is resolved already: no environment lookups on this side.
@@ -320,7 +352,9 @@ impl AdminConfig {
         let src = Source { raw, env };
         Ok(AdminConfig {
             log_level: src.log_level()?,
-            connect_timeout: src.secs("connect-timeout", Some(30.0), 0.0, DAY)?.unwrap_or_default(),
+            connect_timeout: src
+                .secs("connect-timeout", Some(30.0), 0.0, DAY)?
+                .unwrap_or_default(),
             dsn: src.dsn()?,
             table: src.table()?,
         })
@@ -388,7 +422,11 @@ mod tests {
             ("poll-interval", "-1", "--poll-interval: -1 is out of range"),
             ("max-attempts", "0", "--max-attempts: 0 is out of range"),
             ("threads", "ten", "--threads: `ten` is not a whole number"),
-            ("poll-interval", "NaN", "--poll-interval: `NaN` is not a number"),
+            (
+                "poll-interval",
+                "NaN",
+                "--poll-interval: `NaN` is not a number",
+            ),
             ("log-level", "loud", "--log-level: `loud` is not one of"),
             ("table", "a.b.c", "--table `a.b.c`"),
         ] {

@@ -161,12 +161,15 @@ impl Dsn {
         for (k, _) in &self.params {
             if !DRIVER_KEYS.contains(&k.as_str()) && !TLS_KEYS.contains(&k.as_str()) {
                 // Echo only names that look like parameter names, never a stray value.
-                let shown = if k.len() <= 40 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    format!(" `{k}`")
-                } else {
-                    String::new()
-                };
-                return Err(Error::Usage(format!("invalid DSN: unknown parameter{shown}")));
+                let shown =
+                    if k.len() <= 40 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        format!(" `{k}`")
+                    } else {
+                        String::new()
+                    };
+                return Err(Error::Usage(format!(
+                    "invalid DSN: unknown parameter{shown}"
+                )));
             }
         }
         self.ssl_mode()?;
@@ -411,10 +414,7 @@ fn parse_keyword_value(text: &str) -> Result<Vec<(String, String)>> {
 
 /// `postgres[ql]://[user[:password]@][host][:port][,host[:port]...][/dbname][?key=value&...]`
 fn parse_uri(text: &str) -> Result<Vec<(String, String)>> {
-    let rest = text
-        .split_once("://")
-        .map(|(_, r)| r)
-        .unwrap_or_default();
+    let rest = text.split_once("://").map(|(_, r)| r).unwrap_or_default();
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
@@ -549,7 +549,10 @@ fn pgpass_lookup(dsn: &Dsn, env: &dyn Fn(&str) -> Option<String>) -> Option<Stri
             continue;
         }
         let ok = |f: &str, v: &str| f == "*" || f == v;
-        if ok(&fields[0], host) && ok(&fields[1], port) && ok(&fields[2], db) && ok(&fields[3], user)
+        if ok(&fields[0], host)
+            && ok(&fields[1], port)
+            && ok(&fields[2], db)
+            && ok(&fields[3], user)
         {
             return Some(fields[4].clone());
         }

@@ -239,8 +239,16 @@ mod tests {
         let mut r = Router::new();
         r.add(Pattern::parse("*").unwrap(), "any", named("any"));
         r.add(Pattern::parse("order.*").unwrap(), "order", named("order"));
-        r.add(Pattern::parse("order.paid.*").unwrap(), "paid", named("paid"));
-        r.add(Pattern::parse("order.created").unwrap(), "exact", named("exact"));
+        r.add(
+            Pattern::parse("order.paid.*").unwrap(),
+            "paid",
+            named("paid"),
+        );
+        r.add(
+            Pattern::parse("order.created").unwrap(),
+            "exact",
+            named("exact"),
+        );
         assert_eq!(which(&r, Some("order.created")).as_deref(), Some("exact"));
         assert_eq!(which(&r, Some("order.paid.eu")).as_deref(), Some("paid"));
         assert_eq!(which(&r, Some("order.shipped")).as_deref(), Some("order"));
@@ -277,7 +285,10 @@ mod tests {
         assert!(Pattern::parse("").is_err());
         assert!(Pattern::parse("a*b").is_err());
         assert!(Pattern::parse("**").is_err());
-        assert_eq!(Pattern::parse("order.*"), Ok(Pattern::Prefix("order.".into())));
+        assert_eq!(
+            Pattern::parse("order.*"),
+            Ok(Pattern::Prefix("order.".into()))
+        );
     }
 
     #[test]

@@ -69,7 +69,11 @@ pub fn main_with(compiled: Router) -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             log::set_level(cfg.log_level);
-            log::set_process(if mode == cli::Mode::Migrate { "migrate" } else { "stats" });
+            log::set_process(if mode == cli::Mode::Migrate {
+                "migrate"
+            } else {
+                "stats"
+            });
             let r = if mode == cli::Mode::Migrate {
                 admin::migrate(&cfg)
             } else {

@@ -68,10 +68,7 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let tag = TAG
-        .get()
-        .map(String::as_str)
-        .unwrap_or("dispatchbox");
+    let tag = TAG.get().map(String::as_str).unwrap_or("dispatchbox");
     let line = format!("{} {:<8} [{}] {}\n", rfc3339_now(), level.name(), tag, args);
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

@@ -71,7 +71,10 @@ pub fn schema_for(table: &Table) -> String {
 /// `migrate` runs (or processes) at once do not trip over each other.
 pub fn migrate(client: &mut Client, table: &Table) -> Result<()> {
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))", &[])?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))",
+        &[],
+    )?;
     tx.batch_execute(&schema_for(table))?;
     tx.commit()?;
     Ok(())
@@ -153,7 +156,11 @@ pub fn unrouted(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<Ve
 
 /// Whether any event this worker could take is leased right now (by anyone). `--drain` waits
 /// for those: they either complete or come due again when their worker died.
-pub fn any_leased(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<bool, postgres::Error> {
+pub fn any_leased(
+    client: &mut Client,
+    table: &Table,
+    f: &TypeFilter,
+) -> Result<bool, postgres::Error> {
     // Served by the claim index (status predicate); only runs when nothing is due.
     let sql = format!(
         "SELECT EXISTS (SELECT 1 FROM {} WHERE status IN ('pending', 'retry') AND locked_by IS NOT NULL \

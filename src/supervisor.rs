@@ -153,7 +153,8 @@ pub fn run(cfg: &Config) -> Result<u8> {
                         fatal = Some((exit::FAILURE, msg));
                         slot.state = State::Exited(exit::FAILURE);
                     } else {
-                        let pause = reconnect_delay(slot.quick_deaths, Duration::from_secs(30), &mut rng);
+                        let pause =
+                            reconnect_delay(slot.quick_deaths, Duration::from_secs(30), &mut rng);
                         warn!(
                             "worker {} exited unexpectedly ({status}) after {:.1}s; restarting in {:.1}s",
                             slot.index,

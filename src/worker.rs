@@ -30,7 +30,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum Msg {
     /// A handler finished an event.
-    Done { id: i64, token: i32, outcome: Outcome },
+    Done {
+        id: i64,
+        token: i32,
+        outcome: Outcome,
+    },
     /// A claimed event that no handler started before shutdown.
     Unstarted { id: i64, token: i32 },
     /// Stop claiming, finish running handlers (bounded), write results, release the rest.
@@ -88,7 +92,11 @@ pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
 
 /// Connects, retrying transient failures until `deadline`; authentication and other
 /// non-transient refusals fail at once.
-pub fn connect_until(connector: &Connector, deadline: Instant, what: &str) -> Result<postgres::Client> {
+pub fn connect_until(
+    connector: &Connector,
+    deadline: Instant,
+    what: &str,
+) -> Result<postgres::Client> {
     let mut rng = fastrand::Rng::new();
     let mut failures = 0u32;
     loop {
@@ -116,26 +124,20 @@ pub fn connect_until(connector: &Connector, deadline: Instant, what: &str) -> Re
     }
 }
 
-/// Runs one worker until it drains (`--drain`) or is told to stop through `inbox`.
-/// `tx` is a sender of the same channel, handed to the handler threads.
-pub fn run(
+/// Connects, checks the table, reports unrouted types, prepares the statements.
+fn start_up(
     cfg: &Config,
-    router: &Router,
-    index: u32,
-    tx: Sender<Msg>,
-    inbox: Receiver<Msg>,
-) -> Result<Ended> {
-    let connector = cfg.dsn.connector()?;
-    let started = Instant::now();
-    let client = connect_until(
-        &connector,
-        started + cfg.connect_timeout,
+    connector: &Connector,
+    deadline: Instant,
+    filter: &TypeFilter,
+) -> Result<Conn> {
+    let mut client = connect_until(
+        connector,
+        deadline,
         &format!("cannot connect to {}", cfg.dsn.redacted()),
     )?;
-    let mut client = client;
     store::check_table(&mut client, &cfg.table)?;
-    let filter = router.type_filter();
-    match store::unrouted(&mut client, &cfg.table, &filter) {
+    match store::unrouted(&mut client, &cfg.table, filter) {
         Ok(list) if !list.is_empty() => {
             let shown: Vec<String> = list.iter().map(|(t, n)| format!("{t} ({n})")).collect();
             warn!(
@@ -146,13 +148,53 @@ pub fn run(
         Ok(_) => {}
         Err(e) => debug!("could not list unrouted event types: {e}"),
     }
-    let conn = Conn::prepare(client, &cfg.table).map_err(|e| {
+    Conn::prepare(client, &cfg.table).map_err(|e| {
         if is_transient(&e) {
             Error::Postgres(e)
         } else {
             Error::Database(format!("cannot prepare statements: {}", describe_pg(&e)))
         }
-    })?;
+    })
+}
+
+/// Runs one worker until it drains (`--drain`) or is told to stop through `inbox`.
+/// `tx` is a sender of the same channel, handed to the handler threads.
+pub fn run(
+    cfg: &Config,
+    router: &Router,
+    index: u32,
+    tx: Sender<Msg>,
+    inbox: Receiver<Msg>,
+) -> Result<Ended> {
+    let connector = cfg.dsn.connector()?;
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let filter = router.type_filter();
+    let mut rng = fastrand::Rng::new();
+    let mut failures = 0;
+    // A connection lost during start-up (server restarting, backend terminated) is retried
+    // like a failed connect, within --connect-timeout.
+    let conn = loop {
+        match start_up(cfg, &connector, deadline, &filter) {
+            Ok(conn) => break conn,
+            Err(Error::Postgres(e)) if is_transient(&e) && Instant::now() < deadline => {
+                failures += 1;
+                if failures == 1 {
+                    warn!(
+                        "connection lost during start-up ({}); retrying",
+                        describe_pg(&e)
+                    );
+                }
+                std::thread::sleep(reconnect_delay(failures, Duration::from_secs(2), &mut rng));
+            }
+            Err(Error::Postgres(e)) if is_transient(&e) => {
+                return Err(Error::Unreachable(format!(
+                    "database unreachable during start-up: {}",
+                    describe_pg(&e)
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let owner = owner_id(index);
     info!(
         "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, owner {owner}",
@@ -292,7 +334,9 @@ impl DbThread<'_> {
             if let Step::Finished(e) = self.step()? {
                 return Ok(e);
             }
-            let wait = self.next_wake().map(|t| t.saturating_duration_since(Instant::now()));
+            let wait = self
+                .next_wake()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             match wait {
                 Some(d) if d.is_zero() => {}
                 Some(d) => match self.inbox.recv_timeout(d) {
@@ -384,7 +428,9 @@ impl DbThread<'_> {
                 info!("stopped cleanly; all results written");
                 return Ok(Step::Finished(Ended::Stopped));
             }
-            if self.stop_deadline.is_some_and(|t| t <= now) && (everything_written || self.conn.is_none()) {
+            if self.stop_deadline.is_some_and(|t| t <= now)
+                && (everything_written || self.conn.is_none())
+            {
                 self.abandon();
             }
             return Ok(Step::Continue);
@@ -397,7 +443,8 @@ impl DbThread<'_> {
                     // Events leased by a worker that died come due when the lease expires;
                     // a drain is finished only when none is leased any more.
                     let (table, filter) = (self.cfg.table.clone(), self.filter.clone());
-                    let leased = self.db(|w| store::any_leased(&mut w.conn().client, &table, &filter))?;
+                    let leased =
+                        self.db(|w| store::any_leased(&mut w.conn().client, &table, &filter))?;
                     if leased == Some(false) {
                         info!(
                             "drained: nothing is due or leased any more ({} events claimed by this worker)",
@@ -489,7 +536,10 @@ impl DbThread<'_> {
                 self.lost_connection(&e);
                 Ok(None)
             }
-            Err(e) => Err(Error::Database(format!("database refused a statement: {}", describe_pg(&e)))),
+            Err(e) => Err(Error::Database(format!(
+                "database refused a statement: {}",
+                describe_pg(&e)
+            ))),
         }
     }
 
@@ -504,8 +554,9 @@ impl DbThread<'_> {
         }
         self.conn = None;
         self.failures += 1;
-        self.reconnect_at =
-            Some(Instant::now() + reconnect_delay(self.failures, Duration::from_secs(5), &mut self.rng));
+        self.reconnect_at = Some(
+            Instant::now() + reconnect_delay(self.failures, Duration::from_secs(5), &mut self.rng),
+        );
     }
 
     fn reconnect(&mut self) -> Result<()> {
@@ -540,7 +591,10 @@ impl DbThread<'_> {
                 }
                 Ok(())
             }
-            Err(e) => Err(Error::Database(format!("cannot reconnect: {}", describe_pg(&e)))),
+            Err(e) => Err(Error::Database(format!(
+                "cannot reconnect: {}",
+                describe_pg(&e)
+            ))),
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// The exit code a program uses to say "never retry this event".
 pub const PERMANENT_EXIT: i32 = 65;
 /// How much of the program's stderr is kept for the error message.
-const STDERR_TAIL: usize = 2048;
+const STDERR_TAIL: usize = 1500;
 
 pub struct Exec {
     program: String,
@@ -100,7 +100,9 @@ impl Exec {
                     )));
                 }
                 Ok(None) => {
-                    std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                    std::thread::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    );
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
                 Err(e) => return Err(Outcome::Retry(format!("exec {}: {e}", self.program))),
@@ -110,7 +112,9 @@ impl Exec {
             return Ok(());
         }
         // The program exited: its stderr is closed unless a grandchild holds it; wait briefly.
-        let tail = rx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
+        let tail = rx
+            .recv_timeout(Duration::from_millis(200))
+            .unwrap_or_default();
         let tail = String::from_utf8_lossy(&tail[tail.len().saturating_sub(STDERR_TAIL)..])
             .trim()
             .to_string();

@@ -37,23 +37,54 @@ fn bad_flags_exit_2_with_one_line_naming_the_problem() {
     let dsn = "host=127.0.0.1 user=u password=hunter2";
     let cases: &[(&[&str], &str)] = &[
         (&["--batch-size", "0"], "--batch-size: 0 is out of range"),
-        (&["--poll-interval", "-1"], "--poll-interval: -1 is out of range"),
-        (&["--max-attempts", "0"], "--max-attempts: 0 is out of range"),
-        (&["--threads", "many"], "--threads: `many` is not a whole number"),
-        (&["--log-level", "chatty"], "--log-level: `chatty` is not one of"),
+        (
+            &["--poll-interval", "-1"],
+            "--poll-interval: -1 is out of range",
+        ),
+        (
+            &["--max-attempts", "0"],
+            "--max-attempts: 0 is out of range",
+        ),
+        (
+            &["--threads", "many"],
+            "--threads: `many` is not a whole number",
+        ),
+        (
+            &["--log-level", "chatty"],
+            "--log-level: `chatty` is not one of",
+        ),
         (&["--bogus"], "unexpected argument: --bogus"),
-        (&["--route", "nothing"], "--route `nothing`: expected PATTERN=TARGET"),
-        (&["--route", "a=carrier-pigeon"], "unknown route target `carrier-pigeon`"),
+        (
+            &["--route", "nothing"],
+            "--route `nothing`: expected PATTERN=TARGET",
+        ),
+        (
+            &["--route", "a=carrier-pigeon"],
+            "unknown route target `carrier-pigeon`",
+        ),
         (&["--route", "a*b=stdout"], "only allowed at the end"),
         (&["--table", "a.b.c"], "--table `a.b.c`"),
-        (&["--retry-backoff", "100", "--retry-backoff-max", "10"], "--retry-backoff-max"),
+        (
+            &["--retry-backoff", "100", "--retry-backoff-max", "10"],
+            "--retry-backoff-max",
+        ),
     ];
     for (args, expect) in cases {
         let out = run(dispatchbox().args(["--dsn", dsn]).args(*args), T);
         assert_eq!(out.code, Some(2), "{args:?}\n{out}");
-        assert!(out.stderr.contains(expect), "{args:?}: expected {expect:?}\n{out}");
-        assert_eq!(out.stderr.trim().lines().count(), 1, "{args:?}: not one line\n{out}");
-        assert!(!out.stderr.contains("hunter2"), "{args:?}: password echoed\n{out}");
+        assert!(
+            out.stderr.contains(expect),
+            "{args:?}: expected {expect:?}\n{out}"
+        );
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{args:?}: not one line\n{out}"
+        );
+        assert!(
+            !out.stderr.contains("hunter2"),
+            "{args:?}: password echoed\n{out}"
+        );
         assert!(out.stdout.is_empty(), "{out}");
     }
 }
@@ -72,7 +103,10 @@ fn bad_dsns_exit_2_without_echoing_the_password() {
         let out = run(dispatchbox().args(["--dsn", dsn]), T);
         assert_eq!(out.code, Some(2), "{dsn}\n{out}");
         assert!(out.stderr.contains("invalid DSN"), "{dsn}\n{out}");
-        assert!(!out.stderr.contains("hunter2"), "{dsn}: password echoed\n{out}");
+        assert!(
+            !out.stderr.contains("hunter2"),
+            "{dsn}: password echoed\n{out}"
+        );
         assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
     }
     let out = run(&mut dispatchbox(), T);
@@ -99,7 +133,11 @@ fn environment_variables_configure_and_flags_win() {
         .env("DISPATCHBOX_BATCH_SIZE", "0");
     let out = run(&mut cmd, T);
     assert_eq!(out.code, Some(2), "{out}");
-    assert!(out.stderr.contains("DISPATCHBOX_BATCH_SIZE: 0 is out of range"), "{out}");
+    assert!(
+        out.stderr
+            .contains("DISPATCHBOX_BATCH_SIZE: 0 is out of range"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -147,8 +185,15 @@ fn wrong_password_exits_4_fast_without_echoing_it() {
     let started = std::time::Instant::now();
     let out = run(dispatchbox().args(["--dsn", &dsn, "--processes", "2"]), T);
     assert_eq!(out.code, Some(4), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(20), "slow: {:?}", started.elapsed());
-    assert!(out.stderr.contains("password authentication failed"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "slow: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.stderr.contains("password authentication failed"),
+        "{out}"
+    );
     assert!(!out.stderr.contains("wrong-secret"), "{out}");
 }
 

@@ -13,9 +13,25 @@ fn two_workers_on_one_table_deliver_every_event_exactly_once() {
     let n = 5000;
     let db = db_with_events(n, "order.created");
     let mut a = common::dispatchbox();
-    a.args(["--dsn", &db.dsn, "--drain", "--batch-size", "10", "--poll-interval", "0.01"]);
+    a.args([
+        "--dsn",
+        &db.dsn,
+        "--drain",
+        "--batch-size",
+        "10",
+        "--poll-interval",
+        "0.01",
+    ]);
     let mut b = common::dispatchbox();
-    b.args(["--dsn", &db.dsn, "--drain", "--batch-size", "7", "--poll-interval", "0.01"]);
+    b.args([
+        "--dsn",
+        &db.dsn,
+        "--drain",
+        "--batch-size",
+        "7",
+        "--poll-interval",
+        "0.01",
+    ]);
     let a = common::spawn(&mut a);
     let b = common::spawn(&mut b);
     let a = a.wait(Duration::from_secs(120));
@@ -24,9 +40,17 @@ fn two_workers_on_one_table_deliver_every_event_exactly_once() {
     assert_eq!(b.code, Some(0), "{b}");
     let ids_a = delivered_ids(&a.stdout);
     let ids_b = delivered_ids(&b.stdout);
-    assert!(!ids_a.is_empty() && !ids_b.is_empty(), "one worker did everything: {} / {}", ids_a.len(), ids_b.len());
+    assert!(
+        !ids_a.is_empty() && !ids_b.is_empty(),
+        "one worker did everything: {} / {}",
+        ids_a.len(),
+        ids_b.len()
+    );
     assert_exactly_once(n, ids_a.into_iter().chain(ids_b));
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"), n);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
+        n
+    );
 }
 
 fn conn(db: &common::TestDb) -> Conn {
@@ -50,7 +74,10 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].token, 1);
     // While A's lease holds, B gets nothing.
-    assert!(b.claim(10, lease, "worker-b", &all(), 5).unwrap().is_empty());
+    assert!(b
+        .claim(10, lease, "worker-b", &all(), 5)
+        .unwrap()
+        .is_empty());
 
     common::wait_until(Duration::from_secs(10), "the lease expires", || {
         db.count("SELECT count(*) FROM outbox_event WHERE next_run_at <= now()") == 1
@@ -60,18 +87,46 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     assert_eq!(taken[0].token, 2);
 
     // A finishes late: its result, its extension and its release change nothing.
-    let late = Completion { id: 1, token: 1, status: "done", delay: 0.0, error: None };
+    let late = Completion {
+        id: 1,
+        token: 1,
+        status: "done",
+        delay: 0.0,
+        error: None,
+    };
     assert_eq!(a.complete("worker-a", &[late]).unwrap(), 0);
     assert_eq!(a.extend("worker-a", &[(1, 1)], lease).unwrap(), 0);
     assert_eq!(a.release("worker-a", &[(1, 1)]).unwrap(), 0);
     // Even with the right token, the owner check holds.
-    let forged = Completion { id: 1, token: 2, status: "dead", delay: 0.0, error: None };
+    let forged = Completion {
+        id: 1,
+        token: 2,
+        status: "dead",
+        delay: 0.0,
+        error: None,
+    };
     assert_eq!(a.complete("worker-a", &[forged]).unwrap(), 0);
-    let r = db.client().query_one("SELECT status, attempts, locked_by FROM outbox_event", &[]).unwrap();
-    assert_eq!((r.get::<_, String>(0), r.get::<_, i32>(1), r.get::<_, Option<String>>(2)), ("pending".into(), 2, Some("worker-b".into())));
+    let r = db
+        .client()
+        .query_one("SELECT status, attempts, locked_by FROM outbox_event", &[])
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, i32>(1),
+            r.get::<_, Option<String>>(2)
+        ),
+        ("pending".into(), 2, Some("worker-b".into()))
+    );
 
     // B's result is the one that counts.
-    let ok = Completion { id: 1, token: 2, status: "done", delay: 0.0, error: None };
+    let ok = Completion {
+        id: 1,
+        token: 2,
+        status: "done",
+        delay: 0.0,
+        error: None,
+    };
     assert_eq!(b.complete("worker-b", &[ok]).unwrap(), 1);
     assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 2 AND locked_by IS NULL"), 1);
 }
@@ -94,12 +149,19 @@ fn extending_a_lease_keeps_the_event_from_being_taken_over() {
 fn release_gives_the_event_back_at_once_with_its_attempt() {
     let db = db_with_events(2, "x");
     let mut a = conn(&db);
-    let claimed = a.claim(2, Duration::from_secs(60), "worker-a", &all(), 5).unwrap();
+    let claimed = a
+        .claim(2, Duration::from_secs(60), "worker-a", &all(), 5)
+        .unwrap();
     assert_eq!(claimed.len(), 2);
     assert_eq!(a.release("worker-a", &[(1, 1), (2, 1)]).unwrap(), 2);
     assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE attempts = 0 AND locked_by IS NULL AND next_run_at <= now()"), 2);
     let mut b = conn(&db);
-    assert_eq!(b.claim(2, Duration::from_secs(60), "worker-b", &all(), 5).unwrap().len(), 2);
+    assert_eq!(
+        b.claim(2, Duration::from_secs(60), "worker-b", &all(), 5)
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]

@@ -9,7 +9,10 @@ fn private_db(cluster: &common::Cluster, n: i64) -> String {
     let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
     c.batch_execute("CREATE DATABASE faults").unwrap();
     let dsn = cluster.dsn("faults");
-    let out = common::run(dispatchbox().args(["migrate", "--dsn", &dsn]), Duration::from_secs(60));
+    let out = common::run(
+        dispatchbox().args(["migrate", "--dsn", &dsn]),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(0), "{out}");
     let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
     common::insert_events(&mut c, "outbox_event", n, "order.created");
@@ -32,17 +35,36 @@ fn a_worker_survives_a_server_restart_and_loses_nothing() {
     let log = dir.join("delivered.log");
     let route = format!("*=exec:sh -c 'cat >> {}'", log.display());
     let worker = spawn(dispatchbox().args([
-        "--dsn", &dsn, "--drain", "--route", &route, "--lease", "3", "--poll-interval", "0.05",
-        "--processes", "2", "--batch-size", "20",
+        "--dsn",
+        &dsn,
+        "--drain",
+        "--route",
+        &route,
+        "--lease",
+        "3",
+        "--poll-interval",
+        "0.05",
+        "--processes",
+        "2",
+        "--batch-size",
+        "20",
     ]));
     common::wait_until(Duration::from_secs(60), "some events are done", || {
-        count(&dsn, "SELECT count(*) FROM outbox_event WHERE status = 'done'").unwrap_or(0) >= 200
+        count(
+            &dsn,
+            "SELECT count(*) FROM outbox_event WHERE status = 'done'",
+        )
+        .unwrap_or(0)
+            >= 200
     });
     cluster.restart();
     let out = worker.wait(Duration::from_secs(180));
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(
-        count(&dsn, "SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        count(
+            &dsn,
+            "SELECT count(*) FROM outbox_event WHERE status = 'done'"
+        ),
         Some(n),
         "{out}"
     );
@@ -57,7 +79,10 @@ fn a_worker_survives_a_server_restart_and_loses_nothing() {
     // plus the handler threads.
     assert!(twice <= 2 * (20 + 10), "{twice} events delivered twice");
     let outages = out.stderr.matches("lost the database connection").count();
-    assert!((1..=2).contains(&outages), "expected one outage line per worker\n{out}");
+    assert!(
+        (1..=2).contains(&outages),
+        "expected one outage line per worker\n{out}"
+    );
     assert!(out.stderr.contains("reconnected after"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -70,16 +95,30 @@ fn a_killed_connection_is_reestablished() {
     let worker = spawn(dispatchbox().args(["--dsn", &dsn, "--poll-interval", "0.05"]));
     let mut c = db.client();
     let backends = |c: &mut postgres::Client| -> i64 {
-        c.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&app])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .unwrap()
+        .get(0)
     };
-    common::wait_until(Duration::from_secs(30), "the worker connects", || backends(&mut c) == 1);
-    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&app])
-        .unwrap();
-    common::wait_until(Duration::from_secs(30), "the worker reconnects", || {
-        worker.stderr_so_far().contains("reconnected after")
+    common::wait_until(Duration::from_secs(30), "the worker is ready", || {
+        worker.stderr_so_far().contains("worker ready") && backends(&mut c) == 1
     });
+    c.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&app],
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !worker.stderr_so_far().contains("reconnected after") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not reconnect:\n{}",
+            worker.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     common::insert_events(&mut c, "outbox_event", 50, "x");
     common::wait_until(Duration::from_secs(30), "new events are delivered", || {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 50
@@ -88,7 +127,11 @@ fn a_killed_connection_is_reestablished() {
     let out = worker.wait(Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{out}");
     assert_exactly_once(50, delivered_ids(&out.stdout));
-    assert_eq!(out.stderr.matches("lost the database connection").count(), 1, "{out}");
+    assert_eq!(
+        out.stderr.matches("lost the database connection").count(),
+        1,
+        "{out}"
+    );
 }
 
 #[test]
@@ -102,5 +145,9 @@ fn start_up_waits_for_a_database_that_comes_up_late() {
     let out = worker.wait(Duration::from_secs(90));
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(delivered_ids(&out.stdout).len(), 5, "{out}");
-    assert_eq!(out.stderr.matches("retrying").count(), 1, "logged once per outage\n{out}");
+    assert_eq!(
+        out.stderr.matches("retrying").count(),
+        1,
+        "logged once per outage\n{out}"
+    );
 }

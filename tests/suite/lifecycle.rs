@@ -37,7 +37,10 @@ fn row(db: &TestDb, id: i64) -> Row {
 
 fn make_due(db: &TestDb) {
     db.client()
-        .execute("UPDATE outbox_event SET next_run_at = now() WHERE status = 'retry'", &[])
+        .execute(
+            "UPDATE outbox_event SET next_run_at = now() WHERE status = 'retry'",
+            &[],
+        )
         .unwrap();
 }
 
@@ -76,7 +79,10 @@ fn failure_retries_with_backoff_then_dies_at_max_attempts() {
     assert_eq!((r.status.as_str(), r.attempts), ("retry", 1), "{out}");
     assert!((74.0..=125.5).contains(&r.due_in), "due in {}", r.due_in);
     let err = r.last_error.unwrap();
-    assert!(err.contains("exit code 3") && err.contains("delivery refused"), "{err}");
+    assert!(
+        err.contains("exit code 3") && err.contains("delivery refused"),
+        "{err}"
+    );
     assert_eq!(r.locked_by, None);
 
     // Not due yet: a drain does nothing.
@@ -113,7 +119,16 @@ fn backoff_is_capped() {
         .unwrap();
     let out = drain(
         &db,
-        &["--route", "*=exec:false", "--max-attempts", "50", "--retry-backoff", "30", "--retry-backoff-max", "60"],
+        &[
+            "--route",
+            "*=exec:false",
+            "--max-attempts",
+            "50",
+            "--retry-backoff",
+            "30",
+            "--retry-backoff-max",
+            "60",
+        ],
     );
     assert_eq!(out.code, Some(0), "{out}");
     let r = row(&db, 1);
@@ -124,7 +139,10 @@ fn backoff_is_capped() {
 #[test]
 fn exec_exit_65_is_a_permanent_failure() {
     let db = db_with_events(1, "x");
-    let out = drain(&db, &["--route", "*=exec:sh -c 'echo malformed >&2; exit 65'"]);
+    let out = drain(
+        &db,
+        &["--route", "*=exec:sh -c 'echo malformed >&2; exit 65'"],
+    );
     assert_eq!(out.code, Some(0), "{out}");
     let r = row(&db, 1);
     assert_eq!((r.status.as_str(), r.attempts), ("dead", 1));
@@ -167,22 +185,46 @@ fn compiled_in_handlers_outcomes_and_panics() {
     for t in ["demo.ok", "demo.reject", "demo.flaky", "demo.panic"] {
         common::insert_events(&mut c, "outbox_event", 1, t);
     }
-    let out = example(&db, &["--retry-backoff", "0", "--max-attempts", "2", "--threads", "2"]);
+    let out = example(
+        &db,
+        &[
+            "--retry-backoff",
+            "0",
+            "--max-attempts",
+            "2",
+            "--threads",
+            "2",
+        ],
+    );
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("handled 1"), "{out}");
     let ok = row(&db, 1);
     assert_eq!((ok.status.as_str(), ok.attempts), ("done", 1));
     let rejected = row(&db, 2);
     assert_eq!((rejected.status.as_str(), rejected.attempts), ("dead", 1));
-    assert_eq!(rejected.last_error.as_deref(), Some("rejected by the demo handler"));
+    assert_eq!(
+        rejected.last_error.as_deref(),
+        Some("rejected by the demo handler")
+    );
     // Failed once, succeeded on the retry (backoff 0 makes it due again during the drain).
     let flaky = row(&db, 3);
-    assert_eq!((flaky.status.as_str(), flaky.attempts), ("done", 2), "{out}");
+    assert_eq!(
+        (flaky.status.as_str(), flaky.attempts),
+        ("done", 2),
+        "{out}"
+    );
     // The panic is caught, counted as a failed attempt each time, and the process carries on.
     let panicked = row(&db, 4);
-    assert_eq!((panicked.status.as_str(), panicked.attempts), ("dead", 2), "{out}");
+    assert_eq!(
+        (panicked.status.as_str(), panicked.attempts),
+        ("dead", 2),
+        "{out}"
+    );
     let err = panicked.last_error.unwrap();
-    assert!(err.contains("handler panicked") && err.contains("demo handler exploded on event 4"), "{err}");
+    assert!(
+        err.contains("handler panicked") && err.contains("demo handler exploded on event 4"),
+        "{err}"
+    );
     assert!(out.stderr.contains("panic"), "{out}");
 }
 
@@ -199,7 +241,10 @@ fn unrouted_types_stay_pending_and_are_reported() {
     let mut ids = super::delivered_ids(&out.stdout);
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3], "{out}");
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0"), 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0"),
+        3
+    );
     assert!(out.stderr.contains("user.registered (2)"), "{out}");
     assert!(out.stderr.contains("orderly (1)"), "{out}");
 }
@@ -215,11 +260,18 @@ fn routes_send_types_to_the_most_specific_target() {
     let dir = std::env::temp_dir().join(format!("dbx-routes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("paid.log");
-    let exec = format!(
-        "order.paid=exec:sh -c 'cat >> {}'",
-        file.display()
+    let exec = format!("order.paid=exec:sh -c 'cat >> {}'", file.display());
+    let out = drain(
+        &db,
+        &[
+            "--route",
+            "order.*=stdout",
+            "--route",
+            &exec,
+            "--route",
+            "*=stdout",
+        ],
     );
-    let out = drain(&db, &["--route", "order.*=stdout", "--route", &exec, "--route", "*=stdout"]);
     assert_eq!(out.code, Some(0), "{out}");
     let mut stdout_ids = super::delivered_ids(&out.stdout);
     stdout_ids.sort();
@@ -228,7 +280,10 @@ fn routes_send_types_to_the_most_specific_target() {
     let mut paid_ids = super::delivered_ids(&paid);
     paid_ids.sort();
     assert_eq!(paid_ids, vec![3, 4]);
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), 6);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        6
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -245,7 +300,10 @@ fn custom_table_in_its_own_schema() {
     let out = drain(&db, &["--table", "Ops.Events"]);
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(super::delivered_ids(&out.stdout).len(), 4, "{out}");
-    assert_eq!(db.count("SELECT count(*) FROM \"Ops\".\"Events\" WHERE status = 'done'"), 4);
+    assert_eq!(
+        db.count("SELECT count(*) FROM \"Ops\".\"Events\" WHERE status = 'done'"),
+        4
+    );
     let out = common::run(
         common::dispatchbox().args(["stats", "--dsn", &db.dsn, "--table", "Ops.Events"]),
         std::time::Duration::from_secs(60),

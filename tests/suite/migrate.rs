@@ -48,8 +48,19 @@ fn migrate_creates_the_table_and_is_idempotent() {
     assert_eq!(
         names,
         [
-            "id", "aggregate_type", "aggregate_id", "event_type", "payload", "status", "attempts",
-            "next_run_at", "created_at", "locked_by", "locked_at", "last_error", "delivered_at"
+            "id",
+            "aggregate_type",
+            "aggregate_id",
+            "event_type",
+            "payload",
+            "status",
+            "attempts",
+            "next_run_at",
+            "created_at",
+            "locked_by",
+            "locked_at",
+            "last_error",
+            "delivered_at"
         ]
     );
     assert_eq!(due_indexes(&db), 1);
@@ -70,7 +81,9 @@ fn schema_file_and_migrate_agree() {
     let a = common::test_db();
     a.migrate();
     let b = common::test_db();
-    b.client().batch_execute(include_str!("../../sql/schema.sql")).unwrap();
+    b.client()
+        .batch_execute(include_str!("../../sql/schema.sql"))
+        .unwrap();
     assert_eq!(columns(&a), columns(&b));
     assert_eq!(due_indexes(&b), 1);
 }
@@ -88,31 +101,41 @@ fn migrate_upgrades_the_original_table_in_place() {
                 ('user', '4', 'user.deleted', '\"s\"', 'dead', 5, '2026-01-04 00:00:00+00', '2025-12-31 00:00:03+00')",
     )
     .unwrap();
-    let snapshot = "SELECT id, aggregate_type, aggregate_id, event_type, payload::text, status, attempts,
+    let snapshot =
+        "SELECT id, aggregate_type, aggregate_id, event_type, payload::text, status, attempts,
                            next_run_at::text, created_at::text FROM outbox_event ORDER BY id";
     let before: Vec<String> = c
         .simple_query(snapshot)
         .unwrap()
         .iter()
         .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect::<Vec<_>>().join("|"))
-            }
+            postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
             _ => None,
         })
         .collect();
     assert_eq!(before.len(), 4);
 
-    let out = run(dispatchbox().args(["migrate", "--dsn", &db.dsn]), Duration::from_secs(60));
+    let out = run(
+        dispatchbox().args(["migrate", "--dsn", &db.dsn]),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(0), "{out}");
     let after: Vec<String> = c
         .simple_query(snapshot)
         .unwrap()
         .iter()
         .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect::<Vec<_>>().join("|"))
-            }
+            postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
             _ => None,
         })
         .collect();
@@ -130,7 +153,10 @@ fn migrate_upgrades_the_original_table_in_place() {
     let mut ids = super::delivered_ids(&out.stdout);
     ids.sort();
     assert_eq!(ids, vec![1, 2, 5], "{out}");
-    assert_eq!(db.count("SELECT attempts FROM outbox_event WHERE id = 2"), 3);
+    assert_eq!(
+        db.count("SELECT attempts FROM outbox_event WHERE id = 2"),
+        3
+    );
     assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE id IN (3, 4) AND locked_by IS NULL AND delivered_at IS NULL"), 2);
 }
 
@@ -150,7 +176,10 @@ fn stats_prints_counts_per_status() {
     db.client()
         .execute("UPDATE outbox_event SET status = 'dead' WHERE id = 1", &[])
         .unwrap();
-    let out = run(dispatchbox().args(["stats", "--dsn", &db.dsn]), Duration::from_secs(60));
+    let out = run(
+        dispatchbox().args(["stats", "--dsn", &db.dsn]),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(out.stdout, "pending 2\nretry 0\ndone 0\ndead 1\n");
 }

@@ -6,7 +6,10 @@ use crate::common;
 fn status_and_error(db: &common::TestDb, id: i64) -> (String, i32, Option<String>) {
     let r = db
         .client()
-        .query_one("SELECT status, attempts, last_error FROM outbox_event WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT status, attempts, last_error FROM outbox_event WHERE id = $1",
+            &[&id],
+        )
         .unwrap();
     (r.get(0), r.get(1), r.get(2))
 }
@@ -32,9 +35,21 @@ fn stdout_prints_one_json_line_per_event() {
         .collect();
     assert_eq!(lines.len(), 2, "{out}");
     let first = lines.iter().find(|v| v["id"] == 1).unwrap();
-    let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys.len(), 6);
-    for k in ["id", "event_type", "aggregate_type", "aggregate_id", "attempt", "payload"] {
+    for k in [
+        "id",
+        "event_type",
+        "aggregate_type",
+        "aggregate_id",
+        "attempt",
+        "payload",
+    ] {
         assert!(keys.contains(&k), "missing {k}: {first}");
     }
     assert_eq!(first["event_type"], "order.created");
@@ -54,12 +69,16 @@ fn exec_success_gets_the_event_on_stdin_and_in_the_environment() {
     let dir = std::env::temp_dir().join(format!("dbx-exec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "exec:sh -c 'cat > {d}/$DISPATCHBOX_EVENT_ID.json; env | grep ^DISPATCHBOX_ | sort > {d}/$DISPATCHBOX_EVENT_ID.env'",
+        "*=exec:sh -c 'cat > {d}/$DISPATCHBOX_EVENT_ID.json; env | grep ^DISPATCHBOX_ | sort > {d}/$DISPATCHBOX_EVENT_ID.env'",
         d = dir.display()
     );
     let out = drain(&db, &["--route", &script]);
     assert_eq!(out.code, Some(0), "{out}");
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), 2, "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        2,
+        "{out}"
+    );
     let json = std::fs::read_to_string(dir.join("2.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["id"], 2);
@@ -83,7 +102,10 @@ fn exec_failure_stores_the_stderr_tail() {
     let db = db_with_events(1, "x");
     let out = drain(
         &db,
-        &["--route", "*=exec:sh -c 'seq 1 5000 >&2; echo the-real-reason >&2; exit 7'"],
+        &[
+            "--route",
+            "*=exec:sh -c 'seq 1 5000 >&2; echo the-real-reason >&2; exit 7'",
+        ],
     );
     assert_eq!(out.code, Some(0), "{out}");
     let (status, attempts, err) = status_and_error(&db, 1);
@@ -98,9 +120,16 @@ fn exec_failure_stores_the_stderr_tail() {
 fn exec_timeout_kills_the_program_and_retries() {
     let db = db_with_events(1, "x");
     let started = std::time::Instant::now();
-    let out = drain(&db, &["--route", "*=exec:sleep 30", "--exec-timeout", "0.5"]);
+    let out = drain(
+        &db,
+        &["--route", "*=exec:sleep 30", "--exec-timeout", "0.5"],
+    );
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     let (status, _, err) = status_and_error(&db, 1);
     assert_eq!(status, "retry");
     assert!(err.unwrap().contains("timed out after"), "{out}");
@@ -114,5 +143,8 @@ fn exec_missing_program_is_a_retryable_failure() {
     let (status, attempts, err) = status_and_error(&db, 1);
     assert_eq!((status.as_str(), attempts), ("retry", 1));
     let err = err.unwrap();
-    assert!(err.contains("/nonexistent/notify") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/notify") && err.contains("No such file"),
+        "{err}"
+    );
 }

@@ -31,7 +31,9 @@ fn alive(pid: u32) -> bool {
 }
 
 fn kill(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill").args(["-s", sig, &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status();
 }
 
 /// The worker children (dispatchbox processes) under a supervisor.
@@ -53,9 +55,16 @@ fn three_processes_deliver_20000_events_exactly_once() {
     let out = super::drain(&db, &["--processes", "3", "--batch-size", "50"]);
     assert_eq!(out.code, Some(0), "{out}");
     assert_exactly_once(n, delivered_ids(&out.stdout));
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"), n);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
+        n
+    );
     for i in 0..3 {
-        assert!(out.stderr.contains(&format!("[worker {i} pid")), "worker {i} never logged\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("[worker {i} pid")),
+            "worker {i} never logged\n{}",
+            out.stderr
+        );
     }
 }
 
@@ -65,13 +74,29 @@ fn two_supervisors_at_once_deliver_every_event_exactly_once() {
     let db = db_with_events(n, "order.created");
     let start = |bs: &str| {
         spawn(dispatchbox().args([
-            "--dsn", &db.dsn, "--drain", "--processes", "2", "--batch-size", bs, "--poll-interval", "0.02",
+            "--dsn",
+            &db.dsn,
+            "--drain",
+            "--processes",
+            "2",
+            "--batch-size",
+            bs,
+            "--poll-interval",
+            "0.02",
         ]))
     };
     let (a, b) = (start("20"), start("30"));
-    let (a, b) = (a.wait(Duration::from_secs(180)), b.wait(Duration::from_secs(180)));
+    let (a, b) = (
+        a.wait(Duration::from_secs(180)),
+        b.wait(Duration::from_secs(180)),
+    );
     assert_eq!((a.code, b.code), (Some(0), Some(0)), "{a}\n{b}");
-    assert_exactly_once(n, delivered_ids(&a.stdout).into_iter().chain(delivered_ids(&b.stdout)));
+    assert_exactly_once(
+        n,
+        delivered_ids(&a.stdout)
+            .into_iter()
+            .chain(delivered_ids(&b.stdout)),
+    );
 }
 
 #[test]
@@ -83,8 +108,19 @@ fn sigkill_of_random_children_loses_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("delivered.log");
     let sup = spawn(dispatchbox().args([
-        "--dsn", &db.dsn, "--drain", "--processes", "3", "--batch-size", "20", "--lease", "2",
-        "--poll-interval", "0.05", "--route", "*=stdout",
+        "--dsn",
+        &db.dsn,
+        "--drain",
+        "--processes",
+        "3",
+        "--batch-size",
+        "20",
+        "--lease",
+        "2",
+        "--poll-interval",
+        "0.05",
+        "--route",
+        "*=stdout",
     ]));
     let mut kills = 0;
     let mut rng = fastrand::Rng::with_seed(42);
@@ -92,27 +128,43 @@ fn sigkill_of_random_children_loses_nothing() {
     while alive(sup.pid()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(1));
         let workers = workers_of(sup.pid());
-        if !workers.is_empty() && db.count("SELECT count(*) FROM outbox_event WHERE status <> 'done'") > 0 {
+        if !workers.is_empty()
+            && db.count("SELECT count(*) FROM outbox_event WHERE status <> 'done'") > 0
+        {
             kill(workers[rng.usize(..workers.len())], "KILL");
             kills += 1;
         }
     }
     let out = sup.wait(Duration::from_secs(120));
     assert_eq!(out.code, Some(0), "{out}");
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), n, "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        n,
+        "{out}"
+    );
     let ids = delivered_ids(&out.stdout);
     let mut counts = vec![0u32; n as usize + 1];
     for id in &ids {
         counts[*id as usize] += 1;
     }
-    assert!(counts[1..].iter().all(|&c| c >= 1), "an event was never delivered");
+    assert!(
+        counts[1..].iter().all(|&c| c >= 1),
+        "an event was never delivered"
+    );
     let twice = counts.iter().filter(|&&c| c > 1).count();
     // Only events in flight at a kill may repeat: per kill at most threads + batch (10 + 20).
     assert!(twice <= kills * 30, "{twice} duplicates for {kills} kills");
     // Those are exactly the events whose attempts went above 1.
     let reclaimed = db.count("SELECT count(*) FROM outbox_event WHERE attempts > 1") as usize;
-    assert!(twice <= reclaimed, "{twice} duplicates but only {reclaimed} events were claimed twice");
-    assert!(out.stderr.contains("exited unexpectedly"), "no child was killed?\n{}", out.stderr);
+    assert!(
+        twice <= reclaimed,
+        "{twice} duplicates but only {reclaimed} events were claimed twice"
+    );
+    assert!(
+        out.stderr.contains("exited unexpectedly"),
+        "no child was killed?\n{}",
+        out.stderr
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = log;
 }
@@ -121,35 +173,62 @@ fn sigkill_of_random_children_loses_nothing() {
 fn sigterm_lets_running_handlers_finish_and_releases_the_rest() {
     let db = db_with_events(20, "x");
     let sup = spawn(dispatchbox().args([
-        "--dsn", &db.dsn, "--threads", "2", "--batch-size", "5", "--route", "*=exec:sleep 2",
-        "--shutdown-timeout", "20", "--poll-interval", "0.05",
+        "--dsn",
+        &db.dsn,
+        "--threads",
+        "2",
+        "--batch-size",
+        "5",
+        "--route",
+        "*=exec:sleep 3",
+        "--shutdown-timeout",
+        "20",
+        "--poll-interval",
+        "0.05",
     ]));
-    wait_until(Duration::from_secs(30), "handlers are running", || {
-        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") >= 7
-    });
+    // First claim: 5 events, 2 start at once, 3 wait in the queue (none finishes for 3 s).
+    wait_until(
+        Duration::from_secs(30),
+        "the first batch is claimed",
+        || db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 5,
+    );
+    std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
     sup.signal("TERM");
     // The unstarted ones are back at once, before the running handlers finish.
-    wait_until(Duration::from_secs(1), "unstarted claims are released", || {
-        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2
-    });
+    wait_until(
+        Duration::from_secs(1),
+        "unstarted claims are released",
+        || db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2,
+    );
     let out = sup.wait(Duration::from_secs(30));
     let took = t0.elapsed();
     assert_eq!(out.code, Some(0), "{out}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"), 2, "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        2,
+        "{out}"
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0 AND locked_by IS NULL AND next_run_at <= now()"),
         18
     );
-    assert!(out.stderr.contains("released 5 unstarted"), "{out}");
+    assert!(out.stderr.contains("released 3 unstarted"), "{out}");
 }
 
 #[test]
 fn second_sigterm_stops_without_waiting() {
     let db = db_with_events(2, "x");
     let sup = spawn(dispatchbox().args([
-        "--dsn", &db.dsn, "--threads", "2", "--route", "*=exec:sleep 30", "--lease", "5",
+        "--dsn",
+        &db.dsn,
+        "--threads",
+        "2",
+        "--route",
+        "*=exec:sleep 30",
+        "--lease",
+        "5",
     ]));
     wait_until(Duration::from_secs(30), "handlers are running", || {
         db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2
@@ -162,7 +241,12 @@ fn second_sigterm_stops_without_waiting() {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     // Still leased: another worker takes them over after the lease.
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND locked_by IS NOT NULL"), 2);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM outbox_event WHERE status = 'pending' AND locked_by IS NOT NULL"
+        ),
+        2
+    );
 }
 
 #[test]
@@ -175,22 +259,45 @@ fn a_handler_slower_than_the_lease_is_delivered_once() {
     // Two supervisors compete; the lease is 1 s and each handler takes 4 s.
     let start = || {
         spawn(dispatchbox().args([
-            "--dsn", &db.dsn, "--drain", "--lease", "1", "--route", &route, "--poll-interval", "0.1",
+            "--dsn",
+            &db.dsn,
+            "--drain",
+            "--lease",
+            "1",
+            "--route",
+            &route,
+            "--poll-interval",
+            "0.1",
         ]))
     };
     let (a, b) = (start(), start());
-    let (a, b) = (a.wait(Duration::from_secs(60)), b.wait(Duration::from_secs(60)));
+    let (a, b) = (
+        a.wait(Duration::from_secs(60)),
+        b.wait(Duration::from_secs(60)),
+    );
     assert_eq!((a.code, b.code), (Some(0), Some(0)), "{a}\n{b}");
     assert_exactly_once(3, delivered_ids(&std::fs::read_to_string(&log).unwrap()));
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"), 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
+        3
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn children_stop_when_the_supervisor_is_killed() {
     let db = db_with_events(0, "x");
-    let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--processes", "2", "--poll-interval", "0.05"]));
-    wait_until(Duration::from_secs(30), "two workers run", || workers_of(sup.pid()).len() == 2);
+    let sup = spawn(dispatchbox().args([
+        "--dsn",
+        &db.dsn,
+        "--processes",
+        "2",
+        "--poll-interval",
+        "0.05",
+    ]));
+    wait_until(Duration::from_secs(30), "two workers run", || {
+        workers_of(sup.pid()).len() == 2
+    });
     let workers = workers_of(sup.pid());
     sup.signal("KILL");
     wait_until(Duration::from_secs(5), "the orphaned workers exit", || {
@@ -201,12 +308,17 @@ fn children_stop_when_the_supervisor_is_killed() {
 #[test]
 fn no_password_in_any_command_line() {
     let db = db_with_events(0, "x");
-    let sup = spawn(
-        dispatchbox()
-            .env("DISPATCHBOX_DSN", &db.dsn)
-            .args(["--processes", "2", "--route", "*=exec:sleep 20", "--poll-interval", "0.05"]),
-    );
-    wait_until(Duration::from_secs(30), "two workers run", || workers_of(sup.pid()).len() == 2);
+    let sup = spawn(dispatchbox().env("DISPATCHBOX_DSN", &db.dsn).args([
+        "--processes",
+        "2",
+        "--route",
+        "*=exec:sleep 20",
+        "--poll-interval",
+        "0.05",
+    ]));
+    wait_until(Duration::from_secs(30), "two workers run", || {
+        workers_of(sup.pid()).len() == 2
+    });
     assert!(db.dsn.contains(common::PASSWORD));
     for pid in std::iter::once(sup.pid()).chain(workers_of(sup.pid())) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -229,11 +341,24 @@ fn no_password_in_any_command_line() {
 fn max_runtime_bounds_a_drain() {
     let db = db_with_events(50, "x");
     let t0 = Instant::now();
-    let out = super::drain(&db, &["--route", "*=exec:sleep 1", "--threads", "1", "--max-runtime", "1.5"]);
+    let out = super::drain(
+        &db,
+        &[
+            "--route",
+            "*=exec:sleep 1",
+            "--threads",
+            "1",
+            "--max-runtime",
+            "1.5",
+        ],
+    );
     assert_eq!(out.code, Some(5), "{out}");
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") >= 1);
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL"), 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL"),
+        0
+    );
 }
 
 #[test]
@@ -241,7 +366,9 @@ fn a_worker_that_keeps_crashing_is_restarted() {
     // Killing a worker while idle: the supervisor restarts it and keeps running.
     let db = db_with_events(0, "x");
     let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--poll-interval", "0.05"]));
-    wait_until(Duration::from_secs(30), "a worker runs", || workers_of(sup.pid()).len() == 1);
+    wait_until(Duration::from_secs(30), "a worker runs", || {
+        workers_of(sup.pid()).len() == 1
+    });
     let first = workers_of(sup.pid())[0];
     kill(first, "KILL");
     wait_until(Duration::from_secs(30), "a new worker runs", || {

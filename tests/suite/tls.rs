@@ -49,7 +49,10 @@ fn sslmode_require_encrypts_without_checking_the_certificate() {
     let Some(dsn) = tls_dsn(&db, "127.0.0.1", "sslmode=require") else {
         return;
     };
-    let out = run(dispatchbox().args(["--dsn", &dsn, "--drain"]), Duration::from_secs(60));
+    let out = run(
+        dispatchbox().args(["--dsn", &dsn, "--drain"]),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(super::delivered_ids(&out.stdout).len(), 3);
     assert_worker_uses_tls(&db, &dsn, "dbx_tls_require");
@@ -62,7 +65,10 @@ fn sslmode_verify_full_checks_against_the_root_certificate() {
     let Some(ca) = ca else { return };
     let extra = format!("sslmode=verify-full sslrootcert={}", ca.display());
     let dsn = tls_dsn(&db, "localhost", &extra).unwrap();
-    let out = run(dispatchbox().args(["--dsn", &dsn, "--drain"]), Duration::from_secs(60));
+    let out = run(
+        dispatchbox().args(["--dsn", &dsn, "--drain"]),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(super::delivered_ids(&out.stdout).len(), 2);
     assert_worker_uses_tls(&db, &dsn, "dbx_tls_verify_full");
@@ -76,7 +82,10 @@ fn sslmode_verify_full_checks_against_the_root_certificate() {
         db.name,
         ca.display()
     );
-    let out = run(dispatchbox().args(["stats", "--dsn", &uri]), Duration::from_secs(60));
+    let out = run(
+        dispatchbox().args(["stats", "--dsn", &uri]),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("done 2"), "{out}");
 }
@@ -94,10 +103,16 @@ fn verify_full_rejects_an_untrusted_certificate_at_once() {
         Duration::from_secs(60),
     );
     assert_eq!(out.code, Some(4), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(15), "retried a certificate error");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "retried a certificate error"
+    );
     assert!(out.stderr.to_lowercase().contains("certificate"), "{out}");
     assert!(!out.stderr.contains(common::PASSWORD), "{out}");
-    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending'"), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending'"),
+        1
+    );
 }
 
 #[test]
