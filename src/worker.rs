@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::dsn::Connector;
 use crate::error::{describe_pg, is_transient, Error, Result};
 use crate::handler::{Event, Handler, Outcome, Router, TypeFilter};
-use crate::store::{self, Conn};
+use crate::store::{self, ClaimArgs, Claimed, Conn};
 use crate::{debug, error, info, warn};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -407,7 +407,9 @@ impl DbThread<'_> {
             self.reconnect()?;
         }
         if self.conn.is_some() {
+            // When a claim is due now, the results ride along with it instead.
             let must_flush = !self.completer.is_empty()
+                && (stopping || !self.can_claim(now))
                 && (stopping
                     || self.in_flight.is_empty()
                     || self.completer.due_at().is_some_and(|t| t <= now));
@@ -610,6 +612,12 @@ impl DbThread<'_> {
             let conn = self.conn.as_mut().expect("called only while connected");
             conn.complete(&owner, batch)?
         };
+        self.written(written, n);
+        Ok(())
+    }
+
+    /// The database accepted a batch of `n` results, `written` of which were still ours.
+    fn written(&mut self, written: u64, n: usize) {
         if (written as usize) < n {
             warn!(
                 "{} of {n} result(s) were not written: their lease had expired and another worker took them over",
@@ -622,7 +630,6 @@ impl DbThread<'_> {
             // The pipeline is empty: look for work again now rather than after the poll.
             self.idle_until = None;
         }
-        Ok(())
     }
 
     fn release(&mut self) -> Result<(), postgres::Error> {
@@ -657,52 +664,76 @@ impl DbThread<'_> {
         Ok(())
     }
 
+    /// Claims the next batch; pending results ride along in the same statement.
     fn claim(&mut self) -> Result<usize, postgres::Error> {
         let owner = self.owner.clone();
-        let (n, lease, max) = (self.cfg.batch_size, self.cfg.lease, self.cfg.max_attempts);
         let filter = self.filter.clone();
-        let claimed = self.conn().claim(n, lease, &owner, &filter, max)?;
+        let args = ClaimArgs {
+            n: self.cfg.batch_size,
+            lease: self.cfg.lease,
+            owner: &owner,
+            filter: &filter,
+            max_attempts: self.cfg.max_attempts,
+        };
+        let claimed = if self.completer.is_empty() {
+            self.conn().claim(args.n, args.lease, args.owner, args.filter, args.max_attempts)?
+        } else {
+            let n = self.completer.len();
+            let (written, claimed) = {
+                let batch = self.completer.batch();
+                let conn = self.conn.as_mut().expect("called only while connected");
+                conn.complete_and_claim(batch, &args)?
+            };
+            self.written(written, n);
+            claimed
+        };
         let count = claimed.len();
         if self.in_flight.is_empty() {
-            self.next_extend = Instant::now() + lease / 3;
+            self.next_extend = Instant::now() + self.cfg.lease / 3;
         }
         for c in claimed {
-            if c.exhausted {
-                warn!(
-                    "event {} ({}) is dead: its final attempt's lease expired",
-                    c.event.id,
-                    c.event.event_type.as_deref().unwrap_or("-")
-                );
-                continue;
-            }
-            self.claimed_total += 1;
-            let Some(handler) = self.router.route(c.event.event_type.as_deref()).cloned() else {
-                // The claim filter only takes routed types; this cannot normally happen.
-                self.completer.push(
-                    c.event.id,
-                    c.token,
-                    Outcome::Retry("no route for this event type".into()),
-                );
-                continue;
-            };
-            self.in_flight.insert(c.event.id, c.token);
-            let job = Job {
-                token: c.token,
-                event: c.event,
-                handler,
-            };
-            if let Some(tx) = &self.job_tx {
-                if let Err(mpsc::SendError(job)) = tx.send(job) {
-                    // All handler threads are gone: give the event back.
-                    self.in_flight.remove(&job.event.id);
-                    self.to_release.push((job.event.id, job.token));
-                }
-            }
+            self.dispatch(c);
         }
         if count > 0 {
             debug!("claimed {count} event(s)");
         }
         Ok(count)
+    }
+
+    fn dispatch(&mut self, c: Claimed) {
+        if c.exhausted {
+            warn!(
+                "event {} ({}) is dead: its final attempt's lease expired",
+                c.event.id,
+                c.event.event_type.as_deref().unwrap_or("-")
+            );
+            return;
+        }
+        self.claimed_total += 1;
+        let Some(handler) = self.router.route(c.event.event_type.as_deref()).cloned() else {
+            // The claim filter only takes routed types; this cannot normally happen.
+            self.completer.push(
+                c.event.id,
+                c.token,
+                Outcome::Retry("no route for this event type".into()),
+            );
+            return;
+        };
+        self.in_flight.insert(c.event.id, c.token);
+        let job = Job {
+            token: c.token,
+            event: c.event,
+            handler,
+        };
+        let sent = match &self.job_tx {
+            Some(tx) => tx.send(job).map_err(|mpsc::SendError(job)| job),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            // No handler thread will take it: give the event back.
+            self.in_flight.remove(&job.event.id);
+            self.to_release.push((job.event.id, job.token));
+        }
     }
 }
 

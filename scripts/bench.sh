@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# Benchmark: Dispatchbox's drain rate and SIGTERM latency beside the SQL ceiling that
+# PostgreSQL itself allows on this machine, all measured in the same run (see BASELINE.md).
+#
+#   scripts/bench.sh [--quick]
+#
+#   --quick          one run of everything and 2 s pgbench runs (a smoke check, not figures)
+#   BENCH_EVENTS     events per Dispatchbox drain run (default 20000)
+#   BENCH_SECONDS    duration of each pgbench run (default 5; 2 with --quick)
+#
+# Prints figures and never asserts timings: it exits 0 unless something could not run at
+# all. Correctness checks (every event done with attempts = 1, each id delivered once, no
+# stderr output, clean exit codes) print WARNING lines instead of failing.
+#
+# Needs cargo and the PostgreSQL server binaries incl. pgbench (Debian/Ubuntu: apt-get
+# install -y postgresql). Touches no existing cluster: it runs initdb in a temp dir (as the
+# postgres OS user when run as root) on a free port, listening on TCP 127.0.0.1 only with
+# trust auth, stock durable settings (fsync on, synchronous_commit on), and removes it on exit.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export LC_ALL=C # decimal points in $EPOCHREALTIME and awk
+# Only the DSN below configures the tools, whatever this shell has exported.
+for var in $(compgen -e); do
+    case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
+done
+
+usage() {
+    sed -n '5,9s/^# \{0,1\}//p' "$0" >&2
+    exit 2
+}
+
+quick=false
+for arg in "$@"; do
+    case $arg in
+    --quick) quick=true ;;
+    -h | --help) usage ;;
+    *) echo "bench.sh: unknown argument: $arg" >&2; usage ;;
+    esac
+done
+
+events=${BENCH_EVENTS:-20000}
+if $quick; then runs=1; sig_runs=1; secs=${BENCH_SECONDS:-2}; else runs=3; sig_runs=5; secs=${BENCH_SECONDS:-5}; fi
+[[ $events =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: BENCH_EVENTS must be a positive number" >&2; exit 2; }
+[[ $secs =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: BENCH_SECONDS must be a positive whole number" >&2; exit 2; }
+ceiling_rows=200000
+pg_clients=2
+
+say() { printf '\n== %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*"; }
+
+# Median of the arguments (numbers); for an even count the mean of the middle two.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) printf "%.6f\n", v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+maximum() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+# 12345.6 -> 12,346
+fmt_int() {
+    awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); o = ""
+        while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+        print s o }'
+}
+calc() { awk "BEGIN { printf \"%.6f\n\", $1 }"; }
+
+find_bindir() {
+    local dir
+    # Debian layout, highest version first; then pg_config; then PATH.
+    for dir in $(printf "%s\n" /usr/lib/postgresql/*/bin | sort -rV); do
+        [[ -x $dir/initdb && -x $dir/pg_ctl ]] && { echo "$dir"; return; }
+    done
+    if dir=$(pg_config --bindir 2>/dev/null) && [[ -x $dir/initdb && -x $dir/pg_ctl ]]; then
+        echo "$dir"
+        return
+    fi
+    if dir=$(command -v initdb); then
+        dir=$(dirname "$(readlink -f "$dir")")
+        [[ -x $dir/pg_ctl ]] && { echo "$dir"; return; }
+    fi
+    echo "PostgreSQL server binaries (initdb, pg_ctl) not found: install them" \
+        "(Debian/Ubuntu: apt-get install -y postgresql)" >&2
+    exit 1
+}
+
+# A TCP port nobody listens on (bash's /dev/tcp: a refused connect means free).
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    echo "no free TCP port found" >&2
+    exit 1
+}
+
+say "cargo build --release"
+cargo build --release
+bin="${CARGO_TARGET_DIR:-target}/release/dispatchbox"
+bin=$(readlink -f "$bin")
+
+say "starting a throwaway PostgreSQL on 127.0.0.1"
+bindir=$(find_bindir)
+pgbench=$bindir/pgbench
+[[ -x $pgbench ]] || pgbench=$(command -v pgbench) ||
+    { echo "pgbench not found (Debian/Ubuntu: apt-get install -y postgresql-contrib)" >&2; exit 1; }
+root=false
+[[ $(id -u) == 0 ]] && root=true
+# The server refuses to run as root: as root, run its programs as the postgres OS user.
+as_pg() {
+    if $root; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-bench.XXXXXX")
+data=$tmp/data
+sock=$tmp/sock
+live_pid= # a dispatchbox supervisor this script started and has not yet seen exit
+cleanup() {
+    if [[ -n $live_pid ]] && kill -0 "$live_pid" 2>/dev/null; then
+        kill -TERM "$live_pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$live_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$live_pid" 2>/dev/null || true
+    fi
+    if [[ -f $data/postmaster.pid ]]; then
+        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$data" stop -m fast -w >/dev/null 2>&1) || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$sock"
+if $root; then
+    chmod 755 "$tmp"
+    chown -R postgres: "$tmp"
+fi
+(
+    cd "$tmp" # somewhere the postgres user may enter
+    as_pg "$bindir/initdb" -D "$data" --auth-local=trust --auth-host=trust \
+        -U postgres -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" ||
+        { cat "$tmp/initdb.log" >&2; exit 1; }
+)
+port=$(free_port)
+as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+
+# dispatchbox bench: stock durable settings, TCP on 127.0.0.1 only
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$sock'
+max_connections = 200
+shared_buffers = 128MB
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+logging_collector = off
+log_min_messages = warning
+EOF
+(cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 start >/dev/null) ||
+    { tail -n 30 "$tmp/server.log" >&2; exit 1; }
+
+DSN="host=127.0.0.1 port=$port dbname=bench user=postgres"
+echo "server: $DSN"
+"$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres bench
+psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
+
+say "dispatchbox migrate"
+"$bin" migrate --dsn "$DSN"
+
+# Empties the table and loads N pending order.created events, then VACUUM ANALYZE and a
+# CHECKPOINT, so that every timed run starts from the same state.
+load_events() {
+    psql_q -v n="$1" >/dev/null <<'SQL'
+TRUNCATE outbox_event RESTART IDENTITY;
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
+SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
+FROM generate_series(1, :n::bigint) AS g;
+VACUUM ANALYZE outbox_event;
+CHECKPOINT;
+SQL
+}
+
+nproc_n=$(nproc)
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+pg_version=$(psql_q -c "SELECT version()")
+pg_settings=$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings
+    WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'wal_sync_method')")
+db_version=$("$bin" --version 2>&1 || true)
+
+# ---------------------------------------------------------------------------------------
+say "SQL ceiling: pgbench, $pg_clients clients, -M prepared, ${secs} s per run, median of $runs"
+# one: claim and complete in one UPDATE. two: the claim (lease: next_run_at pushed forward,
+# attempts + 1, RETURNING the rows) commits, then the completion commits, as a correct
+# worker must do. pgbench runs each statement in its own transaction (autocommit). The ids
+# travel from the claim to the completion through \gset as a bigint[] text ('{1,2,3}'),
+# which -M prepared sends as a parameter ($1::bigint[]); pgbench has no psql-style :'var'.
+write_scripts() {
+    local b=$1
+    cat >"$tmp/one_$b.sql" <<EOF
+WITH c AS (SELECT id FROM outbox_event WHERE status IN ('pending','retry') AND next_run_at <= now() ORDER BY next_run_at LIMIT $b FOR UPDATE SKIP LOCKED) UPDATE outbox_event e SET status = 'done', attempts = attempts + 1 FROM c WHERE e.id = c.id RETURNING e.id, e.payload;
+EOF
+    cat >"$tmp/two_$b.sql" <<EOF
+WITH c AS (SELECT id FROM outbox_event WHERE status IN ('pending','retry') AND next_run_at <= now() ORDER BY next_run_at LIMIT $b FOR UPDATE SKIP LOCKED), u AS (UPDATE outbox_event e SET next_run_at = now() + interval '30 seconds', attempts = attempts + 1 FROM c WHERE e.id = c.id RETURNING e.id, e.payload) SELECT array_agg(id) AS ids FROM u \gset
+UPDATE outbox_event SET status = 'done' WHERE id = ANY(:ids::bigint[]);
+EOF
+}
+
+declare -A ceiling # ceiling[one_10] = median rows/s
+for b in 10 100; do
+    write_scripts "$b"
+    for kind in one two; do
+        rates=()
+        for r in $(seq 1 "$runs"); do
+            rows=$ceiling_rows
+            while :; do
+                load_events "$rows"
+                log=$tmp/pgbench_${kind}_${b}_$r.log
+                if ! "$pgbench" -n -M prepared -c "$pg_clients" -j "$pg_clients" -T "$secs" \
+                    -h 127.0.0.1 -p "$port" -U postgres -f "$tmp/${kind}_$b.sql" bench >"$log" 2>&1; then
+                    cat "$log" >&2
+                    echo "bench.sh: pgbench failed" >&2
+                    exit 1
+                fi
+                tps=$(awk '/^tps = / { print $3; exit }' "$log")
+                xacts=$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$log")
+                failed=$(awk -F'[: ]+' '/^number of failed transactions/ { print $5; exit }' "$log")
+                IFS='|' read -r done_n claimed_open left max_att < <(psql_q -c "SELECT
+                    count(*) FILTER (WHERE status = 'done'),
+                    count(*) FILTER (WHERE status <> 'done' AND attempts > 0),
+                    count(*) FILTER (WHERE status IN ('pending', 'retry') AND attempts = 0),
+                    coalesce(max(attempts), 0) FROM outbox_event")
+                # Ran (nearly) dry: the figure would be too low. Reload more rows and redo.
+                if ((left < rows / 10)) && ((rows < 20000000)); then
+                    echo "  $kind batch $b: only $left of $rows rows left unclaimed; redoing with $((rows * 4)) rows"
+                    rows=$((rows * 4))
+                    continue
+                fi
+                break
+            done
+            rate=$(calc "$tps * $b")
+            rates+=("$rate")
+            printf '  %-3s statement(s), batch %3d, run %d: %8.1f tps x %3d = %7s rows/s  (rows loaded %s, done %s, %s transactions x %d = %s, claimed-not-done %s, max attempts %s, failed %s)\n' \
+                "$kind" "$b" "$r" "$tps" "$b" "$(fmt_int "$rate")" "$rows" "$done_n" "$xacts" "$b" \
+                "$((xacts * b))" "$claimed_open" "$max_att" "${failed:-?}"
+            if [[ $done_n != $((xacts * b)) || $max_att != 1 || ${failed:-0} != 0 ]]; then
+                warn "$kind batch $b run $r: expected done = transactions x batch, max attempts 1 and 0 failed"
+            fi
+        done
+        ceiling[${kind}_$b]=$(median "${rates[@]}")
+        echo "  => $kind statement(s), batch $b: median $(fmt_int "${ceiling[${kind}_$b]}") rows/s"
+    done
+done
+
+# ---------------------------------------------------------------------------------------
+say "Dispatchbox drain: $events order.created events, --route '*=stdout', --poll-interval 0.05, median of $runs"
+echo "(each time includes the supervisor and worker process start-up, connecting and the final"
+echo " empty poll; the delivered JSON lines go to a file so duplicates can be counted)"
+declare -A drain # drain[P_B] = median events/s
+for pb in 1:10 1:100 2:100 2:10; do
+    p=${pb%%:*}
+    b=${pb##*:}
+    rates=()
+    for r in $(seq 1 "$runs"); do
+        load_events "$events"
+        out=$tmp/drain.out
+        err=$tmp/drain.err
+        rc=0
+        t0=$EPOCHREALTIME
+        "$bin" --dsn "$DSN" --drain --batch-size "$b" --processes "$p" --route '*=stdout' \
+            --poll-interval 0.05 --log-level warning >"$out" 2>"$err" || rc=$?
+        t1=$EPOCHREALTIME
+        elapsed=$(calc "$t1 - $t0")
+        rate=$(calc "$events / $elapsed")
+        rates+=("$rate")
+        IFS='|' read -r ok not_done multi < <(psql_q -c "SELECT
+            count(*) FILTER (WHERE status = 'done' AND attempts = 1),
+            count(*) FILTER (WHERE status <> 'done'),
+            count(*) FILTER (WHERE attempts <> 1) FROM outbox_event")
+        lines=$(wc -l <"$out")
+        uniq_ids=$(sed -n 's/^{"id":\([0-9]*\),.*/\1/p' "$out" | sort -u | wc -l)
+        err_lines=$(wc -l <"$err")
+        printf '  processes %d, batch %3d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s, lines out: %s, unique ids: %s, exit %s)\n' \
+            "$p" "$b" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$lines" "$uniq_ids" "$rc"
+        if [[ $rc != 0 || $ok != "$events" || $not_done != 0 || $multi != 0 || $lines != "$events" || $uniq_ids != "$events" ]]; then
+            warn "processes $p batch $b run $r: expected exit 0 and all $events events done with attempts = 1, each delivered once" \
+                "(not done: $not_done, attempts <> 1: $multi, lines: $lines, unique: $uniq_ids, exit: $rc)"
+        fi
+        if ((err_lines > 0)); then
+            warn "processes $p batch $b run $r: $err_lines line(s) on stderr at --log-level warning; first ones:"
+            head -n 5 "$err" | sed 's/^/    /'
+        fi
+    done
+    drain[${p}_$b]=$(median "${rates[@]}")
+    echo "  => processes $p, batch $b: median $(fmt_int "${drain[${p}_$b]}") events/s"
+done
+
+# The fixed cost inside each drain time above: the same command on an empty table.
+startup=()
+psql_q -c "TRUNCATE outbox_event RESTART IDENTITY" >/dev/null
+for r in $(seq 1 "$runs"); do
+    rc=0
+    t0=$EPOCHREALTIME
+    "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --route '*=stdout' \
+        --poll-interval 0.05 --log-level warning >/dev/null 2>"$tmp/empty.err" || rc=$?
+    t1=$EPOCHREALTIME
+    startup+=("$(calc "($t1 - $t0) * 1000")")
+    [[ $rc == 0 ]] || warn "empty drain run $r exited with $rc"
+done
+startup_median=$(median "${startup[@]}")
+printf '  start-up: --drain on an empty table (1 process) takes %.1f ms (median of %d): that much of each time above is fixed cost\n' \
+    "$startup_median" "$runs"
+
+# ---------------------------------------------------------------------------------------
+say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
+echo "(SIGTERM goes to the supervisor a spread 0.1-0.9 s after its worker logged \"worker ready\","
+echo " so it lands at different points of the 1 s idle poll; measured until the supervisor exits)"
+psql_q -c "TRUNCATE outbox_event RESTART IDENTITY" >/dev/null
+lat=()
+for r in $(seq 1 "$sig_runs"); do
+    err=$tmp/sig.err
+    : >"$err"
+    "$bin" --dsn "$DSN" --poll-interval 1.0 --route '*=stdout' >"$tmp/sig.out" 2>"$err" &
+    live_pid=$!
+    ready=false
+    for _ in $(seq 1 3000); do
+        if grep -q "worker ready" "$err"; then ready=true; break; fi
+        kill -0 "$live_pid" 2>/dev/null || break
+        sleep 0.01
+    done
+    if ! $ready; then
+        warn "run $r: no \"worker ready\" within 30 s; stderr:"
+        sed 's/^/    /' "$err"
+        exit 1
+    fi
+    children=$(cat /proc/"$live_pid"/task/*/children 2>/dev/null || true)
+    sleep "$(calc "0.1 + 0.8 * ($r - 1) / ($sig_runs > 1 ? $sig_runs - 1 : 1)")"
+    rc=0
+    t0=$EPOCHREALTIME
+    kill -TERM "$live_pid"
+    wait "$live_pid" || rc=$?
+    t1=$EPOCHREALTIME
+    live_pid=
+    ms=$(calc "($t1 - $t0) * 1000")
+    lat+=("$ms")
+    left=
+    for c in $children; do kill -0 "$c" 2>/dev/null && left+=" $c"; done
+    printf '  run %d: %7.1f ms  (exit %s, worker pid(s): %s)\n' "$r" "$ms" "$rc" "$(echo $children)"
+    [[ $rc == 0 ]] || warn "run $r: supervisor exited with $rc after SIGTERM, expected 0"
+    if [[ -n $left ]]; then
+        warn "run $r: worker process(es)$left still running after the supervisor exited; stopping them"
+        for c in $left; do kill -TERM "$c" 2>/dev/null || true; done
+    fi
+    if grep -qE ' (WARNING|ERROR|CRITICAL) ' "$err"; then
+        warn "run $r: warnings/errors on stderr:"
+        grep -E ' (WARNING|ERROR|CRITICAL) ' "$err" | head -n 5 | sed 's/^/    /'
+    fi
+done
+sig_median=$(median "${lat[@]}")
+sig_max=$(maximum "${lat[@]}")
+
+# ---------------------------------------------------------------------------------------
+say "Summary"
+echo
+echo "Machine: nproc $nproc_n${cpu:+, $cpu}"
+echo "PostgreSQL: $pg_version"
+echo "Settings: $pg_settings; TCP 127.0.0.1, trust auth"
+echo "Dispatchbox: $db_version"
+$quick && echo "(--quick: one run each, ${secs} s pgbench runs: a smoke check, not figures to quote)"
+echo
+ratio() { calc "$1 / $2" | awk '{ printf "%.2f", $1 }'; }
+echo "| measurement | processes / clients | batch | median | vs two-statement ceiling |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+for b in 10 100; do
+    echo "| SQL ceiling, one statement (claim + done) | $pg_clients clients | $b | $(fmt_int "${ceiling[one_$b]}") rows/s | $(ratio "${ceiling[one_$b]}" "${ceiling[two_$b]}") |"
+    echo "| SQL ceiling, two statements (claim, then done) | $pg_clients clients | $b | $(fmt_int "${ceiling[two_$b]}") rows/s | 1.00 |"
+done
+for pb in 1:10 2:10 1:100 2:100; do
+    p=${pb%%:*}
+    b=${pb##*:}
+    echo "| Dispatchbox --drain, $events events (incl. start-up) | $p | $b | $(fmt_int "${drain[${p}_$b]}") events/s | $(ratio "${drain[${p}_$b]}" "${ceiling[two_$b]}") |"
+done
+printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - |\n' "$startup_median"
+printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - |\n' \
+    "$sig_runs" "$sig_median" "$sig_max"
+exit 0
