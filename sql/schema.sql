@@ -32,7 +32,7 @@ BEGIN
     IF NOT EXISTS (
         SELECT 1
         FROM pg_index i
-        WHERE i.indrelid = 'outbox_event'::regclass
+        WHERE i.indrelid = 'outbox_event'::regclass AND i.indisvalid AND i.indisready
           AND pg_get_indexdef(i.indexrelid) LIKE '%(next_run_at) WHERE (status = ANY (ARRAY[''pending''::text, ''retry''::text]))'
     ) THEN
         CREATE INDEX outbox_event_due_idx ON outbox_event (next_run_at)

@@ -10,19 +10,30 @@ use std::time::Instant;
 
 fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
     let connector = cfg.dsn.connector()?;
+    let what = format!("cannot connect to {}", cfg.dsn.redacted());
+    let sleep = &mut |d| {
+        std::thread::sleep(d);
+        false
+    };
     connect_until(
         &connector,
         Instant::now() + cfg.connect_timeout,
-        &format!("cannot connect to {}", cfg.dsn.redacted()),
-    )
+        &what,
+        sleep,
+    )?
+    .ok_or_else(|| crate::Error::Unreachable(what))
 }
 
 /// Creates or upgrades the table (idempotent; `sql/schema.sql` is the text it runs).
 pub fn migrate(cfg: &AdminConfig) -> Result<()> {
     let mut client = connect(cfg)?;
-    store::migrate(&mut client, &cfg.table)?;
+    let changed = store::migrate(&mut client, &cfg.table)?;
     store::check_table(&mut client, &cfg.table)?;
-    info!("table {} is ready", cfg.table);
+    if changed {
+        info!("table {} is ready (created or upgraded)", cfg.table);
+    } else {
+        info!("table {} is already up to date", cfg.table);
+    }
     Ok(())
 }
 

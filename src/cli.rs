@@ -66,6 +66,25 @@ pub const VALUE_FLAGS: &[&str] = &[
     "log-level",
 ];
 
+/// `VALUE_FLAGS` as typed on the command line (pico-args wants `&'static str` keys).
+const VALUE_KEYS: &[&str] = &[
+    "--dsn",
+    "--processes",
+    "--threads",
+    "--batch-size",
+    "--poll-interval",
+    "--max-attempts",
+    "--retry-backoff",
+    "--retry-backoff-max",
+    "--lease",
+    "--table",
+    "--exec-timeout",
+    "--max-runtime",
+    "--shutdown-timeout",
+    "--connect-timeout",
+    "--log-level",
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Run,
@@ -121,9 +140,8 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
         None => Mode::Run,
     };
     let mut raw = RawArgs::default();
-    for flag in VALUE_FLAGS {
-        // pico-args wants &'static keys; these few strings live as long as the process anyway.
-        let key: &'static str = Box::leak(format!("--{flag}").into_boxed_str());
+    for (flag, key) in VALUE_FLAGS.iter().zip(VALUE_KEYS) {
+        let key: &'static str = key;
         let v: Option<String> = p
             .opt_value_from_str(key)
             .map_err(|e| usage(describe(e, key)))?;
@@ -214,6 +232,14 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let e = parse(args(&["--batch-size"])).unwrap_err().to_string();
         assert!(e.contains("--batch-size needs a value"), "{e}");
+    }
+
+    #[test]
+    fn value_keys_match_value_flags() {
+        assert_eq!(VALUE_FLAGS.len(), VALUE_KEYS.len());
+        for (f, k) in VALUE_FLAGS.iter().zip(VALUE_KEYS) {
+            assert_eq!(format!("--{f}"), *k);
+        }
     }
 
     #[test]

@@ -27,8 +27,9 @@ impl Table {
         if parts.iter().any(|p| p.is_empty()) {
             return Err(bad("expected NAME or SCHEMA.NAME"));
         }
-        if parts.iter().any(|p| p.contains('\0')) {
-            return Err(bad("contains a NUL byte"));
+        // `'` and `$` would end the string and dollar quotes `migrate` puts the name in.
+        if s.contains(['\0', '\'', '$']) {
+            return Err(bad("NUL, `'` and `$` are not allowed in the table name"));
         }
         match parts.as_slice() {
             [name] => Ok(Table {
@@ -167,7 +168,7 @@ impl Source<'_> {
     fn dsn(&self) -> Result<Dsn> {
         let text = self.get("dsn").map(|(_, v)| v).unwrap_or_default();
         if text.trim().is_empty()
-            && !["PGHOST", "PGDATABASE", "PGUSER", "PGSERVICE"]
+            && !["PGHOST", "PGHOSTADDR", "PGDATABASE", "PGUSER"]
                 .iter()
                 .any(|v| (self.env)(v).is_some())
         {

@@ -199,7 +199,7 @@ impl Dsn {
         join_conninfo(self.params.iter())
     }
 
-    /// A loggable description: every parameter except the password (and client key path).
+    /// A loggable description: every parameter except the password.
     pub fn redacted(&self) -> String {
         join_conninfo(self.params.iter().filter(|(k, _)| k != "password"))
     }
@@ -217,8 +217,21 @@ impl Dsn {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
         }
-        // Notice a dead peer within about a minute instead of the kernel's two hours.
-        cfg.keepalives_idle(Duration::from_secs(30));
+        // Notice a dead peer or a partition within about a minute instead of the kernel's
+        // defaults (two hours of idle, then ~15 minutes of retransmissions), unless the DSN
+        // says otherwise: idle 30 s + 3 probes 10 s apart; unacknowledged data 60 s.
+        if self.get("keepalives_idle").is_none() {
+            cfg.keepalives_idle(Duration::from_secs(30));
+        }
+        if self.get("keepalives_interval").is_none() {
+            cfg.keepalives_interval(Duration::from_secs(10));
+        }
+        if self.get("keepalives_retries").is_none() {
+            cfg.keepalives_retries(3);
+        }
+        if self.get("tcp_user_timeout").is_none() {
+            cfg.tcp_user_timeout(Duration::from_secs(60));
+        }
         cfg.ssl_mode(match self.ssl_mode()? {
             SslMode::Disable => postgres::config::SslMode::Disable,
             SslMode::Prefer => postgres::config::SslMode::Prefer,
@@ -467,6 +480,13 @@ fn parse_uri(text: &str) -> Result<Vec<(String, String)>> {
                 .collect();
             out.push(("port".into(), ports.join(",")));
         }
+    }
+    // `postgres://app:pa/ss@host/db`: an unencoded `/` in the password would turn the rest
+    // into the database name, and that is logged. Refuse it.
+    if path.is_some_and(|p| p.contains('@')) {
+        return Err(Error::Usage(
+            "invalid DSN: `@` after the host part; percent-encode `/`, `@` and `:` in the user name and password (%2F, %40, %3A)".into(),
+        ));
     }
     if let Some(db) = path.filter(|p| !p.is_empty()) {
         out.push(("dbname".into(), decode(db, "dbname")?));

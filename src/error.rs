@@ -51,38 +51,39 @@ impl Error {
     }
 }
 
-/// True when a postgres error is worth retrying after reconnecting: the connection broke,
-/// the server is shutting down or restarting, or it is out of resources for now. Decided
-/// with the driver's predicates and SQLSTATE classes, never by matching message text.
+/// True when a postgres error is worth retrying after reconnecting: the connection broke or
+/// could not be made (an I/O error underneath), the server is shutting down or restarting,
+/// or it is out of resources or a lock for now. Everything else — authentication, a missing
+/// table, a certificate that does not verify, a server without TLS under sslmode=require,
+/// a configuration error — fails the same way next time. Decided with the driver's
+/// predicates, SQLSTATE classes and error types, never by matching message text.
 pub fn is_transient(e: &postgres::Error) -> bool {
-    // A TLS failure (certificate not trusted, wrong host name, server without TLS under
-    // sslmode=require) will fail the same way next time.
-    let mut src = std::error::Error::source(e);
-    while let Some(cause) = src {
-        if cause.downcast_ref::<native_tls::Error>().is_some() {
-            return false;
-        }
-        src = cause.source();
-    }
     if e.is_closed() {
         return true;
     }
-    match e.code() {
-        // No SQLSTATE: an I/O or protocol error on the socket.
-        None => true,
-        Some(code) => {
-            let c = code.code();
-            // 08: connection exception, 53: insufficient resources, 57P0x: admin/crash
-            // shutdown or cannot connect now, 40001/40P01: serialization failure/deadlock.
-            c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P0")
-                || c == "57014" // query_canceled (statement_timeout)
-                || c == "25006" // read_only_sql_transaction (during a failover)
-                || c == "40001"
-                || c == "40P01"
-        }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        // 08: connection exception, 53: insufficient resources, 57P0x: admin/crash
+        // shutdown or cannot connect now.
+        return c.starts_with("08")
+            || c.starts_with("53")
+            || c.starts_with("57P0")
+            || c == "57014" // query_canceled (statement_timeout)
+            || c == "55P03" // lock_not_available (lock_timeout)
+            || c == "25006" // read_only_sql_transaction (during a failover)
+            || c == "40001" // serialization_failure
+            || c == "40P01"; // deadlock_detected
     }
+    // No SQLSTATE: transient only when an I/O error is the cause (refused, reset, timed out;
+    // also inside a TLS handshake). A certificate that fails verification has no I/O cause.
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        src = cause.source();
+    }
+    false
 }
 
 /// A postgres error as one line: the server's message (with its SQLSTATE) when there is one,

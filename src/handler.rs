@@ -54,6 +54,10 @@ pub enum Outcome {
     Retry(String),
     /// Failed for good (the receiver rejected the event): straight to `dead`.
     Permanent(String),
+    /// Not the event's fault, and nothing will be delivered from here (stdout was closed, say):
+    /// the event is given back at once without using an attempt, and the worker stops and
+    /// exits 1 (the supervisor restarts it with backoff, and gives up if it keeps failing).
+    Abort(String),
 }
 
 /// A delivery target. Called from several handler threads at once, hence `Sync`.

@@ -43,6 +43,7 @@ pub use error::{Error, Result};
 pub use handler::{Event, Handler, Outcome, Pattern, Router};
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
 /// The whole command line: parse, pick the mode, map errors to exit codes. `compiled` routes
@@ -55,12 +56,17 @@ pub fn main_with(compiled: Router) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let code = match mode {
+        // A closed stdout (`dispatchbox --help | true`) is not worth a panic.
         cli::Mode::Help => {
-            print!("{}", cli::HELP);
+            let _ = std::io::stdout().write_all(cli::HELP.as_bytes());
             Ok(error::exit::OK)
         }
         cli::Mode::Version => {
-            println!("dispatchbox {}", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(
+                std::io::stdout(),
+                "dispatchbox {}",
+                env!("CARGO_PKG_VERSION")
+            );
             Ok(error::exit::OK)
         }
         cli::Mode::Migrate | cli::Mode::Stats => {
@@ -110,6 +116,6 @@ pub fn main_with(compiled: Router) -> ExitCode {
 }
 
 fn usage_error(e: &Error) -> ExitCode {
-    eprintln!("dispatchbox: {e}");
+    let _ = writeln!(std::io::stderr(), "dispatchbox: {e}");
     ExitCode::from(e.exit_code())
 }

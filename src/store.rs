@@ -67,56 +67,104 @@ pub fn schema_for(table: &Table) -> String {
     out
 }
 
-/// Creates or upgrades the table. Serialized with an advisory lock so that several
-/// `migrate` runs (or processes) at once do not trip over each other.
-pub fn migrate(client: &mut Client, table: &Table) -> Result<()> {
+/// Creates or upgrades the table; returns false when it was already up to date. Serialized
+/// with an advisory lock so that several `migrate` runs at once do not trip over each other.
+/// An up-to-date table is left alone: `ALTER TABLE ... IF NOT EXISTS` would still take an
+/// exclusive lock and stall every worker behind it.
+pub fn migrate(client: &mut Client, table: &Table) -> Result<bool> {
     let mut tx = client.transaction()?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))",
         &[],
     )?;
+    if inspect(&mut tx, table)? == TableState::Ready {
+        return Ok(false);
+    }
+    // Waiting behind a long reader would queue every claim behind us: give up instead.
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
     tx.batch_execute(&schema_for(table))?;
     tx.commit()?;
-    Ok(())
+    Ok(true)
 }
 
-/// Checks that the table exists and has every column the worker needs, with an error a user
-/// can act on.
-pub fn check_table(client: &mut Client, table: &Table) -> Result<()> {
+#[derive(Debug, PartialEq, Eq)]
+enum TableState {
+    Missing {
+        database: String,
+    },
+    LacksColumns(Vec<&'static str>),
+    /// Usable, but no valid claim index: `migrate` builds it.
+    NoClaimIndex,
+    Ready,
+}
+
+fn inspect(client: &mut impl postgres::GenericClient, table: &Table) -> Result<TableState> {
     let row = client.query_one(
-        "SELECT to_regclass($1)::oid::bigint AS oid, current_database()",
+        "SELECT to_regclass($1)::oid::bigint, current_database()::text",
         &[&table.quoted()],
     )?;
-    let oid: Option<i64> = row.get(0);
-    let db: String = row.get(1);
-    let Some(oid) = oid else {
-        return Err(Error::Database(format!(
-            "table {table} does not exist in database {db}: run `dispatchbox migrate` first"
-        )));
+    let Some(oid): Option<i64> = row.get(0) else {
+        return Ok(TableState::Missing {
+            database: row.get(1),
+        });
     };
     let rows = client.query(
-        "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped",
+        "SELECT attname::text FROM pg_attribute
+         WHERE attrelid = $1::bigint::oid AND attnum > 0 AND NOT attisdropped",
         &[&oid],
     )?;
     let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let missing: Vec<&str> = REQUIRED_COLUMNS
+    let missing: Vec<&'static str> = REQUIRED_COLUMNS
         .iter()
         .copied()
         .filter(|c| !have.iter().any(|h| h == c))
         .collect();
     if !missing.is_empty() {
-        return Err(Error::Database(format!(
+        return Ok(TableState::LacksColumns(missing));
+    }
+    // The same test as in sql/schema.sql (the original tool's index counts).
+    let indexed: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+                WHERE i.indrelid = $1::bigint::oid AND i.indisvalid AND i.indisready
+                  AND pg_get_indexdef(i.indexrelid) LIKE
+                      '%(next_run_at) WHERE (status = ANY (ARRAY[''pending''::text, ''retry''::text]))')",
+            &[&oid],
+        )?
+        .get(0);
+    Ok(if indexed {
+        TableState::Ready
+    } else {
+        TableState::NoClaimIndex
+    })
+}
+
+/// Checks that the table exists and has every column the worker needs, with an error a user
+/// can act on. A missing claim index is only a warning: claims work, but slowly.
+pub fn check_table(client: &mut Client, table: &Table) -> Result<()> {
+    match inspect(client, table)? {
+        TableState::Missing { database } => Err(Error::Database(format!(
+            "table {table} does not exist in database {database}: run `dispatchbox migrate` first"
+        ))),
+        TableState::LacksColumns(missing) => Err(Error::Database(format!(
             "table {table} lacks column(s) {}: run `dispatchbox migrate` to upgrade it",
             missing.join(", ")
-        )));
+        ))),
+        TableState::NoClaimIndex => {
+            crate::warn!(
+                "table {table} has no valid index on (next_run_at) for pending/retry rows: \
+                 claims will scan the table; run `dispatchbox migrate`"
+            );
+            Ok(())
+        }
+        TableState::Ready => Ok(()),
     }
-    Ok(())
 }
 
 /// `(status, count)` for every status present, plus the four standard ones even when zero.
 pub fn stats(client: &mut Client, table: &Table) -> Result<Vec<(String, i64)>> {
     let sql = format!(
-        "SELECT coalesce(status, '(null)'), count(*) FROM {} GROUP BY 1",
+        "SELECT coalesce(status::text, '(null)'), count(*) FROM {} GROUP BY 1",
         table.quoted()
     );
     let mut out: Vec<(String, i64)> = ["pending", "retry", "done", "dead"]
@@ -141,7 +189,7 @@ pub fn unrouted(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<Ve
     }
     // Served by the claim index (status predicate); a start-up-only scan of waiting rows.
     let sql = format!(
-        "SELECT coalesce(event_type, '(null)'), count(*) FROM {} \
+        "SELECT coalesce(event_type::text, '(null)'), count(*) FROM {} \
          WHERE status IN ('pending', 'retry') \
            AND NOT coalesce(event_type = ANY($1::text[]) OR event_type LIKE ANY($2::text[]), false) \
          GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
@@ -154,20 +202,33 @@ pub fn unrouted(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<Ve
         .collect())
 }
 
-/// Whether any event this worker could take is leased right now (by anyone). `--drain` waits
-/// for those: they either complete or come due again when their worker died.
-pub fn any_leased(
+/// What a drain still has to wait for.
+pub struct RemainingWork {
+    /// An event this worker could take is due now.
+    pub due: bool,
+    /// Seconds until the latest lease on such an event expires (None: nothing is leased).
+    pub leased_for: Option<f64>,
+}
+
+pub fn remaining_work(
     client: &mut Client,
     table: &Table,
     f: &TypeFilter,
-) -> Result<bool, postgres::Error> {
-    // Served by the claim index (status predicate); only runs when nothing is due.
+) -> Result<RemainingWork, postgres::Error> {
+    // Served by the claim index (status predicate); runs only when a claim found nothing.
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE status IN ('pending', 'retry') AND locked_by IS NOT NULL \
-           AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[])))",
+        "SELECT coalesce(bool_or(next_run_at <= now()), false),
+                extract(epoch FROM max(next_run_at) FILTER (WHERE locked_by IS NOT NULL) - now())::float8
+         FROM {} WHERE status IN ('pending', 'retry')
+           AND (next_run_at <= now() OR locked_by IS NOT NULL)
+           AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[]))",
         table.quoted()
     );
-    Ok(client.query_one(&sql, &[&f.all, &f.exact, &f.like])?.get(0))
+    let row = client.query_one(&sql, &[&f.all, &f.exact, &f.like])?;
+    Ok(RemainingWork {
+        due: row.get(0),
+        leased_for: row.get(1),
+    })
 }
 
 /// One claimed row.
@@ -223,8 +284,8 @@ const LEASE: &str = "
         locked_by   = CASE WHEN coalesce(e.attempts, 0) >= @max THEN NULL ELSE @owner::text END,
         locked_at   = CASE WHEN coalesce(e.attempts, 0) >= @max THEN NULL ELSE now() END
     WHERE e.id = ANY (ARRAY(SELECT id FROM due))
-    RETURNING e.id, e.attempts, e.status, e.event_type, e.aggregate_type, e.aggregate_id,
-              coalesce(e.payload::text, 'null') AS payload";
+    RETURNING e.id::bigint, e.attempts::int, e.status::text, e.event_type::text,
+              e.aggregate_type::text, e.aggregate_id::text, coalesce(e.payload::text, 'null') AS payload";
 
 /// Writes a batch of results. Primary-key lookups, fenced by owner and token.
 const COMPLETE: &str = "
@@ -261,7 +322,7 @@ const HELD_PARAMS: &[&str] = &["ids", "tokens", "owner", "lease"];
 /// Replaces `{t}` with the quoted table and each `@name` with `$k`, k = its 1-based position in
 /// `names` (a name may occur several times).
 fn bind(sql: &str, table: &Table, names: &[&str]) -> String {
-    let mut out = sql.replace("{t}", &table.quoted());
+    let mut out = sql.to_string();
     // Longest names first, so that no name is replaced inside a longer one.
     let mut order: Vec<(usize, &str)> = names.iter().copied().enumerate().collect();
     order.sort_by_key(|(_, n)| std::cmp::Reverse(n.len()));
@@ -269,7 +330,8 @@ fn bind(sql: &str, table: &Table, names: &[&str]) -> String {
         out = out.replace(&format!("@{name}"), &format!("${}", i + 1));
     }
     debug_assert!(!out.contains('@'), "unbound placeholder in {out}");
-    out
+    // The table last: a quoted name may itself contain `@`.
+    out.replace("{t}", &table.quoted())
 }
 
 /// A connection with this worker's statements prepared on it.
@@ -292,11 +354,21 @@ pub struct ClaimArgs<'a> {
 }
 
 impl Conn {
-    pub fn prepare(mut client: Client, table: &Table) -> Result<Conn, postgres::Error> {
+    /// Prepares the statements. `lease` bounds how long a statement may wait for a lock: a
+    /// worker stuck behind an `ALTER TABLE` cannot extend its leases, so it gives up and
+    /// retries instead of silently losing its events to another worker.
+    pub fn prepare(
+        mut client: Client,
+        table: &Table,
+        lease: Duration,
+    ) -> Result<Conn, postgres::Error> {
         // These statements run thousands of times with the same shape; their generic plans
         // are good (index scans only). Without this, PostgreSQL may keep re-planning them for
         // every execution (a custom plan costs ~0.7 ms here, more than the execution).
-        client.batch_execute("SET plan_cache_mode = force_generic_plan")?;
+        let lock_ms = (lease.as_millis() / 3).max(100);
+        client.batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; SET lock_timeout = {lock_ms}"
+        ))?;
         let claim = client.prepare(&bind(
             &format!("WITH due AS ({DUE}) {LEASE}"),
             table,
@@ -331,24 +403,17 @@ impl Conn {
         })
     }
 
-    pub fn claim(
-        &mut self,
-        n: u32,
-        lease: Duration,
-        owner: &str,
-        filter: &TypeFilter,
-        max_attempts: i32,
-    ) -> Result<Vec<Claimed>, postgres::Error> {
+    pub fn claim(&mut self, a: &ClaimArgs<'_>) -> Result<Vec<Claimed>, postgres::Error> {
         let rows = self.client.query(
             &self.claim,
             &[
-                &i64::from(n),
-                &lease.as_secs_f64(),
-                &filter.all,
-                &filter.exact,
-                &filter.like,
-                &max_attempts,
-                &owner,
+                &i64::from(a.n),
+                &a.lease.as_secs_f64(),
+                &a.filter.all,
+                &a.filter.exact,
+                &a.filter.like,
+                &a.max_attempts,
+                &a.owner,
             ],
         )?;
         Ok(rows.iter().map(|r| claimed_from(r, 0)).collect())
@@ -452,8 +517,14 @@ fn claimed_from(r: &postgres::Row, at: usize) -> Claimed {
     }
 }
 
-/// Cuts an error message to `MAX_ERROR_LEN` bytes on a character boundary.
-pub fn truncate_error(mut s: String) -> String {
+/// Makes an error message storable: NUL bytes (which PostgreSQL text cannot hold) become
+/// `\0`, and it is cut to `MAX_ERROR_LEN` bytes on a character boundary.
+pub fn truncate_error(s: String) -> String {
+    let mut s = if s.contains('\0') {
+        s.replace('\0', "\\0")
+    } else {
+        s
+    };
     if s.len() > MAX_ERROR_LEN {
         let mut end = MAX_ERROR_LEN;
         while !s.is_char_boundary(end) {
@@ -494,6 +565,11 @@ mod tests {
             bind("SELECT @a, @ab, @a::int FROM {t}", &t, &["a", "ab"]),
             "SELECT $1, $2, $1::int FROM \"x\""
         );
+    }
+
+    #[test]
+    fn nul_bytes_are_escaped() {
+        assert_eq!(truncate_error("a\0b".into()), "a\\0b");
     }
 
     #[test]

@@ -46,6 +46,25 @@ struct Slot {
     state: State,
     quick_deaths: u32,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The thread copying the child's stderr; joined before `last_error` is read.
+    forwarder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Slot {
+    /// The child's last ERROR line, once its stderr has been copied to the end.
+    fn last_error(&mut self) -> Option<String> {
+        if let Some(t) = self.forwarder.take() {
+            // EOF comes with the exit; a grandchild holding the pipe must not block us.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        self.last_error.lock().ok().and_then(|m| m.clone())
+    }
 }
 
 /// The path to re-execute: `/proc/self/exe` (immune to the binary being replaced or the
@@ -82,6 +101,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
             state: State::Restarting { at: Instant::now() },
             quick_deaths: 0,
             last_error: Arc::new(Mutex::new(None)),
+            forwarder: None,
         })
         .collect();
     info!(
@@ -93,6 +113,8 @@ pub fn run(cfg: &Config) -> Result<u8> {
 
     let deadline = cfg.max_runtime.map(|d| Instant::now() + d);
     let mut stop_requests = 0u32;
+    // When children that were told to stop get SIGKILL if they are still there.
+    let mut kill_at: Option<Instant> = None;
     let mut time_limit_hit = false;
     // Set when a child failed in a way restarting cannot fix: (code, message).
     let mut fatal: Option<(u8, String)> = None;
@@ -103,7 +125,27 @@ pub fn run(cfg: &Config) -> Result<u8> {
             for slot in &mut slots {
                 if let State::Restarting { at } = slot.state {
                     if at <= Instant::now() {
-                        slot.state = spawn(&exe, slot, &config_line)?;
+                        slot.state = match spawn(&exe, slot, &config_line) {
+                            Ok(state) => state,
+                            Err(e) => {
+                                // e.g. EAGAIN: try again later, like a crash at start-up.
+                                slot.quick_deaths += 1;
+                                let pause = reconnect_delay(
+                                    slot.quick_deaths,
+                                    Duration::from_secs(30),
+                                    &mut rng,
+                                );
+                                warn!("{e}; retrying in {:.1}s", pause.as_secs_f64());
+                                if slot.quick_deaths >= MAX_QUICK_DEATHS {
+                                    fatal = Some((exit::FAILURE, e.to_string()));
+                                    State::Exited(exit::FAILURE)
+                                } else {
+                                    State::Restarting {
+                                        at: Instant::now() + pause,
+                                    }
+                                }
+                            }
+                        };
                     }
                 }
             }
@@ -126,10 +168,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
                 }
                 Some(c @ 2..=4) => {
                     let msg = slot
-                        .last_error
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.clone())
+                        .last_error()
                         .unwrap_or_else(|| format!("exit code {c}"));
                     info!("worker {} cannot run; stopping all workers", slot.index);
                     fatal = Some((c as u8, format!("worker {} cannot run: {msg}", slot.index)));
@@ -173,6 +212,19 @@ pub fn run(cfg: &Config) -> Result<u8> {
         if (fatal.is_some() || time_limit_hit) && stop_requests == 0 {
             stop_requests = 1;
             tell_all(&mut slots, "stop");
+        }
+        if stop_requests > 0 && kill_at.is_none() {
+            // Children bound their own shutdown; this only catches one that hangs.
+            kill_at = Some(Instant::now() + cfg.shutdown_timeout + Duration::from_secs(10));
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            for slot in &mut slots {
+                if let State::Running { child, .. } = &mut slot.state {
+                    warn!("worker {} did not stop in time; killing it", slot.index);
+                    let _ = child.kill();
+                }
+            }
+            kill_at = Some(Instant::now() + Duration::from_secs(3600));
         }
 
         let running = slots
@@ -221,6 +273,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
                 } else {
                     info!("second signal: telling workers to stop now");
                     tell_all(&mut slots, "stop-now");
+                    kill_at = Some(Instant::now() + Duration::from_secs(5));
                 }
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
@@ -251,7 +304,7 @@ fn tell_all(slots: &mut [Slot], what: &str) {
     }
 }
 
-fn spawn(exe: &PathBuf, slot: &mut Slot, config_line: &str) -> Result<State> {
+fn spawn(exe: &std::path::Path, slot: &mut Slot, config_line: &str) -> Result<State> {
     let mut child = Command::new(exe)
         .arg("--worker-index")
         .arg(slot.index.to_string())
@@ -269,7 +322,10 @@ fn spawn(exe: &PathBuf, slot: &mut Slot, config_line: &str) -> Result<State> {
     }
     if let Some(stderr) = child.stderr.take() {
         let last_error = Arc::clone(&slot.last_error);
-        std::thread::spawn(move || forward_stderr(stderr, &last_error));
+        *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        slot.forwarder = Some(std::thread::spawn(move || {
+            forward_stderr(stderr, &last_error)
+        }));
     }
     info!("started worker {} (pid {})", slot.index, child.id());
     Ok(State::Running {
@@ -287,10 +343,13 @@ fn forward_stderr(stderr: std::process::ChildStderr, last_error: &Mutex<Option<S
         let Ok(mut line) = line else { return };
         line.push(b'\n');
         let _ = std::io::stderr().lock().write_all(&line);
+        // `<timestamp> ERROR    [worker N pid P] message`: the level is the second field.
         let text = String::from_utf8_lossy(&line);
-        if let Some(pos) = text.find(" ERROR ") {
-            let msg = text[pos + 7..].trim();
-            // Strip the `[worker N pid P]` tag.
+        let Some((_, rest)) = text.split_once(' ') else {
+            continue;
+        };
+        if let Some(rest) = rest.strip_prefix("ERROR ") {
+            let msg = rest.trim();
             let msg = msg.split_once("] ").map(|(_, m)| m).unwrap_or(msg);
             if let Ok(mut slot) = last_error.lock() {
                 *slot = Some(msg.to_string());

@@ -91,17 +91,19 @@ pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
 }
 
 /// Connects, retrying transient failures until `deadline`; authentication and other
-/// non-transient refusals fail at once.
+/// non-transient refusals fail at once. `pause(d)` waits between attempts and returns true
+/// when the wait was cut short by a stop request (then `Ok(None)`).
 pub fn connect_until(
     connector: &Connector,
     deadline: Instant,
     what: &str,
-) -> Result<postgres::Client> {
+    pause: &mut dyn FnMut(Duration) -> bool,
+) -> Result<Option<postgres::Client>> {
     let mut rng = fastrand::Rng::new();
     let mut failures = 0u32;
     loop {
         match connector.connect() {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok(Some(c)),
             Err(e) if !is_transient(&e) => {
                 return Err(Error::Database(format!("{what}: {}", describe_pg(&e))))
             }
@@ -117,25 +119,41 @@ pub fn connect_until(
                         describe_pg(&e)
                     )));
                 }
-                let pause = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
-                std::thread::sleep(pause.min(deadline - now));
+                let wait = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
+                if pause(wait.min(deadline - now)) {
+                    return Ok(None);
+                }
             }
         }
     }
 }
 
+/// Waits `d` for a stop request on the inbox; true when one came.
+fn stop_requested(inbox: &Receiver<Msg>, d: Duration) -> bool {
+    match inbox.recv_timeout(d) {
+        Ok(Msg::Stop | Msg::StopNow) | Err(RecvTimeoutError::Disconnected) => true,
+        Ok(_) | Err(RecvTimeoutError::Timeout) => false,
+    }
+}
+
 /// Connects, checks the table, reports unrouted types, prepares the statements.
+/// `Ok(None)`: told to stop meanwhile.
 fn start_up(
     cfg: &Config,
     connector: &Connector,
     deadline: Instant,
     filter: &TypeFilter,
-) -> Result<Conn> {
-    let mut client = connect_until(
+    inbox: &Receiver<Msg>,
+) -> Result<Option<Conn>> {
+    let Some(mut client) = connect_until(
         connector,
         deadline,
         &format!("cannot connect to {}", cfg.dsn.redacted()),
-    )?;
+        &mut |d| stop_requested(inbox, d),
+    )?
+    else {
+        return Ok(None);
+    };
     store::check_table(&mut client, &cfg.table)?;
     match store::unrouted(&mut client, &cfg.table, filter) {
         Ok(list) if !list.is_empty() => {
@@ -148,13 +166,14 @@ fn start_up(
         Ok(_) => {}
         Err(e) => debug!("could not list unrouted event types: {e}"),
     }
-    Conn::prepare(client, &cfg.table).map_err(|e| {
+    let conn = Conn::prepare(client, &cfg.table, cfg.lease).map_err(|e| {
         if is_transient(&e) {
             Error::Postgres(e)
         } else {
             Error::Database(format!("cannot prepare statements: {}", describe_pg(&e)))
         }
-    })
+    })?;
+    Ok(Some(conn))
 }
 
 /// Runs one worker until it drains (`--drain`) or is told to stop through `inbox`.
@@ -174,8 +193,12 @@ pub fn run(
     // A connection lost during start-up (server restarting, backend terminated) is retried
     // like a failed connect, within --connect-timeout.
     let conn = loop {
-        match start_up(cfg, &connector, deadline, &filter) {
-            Ok(conn) => break conn,
+        match start_up(cfg, &connector, deadline, &filter, &inbox) {
+            Ok(Some(conn)) => break conn,
+            Ok(None) => {
+                info!("stopped during start-up");
+                return Ok(Ended::Stopped);
+            }
             Err(Error::Postgres(e)) if is_transient(&e) && Instant::now() < deadline => {
                 failures += 1;
                 if failures == 1 {
@@ -184,7 +207,11 @@ pub fn run(
                         describe_pg(&e)
                     );
                 }
-                std::thread::sleep(reconnect_delay(failures, Duration::from_secs(2), &mut rng));
+                let wait = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
+                if stop_requested(&inbox, wait) {
+                    info!("stopped during start-up");
+                    return Ok(Ended::Stopped);
+                }
             }
             Err(Error::Postgres(e)) if is_transient(&e) => {
                 return Err(Error::Unreachable(format!(
@@ -242,8 +269,14 @@ pub fn run(
             failures: 0,
             stop_deadline: None,
             claimed_total: 0,
+            drain_wait_until: None,
+            failure: None,
         };
-        db.run()
+        let result = db.run();
+        if let Err(e) = &result {
+            db.fail_stop(e);
+        }
+        result
     })
 }
 
@@ -273,6 +306,7 @@ fn handler_loop(jobs: &Mutex<Receiver<Job>>, tx: Sender<Msg>, stopping: &AtomicB
             });
         match &outcome {
             Outcome::Delivered => {}
+            Outcome::Abort(e) => error!("event {}: {e}; stopping this worker", job.event.id),
             Outcome::Retry(e) | Outcome::Permanent(e) => debug!(
                 "event {} ({}) attempt {} failed: {e}",
                 job.event.id,
@@ -317,6 +351,10 @@ struct DbThread<'a> {
     failures: u32,
     stop_deadline: Option<Instant>,
     claimed_total: u64,
+    /// `--drain` found nothing due: events leased at that moment are waited for until then.
+    drain_wait_until: Option<Instant>,
+    /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
+    failure: Option<String>,
 }
 
 enum Step {
@@ -342,13 +380,13 @@ impl DbThread<'_> {
                 Some(d) => match self.inbox.recv_timeout(d) {
                     Ok(msg) => self.absorb(msg),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {}
+                    // Only reachable through the library with every sender dropped.
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(d),
                 },
-                None => {
-                    if let Ok(msg) = self.inbox.recv() {
-                        self.absorb(msg)
-                    }
-                }
+                None => match self.inbox.recv() {
+                    Ok(msg) => self.absorb(msg),
+                    Err(_) => self.begin_stop(),
+                },
             }
         }
     }
@@ -356,12 +394,24 @@ impl DbThread<'_> {
     fn absorb(&mut self, msg: Msg) {
         match msg {
             Msg::Done { id, token, outcome } => {
-                if self.in_flight.remove(&id).is_some() {
+                if self.in_flight.get(&id) != Some(&token) {
+                    // A result for an older claim of the same event: that claim is void.
+                    return;
+                }
+                self.in_flight.remove(&id);
+                if let Outcome::Abort(why) = outcome {
+                    self.to_release.push((id, token));
+                    if self.failure.is_none() {
+                        self.failure = Some(why);
+                    }
+                    self.begin_stop();
+                } else {
                     self.completer.push(id, token, outcome);
                 }
             }
             Msg::Unstarted { id, token } => {
-                if self.in_flight.remove(&id).is_some() {
+                if self.in_flight.get(&id) == Some(&token) {
+                    self.in_flight.remove(&id);
                     self.to_release.push((id, token));
                 }
             }
@@ -391,8 +441,10 @@ impl DbThread<'_> {
         // recv(), the queue is empty; threads check `stopping` themselves after recv().
         if let Ok(rx) = self.job_rx.try_lock() {
             while let Ok(job) = rx.try_recv() {
-                self.in_flight.remove(&job.event.id);
-                self.to_release.push((job.event.id, job.token));
+                if self.in_flight.get(&job.event.id) == Some(&job.token) {
+                    self.in_flight.remove(&job.event.id);
+                    self.to_release.push((job.event.id, job.token));
+                }
             }
         }
         // Idle threads exit once the queue is closed and empty.
@@ -427,6 +479,9 @@ impl DbThread<'_> {
         if stopping {
             let everything_written = self.completer.is_empty() && self.to_release.is_empty();
             if self.in_flight.is_empty() && everything_written {
+                if let Some(why) = self.failure.take() {
+                    return Err(Error::Other(format!("worker stopped: {why}")));
+                }
                 info!("stopped cleanly; all results written");
                 return Ok(Step::Finished(Ended::Stopped));
             }
@@ -442,23 +497,77 @@ impl DbThread<'_> {
             let claimed = self.db(|w| w.claim())?;
             if claimed == Some(0) {
                 if self.cfg.drain && self.in_flight.is_empty() && self.completer.is_empty() {
-                    // Events leased by a worker that died come due when the lease expires;
-                    // a drain is finished only when none is leased any more.
-                    let (table, filter) = (self.cfg.table.clone(), self.filter.clone());
-                    let leased =
-                        self.db(|w| store::any_leased(&mut w.conn().client, &table, &filter))?;
-                    if leased == Some(false) {
-                        info!(
-                            "drained: nothing is due or leased any more ({} events claimed by this worker)",
-                            self.claimed_total
-                        );
-                        return Ok(Step::Finished(Ended::Drained));
+                    if let Some(ended) = self.drain_check(now)? {
+                        return Ok(Step::Finished(ended));
                     }
                 }
                 self.idle_until = Some(now + self.cfg.poll_interval);
             }
         }
         Ok(Step::Continue)
+    }
+
+    /// `--drain` claimed nothing and holds nothing. Finished unless an event is due (a retry
+    /// that came due meanwhile) or leased: a leased event completes or, if its worker died,
+    /// comes due when the lease expires. Leases are waited for up to the latest expiry seen
+    /// the first time, so live workers extending theirs cannot keep a drain alive forever.
+    fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
+        let (table, filter) = (self.cfg.table.clone(), self.filter.clone());
+        let Some(work) =
+            self.db(|w| store::remaining_work(&mut w.conn().client, &table, &filter))?
+        else {
+            return Ok(None);
+        };
+        if work.due {
+            return Ok(None);
+        }
+        let wait_until = match (self.drain_wait_until, work.leased_for) {
+            (Some(t), _) => Some(t),
+            (None, Some(secs)) => {
+                let t = now + Duration::from_secs_f64(secs.max(0.0)) + self.cfg.poll_interval;
+                info!(
+                    "nothing due; waiting up to {:.1}s for events leased by other workers",
+                    secs.max(0.0)
+                );
+                self.drain_wait_until = Some(t);
+                Some(t)
+            }
+            (None, None) => None,
+        };
+        if work.leased_for.is_some() && wait_until.is_some_and(|t| now < t) {
+            return Ok(None);
+        }
+        info!(
+            "drained: nothing is due any more ({} events claimed by this worker)",
+            self.claimed_total
+        );
+        Ok(Some(Ended::Drained))
+    }
+
+    /// The worker is ending with an error (a database refusal mid-run): make the handler
+    /// threads take nothing new, give back what is queued (best effort), and if handlers are
+    /// still running, exit without waiting for them (their events stay leased).
+    fn fail_stop(&mut self, e: &Error) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(rx) = self.job_rx.try_lock() {
+            while let Ok(job) = rx.try_recv() {
+                if self.in_flight.remove(&job.event.id).is_some() {
+                    self.to_release.push((job.event.id, job.token));
+                }
+            }
+        }
+        self.job_tx = None;
+        if !self.to_release.is_empty() && self.conn.is_some() {
+            let _ = self.release();
+        }
+        if !self.in_flight.is_empty() {
+            error!("{e}");
+            warn!(
+                "exiting with {} handler(s) still running; their events stay leased until the lease expires",
+                self.in_flight.len()
+            );
+            std::process::exit(i32::from(e.exit_code()));
+        }
     }
 
     /// The shutdown wait is over but handlers still run: their events stay leased and are
@@ -473,16 +582,18 @@ impl DbThread<'_> {
                 self.cfg.lease.as_secs_f64()
             );
         }
+        let mut code = crate::error::exit::OK;
         if !self.completer.is_empty() || !self.to_release.is_empty() {
-            warn!(
+            error!(
                 "database unreachable at shutdown: {} result(s) not written; those events \
                  will be delivered again after their lease expires",
                 self.completer.len() + self.to_release.len()
             );
+            code = crate::error::exit::UNREACHABLE;
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        std::process::exit(i32::from(crate::error::exit::OK));
+        std::process::exit(i32::from(code));
     }
 
     fn can_claim(&self, now: Instant) -> bool {
@@ -565,7 +676,7 @@ impl DbThread<'_> {
         let attempt = self
             .connector
             .connect()
-            .and_then(|c| Conn::prepare(c, &self.cfg.table));
+            .and_then(|c| Conn::prepare(c, &self.cfg.table, self.cfg.lease));
         match attempt {
             Ok(conn) => {
                 self.conn = Some(conn);
@@ -620,7 +731,7 @@ impl DbThread<'_> {
     fn written(&mut self, written: u64, n: usize) {
         if (written as usize) < n {
             warn!(
-                "{} of {n} result(s) were not written: their lease had expired and another worker took them over",
+                "{} of {n} result(s) were not applied: the event's lease had passed to another claim",
                 n - written as usize
             );
         }
@@ -676,7 +787,7 @@ impl DbThread<'_> {
             max_attempts: self.cfg.max_attempts,
         };
         let claimed = if self.completer.is_empty() {
-            self.conn().claim(args.n, args.lease, args.owner, args.filter, args.max_attempts)?
+            self.conn().claim(&args)?
         } else {
             let n = self.completer.len();
             let (written, claimed) = {
@@ -735,9 +846,4 @@ impl DbThread<'_> {
             self.to_release.push((job.event.id, job.token));
         }
     }
-}
-
-/// Logs a fatal worker error (used by main for the child and single-process paths).
-pub fn report(e: &Error) {
-    error!("{e}");
 }

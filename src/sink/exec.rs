@@ -92,6 +92,13 @@ impl Exec {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() >= deadline => {
+                    // The whole process group (the command runs in its own), so that what it
+                    // started dies too; std can only signal the child itself.
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{}", child.id())])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Outcome::Retry(format!(

@@ -1,5 +1,6 @@
 //! The `stdout` target: one JSON line per event on standard output, flushed before the
-//! event counts as delivered (a failed write, e.g. a closed pipe, is a retryable failure).
+//! event counts as delivered. A failed write (a closed pipe, a full disk) is not the event's
+//! fault: the event is given back without using an attempt and the worker stops.
 
 use crate::handler::{Event, Handler, Outcome};
 use std::io::Write;
@@ -14,7 +15,7 @@ impl Handler for Stdout {
         let mut out = std::io::stdout().lock();
         match out.write_all(line.as_bytes()).and_then(|_| out.flush()) {
             Ok(()) => Outcome::Delivered,
-            Err(e) => Outcome::Retry(format!("stdout: {e}")),
+            Err(e) => Outcome::Abort(format!("cannot write to stdout: {e}")),
         }
     }
 }

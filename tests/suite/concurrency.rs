@@ -5,7 +5,7 @@ use super::{assert_exactly_once, db_with_events, delivered_ids};
 use crate::common;
 use dispatchbox::config::Table;
 use dispatchbox::handler::TypeFilter;
-use dispatchbox::store::{Completion, Conn};
+use dispatchbox::store::{ClaimArgs, Claimed, Completion, Conn};
 use std::time::Duration;
 
 #[test]
@@ -53,8 +53,44 @@ fn two_workers_on_one_table_deliver_every_event_exactly_once() {
     );
 }
 
+/// `Conn::claim` with positional arguments, to keep the tests short.
+trait Take {
+    fn take(
+        &mut self,
+        n: u32,
+        lease: Duration,
+        owner: &str,
+        filter: &TypeFilter,
+        max_attempts: i32,
+    ) -> Result<Vec<Claimed>, postgres::Error>;
+}
+
+impl Take for Conn {
+    fn take(
+        &mut self,
+        n: u32,
+        lease: Duration,
+        owner: &str,
+        filter: &TypeFilter,
+        max_attempts: i32,
+    ) -> Result<Vec<Claimed>, postgres::Error> {
+        self.claim(&ClaimArgs {
+            n,
+            lease,
+            owner,
+            filter,
+            max_attempts,
+        })
+    }
+}
+
 fn conn(db: &common::TestDb) -> Conn {
-    Conn::prepare(db.client(), &Table::parse("outbox_event").unwrap()).unwrap()
+    Conn::prepare(
+        db.client(),
+        &Table::parse("outbox_event").unwrap(),
+        Duration::from_secs(30),
+    )
+    .unwrap()
 }
 
 fn all() -> TypeFilter {
@@ -70,19 +106,16 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     let (mut a, mut b) = (conn(&db), conn(&db));
     let lease = Duration::from_secs(1);
 
-    let claimed = a.claim(10, lease, "worker-a", &all(), 5).unwrap();
+    let claimed = a.take(10, lease, "worker-a", &all(), 5).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].token, 1);
     // While A's lease holds, B gets nothing.
-    assert!(b
-        .claim(10, lease, "worker-b", &all(), 5)
-        .unwrap()
-        .is_empty());
+    assert!(b.take(10, lease, "worker-b", &all(), 5).unwrap().is_empty());
 
     common::wait_until(Duration::from_secs(10), "the lease expires", || {
         db.count("SELECT count(*) FROM outbox_event WHERE next_run_at <= now()") == 1
     });
-    let taken = b.claim(10, lease, "worker-b", &all(), 5).unwrap();
+    let taken = b.take(10, lease, "worker-b", &all(), 5).unwrap();
     assert_eq!(taken.len(), 1, "B takes the expired lease over");
     assert_eq!(taken[0].token, 2);
 
@@ -136,12 +169,12 @@ fn extending_a_lease_keeps_the_event_from_being_taken_over() {
     let db = db_with_events(1, "x");
     let (mut a, mut b) = (conn(&db), conn(&db));
     let lease = Duration::from_secs(1);
-    let claimed = a.claim(1, lease, "worker-a", &all(), 5).unwrap();
+    let claimed = a.take(1, lease, "worker-a", &all(), 5).unwrap();
     assert_eq!(claimed.len(), 1);
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(a.extend("worker-a", &[(1, 1)], lease).unwrap(), 1);
-        assert!(b.claim(1, lease, "worker-b", &all(), 5).unwrap().is_empty());
+        assert!(b.take(1, lease, "worker-b", &all(), 5).unwrap().is_empty());
     }
 }
 
@@ -150,14 +183,14 @@ fn release_gives_the_event_back_at_once_with_its_attempt() {
     let db = db_with_events(2, "x");
     let mut a = conn(&db);
     let claimed = a
-        .claim(2, Duration::from_secs(60), "worker-a", &all(), 5)
+        .take(2, Duration::from_secs(60), "worker-a", &all(), 5)
         .unwrap();
     assert_eq!(claimed.len(), 2);
     assert_eq!(a.release("worker-a", &[(1, 1), (2, 1)]).unwrap(), 2);
     assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE attempts = 0 AND locked_by IS NULL AND next_run_at <= now()"), 2);
     let mut b = conn(&db);
     assert_eq!(
-        b.claim(2, Duration::from_secs(60), "worker-b", &all(), 5)
+        b.take(2, Duration::from_secs(60), "worker-b", &all(), 5)
             .unwrap()
             .len(),
         2
@@ -179,7 +212,7 @@ fn claim_filters_by_routed_types() {
         like: vec!["order.%".into(), r"a\%%".into()],
     };
     let mut got: Vec<String> = a
-        .claim(10, Duration::from_secs(60), "w", &f, 5)
+        .take(10, Duration::from_secs(60), "w", &f, 5)
         .unwrap()
         .into_iter()
         .map(|c| c.event.event_type.unwrap())
