@@ -213,3 +213,68 @@ fn unreachable_database_exits_3_after_connect_timeout() {
     assert!(out.stderr.contains("cannot connect"), "{out}");
     assert!(!out.stderr.contains("hunter2"), "{out}");
 }
+
+#[test]
+fn sigterm_during_start_up_exits_0_at_once() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dsn = format!("host=127.0.0.1 port={port} user=u password=hunter2 dbname=d");
+    let sup = common::spawn(dispatchbox().args(["--dsn", &dsn, "--connect-timeout", "60"]));
+    common::wait_until(Duration::from_secs(20), "the worker is retrying", || {
+        sup.stderr_so_far().contains("retrying")
+    });
+    let t0 = std::time::Instant::now();
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(20));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_missing_password_is_refused_at_once() {
+    let db = common::test_db();
+    let Some(cluster) = common::shared().cluster() else {
+        return;
+    };
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={} sslmode=disable",
+        cluster.port(),
+        db.name
+    );
+    let t0 = std::time::Instant::now();
+    let out = run(dispatchbox().args(["--dsn", &dsn, "--drain"]), T);
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "retried: {:?}",
+        t0.elapsed()
+    );
+    assert!(out.stderr.contains("password"), "{out}");
+}
+
+#[test]
+fn table_names_are_quoted_identifiers() {
+    let db = common::test_db();
+    for name in ["we@ird", "Mixed Case", "dq\"uote"] {
+        let out = run(
+            dispatchbox().args(["migrate", "--dsn", &db.dsn, "--table", name]),
+            T,
+        );
+        assert_eq!(out.code, Some(0), "{name}: {out}");
+        common::insert_events(&mut db.client(), name, 2, "x");
+        let out = drain(&db, &["--table", name]);
+        assert_eq!(out.code, Some(0), "{name}: {out}");
+        assert_eq!(super::delivered_ids(&out.stdout).len(), 2, "{name}: {out}");
+    }
+    let out = run(
+        dispatchbox().args(["migrate", "--dsn", &db.dsn, "--table", "o'brien"]),
+        T,
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains("not allowed in the table name"),
+        "{out}"
+    );
+}

@@ -310,3 +310,52 @@ fn custom_table_in_its_own_schema() {
     );
     assert!(out.stdout.contains("done 4"), "{out}");
 }
+
+#[test]
+fn drain_waits_for_an_event_leased_by_a_dead_worker() {
+    let db = db_with_events(3, "x");
+    // A worker died holding event 2; its lease runs out in 2 s.
+    db.client()
+        .execute(
+            "UPDATE outbox_event SET attempts = 1, locked_by = 'gone:1:w0:0', next_run_at = now() + interval '2 s' WHERE id = 2",
+            &[],
+        )
+        .unwrap();
+    let out = drain(&db, &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let mut ids = super::delivered_ids(&out.stdout);
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3], "{out}");
+    assert_eq!(
+        db.count("SELECT attempts FROM outbox_event WHERE id = 2"),
+        2
+    );
+}
+
+#[test]
+fn a_retry_due_at_once_is_retried_within_the_same_drain() {
+    let db = db_with_events(1, "demo.flaky");
+    let out = drain_cmd(
+        {
+            let mut c = Command::new(example_bin());
+            for (k, _) in std::env::vars() {
+                if k.starts_with("DISPATCHBOX_") || k.starts_with("PG") {
+                    c.env_remove(k);
+                }
+            }
+            c
+        },
+        &db,
+        &[
+            "--retry-backoff",
+            "0",
+            "--threads",
+            "1",
+            "--batch-size",
+            "1",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let r = row(&db, 1);
+    assert_eq!((r.status.as_str(), r.attempts), ("done", 2), "{out}");
+}

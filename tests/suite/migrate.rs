@@ -183,3 +183,44 @@ fn stats_prints_counts_per_status() {
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(out.stdout, "pending 2\nretry 0\ndone 0\ndead 1\n");
 }
+
+#[test]
+fn migrate_on_an_up_to_date_table_takes_no_lock() {
+    let db = super::db_with_events(1, "x");
+    // A long reader holds ACCESS SHARE; an ALTER TABLE would wait behind it.
+    let mut reader = db.client();
+    let mut tx = reader.transaction().unwrap();
+    tx.execute("SELECT count(*) FROM outbox_event", &[])
+        .unwrap();
+    let out = run(
+        dispatchbox().args(["migrate", "--dsn", &db.dsn]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("already up to date"), "{out}");
+    tx.rollback().unwrap();
+}
+
+#[test]
+fn unusual_column_types_are_read_as_text() {
+    let db = common::test_db();
+    db.client()
+        .batch_execute(
+            "CREATE TABLE outbox_event (id int PRIMARY KEY GENERATED ALWAYS AS IDENTITY,
+                aggregate_type varchar(20), aggregate_id uuid, event_type varchar(50),
+                payload json, status varchar(10) DEFAULT 'pending', attempts smallint DEFAULT 0,
+                next_run_at timestamptz DEFAULT now(), created_at timestamptz DEFAULT now());
+             INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
+             VALUES ('order', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'x', '{\"a\": 1}')",
+        )
+        .unwrap();
+    db.migrate();
+    let out = super::drain(&db, &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let line: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(line["aggregate_id"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        1
+    );
+}

@@ -148,3 +148,52 @@ fn exec_missing_program_is_a_retryable_failure() {
         "{err}"
     );
 }
+
+#[test]
+fn a_nul_byte_in_an_error_is_stored_escaped() {
+    let db = db_with_events(2, "x");
+    let out = drain(
+        &db,
+        &["--route", r"*=exec:sh -c 'printf bad\\000byte >&2; exit 1'"],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let (status, attempts, err) = status_and_error(&db, 1);
+    assert_eq!((status.as_str(), attempts), ("retry", 1), "{out}");
+    assert!(err.unwrap().ends_with(r"bad\0byte"));
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'retry'"),
+        2
+    );
+}
+
+#[test]
+fn a_closed_stdout_gives_events_back_instead_of_failing_them() {
+    let db = db_with_events(200, "x");
+    // `| head -n 1` closes the pipe after the first line.
+    let script = format!(
+        "set -o pipefail; '{}' --dsn '{}' --drain --max-attempts 1 --poll-interval 0.05 | head -n 1 >/dev/null; echo \"exit=${{PIPESTATUS[0]}}\" >&2",
+        common::bin_path().display(),
+        db.dsn
+    );
+    let out = common::run(
+        std::process::Command::new("bash").args(["-c", &script]),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(out.stderr.contains("exit=1"), "{out}");
+    assert!(out.stderr.contains("cannot write to stdout"), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'"),
+        0,
+        "{out}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL"),
+        0
+    );
+    // What was not delivered is pending with its attempt given back.
+    let pending =
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0");
+    let done = db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'");
+    assert!(pending >= 150, "{pending} pending, {done} done\n{out}");
+    assert_eq!(pending + done, 200);
+}

@@ -129,3 +129,25 @@ fn verify_ca_without_a_readable_root_file_is_a_usage_error() {
     assert!(out.stderr.contains("/nonexistent/root.crt"), "{out}");
     assert!(!out.stderr.contains("hunter2"), "{out}");
 }
+
+#[test]
+fn sslmode_require_against_a_server_without_tls_fails_at_once() {
+    let cluster = common::private_cluster(false);
+    let dsn = cluster
+        .dsn("postgres")
+        .replace("sslmode=disable", "sslmode=require");
+    let started = std::time::Instant::now();
+    let out = run(
+        dispatchbox().args(["stats", "--dsn", &dsn, "--connect-timeout", "20"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "retried: {out}"
+    );
+    assert!(
+        out.stderr.contains("TLS") || out.stderr.contains("tls"),
+        "{out}"
+    );
+}
