@@ -333,7 +333,7 @@ for r in $(seq 1 "$sig_runs"); do
         sed 's/^/    /' "$err"
         exit 1
     fi
-    children=$(cat /proc/"$live_pid"/task/*/children 2>/dev/null || true)
+    children=$(cat /proc/"$live_pid"/task/*/children 2>/dev/null | tr -s ' \n' ' ' || true)
     sleep "$(calc "0.1 + 0.8 * ($r - 1) / ($sig_runs > 1 ? $sig_runs - 1 : 1)")"
     rc=0
     t0=$EPOCHREALTIME
@@ -345,7 +345,7 @@ for r in $(seq 1 "$sig_runs"); do
     lat+=("$ms")
     left=
     for c in $children; do kill -0 "$c" 2>/dev/null && left+=" $c"; done
-    printf '  run %d: %7.1f ms  (exit %s, worker pid(s): %s)\n' "$r" "$ms" "$rc" "$(echo $children)"
+    printf '  run %d: %7.1f ms  (exit %s, worker pid(s): %s)\n' "$r" "$ms" "$rc" "${children% }"
     [[ $rc == 0 ]] || warn "run $r: supervisor exited with $rc after SIGTERM, expected 0"
     if [[ -n $left ]]; then
         warn "run $r: worker process(es)$left still running after the supervisor exited; stopping them"

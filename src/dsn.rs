@@ -244,6 +244,33 @@ impl Dsn {
     pub fn connector(&self) -> Result<Connector> {
         let config = self.driver_config()?;
         let mode = self.ssl_mode()?;
+        let only_sockets = config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, postgres::config::Host::Tcp(_)))
+            && config.get_hostaddrs().is_empty();
+        if mode == SslMode::Disable || (only_sockets && mode == SslMode::Prefer) {
+            return Ok(Connector::Plain(config));
+        }
+        let tls = self
+            .tls_builder(mode)?
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot set up TLS: {e}")))?;
+        Ok(Connector::Tls(
+            config,
+            postgres_native_tls::MakeTlsConnector::new(tls),
+        ))
+    }
+
+    /// Checks everything `connector` would, reading the certificate files, without building
+    /// the TLS context (which loads the system's CA bundle): for the supervisor's start-up.
+    pub fn check(&self) -> Result<()> {
+        self.driver_config()?;
+        self.tls_builder(self.ssl_mode()?).map(|_| ())
+    }
+
+    /// The TLS settings for `mode`, with the root and client certificates read from disk.
+    fn tls_builder(&self, mode: SslMode) -> Result<native_tls::TlsConnectorBuilder> {
         let mut b = native_tls::TlsConnector::builder();
         match mode {
             SslMode::Disable | SslMode::Prefer | SslMode::Require => {
@@ -282,7 +309,7 @@ impl Dsn {
                             b.add_root_certificate(cert);
                         }
                     }
-                    // No root file: like sslrootcert=system (libpq would refuse; say so).
+                    // No root file: the system's roots (where libpq would refuse to connect).
                     None => {}
                 }
             }
@@ -296,26 +323,26 @@ impl Dsn {
                 .map_err(|e| Error::Usage(format!("bad client certificate or key: {e}")))?;
             b.identity(id);
         }
-        let tls = b
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot set up TLS: {e}")))?;
-        Ok(Connector {
-            config,
-            tls: postgres_native_tls::MakeTlsConnector::new(tls),
-        })
+        Ok(b)
     }
 }
 
-/// A ready-to-use driver configuration plus TLS connector. Cheap to clone.
+/// A ready-to-use driver configuration plus, when TLS may be used, its connector.
+/// Cheap to clone.
 #[derive(Clone)]
-pub struct Connector {
-    config: postgres::Config,
-    tls: postgres_native_tls::MakeTlsConnector,
+pub enum Connector {
+    /// sslmode=disable, or only unix sockets: no TLS set-up at all (building a native-tls
+    /// connector reads the system's CA bundle, ~45 ms).
+    Plain(postgres::Config),
+    Tls(postgres::Config, postgres_native_tls::MakeTlsConnector),
 }
 
 impl Connector {
     pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
-        self.config.connect(self.tls.clone())
+        match self {
+            Connector::Plain(config) => config.connect(postgres::NoTls),
+            Connector::Tls(config, tls) => config.connect(tls.clone()),
+        }
     }
 }
 

@@ -100,7 +100,7 @@ pub fn main_with(compiled: Router) -> ExitCode {
                 return usage_error(&e);
             }
             // And the TLS files: unreadable certificates are a usage error, reported once.
-            if let Err(e) = cfg.dsn.connector() {
+            if let Err(e) = cfg.dsn.check() {
                 return usage_error(&e);
             }
             supervisor::run(&cfg)

@@ -80,9 +80,11 @@ fn own_exe() -> Result<PathBuf> {
 pub fn run(cfg: &Config) -> Result<u8> {
     // Signals first, before any thread or child exists.
     let (sig_tx, sig_rx) = mpsc::channel::<i32>();
+    // SIGCHLD only wakes the loop to reap at once (no polling delay on exits).
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGCHLD,
     ])?;
     std::thread::spawn(move || {
         for s in signals.forever() {
@@ -258,11 +260,21 @@ pub fn run(cfg: &Config) -> Result<u8> {
         }
 
         // Wait for a signal, the time limit, or the next reap.
-        let mut wait = Duration::from_millis(50);
-        if let Some(d) = deadline {
-            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        // Sleep until a signal (SIGCHLD included), a restart, the time limit or the kill
+        // deadline; at most a second, as a safety net.
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(1);
+        for slot in &slots {
+            if let State::Restarting { at } = slot.state {
+                wake = wake.min(at);
+            }
         }
+        for t in [deadline, kill_at].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        let wait = wake.saturating_duration_since(now);
         match sig_rx.recv_timeout(wait) {
+            Ok(signal_hook::consts::SIGCHLD) => {}
             Ok(_) => {
                 stop_requests += 1;
                 if stop_requests == 1 {
