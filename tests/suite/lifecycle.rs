@@ -335,16 +335,7 @@ fn drain_waits_for_an_event_leased_by_a_dead_worker() {
 #[test]
 fn a_retry_due_at_once_is_retried_within_the_same_drain() {
     let db = db_with_events(1, "demo.flaky");
-    let out = drain_cmd(
-        {
-            let mut c = Command::new(example_bin());
-            for (k, _) in std::env::vars() {
-                if k.starts_with("DISPATCHBOX_") || k.starts_with("PG") {
-                    c.env_remove(k);
-                }
-            }
-            c
-        },
+    let out = example(
         &db,
         &[
             "--retry-backoff",

@@ -32,6 +32,23 @@ fn columns(db: &common::TestDb) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every row of `sql` as its columns' text joined with `|`.
+fn rows_as_text(c: &mut postgres::Client, sql: &str) -> Vec<String> {
+    c.simple_query(sql)
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 fn due_indexes(db: &common::TestDb) -> i64 {
     db.count(
         "SELECT count(*) FROM pg_indexes WHERE tablename = 'outbox_event'
@@ -104,20 +121,7 @@ fn migrate_upgrades_the_original_table_in_place() {
     let snapshot =
         "SELECT id, aggregate_type, aggregate_id, event_type, payload::text, status, attempts,
                            next_run_at::text, created_at::text FROM outbox_event ORDER BY id";
-    let before: Vec<String> = c
-        .simple_query(snapshot)
-        .unwrap()
-        .iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .collect();
+    let before = rows_as_text(&mut c, snapshot);
     assert_eq!(before.len(), 4);
 
     let out = run(
@@ -125,20 +129,7 @@ fn migrate_upgrades_the_original_table_in_place() {
         Duration::from_secs(60),
     );
     assert_eq!(out.code, Some(0), "{out}");
-    let after: Vec<String> = c
-        .simple_query(snapshot)
-        .unwrap()
-        .iter()
-        .filter_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .collect();
+    let after = rows_as_text(&mut c, snapshot);
     assert_eq!(before, after, "migrate changed rows");
     assert_eq!(columns(&db).len(), 13);
     // The original's index serves the claim; migrate did not build a second one.
