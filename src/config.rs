@@ -362,6 +362,28 @@ impl AdminConfig {
     }
 }
 
+/// `DISPATCHBOX_*` variables in `names` that configure nothing (a typo like
+/// `DISPATCHBOX_BATCHSIZE` would otherwise be ignored silently). The variables Dispatchbox
+/// sets for `exec` commands and the test suite's are not flagged.
+pub fn unknown_env_vars<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let known: Vec<String> = crate::cli::VALUE_FLAGS
+        .iter()
+        .map(|f| env_name(f))
+        .chain(["DISPATCHBOX_ROUTE".into(), "DISPATCHBOX_DRAIN".into()])
+        .collect();
+    names
+        .filter(|n| n.starts_with("DISPATCHBOX_"))
+        .filter(|n| !known.iter().any(|k| k == n))
+        .filter(|n| {
+            !(n.starts_with("DISPATCHBOX_EVENT_")
+                || n.starts_with("DISPATCHBOX_AGGREGATE_")
+                || *n == "DISPATCHBOX_ATTEMPT"
+                || n.starts_with("DISPATCHBOX_TEST_"))
+        })
+        .map(String::from)
+        .collect()
+}
+
 fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -436,6 +458,23 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(expect), "{flag}={v}: {e}");
         }
+    }
+
+    #[test]
+    fn typos_in_variable_names_are_found() {
+        let names = [
+            "DISPATCHBOX_BATCHSIZE",
+            "DISPATCHBOX_BATCH_SIZE",
+            "DISPATCHBOX_DSN",
+            "DISPATCHBOX_ROUTE",
+            "DISPATCHBOX_EVENT_ID",
+            "DISPATCHBOX_TEST_DSN",
+            "PATH",
+        ];
+        assert_eq!(
+            unknown_env_vars(names.into_iter()),
+            vec!["DISPATCHBOX_BATCHSIZE"]
+        );
     }
 
     #[test]

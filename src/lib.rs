@@ -95,6 +95,12 @@ pub fn main_with(compiled: Router) -> ExitCode {
             };
             log::set_level(cfg.log_level);
             log::set_process("supervisor");
+            let names: Vec<String> = std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .collect();
+            for name in config::unknown_env_vars(names.iter().map(String::as_str)) {
+                warn!("ignoring unknown environment variable {name} (see --help)");
+            }
             // Check the routes now: a bad `exec:` target is a usage error, not a crash loop.
             if let Err(e) = worker::build_router(&cfg, &compiled) {
                 return usage_error(&e);
