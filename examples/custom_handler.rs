@@ -6,6 +6,7 @@
 //! - `demo.reject` → permanent failure: the event goes straight to `dead`
 //! - `demo.flaky`  → fails on the first attempt, succeeds on the next
 //! - `demo.panic`  → the handler panics; Dispatchbox records a failed attempt and carries on
+//! - `demo.slow`   → takes 20 ms, then prints the event's JSON line (like `stdout`)
 //!
 //! Build and run: `cargo run --example custom_handler -- --dsn ... --drain`
 
@@ -33,6 +34,14 @@ impl Handler for Demo {
             }
             Some("demo.flaky") => Outcome::Delivered,
             Some("demo.panic") => panic!("demo handler exploded on event {}", event.id),
+            Some("demo.slow") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut out = std::io::stdout().lock();
+                match writeln!(out, "{}", event.to_json_line()).and_then(|_| out.flush()) {
+                    Ok(()) => Outcome::Delivered,
+                    Err(e) => Outcome::Abort(e.to_string()),
+                }
+            }
             _ => Outcome::Retry("no demo behaviour for this type".into()),
         }
     }

@@ -76,7 +76,12 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     }));
 
     let router = worker::build_router(&cfg, compiled)?;
-    match worker::run(&cfg, &router, index, tx, rx)? {
+    let mut ready = || {
+        use std::io::Write;
+        let line = format!("{}\n", crate::supervisor::READY_MARKER);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    };
+    match worker::run(&cfg, &router, index, tx, rx, &mut ready)? {
         Ended::Drained | Ended::Stopped => {
             info!("exiting");
             Ok(exit::OK)

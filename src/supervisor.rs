@@ -20,14 +20,19 @@ use crate::{error, info, warn};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A child that dies sooner than this after starting counts as failing at start-up.
+/// A child that dies sooner than this after starting counts as a quick death.
 const QUICK_DEATH: Duration = Duration::from_secs(10);
-/// Consecutive quick deaths of one child after which the supervisor gives up.
+/// Consecutive quick failures of one child after which the supervisor gives up. A failure is
+/// a death before the child was ready, or an exit the child chose (an error, a panic); a
+/// child killed by a signal after it was ready (an operator, the OOM killer) is restarted.
 const MAX_QUICK_DEATHS: u32 = 5;
+/// The line a worker child writes on stderr once its start-up succeeded (not forwarded).
+pub const READY_MARKER: &str = "\u{1}dispatchbox worker ready";
 
 enum State {
     Running {
@@ -46,6 +51,8 @@ struct Slot {
     state: State,
     quick_deaths: u32,
     last_error: Arc<Mutex<Option<String>>>,
+    /// Set by the stderr forwarder when the child reports that its start-up succeeded.
+    ready: Arc<AtomicBool>,
     /// The thread copying the child's stderr; joined before `last_error` is read.
     forwarder: Option<std::thread::JoinHandle<()>>,
 }
@@ -103,6 +110,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
             state: State::Restarting { at: Instant::now() },
             quick_deaths: 0,
             last_error: Arc::new(Mutex::new(None)),
+            ready: Arc::new(AtomicBool::new(false)),
             forwarder: None,
         })
         .collect();
@@ -178,14 +186,16 @@ pub fn run(cfg: &Config) -> Result<u8> {
                 }
                 _ if stopping => slot.state = State::Exited(exit::FAILURE),
                 _ => {
-                    slot.quick_deaths = if lived < QUICK_DEATH {
-                        slot.quick_deaths + 1
-                    } else {
-                        1
+                    let ready = slot.ready.load(Ordering::SeqCst);
+                    let failing = !ready || code.is_some();
+                    slot.quick_deaths = match (failing, lived < QUICK_DEATH) {
+                        (false, _) => 0,
+                        (true, true) => slot.quick_deaths + 1,
+                        (true, false) => 1,
                     };
                     if slot.quick_deaths >= MAX_QUICK_DEATHS {
                         let msg = format!(
-                            "worker {} died {} times in a row within {}s of starting ({status}); giving up",
+                            "worker {} failed {} times in a row within {}s of starting ({status}); giving up",
                             slot.index,
                             slot.quick_deaths,
                             QUICK_DEATH.as_secs()
@@ -194,8 +204,11 @@ pub fn run(cfg: &Config) -> Result<u8> {
                         fatal = Some((exit::FAILURE, msg));
                         slot.state = State::Exited(exit::FAILURE);
                     } else {
-                        let pause =
-                            reconnect_delay(slot.quick_deaths, Duration::from_secs(30), &mut rng);
+                        let pause = reconnect_delay(
+                            slot.quick_deaths.max(1),
+                            Duration::from_secs(30),
+                            &mut rng,
+                        );
                         warn!(
                             "worker {} exited unexpectedly ({status}) after {:.1}s; restarting in {:.1}s",
                             slot.index,
@@ -335,8 +348,10 @@ fn spawn(exe: &std::path::Path, slot: &mut Slot, config_line: &str) -> Result<St
     if let Some(stderr) = child.stderr.take() {
         let last_error = Arc::clone(&slot.last_error);
         *slot.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let ready = Arc::clone(&slot.ready);
+        ready.store(false, Ordering::SeqCst);
         slot.forwarder = Some(std::thread::spawn(move || {
-            forward_stderr(stderr, &last_error)
+            forward_stderr(stderr, &last_error, &ready)
         }));
     }
     info!("started worker {} (pid {})", slot.index, child.id());
@@ -349,10 +364,18 @@ fn spawn(exe: &std::path::Path, slot: &mut Slot, config_line: &str) -> Result<St
 
 /// Copies a child's log lines to our stderr, remembering its last ERROR message so that the
 /// supervisor can repeat it when the child could not start.
-fn forward_stderr(stderr: std::process::ChildStderr, last_error: &Mutex<Option<String>>) {
+fn forward_stderr(
+    stderr: std::process::ChildStderr,
+    last_error: &Mutex<Option<String>>,
+    ready: &AtomicBool,
+) {
     let reader = BufReader::new(stderr);
     for line in reader.split(b'\n') {
         let Ok(mut line) = line else { return };
+        if line == READY_MARKER.as_bytes() {
+            ready.store(true, Ordering::SeqCst);
+            continue;
+        }
         line.push(b'\n');
         let _ = std::io::stderr().lock().write_all(&line);
         // `<timestamp> ERROR    [worker N pid P] message`: the level is the second field.

@@ -177,13 +177,15 @@ fn start_up(
 }
 
 /// Runs one worker until it drains (`--drain`) or is told to stop through `inbox`.
-/// `tx` is a sender of the same channel, handed to the handler threads.
+/// `tx` is a sender of the same channel, handed to the handler threads. `on_ready` is called
+/// once start-up succeeded (connected, table checked, statements prepared).
 pub fn run(
     cfg: &Config,
     router: &Router,
     index: u32,
     tx: Sender<Msg>,
     inbox: Receiver<Msg>,
+    on_ready: &mut dyn FnMut(),
 ) -> Result<Ended> {
     let connector = cfg.dsn.connector()?;
     let deadline = Instant::now() + cfg.connect_timeout;
@@ -231,6 +233,7 @@ pub fn run(
         cfg.threads,
         cfg.lease.as_secs_f64()
     );
+    on_ready();
 
     let stopping = AtomicBool::new(false);
     let (job_tx, job_rx) = mpsc::channel::<Job>();
@@ -327,6 +330,20 @@ fn handler_loop(jobs: &Mutex<Receiver<Job>>, tx: Sender<Msg>, stopping: &AtomicB
     }
 }
 
+/// An event claimed by this worker and not finished yet.
+struct Held {
+    token: i32,
+    since: Instant,
+    /// Already reported as running unusually long.
+    reported: bool,
+}
+
+/// A handler running longer than this is reported (once): it may be stuck, and its event
+/// stays leased for as long as it runs.
+fn long_running(lease: Duration) -> Duration {
+    (lease * 10).max(Duration::from_secs(300))
+}
+
 struct DbThread<'a> {
     cfg: &'a Config,
     router: &'a Router,
@@ -339,7 +356,7 @@ struct DbThread<'a> {
     job_rx: &'a Mutex<Receiver<Job>>,
     stopping: &'a AtomicBool,
     /// Claimed and handed to the pool, no result yet: id → token.
-    in_flight: HashMap<i64, i32>,
+    in_flight: HashMap<i64, Held>,
     completer: Completer,
     to_release: Vec<(i64, i32)>,
     rng: fastrand::Rng,
@@ -394,11 +411,10 @@ impl DbThread<'_> {
     fn absorb(&mut self, msg: Msg) {
         match msg {
             Msg::Done { id, token, outcome } => {
-                if self.in_flight.get(&id) != Some(&token) {
+                if !self.take_in_flight(id, token) {
                     // A result for an older claim of the same event: that claim is void.
                     return;
                 }
-                self.in_flight.remove(&id);
                 if let Outcome::Abort(why) = outcome {
                     self.to_release.push((id, token));
                     if self.failure.is_none() {
@@ -410,8 +426,7 @@ impl DbThread<'_> {
                 }
             }
             Msg::Unstarted { id, token } => {
-                if self.in_flight.get(&id) == Some(&token) {
-                    self.in_flight.remove(&id);
+                if self.take_in_flight(id, token) {
                     self.to_release.push((id, token));
                 }
             }
@@ -423,6 +438,16 @@ impl DbThread<'_> {
                 info!("stopping now: not waiting for running handlers");
                 self.stop_deadline = Some(Instant::now());
             }
+        }
+    }
+
+    /// Removes the event from `in_flight` if this claim (id and token) is the one held.
+    fn take_in_flight(&mut self, id: i64, token: i32) -> bool {
+        if self.in_flight.get(&id).is_some_and(|h| h.token == token) {
+            self.in_flight.remove(&id);
+            true
+        } else {
+            false
         }
     }
 
@@ -441,8 +466,7 @@ impl DbThread<'_> {
         // recv(), the queue is empty; threads check `stopping` themselves after recv().
         if let Ok(rx) = self.job_rx.try_lock() {
             while let Ok(job) = rx.try_recv() {
-                if self.in_flight.get(&job.event.id) == Some(&job.token) {
-                    self.in_flight.remove(&job.event.id);
+                if self.take_in_flight(job.event.id, job.token) {
                     self.to_release.push((job.event.id, job.token));
                 }
             }
@@ -551,7 +575,7 @@ impl DbThread<'_> {
         self.stopping.store(true, Ordering::SeqCst);
         if let Ok(rx) = self.job_rx.try_lock() {
             while let Ok(job) = rx.try_recv() {
-                if self.in_flight.remove(&job.event.id).is_some() {
+                if self.take_in_flight(job.event.id, job.token) {
                     self.to_release.push((job.event.id, job.token));
                 }
             }
@@ -760,7 +784,19 @@ impl DbThread<'_> {
 
     fn extend(&mut self) -> Result<(), postgres::Error> {
         let owner = self.owner.clone();
-        let held: Vec<(i64, i32)> = self.in_flight.iter().map(|(k, v)| (*k, *v)).collect();
+        let held: Vec<(i64, i32)> = self.in_flight.iter().map(|(k, h)| (*k, h.token)).collect();
+        let limit = long_running(self.cfg.lease);
+        for (id, h) in self.in_flight.iter_mut() {
+            if !h.reported && h.since.elapsed() > limit {
+                h.reported = true;
+                warn!(
+                    "event {id} (attempt {}) has been in flight for {:.0}s; its lease is kept \
+                     while its handler runs — is the handler stuck?",
+                    h.token,
+                    h.since.elapsed().as_secs_f64()
+                );
+            }
+        }
         let lease = self.cfg.lease;
         let n = self.conn().extend(&owner, &held, lease)?;
         debug!("extended the lease of {n} in-flight event(s)");
@@ -830,7 +866,14 @@ impl DbThread<'_> {
             );
             return;
         };
-        self.in_flight.insert(c.event.id, c.token);
+        self.in_flight.insert(
+            c.event.id,
+            Held {
+                token: c.token,
+                since: Instant::now(),
+                reported: false,
+            },
+        );
         let job = Job {
             token: c.token,
             event: c.event,
