@@ -26,16 +26,22 @@ ALTER TABLE outbox_event ADD COLUMN IF NOT EXISTS delivered_at timestamptz;
 
 -- The claim index: only pending/retry rows are in it, ordered by due time, so a claim
 -- stays an index range scan however many done/dead rows the table holds. The original
--- tool created the same partial index under another name; do not build it twice.
+-- tool created the same partial index under another name; do not build it twice (any valid
+-- single-column index on next_run_at whose predicate names pending and retry counts).
 DO $migrate$
 BEGIN
     IF NOT EXISTS (
         SELECT 1
         FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
         WHERE i.indrelid = 'outbox_event'::regclass AND i.indisvalid AND i.indisready
-          AND pg_get_indexdef(i.indexrelid) LIKE '%(next_run_at) WHERE (status = ANY (ARRAY[''pending''::text, ''retry''::text]))'
+          AND i.indnatts = 1 AND a.attname = 'next_run_at'
+          AND pg_get_expr(i.indpred, i.indrelid) LIKE '%pending%'
+          AND pg_get_expr(i.indpred, i.indrelid) LIKE '%retry%'
     ) THEN
-        CREATE INDEX outbox_event_due_idx ON outbox_event (next_run_at)
+        -- IF NOT EXISTS: an invalid index of this name (a failed CONCURRENTLY build) is left
+        -- alone; drop it to have it rebuilt.
+        CREATE INDEX IF NOT EXISTS outbox_event_due_idx ON outbox_event (next_run_at)
             WHERE status IN ('pending', 'retry');
     END IF;
 END

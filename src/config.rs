@@ -90,6 +90,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
     pub log_level: Level,
+    /// A lock file the supervisor creates when several workers share stdout: a `stdout`
+    /// line longer than the pipe's atomic-write size (4 KiB) is written under it. Not a flag.
+    pub stdout_lock: Option<std::path::PathBuf>,
 }
 
 /// What `migrate` and `stats` need: no worker settings.
@@ -288,6 +291,7 @@ impl Config {
             shutdown_timeout,
             connect_timeout,
             log_level,
+            stdout_lock: None,
         })
     }
 
@@ -319,6 +323,12 @@ impl Config {
             .collect();
         m.insert("routes".into(), routes.into());
         m.insert("drain".into(), self.drain.into());
+        if let Some(p) = &self.stdout_lock {
+            m.insert(
+                "stdout-lock".into(),
+                p.to_string_lossy().into_owned().into(),
+            );
+        }
         serde_json::Value::Object(m).to_string()
     }
 
@@ -344,7 +354,12 @@ impl Config {
             .unwrap_or_default();
         raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
         // Everything is resolved already: no environment lookups on this side.
-        Config::from_raw(&raw, &|_| None)
+        let mut cfg = Config::from_raw(&raw, &|_| None)?;
+        cfg.stdout_lock = obj
+            .get("stdout-lock")
+            .and_then(|v| v.as_str())
+            .map(std::path::PathBuf::from);
+        Ok(cfg)
     }
 }
 

@@ -205,11 +205,20 @@ impl Dsn {
     }
 
     fn driver_config(&self) -> Result<postgres::Config> {
-        let conninfo = join_conninfo(
-            self.params
-                .iter()
-                .filter(|(k, _)| DRIVER_KEYS.contains(&k.as_str())),
-        );
+        let mut params: Vec<(String, String)> = self
+            .params
+            .iter()
+            .filter(|(k, _)| DRIVER_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        // Only `hostaddr`: libpq connects to it (and TLS checks the certificate against the
+        // address); the driver needs a host name for TLS, so give it the address.
+        if self.get("host").is_none() {
+            if let Some(addr) = self.get("hostaddr") {
+                params.push(("host".into(), addr.to_string()));
+            }
+        }
+        let conninfo = join_conninfo(params.iter());
         let mut cfg = postgres::Config::from_str(&conninfo).map_err(|e| {
             // The driver's parse errors name the option, never its value.
             Error::Usage(format!("invalid DSN: {}", crate::error::describe_pg(&e)))
@@ -249,7 +258,10 @@ impl Dsn {
             .iter()
             .all(|h| !matches!(h, postgres::config::Host::Tcp(_)))
             && config.get_hostaddrs().is_empty();
-        if mode == SslMode::Disable || (only_sockets && mode == SslMode::Prefer) {
+        // libpq ignores sslmode on unix sockets (there is no TLS there); so do we.
+        if mode == SslMode::Disable || only_sockets {
+            let mut config = config;
+            config.ssl_mode(postgres::config::SslMode::Disable);
             return Ok(Connector::Plain(config));
         }
         let tls = self

@@ -87,7 +87,15 @@ pub fn main_with(compiled: Router) -> ExitCode {
             };
             r.map(|_| error::exit::OK)
         }
-        cli::Mode::Worker(index) => child::run(index, &compiled),
+        cli::Mode::Worker(index) => match child::run(index, &compiled) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // For the supervisor, which reports it once with context.
+                let line = format!("{}{e}\n", supervisor::FATAL_MARKER);
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                return ExitCode::from(e.exit_code());
+            }
+        },
         cli::Mode::Run => {
             let cfg = match config::Config::from_raw(&raw, &env) {
                 Ok(c) => c,

@@ -122,13 +122,16 @@ fn inspect(client: &mut impl postgres::GenericClient, table: &Table) -> Result<T
     if !missing.is_empty() {
         return Ok(TableState::LacksColumns(missing));
     }
-    // The same test as in sql/schema.sql (the original tool's index counts).
+    // The same test as in sql/schema.sql (the original tool's index counts; so does one on a
+    // varchar status, whose predicate PostgreSQL renders with casts).
     let indexed: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index i
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                 WHERE i.indrelid = $1::bigint::oid AND i.indisvalid AND i.indisready
-                  AND pg_get_indexdef(i.indexrelid) LIKE
-                      '%(next_run_at) WHERE (status = ANY (ARRAY[''pending''::text, ''retry''::text]))')",
+                  AND i.indnatts = 1 AND a.attname = 'next_run_at'
+                  AND pg_get_expr(i.indpred, i.indrelid) LIKE '%pending%'
+                  AND pg_get_expr(i.indpred, i.indrelid) LIKE '%retry%')",
             &[&oid],
         )?
         .get(0);
@@ -545,7 +548,9 @@ mod tests {
         let t = Table::parse("outbox_event").unwrap();
         let s = schema_for(&t);
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"outbox_event\" ("));
-        assert!(s.contains("CREATE INDEX \"outbox_event_due_idx\" ON \"outbox_event\""));
+        assert!(
+            s.contains("CREATE INDEX IF NOT EXISTS \"outbox_event_due_idx\" ON \"outbox_event\"")
+        );
         assert!(s.contains("'\"outbox_event\"'::regclass"));
     }
 
@@ -555,7 +560,7 @@ mod tests {
         let s = schema_for(&t);
         assert!(!s.contains("outbox_event"), "{s}");
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
-        assert!(s.contains("CREATE INDEX \"Events_due_idx\" ON \"ops\".\"Events\""));
+        assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
     }
 
     #[test]

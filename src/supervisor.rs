@@ -16,8 +16,9 @@
 use crate::backoff::reconnect_delay;
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
-use crate::{error, info, warn};
+use crate::{info, warn};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,9 @@ const QUICK_DEATH: Duration = Duration::from_secs(10);
 const MAX_QUICK_DEATHS: u32 = 5;
 /// The line a worker child writes on stderr once its start-up succeeded (not forwarded).
 pub const READY_MARKER: &str = "\u{1}dispatchbox worker ready";
+/// Prefix of the line with which a worker child reports the error it exits with (not
+/// forwarded: the supervisor reports it once, with context).
+pub const FATAL_MARKER: &str = "\u{1}dispatchbox worker error: ";
 
 enum State {
     Running {
@@ -74,10 +78,17 @@ impl Slot {
     }
 }
 
-/// The path to re-execute: `/proc/self/exe` (immune to the binary being replaced or the
-/// process having been started through a relative path), else `current_exe()`.
+/// The path to re-execute: the file `/proc/self/exe` points to while it still exists (so
+/// workers show up as `dispatchbox` in ps/pgrep), `/proc/self/exe` itself when the binary
+/// was replaced or deleted meanwhile (an upgrade: workers keep running the same version),
+/// else `current_exe()`.
 fn own_exe() -> Result<PathBuf> {
     let proc_self = PathBuf::from("/proc/self/exe");
+    if let Ok(target) = std::fs::read_link(&proc_self) {
+        if target.is_absolute() && !target.to_string_lossy().ends_with(" (deleted)") {
+            return Ok(target);
+        }
+    }
     if proc_self.exists() {
         return Ok(proc_self);
     }
@@ -102,7 +113,15 @@ pub fn run(cfg: &Config) -> Result<u8> {
     });
 
     let exe = own_exe()?;
-    let config_line = cfg.to_child_json();
+    // Several workers writing long stdout lines need a lock they all can open.
+    let stdout_lock = if cfg.processes > 1 {
+        Some(LockFile::create()?)
+    } else {
+        None
+    };
+    let mut child_cfg = cfg.clone();
+    child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.0.clone());
+    let config_line = child_cfg.to_child_json();
     let mut rng = fastrand::Rng::new();
     let mut slots: Vec<Slot> = (0..cfg.processes)
         .map(|index| Slot {
@@ -180,14 +199,26 @@ pub fn run(cfg: &Config) -> Result<u8> {
                     let msg = slot
                         .last_error()
                         .unwrap_or_else(|| format!("exit code {c}"));
-                    info!("worker {} cannot run; stopping all workers", slot.index);
-                    fatal = Some((c as u8, format!("worker {} cannot run: {msg}", slot.index)));
+                    let what = if slot.ready.load(Ordering::SeqCst) {
+                        "failed"
+                    } else {
+                        "cannot run"
+                    };
+                    info!("worker {} {what}; stopping all workers", slot.index);
+                    fatal = Some((c as u8, format!("worker {} {what}: {msg}", slot.index)));
                     slot.state = State::Exited(c as u8);
                 }
                 _ if stopping => slot.state = State::Exited(exit::FAILURE),
                 _ => {
+                    // Killed from outside once ready (SIGKILL/SIGTERM: an operator, the OOM
+                    // killer) is not the worker's failure; a crash signal (SIGSEGV, SIGABRT)
+                    // or an exit it chose is.
                     let ready = slot.ready.load(Ordering::SeqCst);
-                    let failing = !ready || code.is_some();
+                    let killed = matches!(
+                        status.signal(),
+                        Some(signal_hook::consts::SIGKILL | signal_hook::consts::SIGTERM)
+                    );
+                    let failing = !ready || !killed;
                     slot.quick_deaths = match (failing, lived < QUICK_DEATH) {
                         (false, _) => 0,
                         (true, true) => slot.quick_deaths + 1,
@@ -200,7 +231,10 @@ pub fn run(cfg: &Config) -> Result<u8> {
                             slot.quick_deaths,
                             QUICK_DEATH.as_secs()
                         );
-                        error!("{msg}");
+                        let msg = match slot.last_error() {
+                            Some(e) => format!("{msg}: {e}"),
+                            None => msg,
+                        };
                         fatal = Some((exit::FAILURE, msg));
                         slot.state = State::Exited(exit::FAILURE);
                     } else {
@@ -209,8 +243,12 @@ pub fn run(cfg: &Config) -> Result<u8> {
                             Duration::from_secs(30),
                             &mut rng,
                         );
+                        let why = slot
+                            .last_error()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default();
                         warn!(
-                            "worker {} exited unexpectedly ({status}) after {:.1}s; restarting in {:.1}s",
+                            "worker {} exited unexpectedly ({status}) after {:.1}s{why}; restarting in {:.1}s",
                             slot.index,
                             lived.as_secs_f64(),
                             pause.as_secs_f64()
@@ -282,7 +320,8 @@ pub fn run(cfg: &Config) -> Result<u8> {
                 wake = wake.min(at);
             }
         }
-        for t in [deadline, kill_at].into_iter().flatten() {
+        let time_limit = deadline.filter(|_| !time_limit_hit);
+        for t in [time_limit, kill_at].into_iter().flatten() {
             wake = wake.min(t);
         }
         let wait = wake.saturating_duration_since(now);
@@ -312,6 +351,44 @@ pub fn run(cfg: &Config) -> Result<u8> {
     }
 }
 
+/// A file created for this run only (O_EXCL, mode 0600) and removed when dropped.
+struct LockFile(PathBuf);
+
+impl LockFile {
+    fn create() -> Result<LockFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        for _ in 0..16 {
+            let path = std::env::temp_dir().join(format!(
+                "dispatchbox-{}-{:016x}.stdout.lock",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => return Ok(LockFile(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::Other(format!(
+                        "cannot create {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Err(Error::Other("cannot create a stdout lock file".into()))
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn tell_all(slots: &mut [Slot], what: &str) {
     for slot in slots.iter_mut() {
         match &mut slot.state {
@@ -330,7 +407,14 @@ fn tell_all(slots: &mut [Slot], what: &str) {
 }
 
 fn spawn(exe: &std::path::Path, slot: &mut Slot, config_line: &str) -> Result<State> {
+    let arg0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| "dispatchbox".into());
     let mut child = Command::new(exe)
+        .arg0(arg0)
+        // Its own process group: a Ctrl-C in a terminal reaches only the supervisor, which
+        // tells every worker to stop (a worker still starting up could not handle it yet).
+        .process_group(0)
         .arg("--worker-index")
         .arg(slot.index.to_string())
         .env_remove("DISPATCHBOX_DSN")
@@ -374,6 +458,12 @@ fn forward_stderr(
         let Ok(mut line) = line else { return };
         if line == READY_MARKER.as_bytes() {
             ready.store(true, Ordering::SeqCst);
+            continue;
+        }
+        if let Some(msg) = line.strip_prefix(FATAL_MARKER.as_bytes()) {
+            if let Ok(mut slot) = last_error.lock() {
+                *slot = Some(String::from_utf8_lossy(msg).trim().to_string());
+            }
             continue;
         }
         line.push(b'\n');

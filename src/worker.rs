@@ -74,6 +74,7 @@ pub fn owner_id(index: u32) -> String {
 pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let opts = crate::sink::SinkOptions {
         exec_timeout: cfg.exec_timeout,
+        stdout_lock: cfg.stdout_lock.clone(),
     };
     let mut router = compiled.clone();
     let mut routes = cfg.routes.clone();
@@ -126,6 +127,14 @@ pub fn connect_until(
             }
         }
     }
+}
+
+/// A transient error that leaves the session usable.
+fn is_statement_level(e: &postgres::Error) -> bool {
+    matches!(
+        e.code().map(|c| c.code()),
+        Some("55P03" | "57014" | "40001" | "40P01")
+    )
 }
 
 /// Waits `d` for a stop request on the inbox; true when one came.
@@ -456,7 +465,7 @@ impl DbThread<'_> {
             return;
         }
         info!(
-            "stopping: no new claims; waiting up to {}s for {} running handler(s)",
+            "stopping: no new claims; waiting up to {}s for {} claimed event(s) in flight",
             self.cfg.shutdown_timeout.as_secs_f64(),
             self.in_flight.len()
         );
@@ -615,6 +624,10 @@ impl DbThread<'_> {
             );
             code = crate::error::exit::UNREACHABLE;
         }
+        if let Some(why) = self.failure.take() {
+            error!("worker stopped: {why}");
+            code = crate::error::exit::FAILURE;
+        }
         use std::io::Write;
         let _ = std::io::stdout().flush();
         std::process::exit(i32::from(code));
@@ -668,6 +681,14 @@ impl DbThread<'_> {
             Ok(v) => {
                 self.failures = 0;
                 Ok(Some(v))
+            }
+            // The statement failed but the session is fine (lock or statement timeout,
+            // serialization failure, deadlock): keep the connection, try again shortly.
+            Err(e) if !e.is_closed() && is_statement_level(&e) => {
+                warn!("statement failed ({}); retrying", describe_pg(&e));
+                let pause = reconnect_delay(1, Duration::from_secs(1), &mut self.rng);
+                self.idle_until = Some(Instant::now() + pause);
+                Ok(None)
             }
             Err(e) if is_transient(&e) => {
                 self.lost_connection(&e);
@@ -835,6 +856,10 @@ impl DbThread<'_> {
             claimed
         };
         let count = claimed.len();
+        if count > 0 {
+            // Work turned up: a later "nothing due" starts a fresh wait for leases.
+            self.drain_wait_until = None;
+        }
         if self.in_flight.is_empty() {
             self.next_extend = Instant::now() + self.cfg.lease / 3;
         }

@@ -94,11 +94,17 @@ impl Exec {
                 Ok(None) if Instant::now() >= deadline => {
                     // The whole process group (the command runs in its own), so that what it
                     // started dies too; std can only signal the child itself.
-                    let _ = Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{}", child.id())])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
+                    let group = format!("-{}", child.id());
+                    for kill in ["kill", "/usr/bin/kill", "/bin/kill"] {
+                        let killed = Command::new(kill)
+                            .args(["-KILL", "--", &group])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                        if killed.is_ok() {
+                            break;
+                        }
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Outcome::Retry(format!(

@@ -13,12 +13,14 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct SinkOptions {
     pub exec_timeout: Duration,
+    /// See `Config::stdout_lock`.
+    pub stdout_lock: Option<std::path::PathBuf>,
 }
 
 /// Builds the handler a `--route` target names, or says what is wrong with it.
 pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>, String> {
     if target == "stdout" {
-        return Ok(Arc::new(stdout::Stdout));
+        return Ok(Arc::new(stdout::Stdout::new(opts.stdout_lock.as_deref())?));
     }
     if let Some(cmd) = target.strip_prefix("exec:") {
         return Ok(Arc::new(exec::Exec::new(cmd, opts.exec_timeout)?));

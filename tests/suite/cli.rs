@@ -24,6 +24,10 @@ fn help_and_version() {
         "--table",
         "--route",
         "--drain",
+        "--exec-timeout",
+        "--max-runtime",
+        "--shutdown-timeout",
+        "--connect-timeout",
     ] {
         assert!(out.stdout.contains(flag), "--help lacks {flag}\n{out}");
     }

@@ -197,3 +197,46 @@ fn a_closed_stdout_gives_events_back_instead_of_failing_them() {
     assert!(pending >= 150, "{pending} pending, {done} done\n{out}");
     assert_eq!(pending + done, 200);
 }
+
+#[test]
+fn long_stdout_lines_from_several_processes_never_interleave() {
+    let db = common::test_db();
+    db.migrate();
+    // 20 KiB payloads: far above the 4 KiB a pipe writes atomically.
+    db.client()
+        .execute(
+            "INSERT INTO outbox_event (event_type, payload)
+             SELECT 'big', jsonb_build_object('n', g, 'blob', repeat('x', 20000))
+             FROM generate_series(1, 400) g",
+            &[],
+        )
+        .unwrap();
+    let out = drain(&db, &["--processes", "4", "--batch-size", "5"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let ids = super::delivered_ids(&out.stdout);
+    super::assert_exactly_once(400, ids);
+}
+
+#[test]
+fn a_closed_stdout_with_a_running_handler_still_exits_1() {
+    // One route aborts (stdout closed) while another's handler outlives the shutdown timeout.
+    let db = common::test_db();
+    db.migrate();
+    let mut c = db.client();
+    common::insert_events(&mut c, "outbox_event", 1, "b");
+    common::insert_events(&mut c, "outbox_event", 30, "a");
+    let script = format!(
+        "'{}' --dsn '{}' --drain --route a=stdout --route 'b=exec:sleep 5' --shutdown-timeout 1 --poll-interval 0.05 | true; echo \"exit=${{PIPESTATUS[0]}}\" >&2",
+        common::bin_path().display(),
+        db.dsn
+    );
+    let out = common::run(
+        std::process::Command::new("bash").args(["-c", &script]),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(out.stderr.contains("exit=1"), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'"),
+        0
+    );
+}

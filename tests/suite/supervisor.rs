@@ -120,7 +120,7 @@ fn sigkill_of_random_children_loses_nothing() {
         "--batch-size",
         "20",
         "--lease",
-        "2",
+        "3",
         "--poll-interval",
         "0.05",
     ]));
@@ -259,15 +259,15 @@ fn a_handler_slower_than_the_lease_is_delivered_once() {
     let dir = std::env::temp_dir().join(format!("dbx-slow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("runs.log");
-    let route = format!("*=exec:sh -c 'cat >> {}; sleep 4'", log.display());
-    // Two supervisors compete; the lease is 1 s and each handler takes 4 s.
+    let route = format!("*=exec:sh -c 'cat >> {}; sleep 8'", log.display());
+    // Two supervisors compete; the lease is 2 s and each handler takes 8 s.
     let start = || {
         spawn(dispatchbox().args([
             "--dsn",
             &db.dsn,
             "--drain",
             "--lease",
-            "1",
+            "2",
             "--route",
             &route,
             "--poll-interval",

@@ -151,3 +151,52 @@ fn sslmode_require_against_a_server_without_tls_fails_at_once() {
         "{out}"
     );
 }
+
+#[test]
+fn the_default_sslmode_prefer_encrypts_over_tcp() {
+    let db = super::db_with_events(1, "x");
+    let Some(dsn) = tls_dsn(&db, "127.0.0.1", "") else {
+        return;
+    };
+    assert_worker_uses_tls(&db, &dsn, "dbx_tls_prefer");
+}
+
+#[test]
+fn sslmode_is_ignored_on_unix_sockets_like_libpq_does() {
+    let db = super::db_with_events(2, "x");
+    let Some(cluster) = common::shared().cluster() else {
+        return;
+    };
+    let dsn = format!(
+        "host={} port={} user=postgres dbname={} sslmode=require",
+        cluster.socket_dir().display(),
+        cluster.port(),
+        db.name
+    );
+    let out = run(
+        dispatchbox().args(["--dsn", &dsn, "--drain"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(super::delivered_ids(&out.stdout).len(), 2);
+}
+
+#[test]
+fn hostaddr_without_host_connects_with_tls() {
+    let db = super::db_with_events(1, "x");
+    let Some(cluster) = common::shared().cluster() else {
+        return;
+    };
+    let dsn = format!(
+        "hostaddr=127.0.0.1 port={} user=postgres password={} dbname={}",
+        cluster.port(),
+        common::PASSWORD,
+        db.name
+    );
+    let out = run(
+        dispatchbox().args(["--dsn", &dsn, "--drain"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(super::delivered_ids(&out.stdout).len(), 1);
+}
