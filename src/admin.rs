@@ -9,7 +9,8 @@ use std::io::Write;
 use std::time::Instant;
 
 fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
-    let connector = cfg.dsn.connector()?;
+    let mut connector = cfg.dsn.connector()?;
+    connector.cap_attempt_timeout(cfg.connect_timeout);
     let what = format!("cannot connect to {}", cfg.dsn.redacted());
     let sleep = &mut |d| {
         std::thread::sleep(d);

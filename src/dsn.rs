@@ -350,6 +350,18 @@ pub enum Connector {
 }
 
 impl Connector {
+    /// Bounds each connection attempt by `limit` (at least a second), so that
+    /// `--connect-timeout 2` is not stretched by the 10 s per-attempt default.
+    pub fn cap_attempt_timeout(&mut self, limit: Duration) {
+        let config = match self {
+            Connector::Plain(c) | Connector::Tls(c, _) => c,
+        };
+        let limit = limit.max(Duration::from_secs(1));
+        if config.get_connect_timeout().is_none_or(|t| *t > limit) {
+            config.connect_timeout(limit);
+        }
+    }
+
     pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
         match self {
             Connector::Plain(config) => config.connect(postgres::NoTls),

@@ -212,7 +212,12 @@ pub fn run(cfg: &Config) -> Result<u8> {
                 _ => {
                     // Killed from outside once ready (SIGKILL/SIGTERM: an operator, the OOM
                     // killer) is not the worker's failure; a crash signal (SIGSEGV, SIGABRT)
-                    // or an exit it chose is.
+                    // or an exit it chose is. Its stderr is read to the end first, so that a
+                    // readiness report just before the death is seen.
+                    let why = slot
+                        .last_error()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
                     let ready = slot.ready.load(Ordering::SeqCst);
                     let killed = matches!(
                         status.signal(),
@@ -231,11 +236,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
                             slot.quick_deaths,
                             QUICK_DEATH.as_secs()
                         );
-                        let msg = match slot.last_error() {
-                            Some(e) => format!("{msg}: {e}"),
-                            None => msg,
-                        };
-                        fatal = Some((exit::FAILURE, msg));
+                        fatal = Some((exit::FAILURE, format!("{msg}{why}")));
                         slot.state = State::Exited(exit::FAILURE);
                     } else {
                         let pause = reconnect_delay(
@@ -243,10 +244,6 @@ pub fn run(cfg: &Config) -> Result<u8> {
                             Duration::from_secs(30),
                             &mut rng,
                         );
-                        let why = slot
-                            .last_error()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default();
                         warn!(
                             "worker {} exited unexpectedly ({status}) after {:.1}s{why}; restarting in {:.1}s",
                             slot.index,

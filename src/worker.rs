@@ -196,7 +196,8 @@ pub fn run(
     inbox: Receiver<Msg>,
     on_ready: &mut dyn FnMut(),
 ) -> Result<Ended> {
-    let connector = cfg.dsn.connector()?;
+    let mut connector = cfg.dsn.connector()?;
+    connector.cap_attempt_timeout(cfg.connect_timeout);
     let deadline = Instant::now() + cfg.connect_timeout;
     let filter = router.type_filter();
     let mut rng = fastrand::Rng::new();
