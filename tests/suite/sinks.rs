@@ -166,19 +166,25 @@ fn a_nul_byte_in_an_error_is_stored_escaped() {
     );
 }
 
-#[test]
-fn a_closed_stdout_gives_events_back_instead_of_failing_them() {
-    let db = db_with_events(200, "x");
-    // `| head -n 1` closes the pipe after the first line.
+/// `dispatchbox --dsn <db> --drain <args> | <consumer>` in bash; the binary's exit code is
+/// printed on stderr as `exit=N`.
+fn drain_into(db: &common::TestDb, args: &str, consumer: &str) -> common::Run {
     let script = format!(
-        "set -o pipefail; '{}' --dsn '{}' --drain --max-attempts 1 --poll-interval 0.05 | head -n 1 >/dev/null; echo \"exit=${{PIPESTATUS[0]}}\" >&2",
+        "'{}' --dsn '{}' --drain --poll-interval 0.05 {args} | {consumer}; echo \"exit=${{PIPESTATUS[0]}}\" >&2",
         common::bin_path().display(),
         db.dsn
     );
-    let out = common::run(
+    common::run(
         std::process::Command::new("bash").args(["-c", &script]),
         std::time::Duration::from_secs(120),
-    );
+    )
+}
+
+#[test]
+fn a_closed_stdout_gives_events_back_instead_of_failing_them() {
+    let db = db_with_events(200, "x");
+    // `head -n 1` closes the pipe after the first line.
+    let out = drain_into(&db, "--max-attempts 1", "head -n 1 >/dev/null");
     assert!(out.stderr.contains("exit=1"), "{out}");
     assert!(out.stderr.contains("cannot write to stdout"), "{out}");
     assert_eq!(
@@ -225,14 +231,10 @@ fn a_closed_stdout_with_a_running_handler_still_exits_1() {
     let mut c = db.client();
     common::insert_events(&mut c, "outbox_event", 1, "b");
     common::insert_events(&mut c, "outbox_event", 30, "a");
-    let script = format!(
-        "'{}' --dsn '{}' --drain --route a=stdout --route 'b=exec:sleep 5' --shutdown-timeout 1 --poll-interval 0.05 | true; echo \"exit=${{PIPESTATUS[0]}}\" >&2",
-        common::bin_path().display(),
-        db.dsn
-    );
-    let out = common::run(
-        std::process::Command::new("bash").args(["-c", &script]),
-        std::time::Duration::from_secs(120),
+    let out = drain_into(
+        &db,
+        "--route a=stdout --route 'b=exec:sleep 5' --shutdown-timeout 1",
+        "true",
     );
     assert!(out.stderr.contains("exit=1"), "{out}");
     assert_eq!(
