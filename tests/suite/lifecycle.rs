@@ -350,3 +350,41 @@ fn a_retry_due_at_once_is_retried_within_the_same_drain() {
     let r = row(&db, 1);
     assert_eq!((r.status.as_str(), r.attempts), ("done", 2), "{out}");
 }
+
+#[test]
+fn drain_does_not_wait_forever_for_a_live_worker_extending_its_lease() {
+    let db = db_with_events(1, "slow");
+    // A daemon holds the event for 8 s, extending its 1 s lease as it goes.
+    let daemon = common::spawn(common::dispatchbox().args([
+        "--dsn",
+        &db.dsn,
+        "--lease",
+        "1",
+        "--route",
+        "slow=exec:sleep 8",
+        "--poll-interval",
+        "0.05",
+    ]));
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the daemon holds the event",
+        || db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 1,
+    );
+    let t0 = std::time::Instant::now();
+    let out = drain(&db, &["--route", "slow=stdout"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}\n{out}",
+        t0.elapsed()
+    );
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(out.stderr.contains("waiting up to"), "{out}");
+    daemon.signal("TERM");
+    let d = daemon.wait(std::time::Duration::from_secs(30));
+    assert_eq!(d.code, Some(0), "{d}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
+        1
+    );
+}

@@ -242,3 +242,32 @@ fn a_closed_stdout_with_a_running_handler_still_exits_1() {
         0
     );
 }
+
+#[test]
+fn exec_timeout_kills_what_the_command_started_too() {
+    let db = db_with_events(1, "x");
+    let dir = std::env::temp_dir().join(format!("dbx-pgkill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("grandchild.pid");
+    let route = format!(
+        "*=exec:sh -c 'sleep 60 & echo $! > {}; wait'",
+        pidfile.display()
+    );
+    let out = drain(&db, &["--route", &route, "--exec-timeout", "1"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::wait_until(
+        std::time::Duration::from_secs(5),
+        "the grandchild is killed",
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
