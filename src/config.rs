@@ -90,8 +90,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
     pub log_level: Level,
-    /// A lock file the supervisor creates when several workers share stdout: a `stdout`
-    /// line longer than the pipe's atomic-write size (4 KiB) is written under it. Not a flag.
+    /// The lock the supervisor creates when several workers share stdout (a path under
+    /// `/proc/<supervisor pid>/fd/`): a `stdout` line longer than the pipe's atomic-write
+    /// size (4 KiB) is written under it. Not a flag.
     pub stdout_lock: Option<std::path::PathBuf>,
 }
 

@@ -120,7 +120,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
         None
     };
     let mut child_cfg = cfg.clone();
-    child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.0.clone());
+    child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
     let config_line = child_cfg.to_child_json();
     let mut rng = fastrand::Rng::new();
     let mut slots: Vec<Slot> = (0..cfg.processes)
@@ -348,11 +348,18 @@ pub fn run(cfg: &Config) -> Result<u8> {
     }
 }
 
-/// A file created for this run only (O_EXCL, mode 0600) and removed when dropped.
-struct LockFile(PathBuf);
+/// The stdout lock: a file created for this run only (O_EXCL, mode 0600) and unlinked at
+/// once, so that nothing is left behind however the supervisor ends. Workers open it through
+/// `/proc/<supervisor pid>/fd/<fd>`, which gives each its own open file description (an
+/// inherited descriptor would be shared, and `flock` would not exclude between them).
+struct LockFile {
+    _file: std::fs::File,
+    path: PathBuf,
+}
 
 impl LockFile {
     fn create() -> Result<LockFile> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         for _ in 0..16 {
             let path = std::env::temp_dir().join(format!(
@@ -366,7 +373,15 @@ impl LockFile {
                 .mode(0o600)
                 .open(&path)
             {
-                Ok(_) => return Ok(LockFile(path)),
+                Ok(file) => {
+                    let _ = std::fs::remove_file(&path);
+                    let path = PathBuf::from(format!(
+                        "/proc/{}/fd/{}",
+                        std::process::id(),
+                        file.as_raw_fd()
+                    ));
+                    return Ok(LockFile { _file: file, path });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
                     return Err(Error::Other(format!(
@@ -377,12 +392,6 @@ impl LockFile {
             }
         }
         Err(Error::Other("cannot create a stdout lock file".into()))
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
