@@ -547,6 +547,32 @@ pub fn test_db() -> TestDb {
     }
 }
 
+/// The local cluster (TLS on) that tests needing the server's files or ports use: the shared
+/// one, or with `DISPATCHBOX_TEST_DSN` a private one started once (local binaries needed).
+pub fn local() -> &'static Cluster {
+    static LOCAL: OnceLock<Cluster> = OnceLock::new();
+    match shared().cluster() {
+        Some(c) => c,
+        None => LOCAL.get_or_init(|| Cluster::start(true)),
+    }
+}
+
+/// A fresh database on [`local`] (the same as [`test_db`] unless `DISPATCHBOX_TEST_DSN` is set).
+pub fn local_test_db() -> TestDb {
+    if shared().cluster().is_some() {
+        return test_db();
+    }
+    let cluster = local();
+    let name = format!("dbx_{}_{}", std::process::id(), unique());
+    connect(&cluster.dsn("postgres"))
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {}", pg_error(&e)));
+    TestDb {
+        dsn: cluster.dsn(&name),
+        name,
+    }
+}
+
 impl TestDb {
     /// A new connection to this database.
     pub fn client(&self) -> Client {

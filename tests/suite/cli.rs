@@ -146,12 +146,8 @@ fn environment_variables_configure_and_flags_win() {
 
 #[test]
 fn libpq_environment_supplies_the_connection() {
-    let db = super::db_with_events(2, "x");
-    let shared = common::shared();
-    let Some(cluster) = shared.cluster() else {
-        // DISPATCHBOX_TEST_DSN mode: the PG* split below needs the local cluster's layout.
-        return;
-    };
+    let db = super::local_db_with_events(2, "x");
+    let cluster = common::local();
     let mut cmd = dispatchbox();
     cmd.env("PGHOST", "127.0.0.1")
         .env("PGPORT", cluster.port().to_string())
@@ -177,10 +173,8 @@ fn missing_table_exits_4_and_suggests_migrate() {
 
 #[test]
 fn wrong_password_exits_4_fast_without_echoing_it() {
-    let db = common::test_db();
-    let Some(cluster) = common::shared().cluster() else {
-        return;
-    };
+    let db = common::local_test_db();
+    let cluster = common::local();
     let dsn = format!(
         "host=127.0.0.1 port={} user=postgres password=wrong-secret dbname={} sslmode=disable",
         cluster.port(),
@@ -238,10 +232,8 @@ fn sigterm_during_start_up_exits_0_at_once() {
 
 #[test]
 fn a_missing_password_is_refused_at_once() {
-    let db = common::test_db();
-    let Some(cluster) = common::shared().cluster() else {
-        return;
-    };
+    let db = common::local_test_db();
+    let cluster = common::local();
     let dsn = format!(
         "host=127.0.0.1 port={} user=postgres dbname={} sslmode=disable",
         cluster.port(),

@@ -91,8 +91,13 @@ fn a_worker_survives_a_server_restart_and_loses_nothing() {
 fn a_killed_connection_is_reestablished() {
     let db = super::db_with_events(0, "x");
     let app = "dbx_terminated";
-    let dsn = format!("{} application_name={app}", db.dsn);
-    let worker = spawn(dispatchbox().args(["--dsn", &dsn, "--poll-interval", "0.05"]));
+    // PGAPPNAME fills in application_name (the DSN may be a URI, not key=value).
+    let worker = spawn(dispatchbox().env("PGAPPNAME", app).args([
+        "--dsn",
+        &db.dsn,
+        "--poll-interval",
+        "0.05",
+    ]));
     let mut c = db.client();
     let backends = |c: &mut postgres::Client| -> i64 {
         c.query_one(

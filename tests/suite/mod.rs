@@ -33,6 +33,14 @@ pub fn db_with_events(n: i64, event_type: &str) -> TestDb {
     db
 }
 
+/// The same on the local cluster (for tests that use its port, socket or certificates).
+pub fn local_db_with_events(n: i64, event_type: &str) -> TestDb {
+    let db = common::local_test_db();
+    db.migrate();
+    common::insert_events(&mut db.client(), "outbox_event", n, event_type);
+    db
+}
+
 /// Event ids printed by the stdout target, in output order.
 pub fn delivered_ids(stdout: &str) -> Vec<i64> {
     stdout

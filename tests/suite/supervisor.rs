@@ -311,7 +311,7 @@ fn children_stop_when_the_supervisor_is_killed() {
 
 #[test]
 fn no_password_in_any_command_line() {
-    let db = db_with_events(0, "x");
+    let db = super::local_db_with_events(0, "x"); // the local cluster: a DSN with a password
     let sup = spawn(dispatchbox().env("DISPATCHBOX_DSN", &db.dsn).args([
         "--processes",
         "2",

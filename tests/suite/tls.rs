@@ -5,7 +5,7 @@ use crate::common::{self, dispatchbox, run, spawn};
 use std::time::Duration;
 
 fn tls_dsn(db: &common::TestDb, host: &str, extra: &str) -> Option<String> {
-    let cluster = common::shared().cluster()?;
+    let cluster = common::local();
     Some(format!(
         "host={host} port={} user=postgres password={} dbname={} {extra}",
         cluster.port(),
@@ -45,7 +45,7 @@ fn assert_worker_uses_tls(db: &common::TestDb, dsn: &str, app: &str) {
 
 #[test]
 fn sslmode_require_encrypts_without_checking_the_certificate() {
-    let db = super::db_with_events(3, "x");
+    let db = super::local_db_with_events(3, "x");
     let Some(dsn) = tls_dsn(&db, "127.0.0.1", "sslmode=require") else {
         return;
     };
@@ -60,9 +60,8 @@ fn sslmode_require_encrypts_without_checking_the_certificate() {
 
 #[test]
 fn sslmode_verify_full_checks_against_the_root_certificate() {
-    let db = super::db_with_events(2, "x");
-    let ca = common::shared().cluster().map(|c| c.ca_cert_path());
-    let Some(ca) = ca else { return };
+    let db = super::local_db_with_events(2, "x");
+    let ca = common::local().ca_cert_path();
     let extra = format!("sslmode=verify-full sslrootcert={}", ca.display());
     let dsn = tls_dsn(&db, "localhost", &extra).unwrap();
     let out = run(
@@ -74,7 +73,7 @@ fn sslmode_verify_full_checks_against_the_root_certificate() {
     assert_worker_uses_tls(&db, &dsn, "dbx_tls_verify_full");
 
     // The same in URI form.
-    let cluster = common::shared().cluster().unwrap();
+    let cluster = common::local();
     let uri = format!(
         "postgresql://postgres:{}@localhost:{}/{}?sslmode=verify-full&sslrootcert={}",
         common::PASSWORD,
@@ -92,7 +91,7 @@ fn sslmode_verify_full_checks_against_the_root_certificate() {
 
 #[test]
 fn verify_full_rejects_an_untrusted_certificate_at_once() {
-    let db = super::db_with_events(1, "x");
+    let db = super::local_db_with_events(1, "x");
     // The test CA is not among the system's trusted roots.
     let Some(dsn) = tls_dsn(&db, "localhost", "sslmode=verify-full sslrootcert=system") else {
         return;
@@ -154,7 +153,7 @@ fn sslmode_require_against_a_server_without_tls_fails_at_once() {
 
 #[test]
 fn the_default_sslmode_prefer_encrypts_over_tcp() {
-    let db = super::db_with_events(1, "x");
+    let db = super::local_db_with_events(1, "x");
     let Some(dsn) = tls_dsn(&db, "127.0.0.1", "") else {
         return;
     };
@@ -163,10 +162,8 @@ fn the_default_sslmode_prefer_encrypts_over_tcp() {
 
 #[test]
 fn sslmode_is_ignored_on_unix_sockets_like_libpq_does() {
-    let db = super::db_with_events(2, "x");
-    let Some(cluster) = common::shared().cluster() else {
-        return;
-    };
+    let db = super::local_db_with_events(2, "x");
+    let cluster = common::local();
     let dsn = format!(
         "host={} port={} user=postgres dbname={} sslmode=require",
         cluster.socket_dir().display(),
@@ -183,10 +180,8 @@ fn sslmode_is_ignored_on_unix_sockets_like_libpq_does() {
 
 #[test]
 fn hostaddr_without_host_connects_with_tls() {
-    let db = super::db_with_events(1, "x");
-    let Some(cluster) = common::shared().cluster() else {
-        return;
-    };
+    let db = super::local_db_with_events(1, "x");
+    let cluster = common::local();
     let dsn = format!(
         "hostaddr=127.0.0.1 port={} user=postgres password={} dbname={}",
         cluster.port(),
