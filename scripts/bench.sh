@@ -80,7 +80,6 @@ pgbench=$bindir/pgbench
     { echo "pgbench not found (Debian/Ubuntu: apt-get install -y postgresql-contrib)" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-bench.XXXXXX")
 data=$tmp/data
-sock=$tmp/sock
 live_pid= # a dispatchbox supervisor this script started and has not yet seen exit
 cleanup() {
     if [[ -n $live_pid ]] && kill -0 "$live_pid" 2>/dev/null; then
@@ -96,34 +95,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$sock"
-if $root; then
-    chmod 755 "$tmp"
-    chown -R postgres: "$tmp"
-fi
-(
-    cd "$tmp" # somewhere the postgres user may enter
-    as_pg "$bindir/initdb" -D "$data" --auth-local=trust --auth-host=trust \
-        -U postgres -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" ||
-        { cat "$tmp/initdb.log" >&2; exit 1; }
-)
-port=$(free_port)
-as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
-
+pg_start "$tmp" trust <<EOF
 # dispatchbox bench: stock durable settings, TCP on 127.0.0.1 only
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$sock'
-max_connections = 200
-shared_buffers = 128MB
 fsync = on
 synchronous_commit = on
 full_page_writes = on
-logging_collector = off
-log_min_messages = warning
 EOF
-(cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 start >/dev/null) ||
-    { tail -n 30 "$tmp/server.log" >&2; exit 1; }
 
 DSN="host=127.0.0.1 port=$port dbname=bench user=postgres"
 echo "server: $DSN"

@@ -40,32 +40,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-mkdir -p "$sock"
 printf 's3cret-pw\n' >"$tmp/pwfile"
-if $root; then
-    chmod 755 "$tmp"
-    chown -R postgres: "$tmp"
-fi
-cd "$tmp" # somewhere the postgres user may enter
-as_pg "$bindir/initdb" -D "$data" --auth-local=trust --auth-host=scram-sha-256 \
-    -U postgres --pwfile="$tmp/pwfile" -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" ||
-    { cat "$tmp/initdb.log" >&2; exit 1; }
-port=$(free_port)
-as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
-
+pg_start "$tmp" scram-sha-256 --pwfile="$tmp/pwfile" <<EOF
 # dispatchbox quickstart
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$sock'
-max_connections = 200
-shared_buffers = 128MB
 synchronous_commit = on
-logging_collector = off
-log_min_messages = warning
 EOF
-as_pg "$bindir/pg_ctl" -D "$data" -l "$tmp/server.log" -w -t 60 start >/dev/null ||
-    { tail -n 30 "$tmp/server.log" >&2; exit 1; }
-cd - >/dev/null
 
 DSN="host=$sock port=$port dbname=outbox user=postgres"
 echo "server: $DSN"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/quickstart.sh and scripts/bench.sh (sourced, not run): finding the
 # PostgreSQL server binaries, a free TCP port, and running the server's programs as the
 # postgres OS user when we are root (initdb and postgres refuse to run as root).
@@ -39,4 +40,33 @@ root=false
 [[ $(id -u) == 0 ]] && root=true
 as_pg() {
     if $root; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_start TMP HOST_AUTH [INITDB_ARGS...] < EXTRA_CONF
+# initdb in TMP/data (as postgres when root), listen on 127.0.0.1:$port (a free port, set as
+# a global) and on the socket dir TMP/sock, append EXTRA_CONF to postgresql.conf, start it.
+# Needs $bindir. Stop it with: pg_ctl -D TMP/data stop.
+# shellcheck disable=SC2154 # $bindir is set by the sourcing script
+pg_start() {
+    local tmp=$1 host_auth=$2
+    shift 2
+    mkdir -p "$tmp/sock"
+    if $root; then
+        chmod 755 "$tmp"
+        chown -R postgres: "$tmp"
+    fi
+    # From inside $tmp: somewhere the postgres user may enter.
+    (cd "$tmp" && as_pg "$bindir/initdb" -D "$tmp/data" --auth-local=trust \
+        --auth-host="$host_auth" -U postgres -E UTF8 --locale=C --no-sync "$@" \
+        >"$tmp/initdb.log") || { cat "$tmp/initdb.log" >&2; exit 1; }
+    port=$(free_port)
+    {
+        printf "\nlisten_addresses = '127.0.0.1'\nport = %s\n" "$port"
+        printf "unix_socket_directories = '%s'\n" "$tmp/sock"
+        printf "max_connections = 200\nshared_buffers = 128MB\n"
+        printf "logging_collector = off\nlog_min_messages = warning\n"
+        cat
+    } | as_pg tee -a "$tmp/data/postgresql.conf" >/dev/null
+    (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/server.log" -w -t 60 start \
+        >/dev/null) || { tail -n 30 "$tmp/server.log" >&2; exit 1; }
 }
