@@ -32,6 +32,7 @@ pub mod config;
 pub mod dsn;
 pub mod error;
 pub mod handler;
+mod lease_clock;
 pub mod sink;
 pub mod store;
 pub mod supervisor;

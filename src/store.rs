@@ -207,9 +207,13 @@ pub fn unrouted(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<Ve
 
 /// What a drain still has to wait for.
 pub struct RemainingWork {
-    /// An event this worker could take is due now.
-    pub due: bool,
-    /// Seconds until the latest lease on such an event expires (None: nothing is leased).
+    /// Events this worker could take that are due now (if the claim found none, they are
+    /// row-locked by another transaction).
+    pub due: i64,
+    /// Events of such types leased by other workers (or by an earlier incarnation of us).
+    pub leased: i64,
+    /// Seconds until the latest of those leases expires (None: nothing is leased). May be
+    /// infinite (`next_run_at = 'infinity'` on a leased row).
     pub leased_for: Option<f64>,
 }
 
@@ -219,9 +223,13 @@ pub fn remaining_work(
     f: &TypeFilter,
 ) -> Result<RemainingWork, postgres::Error> {
     // Served by the claim index (status predicate); runs only when a claim found nothing.
+    // date_part, not a timestamp subtraction: an infinite next_run_at gives Infinity, not an
+    // error.
     let sql = format!(
-        "SELECT coalesce(bool_or(next_run_at <= now()), false),
-                extract(epoch FROM max(next_run_at) FILTER (WHERE locked_by IS NOT NULL) - now())::float8
+        "SELECT count(*) FILTER (WHERE next_run_at <= now()),
+                count(*) FILTER (WHERE locked_by IS NOT NULL AND next_run_at > now()),
+                max(date_part('epoch', next_run_at)) FILTER (WHERE locked_by IS NOT NULL AND next_run_at > now())
+                    - date_part('epoch', now())
          FROM {} WHERE status IN ('pending', 'retry')
            AND (next_run_at <= now() OR locked_by IS NOT NULL)
            AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[]))",
@@ -230,8 +238,19 @@ pub fn remaining_work(
     let row = client.query_one(&sql, &[&f.all, &f.exact, &f.like])?;
     Ok(RemainingWork {
         due: row.get(0),
-        leased_for: row.get(1),
+        leased: row.get(1),
+        leased_for: row.get(2),
     })
+}
+
+/// Pending or retrying events with a NULL `next_run_at`: never due, never claimed (the claim
+/// compares `next_run_at <= now()`). Served by the claim index (btree indexes NULLs).
+pub fn never_due(client: &mut Client, table: &Table) -> Result<i64, postgres::Error> {
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE status IN ('pending', 'retry') AND next_run_at IS NULL",
+        table.quoted()
+    );
+    Ok(client.query_one(&sql, &[])?.get(0))
 }
 
 /// One claimed row.
@@ -304,11 +323,21 @@ const COMPLETE: &str = "
          AS r(id, token, status, delay, error)
     WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text";
 
+/// Returns the ids still held: the others were taken over (their lease had expired).
 const EXTEND: &str = "
     UPDATE {t} AS e SET next_run_at = now() + make_interval(secs => @lease::float8)
     FROM unnest(@ids::bigint[], @tokens::int[]) AS r(id, token)
     WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text
-      AND e.status IN ('pending', 'retry')";
+      AND e.status IN ('pending', 'retry')
+    RETURNING e.id::bigint";
+
+/// Of a batch of results sent again after a lost reply: how many rows already hold exactly
+/// what the first send wrote (same token, no lease, the intended status). Primary-key lookups.
+const ALREADY_WRITTEN: &str = "
+    SELECT count(*) FROM {t} AS e
+    JOIN unnest(@ids::bigint[], @tokens::int[], @statuses::text[]) AS r(id, token, status)
+      ON e.id = r.id
+    WHERE e.attempts = r.token AND e.locked_by IS NULL AND e.status = r.status";
 
 /// Unstarted at shutdown: due again at once, and the attempt is given back.
 const RELEASE: &str = "
@@ -464,15 +493,32 @@ impl Conn {
         Ok((u64::try_from(written).unwrap_or(0), claimed))
     }
 
+    /// Extends the leases of `held`; returns the ids that are still ours.
     pub fn extend(
         &mut self,
         owner: &str,
         held: &[(i64, i32)],
         lease: Duration,
-    ) -> Result<u64, postgres::Error> {
+    ) -> Result<Vec<i64>, postgres::Error> {
         let (ids, tokens): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
-        self.client
-            .execute(&self.extend, &[&ids, &tokens, &owner, &lease.as_secs_f64()])
+        let rows = self
+            .client
+            .query(&self.extend, &[&ids, &tokens, &owner, &lease.as_secs_f64()])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// See `ALREADY_WRITTEN`. Runs only after a lost reply, never on the hot path.
+    pub fn already_written(
+        &mut self,
+        table: &Table,
+        batch: &[Completion],
+    ) -> Result<i64, postgres::Error> {
+        let c = CompletionColumns::new(batch);
+        let sql = bind(ALREADY_WRITTEN, table, &["ids", "tokens", "statuses"]);
+        Ok(self
+            .client
+            .query_one(&sql, &[&c.ids, &c.tokens, &c.statuses])?
+            .get(0))
     }
 
     pub fn release(&mut self, owner: &str, held: &[(i64, i32)]) -> Result<u64, postgres::Error> {

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::dsn::Connector;
 use crate::error::{describe_pg, is_transient, Error, Result};
 use crate::handler::{Event, Handler, Outcome, Router, TypeFilter};
+use crate::lease_clock::LeaseClock;
 use crate::store::{self, ClaimArgs, Claimed, Conn};
 use crate::{debug, error, info, warn};
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub enum Msg {
     },
     /// A claimed event that no handler started before shutdown.
     Unstarted { id: i64, token: i32 },
+    /// A queued event not started because its lease is lost or expired (see `LeaseClock`).
+    Stale { id: i64, token: i32, why: String },
     /// Stop claiming, finish running handlers (bounded), write results, release the rest.
     Stop,
     /// Stop waiting for running handlers.
@@ -56,6 +59,8 @@ struct Job {
     event: Event,
     token: i32,
     handler: Arc<dyn Handler>,
+    /// When the claim that leased it was sent (its lease runs from a later instant).
+    claim_sent: Instant,
 }
 
 /// A unique name for this worker incarnation: written to `locked_by` and used as fence.
@@ -175,6 +180,15 @@ fn start_up(
         Ok(_) => {}
         Err(e) => debug!("could not list unrouted event types: {e}"),
     }
+    match store::never_due(&mut client, &cfg.table) {
+        Ok(0) => {}
+        Ok(n) => warn!(
+            "{n} pending/retry event(s) in {} have next_run_at NULL and will never be due: \
+             set next_run_at = now() to have them delivered",
+            cfg.table
+        ),
+        Err(e) => debug!("could not count events without next_run_at: {e}"),
+    }
     let conn = Conn::prepare(client, &cfg.table, cfg.lease).map_err(|e| {
         if is_transient(&e) {
             Error::Postgres(e)
@@ -246,6 +260,7 @@ pub fn run(
     on_ready();
 
     let stopping = AtomicBool::new(false);
+    let clock = LeaseClock::new(cfg.lease);
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Mutex::new(job_rx);
 
@@ -254,9 +269,10 @@ pub fn run(
             let tx = tx.clone();
             let job_rx = &job_rx;
             let stopping = &stopping;
+            let clock = &clock;
             std::thread::Builder::new()
                 .name(format!("handler-{t}"))
-                .spawn_scoped(s, move || handler_loop(job_rx, tx, stopping))
+                .spawn_scoped(s, move || handler_loop(job_rx, tx, stopping, clock))
                 .map_err(Error::Io)?;
         }
         drop(tx);
@@ -271,6 +287,7 @@ pub fn run(
             job_tx: Some(job_tx),
             job_rx: &job_rx,
             stopping: &stopping,
+            clock: &clock,
             in_flight: HashMap::new(),
             completer: Completer::new(cfg.max_attempts, cfg.backoff),
             to_release: Vec::new(),
@@ -283,6 +300,8 @@ pub fn run(
             stop_deadline: None,
             claimed_total: 0,
             drain_wait_until: None,
+            drain_notes: DrainNotes::default(),
+            batch_sends: 0,
             failure: None,
         };
         let result = db.run();
@@ -293,7 +312,12 @@ pub fn run(
     })
 }
 
-fn handler_loop(jobs: &Mutex<Receiver<Job>>, tx: Sender<Msg>, stopping: &AtomicBool) {
+fn handler_loop(
+    jobs: &Mutex<Receiver<Job>>,
+    tx: Sender<Msg>,
+    stopping: &AtomicBool,
+    clock: &LeaseClock,
+) {
     loop {
         // Only one idle thread waits inside recv() at a time; the rest wait for the lock.
         let job = match jobs.lock() {
@@ -305,6 +329,17 @@ fn handler_loop(jobs: &Mutex<Receiver<Job>>, tx: Sender<Msg>, stopping: &AtomicB
             let _ = tx.send(Msg::Unstarted {
                 id: job.event.id,
                 token: job.token,
+            });
+            continue;
+        }
+        // A worker that was stopped (SIGSTOP, a paused VM) must not deliver what another
+        // worker has taken over meanwhile.
+        if let Some(why) = clock.refuse_start(job.event.id, job.token, job.claim_sent, Instant::now())
+        {
+            let _ = tx.send(Msg::Stale {
+                id: job.event.id,
+                token: job.token,
+                why,
             });
             continue;
         }
@@ -346,6 +381,8 @@ struct Held {
     since: Instant,
     /// Already reported as running unusually long.
     reported: bool,
+    /// An extension found the lease taken over: not extended again, its result not written.
+    lost: bool,
 }
 
 /// A handler running longer than this is reported (once): it may be stuck, and its event
@@ -365,6 +402,7 @@ struct DbThread<'a> {
     job_tx: Option<Sender<Job>>,
     job_rx: &'a Mutex<Receiver<Job>>,
     stopping: &'a AtomicBool,
+    clock: &'a LeaseClock,
     /// Claimed and handed to the pool, no result yet: id → token.
     in_flight: HashMap<i64, Held>,
     completer: Completer,
@@ -380,8 +418,20 @@ struct DbThread<'a> {
     claimed_total: u64,
     /// `--drain` found nothing due: events leased at that moment are waited for until then.
     drain_wait_until: Option<Instant>,
+    drain_notes: DrainNotes,
+    /// How often the results now in the completer were sent without an answer (a reply lost
+    /// with the connection): above 1, some may have been written already.
+    batch_sends: u32,
     /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
     failure: Option<String>,
+}
+
+/// What a drain has said about what it waits for (each said once, not per poll).
+#[derive(Default)]
+struct DrainNotes {
+    /// Due rows have been seen unclaimable (row-locked) since then.
+    locked_since: Option<Instant>,
+    locked_reported_at: Option<Instant>,
 }
 
 enum Step {
@@ -421,8 +471,16 @@ impl DbThread<'_> {
     fn absorb(&mut self, msg: Msg) {
         match msg {
             Msg::Done { id, token, outcome } => {
+                let lost = self.in_flight.get(&id).is_some_and(|h| h.lost);
                 if !self.take_in_flight(id, token) {
                     // A result for an older claim of the same event: that claim is void.
+                    return;
+                }
+                if lost {
+                    info!(
+                        "event {id} (attempt {token}) finished after another worker took its \
+                         lease over; its result is not written (the other claim decides)"
+                    );
                     return;
                 }
                 if let Outcome::Abort(why) = outcome {
@@ -437,6 +495,13 @@ impl DbThread<'_> {
             }
             Msg::Unstarted { id, token } => {
                 if self.take_in_flight(id, token) {
+                    self.to_release.push((id, token));
+                }
+            }
+            Msg::Stale { id, token, why } => {
+                if self.take_in_flight(id, token) {
+                    warn!("event {id} (attempt {token}) not started: {why}; giving it back");
+                    // Fenced: a no-op when another worker holds it now.
                     self.to_release.push((id, token));
                 }
             }
@@ -455,6 +520,7 @@ impl DbThread<'_> {
     fn take_in_flight(&mut self, id: i64, token: i32) -> bool {
         if self.in_flight.get(&id).is_some_and(|h| h.token == token) {
             self.in_flight.remove(&id);
+            self.clock.forget(id, token);
             true
         } else {
             false
@@ -542,9 +608,11 @@ impl DbThread<'_> {
     }
 
     /// `--drain` claimed nothing and holds nothing. Finished unless an event is due (a retry
-    /// that came due meanwhile) or leased: a leased event completes or, if its worker died,
-    /// comes due when the lease expires. Leases are waited for up to the latest expiry seen
-    /// the first time, so live workers extending theirs cannot keep a drain alive forever.
+    /// that came due meanwhile, or rows another transaction holds locked) or leased by another
+    /// worker: a leased event completes or, if its worker died, comes due when the lease
+    /// expires. Foreign leases are waited for up to the latest expiry seen the first time,
+    /// capped at this worker's own `--lease` (a poison row leased until 'infinity', or a year,
+    /// must not hold a cron run), so live workers extending theirs cannot keep it alive.
     fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
         let (table, filter) = (self.cfg.table.clone(), self.filter.clone());
         let Some(work) =
@@ -552,29 +620,72 @@ impl DbThread<'_> {
         else {
             return Ok(None);
         };
-        if work.due {
+        if work.due > 0 {
+            // Due, yet the claim found nothing: SKIP LOCKED passed over them. Said once it
+            // persists for a second look, then every 30 s.
+            let notes = &mut self.drain_notes;
+            let since = *notes.locked_since.get_or_insert(now);
+            let say = since < now
+                && notes
+                    .locked_reported_at
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30));
+            if say {
+                notes.locked_reported_at = Some(now);
+                info!(
+                    "{} due event(s) could not be claimed for {:.1}s: another transaction holds \
+                     their rows locked (a long UPDATE or SELECT ... FOR UPDATE?); waiting for it",
+                    work.due,
+                    now.duration_since(since).as_secs_f64()
+                );
+            }
             return Ok(None);
         }
-        let wait_until = match (self.drain_wait_until, work.leased_for) {
+        self.drain_notes.locked_since = None;
+        let leased_for = work.leased_for.filter(|_| work.leased > 0);
+        let wait_until = match (self.drain_wait_until, leased_for) {
             (Some(t), _) => Some(t),
             (None, Some(secs)) => {
-                let t = now + Duration::from_secs_f64(secs.max(0.0)) + self.cfg.poll_interval;
-                info!(
-                    "nothing due; waiting up to {:.1}s for events leased by other workers",
-                    secs.max(0.0)
-                );
+                let cap = self.cfg.lease.as_secs_f64();
+                let secs = if secs.is_nan() { cap } else { secs.max(0.0) };
+                if secs > cap {
+                    let longest = if secs.is_finite() {
+                        format!("{secs:.0}s")
+                    } else {
+                        "for ever (next_run_at = 'infinity')".to_string()
+                    };
+                    info!(
+                        "nothing due; {} event(s) are leased by other workers, the longest for \
+                         {longest}: waiting at most --lease ({cap}s) for them",
+                        work.leased
+                    );
+                } else {
+                    info!(
+                        "nothing due; waiting up to {secs:.1}s for {} event(s) leased by other \
+                         workers",
+                        work.leased
+                    );
+                }
+                let t = now + Duration::from_secs_f64(secs.min(cap)) + self.cfg.poll_interval;
                 self.drain_wait_until = Some(t);
                 Some(t)
             }
             (None, None) => None,
         };
-        if work.leased_for.is_some() && wait_until.is_some_and(|t| now < t) {
+        if leased_for.is_some() && wait_until.is_some_and(|t| now < t) {
             return Ok(None);
         }
-        info!(
-            "drained: nothing is due any more ({} events claimed by this worker)",
-            self.claimed_total
-        );
+        if work.leased > 0 {
+            info!(
+                "drained: nothing is due any more ({} events claimed by this worker); {} event(s) \
+                 still leased by other workers are left to them",
+                self.claimed_total, work.leased
+            );
+        } else {
+            info!(
+                "drained: nothing is due any more ({} events claimed by this worker)",
+                self.claimed_total
+            );
+        }
         Ok(Some(Ended::Drained))
     }
 
@@ -764,29 +875,48 @@ impl DbThread<'_> {
     fn flush(&mut self) -> Result<(), postgres::Error> {
         let owner = self.owner.clone();
         let n = self.completer.len();
+        self.batch_sends += 1;
         let written = {
             let batch = self.completer.batch();
             let conn = self.conn.as_mut().expect("called only while connected");
             conn.complete(&owner, batch)?
         };
-        self.written(written, n);
-        Ok(())
+        self.written(written, n)
     }
 
     /// The database accepted a batch of `n` results, `written` of which were still ours.
-    fn written(&mut self, written: u64, n: usize) {
-        if (written as usize) < n {
+    /// After a lost reply, the rest may simply have been written by the first send: those are
+    /// counted and not reported as lost.
+    fn written(&mut self, written: u64, n: usize) -> Result<(), postgres::Error> {
+        let mut missing = n.saturating_sub(written as usize);
+        if missing > 0 && self.batch_sends > 1 {
+            let table = self.cfg.table.clone();
+            let batch = self.completer.batch();
+            let conn = self.conn.as_mut().expect("called only while connected");
+            let already = conn.already_written(&table, batch)?;
+            let already = usize::try_from(already).unwrap_or(0).min(missing);
+            if already > 0 {
+                info!(
+                    "{already} result(s) had already been written before the connection was \
+                     lost (the reply was lost, not the write)"
+                );
+            }
+            missing -= already;
+        }
+        if missing > 0 {
             warn!(
-                "{} of {n} result(s) were not applied: the event's lease had passed to another claim",
-                n - written as usize
+                "{missing} of {n} result(s) were not applied: the event's lease had passed to \
+                 another claim"
             );
         }
+        self.batch_sends = 0;
         debug!("wrote {written} result(s)");
         self.completer.clear();
         if self.in_flight.is_empty() {
             // The pipeline is empty: look for work again now rather than after the poll.
             self.idle_until = None;
         }
+        Ok(())
     }
 
     fn release(&mut self) -> Result<(), postgres::Error> {
@@ -806,7 +936,12 @@ impl DbThread<'_> {
 
     fn extend(&mut self) -> Result<(), postgres::Error> {
         let owner = self.owner.clone();
-        let held: Vec<(i64, i32)> = self.in_flight.iter().map(|(k, h)| (*k, h.token)).collect();
+        let held: Vec<(i64, i32)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, h)| !h.lost)
+            .map(|(k, h)| (*k, h.token))
+            .collect();
         let limit = long_running(self.cfg.lease);
         for (id, h) in self.in_flight.iter_mut() {
             if !h.reported && h.since.elapsed() > limit {
@@ -820,14 +955,32 @@ impl DbThread<'_> {
             }
         }
         let lease = self.cfg.lease;
-        let n = self.conn().extend(&owner, &held, lease)?;
-        debug!("extended the lease of {n} in-flight event(s)");
-        if (n as usize) < held.len() {
+        let sent = Instant::now();
+        let kept = if held.is_empty() {
+            Vec::new()
+        } else {
+            self.conn().extend(&owner, &held, lease)?
+        };
+        self.clock.extended(sent);
+        debug!("extended the lease of {} in-flight event(s)", kept.len());
+        if kept.len() < held.len() {
+            let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
+            let lost: Vec<(i64, i32)> = held
+                .into_iter()
+                .filter(|(id, _)| !kept.contains(id))
+                .collect();
+            for (id, _) in &lost {
+                if let Some(h) = self.in_flight.get_mut(id) {
+                    h.lost = true;
+                }
+            }
             warn!(
                 "{} in-flight event(s) were taken over by another worker before their lease \
-                 could be extended (this worker was cut off longer than --lease)",
-                held.len() - n as usize
+                 could be extended (this worker was cut off longer than --lease); queued ones \
+                 will not be started, running ones' results will not be written",
+                lost.len()
             );
+            self.clock.lost(lost);
         }
         self.next_extend = Instant::now() + lease / 3;
         Ok(())
@@ -844,16 +997,18 @@ impl DbThread<'_> {
             filter: &filter,
             max_attempts: self.cfg.max_attempts,
         };
+        let sent = Instant::now();
         let claimed = if self.completer.is_empty() {
             self.conn().claim(&args)?
         } else {
             let n = self.completer.len();
+            self.batch_sends += 1;
             let (written, claimed) = {
                 let batch = self.completer.batch();
                 let conn = self.conn.as_mut().expect("called only while connected");
                 conn.complete_and_claim(batch, &args)?
             };
-            self.written(written, n);
+            self.written(written, n)?;
             claimed
         };
         let count = claimed.len();
@@ -865,7 +1020,7 @@ impl DbThread<'_> {
             self.next_extend = Instant::now() + self.cfg.lease / 3;
         }
         for c in claimed {
-            self.dispatch(c);
+            self.dispatch(c, sent);
         }
         if count > 0 {
             debug!("claimed {count} event(s)");
@@ -873,7 +1028,7 @@ impl DbThread<'_> {
         Ok(count)
     }
 
-    fn dispatch(&mut self, c: Claimed) {
+    fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
         if c.exhausted {
             warn!(
                 "event {} ({}) is dead: its final attempt's lease expired",
@@ -898,12 +1053,14 @@ impl DbThread<'_> {
                 token: c.token,
                 since: Instant::now(),
                 reported: false,
+                lost: false,
             },
         );
         let job = Job {
             token: c.token,
             event: c.event,
             handler,
+            claim_sent,
         };
         let sent = match &self.job_tx {
             Some(tx) => tx.send(job).map_err(|mpsc::SendError(job)| job),

@@ -6,6 +6,7 @@ mod concurrency;
 mod faults;
 mod lifecycle;
 mod migrate;
+mod reliability;
 mod sinks;
 mod supervisor;
 mod tls;
