@@ -84,6 +84,8 @@ pub struct Config {
     pub lease: Duration,
     /// `(pattern, target)` as given; `*=stdout` when none were.
     pub routes: Vec<(String, String)>,
+    /// Where the routes came from, for error messages: `--route` or `DISPATCHBOX_ROUTE`.
+    pub route_source: &'static str,
     pub exec_timeout: Duration,
     pub drain: bool,
     pub max_runtime: Option<Duration>,
@@ -131,10 +133,15 @@ impl Source<'_> {
         let Some((who, v)) = self.get(flag) else {
             return Ok(default);
         };
-        let n: T = v
-            .trim()
-            .parse()
-            .map_err(|_| Error::Usage(format!("{who}: `{}` is not a whole number", v.trim())))?;
+        let v = v.trim();
+        let n: T = v.parse().map_err(|_| {
+            // A whole number that does not fit the type is out of range, not malformed.
+            if v.parse::<i128>().is_ok() {
+                Error::Usage(format!("{who}: {v} is out of range ({min} to {max})"))
+            } else {
+                Error::Usage(format!("{who}: `{v}` is not a whole number"))
+            }
+        })?;
         if n < min || n > max {
             return Err(Error::Usage(format!(
                 "{who}: {n} is out of range ({min} to {max})"
@@ -243,8 +250,10 @@ impl Config {
             .unwrap_or_default();
 
         let mut route_texts = raw.routes.clone();
+        let mut route_source = "--route";
         if route_texts.is_empty() {
             if let Some(v) = env("DISPATCHBOX_ROUTE") {
+                route_source = "DISPATCHBOX_ROUTE";
                 route_texts = v
                     .split([';', '\n'])
                     .map(str::trim)
@@ -253,15 +262,23 @@ impl Config {
                     .collect();
             }
         }
-        let mut routes = Vec::new();
+        let mut routes: Vec<(String, String)> = Vec::new();
+        let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
         for r in &route_texts {
             let (pattern, target) = r.split_once('=').ok_or_else(|| {
                 Error::Usage(format!(
-                    "--route `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                    "{route_source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
                 ))
             })?;
-            crate::handler::Pattern::parse(pattern)
-                .map_err(|e| Error::Usage(format!("--route: {e}")))?;
+            let p = crate::handler::Pattern::parse(pattern)
+                .map_err(|e| Error::Usage(format!("{route_source}: {e}")))?;
+            // The router keeps one route per pattern: a second one would be dropped silently.
+            if patterns.contains(&p) {
+                return Err(Error::Usage(format!(
+                    "{route_source}: pattern `{p}` is given twice; give each pattern one target"
+                )));
+            }
+            patterns.push(p);
             routes.push((pattern.trim().to_string(), target.trim().to_string()));
         }
 
@@ -286,6 +303,7 @@ impl Config {
             backoff: Backoff { base, max },
             lease,
             routes,
+            route_source,
             exec_timeout,
             drain,
             max_runtime,
@@ -474,6 +492,74 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(expect), "{flag}={v}: {e}");
         }
+    }
+
+    #[test]
+    fn whole_numbers_too_large_for_the_type_are_out_of_range() {
+        for (flag, v, expect) in [
+            (
+                "processes",
+                "4294967296",
+                "--processes: 4294967296 is out of range (1 to 1024)",
+            ),
+            (
+                "batch-size",
+                "-1",
+                "--batch-size: -1 is out of range (1 to 100000)",
+            ),
+            (
+                "max-attempts",
+                "99999999999999999999",
+                "--max-attempts: 99999999999999999999 is out of range (1 to 1000000)",
+            ),
+            ("threads", "1.5", "--threads: `1.5` is not a whole number"),
+        ] {
+            let e = Config::from_raw(&raw(&[("dsn", "host=h"), (flag, v)]), &no_env)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, expect, "{flag}={v}");
+        }
+    }
+
+    #[test]
+    fn route_errors_name_their_source_and_duplicates_are_refused() {
+        let env = |k: &str| match k {
+            "DISPATCHBOX_ROUTE" => Some("a=stdout; nothing".to_string()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("DISPATCHBOX_ROUTE `nothing`: expected"),
+            "{e}"
+        );
+        let env = |k: &str| match k {
+            "DISPATCHBOX_ROUTE" => Some("a**=stdout".to_string()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("DISPATCHBOX_ROUTE: pattern"), "{e}");
+        let mut r = raw(&[("dsn", "host=h")]);
+        r.routes = vec!["order.*=stdout".into(), " order.* =exec:true".into()];
+        let e = Config::from_raw(&r, &no_env).unwrap_err().to_string();
+        assert!(
+            e.contains("--route: pattern `order.*` is given twice"),
+            "{e}"
+        );
+        let env = |k: &str| match k {
+            "DISPATCHBOX_ROUTE" => Some("x=stdout;x=exec:true".to_string()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DISPATCHBOX_ROUTE: pattern `x` is given twice"),
+            "{e}"
+        );
     }
 
     #[test]
