@@ -39,7 +39,8 @@ const REQUIRED_COLUMNS: &[&str] = &[
 pub const MAX_ERROR_LEN: usize = 2000;
 
 /// `sql/schema.sql` for another table: every `outbox_event` becomes the quoted table name,
-/// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`.
+/// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`, shortened with
+/// a hash of the name when it would pass 63 bytes (`Table::derived_name`).
 pub fn schema_for(table: &Table) -> String {
     const NAME: &str = "outbox_event";
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
