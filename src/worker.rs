@@ -883,9 +883,10 @@ impl DbThread<'_> {
     fn dispatch(&mut self, c: Claimed) {
         if c.exhausted {
             warn!(
-                "event {} ({}) is dead: its final attempt's lease expired",
+                "event {} ({}) is dead: {}",
                 c.event.id,
-                c.event.event_type.as_deref().unwrap_or("-")
+                c.event.event_type.as_deref().unwrap_or("-"),
+                c.dead_reason.as_deref().unwrap_or("attempts exhausted")
             );
             return;
         }
