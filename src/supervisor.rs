@@ -98,11 +98,13 @@ fn own_exe() -> Result<PathBuf> {
 pub fn run(cfg: &Config) -> Result<u8> {
     // Signals first, before any thread or child exists.
     let (sig_tx, sig_rx) = mpsc::channel::<i32>();
-    // SIGCHLD only wakes the loop to reap at once (no polling delay on exits).
+    // SIGCHLD only wakes the loop to reap at once (no polling delay on exits). SIGHUP (a
+    // closed terminal, or an operator expecting a reload) would otherwise kill us silently.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGCHLD,
+        signal_hook::consts::SIGHUP,
     ])?;
     std::thread::spawn(move || {
         for s in signals.forever() {
@@ -324,6 +326,9 @@ pub fn run(cfg: &Config) -> Result<u8> {
         let wait = wake.saturating_duration_since(now);
         match sig_rx.recv_timeout(wait) {
             Ok(signal_hook::consts::SIGCHLD) => {}
+            Ok(signal_hook::consts::SIGHUP) => {
+                warn!("SIGHUP ignored: there is no configuration reload; restart to apply changes");
+            }
             Ok(_) => {
                 stop_requests += 1;
                 if stop_requests == 1 {

@@ -388,3 +388,39 @@ fn a_worker_that_keeps_crashing_is_restarted() {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stderr.contains("exited unexpectedly"), "{out}");
 }
+
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let db = db_with_events(0, "x");
+    let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--poll-interval", "0.05"]));
+    wait_until(Duration::from_secs(30), "the worker is ready", || {
+        sup.stderr_so_far().contains("worker ready")
+    });
+    let worker = workers_of(sup.pid())[0];
+    let ignored = |s: &common::Spawned| s.stderr_so_far().matches("SIGHUP ignored").count();
+    sup.signal("HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the supervisor logs the SIGHUP",
+        || ignored(&sup) == 1,
+    );
+    assert!(alive(sup.pid()), "{}", sup.stderr_so_far());
+    // A worker that gets one directly (they run in their own process groups) does the same.
+    kill(worker, "HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the worker logs the SIGHUP",
+        || ignored(&sup) == 2,
+    );
+    assert!(alive(sup.pid()) && alive(worker), "{}", sup.stderr_so_far());
+    assert_eq!(workers_of(sup.pid()), vec![worker]);
+    common::insert_events(&mut db.client(), "outbox_event", 3, "x");
+    wait_until(Duration::from_secs(30), "events are delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 3
+    });
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(out.stderr.matches("SIGHUP ignored").count(), 2, "{out}");
+    assert!(out.stderr.contains("restart to apply changes"), "{out}");
+}
