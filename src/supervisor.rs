@@ -22,6 +22,7 @@
 //! - `--drain`: a slot that cannot start while another worker has been ready gives up with a
 //!   WARNING and does not fail the drain; a worker that was ready and then lost the database
 //!   fails the drain (exit 3/4) as before.
+//!
 //! An exit 3/4 while no worker has been ready yet waits for the slots still starting: if one
 //! of them becomes ready, the rule above applies; if none does, everything stops with the
 //! first error.

@@ -278,7 +278,9 @@ fn table_names_are_quoted_identifiers() {
 #[test]
 fn usage_errors_name_the_real_problem() {
     let dsn = "host=127.0.0.1 user=u password=hunter2";
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    // (environment, arguments, expected message)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         // An integer that does not fit is out of range, not "not a whole number".
         (
             &[],
