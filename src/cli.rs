@@ -28,9 +28,9 @@ OPTIONS (each also read from DISPATCHBOX_<NAME>, e.g. DISPATCHBOX_BATCH_SIZE; fl
                               event over; extended while its handler runs [default: 30]
     --table NAME              outbox table, optionally schema.table [default: outbox_event]
     --route PATTERN=TARGET    send event types matching PATTERN (exact, prefix `order.*`, or
-                              `*`) to TARGET: `stdout` or `exec:COMMAND ARGS...`. Repeatable;
-                              DISPATCHBOX_ROUTE takes several separated by `;`
-                              [default: *=stdout]
+                              `*`) to TARGET: `stdout` or `exec:COMMAND ARGS...`. Repeatable
+                              (one target per pattern); DISPATCHBOX_ROUTE takes several
+                              separated by `;` [default: *=stdout]
     --exec-timeout SECS       kill an exec target that runs longer [default: 30]
     --drain                   exit 0 once no event is due (for cron)
     --max-runtime SECS        stop gracefully after this long (exit 5 if --drain had not finished)
