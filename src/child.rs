@@ -2,7 +2,8 @@
 //! wire signals and the rest of stdin to the worker's inbox, run the worker.
 //!
 //! Stdin after the configuration line carries `stop` / `stop-now`; EOF means the supervisor
-//! is gone (even killed with SIGKILL), and the worker shuts down gracefully.
+//! is gone (even killed with SIGKILL), and the worker shuts down gracefully. SIGTERM/SIGINT
+//! stop it like `stop` / `stop-now`; SIGHUP is logged and ignored (no reload).
 
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
@@ -20,11 +21,18 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
     let sig_tx = tx.clone();
     std::thread::spawn(move || {
-        for (n, _) in signals.forever().enumerate() {
-            let msg = if n == 0 { Msg::Stop } else { Msg::StopNow };
+        let mut stops = 0;
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                warn!("SIGHUP ignored: there is no configuration reload; restart to apply changes");
+                continue;
+            }
+            let msg = if stops == 0 { Msg::Stop } else { Msg::StopNow };
+            stops += 1;
             if sig_tx.send(msg).is_err() {
                 return;
             }

@@ -28,9 +28,9 @@ OPTIONS (each also read from DISPATCHBOX_<NAME>, e.g. DISPATCHBOX_BATCH_SIZE; fl
                               event over; extended while its handler runs [default: 30]
     --table NAME              outbox table, optionally schema.table [default: outbox_event]
     --route PATTERN=TARGET    send event types matching PATTERN (exact, prefix `order.*`, or
-                              `*`) to TARGET: `stdout` or `exec:COMMAND ARGS...`. Repeatable;
-                              DISPATCHBOX_ROUTE takes several separated by `;`
-                              [default: *=stdout]
+                              `*`) to TARGET: `stdout` or `exec:COMMAND ARGS...`. Repeatable
+                              (one target per pattern); DISPATCHBOX_ROUTE takes several
+                              separated by `;` [default: *=stdout]
     --exec-timeout SECS       kill an exec target that runs longer [default: 30]
     --drain                   exit 0 once no event is due (for cron)
     --max-runtime SECS        stop gracefully after this long (exit 5 if --drain had not finished)
@@ -174,6 +174,16 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
         } else {
             "a positional argument".to_string()
         };
+        // A flag we know is left over only when it was given again (pico-args takes the
+        // first occurrence), or, for `--drain`, given a value.
+        if shown == "--drain" && s.contains('=') {
+            return Err(usage("--drain takes no value".into()));
+        }
+        let known = VALUE_KEYS.contains(&shown.as_str())
+            || ["--drain", "--worker-index"].contains(&shown.as_str());
+        if known {
+            return Err(usage(format!("{shown} is given more than once")));
+        }
         return Err(usage(format!("unexpected argument: {shown}")));
     }
     Ok((mode, raw))
@@ -232,6 +242,24 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let e = parse(args(&["--batch-size"])).unwrap_err().to_string();
         assert!(e.contains("--batch-size needs a value"), "{e}");
+    }
+
+    #[test]
+    fn a_flag_given_twice_is_named() {
+        for a in [
+            &["--drain", "--drain"][..],
+            &["--batch-size", "1", "--batch-size", "2"][..],
+            &["--dsn=a", "--dsn=hunter2"][..],
+        ] {
+            let e = parse(args(a)).unwrap_err().to_string();
+            assert!(e.contains("is given more than once"), "{a:?}: {e}");
+            assert!(e.starts_with(a[0].split('=').next().unwrap()), "{a:?}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let e = parse(args(&["--drain=yes"])).unwrap_err().to_string();
+        assert!(e.contains("--drain takes no value"), "{e}");
+        // Repeatable: no error.
+        assert!(parse(args(&["--route", "a=stdout", "--route", "b=stdout"])).is_ok());
     }
 
     #[test]

@@ -52,10 +52,40 @@ impl Table {
         }
     }
 
-    /// An object named after the table (index names): `"name_suffix"`.
+    /// An object named after the table (index names): `"name_suffix"`, quoted.
     pub fn quoted_derived(&self, suffix: &str) -> String {
-        quote_ident(&format!("{}{suffix}", self.name))
+        quote_ident(&self.derived_name(suffix))
     }
+
+    /// `name` + `suffix` when that fits PostgreSQL's 63-byte identifiers. Otherwise the name
+    /// is cut (on a character boundary) and an 8-hex-digit FNV-1a hash of the whole name goes
+    /// before the suffix: PostgreSQL would cut the plain concatenation to the table's own
+    /// (cut) name, and `CREATE INDEX IF NOT EXISTS` would then skip the index. The hash keeps
+    /// the name the same on every run, so `migrate` stays idempotent.
+    pub fn derived_name(&self, suffix: &str) -> String {
+        let plain = format!("{}{suffix}", self.name);
+        if plain.len() <= MAX_IDENT_LEN {
+            return plain;
+        }
+        let hash = format!("_{:08x}", fnv1a32(self.name.as_bytes()));
+        let mut end = MAX_IDENT_LEN
+            .saturating_sub(suffix.len() + hash.len())
+            .min(self.name.len());
+        while !self.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{hash}{suffix}", &self.name[..end])
+    }
+}
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1) in bytes.
+const MAX_IDENT_LEN: usize = 63;
+
+/// 32-bit FNV-1a: a small, stable hash (not for security).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 impl std::fmt::Display for Table {
@@ -84,6 +114,8 @@ pub struct Config {
     pub lease: Duration,
     /// `(pattern, target)` as given; `*=stdout` when none were.
     pub routes: Vec<(String, String)>,
+    /// Where the routes came from, for error messages: `--route` or `DISPATCHBOX_ROUTE`.
+    pub route_source: &'static str,
     pub exec_timeout: Duration,
     pub drain: bool,
     pub max_runtime: Option<Duration>,
@@ -131,10 +163,15 @@ impl Source<'_> {
         let Some((who, v)) = self.get(flag) else {
             return Ok(default);
         };
-        let n: T = v
-            .trim()
-            .parse()
-            .map_err(|_| Error::Usage(format!("{who}: `{}` is not a whole number", v.trim())))?;
+        let v = v.trim();
+        let n: T = v.parse().map_err(|_| {
+            // A whole number that does not fit the type is out of range, not malformed.
+            if v.parse::<i128>().is_ok() {
+                Error::Usage(format!("{who}: {v} is out of range ({min} to {max})"))
+            } else {
+                Error::Usage(format!("{who}: `{v}` is not a whole number"))
+            }
+        })?;
         if n < min || n > max {
             return Err(Error::Usage(format!(
                 "{who}: {n} is out of range ({min} to {max})"
@@ -243,8 +280,10 @@ impl Config {
             .unwrap_or_default();
 
         let mut route_texts = raw.routes.clone();
+        let mut route_source = "--route";
         if route_texts.is_empty() {
             if let Some(v) = env("DISPATCHBOX_ROUTE") {
+                route_source = "DISPATCHBOX_ROUTE";
                 route_texts = v
                     .split([';', '\n'])
                     .map(str::trim)
@@ -253,15 +292,23 @@ impl Config {
                     .collect();
             }
         }
-        let mut routes = Vec::new();
+        let mut routes: Vec<(String, String)> = Vec::new();
+        let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
         for r in &route_texts {
             let (pattern, target) = r.split_once('=').ok_or_else(|| {
                 Error::Usage(format!(
-                    "--route `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                    "{route_source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
                 ))
             })?;
-            crate::handler::Pattern::parse(pattern)
-                .map_err(|e| Error::Usage(format!("--route: {e}")))?;
+            let p = crate::handler::Pattern::parse(pattern)
+                .map_err(|e| Error::Usage(format!("{route_source}: {e}")))?;
+            // The router keeps one route per pattern: a second one would be dropped silently.
+            if patterns.contains(&p) {
+                return Err(Error::Usage(format!(
+                    "{route_source}: pattern `{p}` is given twice; give each pattern one target"
+                )));
+            }
+            patterns.push(p);
             routes.push((pattern.trim().to_string(), target.trim().to_string()));
         }
 
@@ -286,6 +333,7 @@ impl Config {
             backoff: Backoff { base, max },
             lease,
             routes,
+            route_source,
             exec_timeout,
             drain,
             max_runtime,
@@ -477,6 +525,74 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_too_large_for_the_type_are_out_of_range() {
+        for (flag, v, expect) in [
+            (
+                "processes",
+                "4294967296",
+                "--processes: 4294967296 is out of range (1 to 1024)",
+            ),
+            (
+                "batch-size",
+                "-1",
+                "--batch-size: -1 is out of range (1 to 100000)",
+            ),
+            (
+                "max-attempts",
+                "99999999999999999999",
+                "--max-attempts: 99999999999999999999 is out of range (1 to 1000000)",
+            ),
+            ("threads", "1.5", "--threads: `1.5` is not a whole number"),
+        ] {
+            let e = Config::from_raw(&raw(&[("dsn", "host=h"), (flag, v)]), &no_env)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, expect, "{flag}={v}");
+        }
+    }
+
+    #[test]
+    fn route_errors_name_their_source_and_duplicates_are_refused() {
+        let env = |k: &str| match k {
+            "DISPATCHBOX_ROUTE" => Some("a=stdout; nothing".to_string()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("DISPATCHBOX_ROUTE `nothing`: expected"),
+            "{e}"
+        );
+        let env = |k: &str| match k {
+            "DISPATCHBOX_ROUTE" => Some("a**=stdout".to_string()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("DISPATCHBOX_ROUTE: pattern"), "{e}");
+        let mut r = raw(&[("dsn", "host=h")]);
+        r.routes = vec!["order.*=stdout".into(), " order.* =exec:true".into()];
+        let e = Config::from_raw(&r, &no_env).unwrap_err().to_string();
+        assert!(
+            e.contains("--route: pattern `order.*` is given twice"),
+            "{e}"
+        );
+        let env = |k: &str| match k {
+            "DISPATCHBOX_ROUTE" => Some("x=stdout;x=exec:true".to_string()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DISPATCHBOX_ROUTE: pattern `x` is given twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn typos_in_variable_names_are_found() {
         let names = [
             "DISPATCHBOX_BATCHSIZE",
@@ -499,6 +615,41 @@ mod tests {
         assert_eq!(t.quoted(), "\"Sales\".\"out\"\"box\"");
         assert_eq!(t.quoted_derived("_due_idx"), "\"out\"\"box_due_idx\"");
         assert!(Table::parse("a.").is_err());
+    }
+
+    #[test]
+    fn derived_names_fit_in_63_bytes_and_are_stable() {
+        let short = Table::parse("orders").unwrap();
+        assert_eq!(short.derived_name("_due_idx"), "orders_due_idx");
+        // Exactly 63 bytes with the suffix: unchanged.
+        let name = "a".repeat(63 - "_due_idx".len());
+        let t = Table::parse(&name).unwrap();
+        assert_eq!(t.derived_name("_due_idx"), format!("{name}_due_idx"));
+        // Longer: cut, hashed, suffixed; never equal to the table's own (cut) name.
+        let long = "x".repeat(70);
+        let t = Table::parse(&format!("s.{long}")).unwrap();
+        let d = t.derived_name("_due_idx");
+        assert_eq!(d.len(), 63, "{d}");
+        assert!(d.ends_with("_due_idx"), "{d}");
+        assert_ne!(&d[..], &long[..63]);
+        assert_eq!(d, t.derived_name("_due_idx"));
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c); // the published FNV-1a test vector
+        assert_eq!(
+            d,
+            format!(
+                "{}_{:08x}_due_idx",
+                "x".repeat(46),
+                fnv1a32(long.as_bytes())
+            )
+        );
+        // Two long names that share their first 63 bytes get different index names.
+        let other = Table::parse(&format!("{}y", "x".repeat(69))).unwrap();
+        assert_ne!(other.derived_name("_due_idx"), d);
+        // Multi-byte characters are never split.
+        let t = Table::parse(&"é".repeat(40)).unwrap();
+        let d = t.derived_name("_due_idx");
+        assert!(d.len() <= 63 && d.ends_with("_due_idx"), "{d}");
+        assert_eq!(t.quoted_derived("_due_idx"), format!("\"{d}\""));
     }
 
     #[test]

@@ -174,6 +174,11 @@ impl Router {
         self.routes.is_empty()
     }
 
+    /// Whether a route for exactly this pattern exists.
+    pub fn has(&self, pattern: &Pattern) -> bool {
+        self.routes.iter().any(|(p, _, _)| p == pattern)
+    }
+
     /// The most specific handler for this type, or None when this worker does not route it.
     pub fn route(&self, event_type: Option<&str>) -> Option<&Arc<dyn Handler>> {
         self.routes

@@ -39,7 +39,8 @@ const REQUIRED_COLUMNS: &[&str] = &[
 pub const MAX_ERROR_LEN: usize = 2000;
 
 /// `sql/schema.sql` for another table: every `outbox_event` becomes the quoted table name,
-/// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`.
+/// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`, shortened with
+/// a hash of the name when it would pass 63 bytes (`Table::derived_name`).
 pub fn schema_for(table: &Table) -> String {
     const NAME: &str = "outbox_event";
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
@@ -258,9 +259,12 @@ pub struct Claimed {
     pub event: Event,
     /// `attempts` after the claim: the fencing token for every later write.
     pub token: i32,
-    /// The event had used all its attempts (its last worker died holding it): the claim
-    /// marked it `dead` instead of leasing it; do not dispatch it.
+    /// The event had used all its attempts (its last worker died holding it, or it was
+    /// re-queued by hand): the claim marked it `dead` instead of leasing it; do not
+    /// dispatch it.
     pub exhausted: bool,
+    /// Why it is dead (its new `last_error`) when `exhausted`.
+    pub dead_reason: Option<String>,
 }
 
 /// A handler's verdict, ready to be written.
@@ -291,23 +295,27 @@ const DUE: &str = "
     FOR UPDATE SKIP LOCKED";
 
 /// Leases the `due` rows: attempts + 1 (the fencing token), next_run_at = lease expiry,
-/// locked_by = this worker. An event whose attempts are used up (its last holder died with
-/// the lease) is marked dead instead. `id = ANY(ARRAY(...))` rather than a join with `due`:
+/// locked_by = this worker. An event whose attempts are used up is marked dead instead: its
+/// last holder died with the lease (locked_by still set), or it was re-queued by hand
+/// without resetting attempts (locked_by NULL); last_error says which. `id = ANY(ARRAY(...))` rather than a join with `due`:
 /// the planner cannot estimate a CTE's size and, with a generic plan, hashes the whole table.
 const LEASE: &str = "
     UPDATE {t} AS e SET
         attempts    = CASE WHEN coalesce(e.attempts, 0) >= @max THEN e.attempts ELSE coalesce(e.attempts, 0) + 1 END,
         status      = CASE WHEN coalesce(e.attempts, 0) >= @max THEN 'dead' ELSE e.status END,
-        last_error  = CASE WHEN coalesce(e.attempts, 0) >= @max
+        last_error  = CASE WHEN coalesce(e.attempts, 0) < @max THEN e.last_error
+                           WHEN e.locked_by IS NOT NULL
                            THEN 'attempts exhausted: the lease of the final attempt expired (worker died?)'
-                           ELSE e.last_error END,
+                           ELSE 'attempts exhausted: re-queued with all ' || coalesce(e.attempts, 0)
+                                || ' attempts used (reset attempts to 0 to retry it)' END,
         next_run_at = CASE WHEN coalesce(e.attempts, 0) >= @max THEN e.next_run_at
                            ELSE now() + make_interval(secs => @lease::float8) END,
         locked_by   = CASE WHEN coalesce(e.attempts, 0) >= @max THEN NULL ELSE @owner::text END,
         locked_at   = CASE WHEN coalesce(e.attempts, 0) >= @max THEN NULL ELSE now() END
     WHERE e.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING e.id::bigint, e.attempts::int, e.status::text, e.event_type::text,
-              e.aggregate_type::text, e.aggregate_id::text, coalesce(e.payload::text, 'null') AS payload";
+              e.aggregate_type::text, e.aggregate_id::text, coalesce(e.payload::text, 'null') AS payload,
+              CASE WHEN e.status = 'dead' THEN e.last_error END AS dead_reason";
 
 /// Writes a batch of results. Primary-key lookups, fenced by owner and token.
 const COMPLETE: &str = "
@@ -563,6 +571,7 @@ fn claimed_from(r: &postgres::Row, at: usize) -> Claimed {
         },
         token,
         exhausted: status.as_deref() == Some("dead"),
+        dead_reason: r.get(at + 7),
     }
 }
 

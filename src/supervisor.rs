@@ -10,8 +10,22 @@
 //! ```
 //! Invariants: no secret in any child's argv (the DSN travels on the pipe and the child's
 //! environment is stripped of DISPATCHBOX_DSN and PGPASSWORD); a child that fails for a reason
-//! a restart cannot fix (bad configuration, database refused or unreachable) stops everything
-//! with that child's error and exit code instead of being restarted forever.
+//! a restart cannot fix stops everything with that child's error and exit code instead of
+//! being restarted forever: bad configuration (exit 2) always, database unreachable or
+//! refused (exit 3/4) only while no worker of this supervisor has ever been ready.
+//!
+//! Restart policy for exit 3/4 once some worker has been ready (the database works, or did):
+//! - daemon mode: the slot is restarted with backoff (up to 30 s) and a WARNING, forever,
+//!   like a running worker riding out an outage; these restarts do not count toward the
+//!   give-up limit. This covers a restarted worker during an outage and `--processes` above
+//!   what the server's `max_connections` admits ("too many clients": what fits runs).
+//! - `--drain`: a slot that cannot start while another worker has been ready gives up with a
+//!   WARNING and does not fail the drain; a worker that was ready and then lost the database
+//!   fails the drain (exit 3/4) as before.
+//!
+//! An exit 3/4 while no worker has been ready yet waits for the slots still starting: if one
+//! of them becomes ready, the rule above applies; if none does, everything stops with the
+//! first error.
 
 use crate::backoff::reconnect_delay;
 use crate::config::Config;
@@ -46,6 +60,14 @@ enum State {
     },
     /// Died unexpectedly; restart at this instant.
     Restarting { at: Instant },
+    /// Exited 3/4 (database unreachable or refused); restarted, given up on, or fatal once
+    /// it is known whether any worker has been ready (see the module doc).
+    Parked {
+        code: u8,
+        msg: String,
+        /// This incarnation had been ready (it lost the database rather than never had it).
+        was_ready: bool,
+    },
     /// Exited on its own terms with this code.
     Exited(u8),
 }
@@ -59,6 +81,10 @@ struct Slot {
     ready: Arc<AtomicBool>,
     /// The thread copying the child's stderr; joined before `last_error` is read.
     forwarder: Option<std::thread::JoinHandle<()>>,
+    /// Some incarnation of this slot has been ready.
+    ever_ready: bool,
+    /// Restarts after exit 3/4 since this slot was last ready (paces them).
+    outage_restarts: u32,
 }
 
 impl Slot {
@@ -98,11 +124,13 @@ fn own_exe() -> Result<PathBuf> {
 pub fn run(cfg: &Config) -> Result<u8> {
     // Signals first, before any thread or child exists.
     let (sig_tx, sig_rx) = mpsc::channel::<i32>();
-    // SIGCHLD only wakes the loop to reap at once (no polling delay on exits).
+    // SIGCHLD only wakes the loop to reap at once (no polling delay on exits). SIGHUP (a
+    // closed terminal, or an operator expecting a reload) would otherwise kill us silently.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGCHLD,
+        signal_hook::consts::SIGHUP,
     ])?;
     std::thread::spawn(move || {
         for s in signals.forever() {
@@ -131,6 +159,8 @@ pub fn run(cfg: &Config) -> Result<u8> {
             last_error: Arc::new(Mutex::new(None)),
             ready: Arc::new(AtomicBool::new(false)),
             forwarder: None,
+            ever_ready: false,
+            outage_restarts: 0,
         })
         .collect();
     info!(
@@ -199,14 +229,21 @@ pub fn run(cfg: &Config) -> Result<u8> {
                     let msg = slot
                         .last_error()
                         .unwrap_or_else(|| format!("exit code {c}"));
-                    let what = if slot.ready.load(Ordering::SeqCst) {
-                        "failed"
+                    let was_ready = slot.ready.load(Ordering::SeqCst);
+                    slot.ever_ready |= was_ready;
+                    if c == i32::from(exit::USAGE) {
+                        let what = if was_ready { "failed" } else { "cannot run" };
+                        info!("worker {} {what}; stopping all workers", slot.index);
+                        fatal = Some((c as u8, format!("worker {} {what}: {msg}", slot.index)));
+                        slot.state = State::Exited(c as u8);
                     } else {
-                        "cannot run"
-                    };
-                    info!("worker {} {what}; stopping all workers", slot.index);
-                    fatal = Some((c as u8, format!("worker {} {what}: {msg}", slot.index)));
-                    slot.state = State::Exited(c as u8);
+                        // Decided below, with what the other slots know.
+                        slot.state = State::Parked {
+                            code: c as u8,
+                            msg,
+                            was_ready,
+                        };
+                    }
                 }
                 _ if stopping => slot.state = State::Exited(exit::FAILURE),
                 _ => {
@@ -256,6 +293,10 @@ pub fn run(cfg: &Config) -> Result<u8> {
                     }
                 }
             }
+        }
+
+        if stop_requests == 0 && fatal.is_none() {
+            fatal = resolve_parked(&mut slots, cfg.drain, &mut rng);
         }
 
         // A fatal child error or the time limit: stop the others like a signal would.
@@ -324,6 +365,9 @@ pub fn run(cfg: &Config) -> Result<u8> {
         let wait = wake.saturating_duration_since(now);
         match sig_rx.recv_timeout(wait) {
             Ok(signal_hook::consts::SIGCHLD) => {}
+            Ok(signal_hook::consts::SIGHUP) => {
+                warn!("SIGHUP ignored: there is no configuration reload; restart to apply changes");
+            }
             Ok(_) => {
                 stop_requests += 1;
                 if stop_requests == 1 {
@@ -346,6 +390,85 @@ pub fn run(cfg: &Config) -> Result<u8> {
             }
         }
     }
+}
+
+/// Decides what happens to slots whose child exited 3/4 (see the module doc); returns the
+/// fatal error when one of them stops everything.
+fn resolve_parked(
+    slots: &mut [Slot],
+    drain: bool,
+    rng: &mut fastrand::Rng,
+) -> Option<(u8, String)> {
+    for slot in slots.iter_mut() {
+        if matches!(slot.state, State::Running { .. }) && slot.ready.load(Ordering::SeqCst) {
+            slot.ever_ready = true;
+            slot.outage_restarts = 0;
+        }
+    }
+    let describe = |slot: &Slot| -> Option<(u8, String, bool)> {
+        match &slot.state {
+            State::Parked {
+                code,
+                msg,
+                was_ready,
+            } => Some((*code, msg.clone(), *was_ready)),
+            _ => None,
+        }
+    };
+    for i in 0..slots.len() {
+        let Some((code, msg, was_ready)) = describe(&slots[i]) else {
+            continue;
+        };
+        let index = slots[i].index;
+        let what = if was_ready { "failed" } else { "cannot run" };
+        let others_ready = slots
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != i && s.ever_ready);
+        if drain {
+            if was_ready {
+                // The drain lost its database: that is the drain's failure.
+                info!("worker {index} {what}; stopping all workers");
+                slots[i].state = State::Exited(code);
+                return Some((code, format!("worker {index} {what}: {msg}")));
+            }
+            if others_ready {
+                warn!(
+                    "worker {index} {what}: {msg}; giving up on it: the other worker(s) drain without it"
+                );
+                slots[i].state = State::Exited(exit::OK);
+            }
+        } else if others_ready || slots[i].ever_ready {
+            let slot = &mut slots[i];
+            slot.outage_restarts += 1;
+            let pause = reconnect_delay(slot.outage_restarts, Duration::from_secs(30), rng);
+            warn!(
+                "worker {index} {what}: {msg}; restarting it in {:.1}s (a worker has been ready, \
+                 so this is treated as an outage, not a configuration error)",
+                pause.as_secs_f64()
+            );
+            slot.state = State::Restarting {
+                at: Instant::now() + pause,
+            };
+        }
+    }
+    // Still parked: no worker has been ready. Wait while another slot may yet become ready.
+    let starting = slots
+        .iter()
+        .any(|s| matches!(s.state, State::Running { .. } | State::Restarting { .. }));
+    if starting {
+        return None;
+    }
+    let first = slots.iter().find_map(|s| describe(s).map(|d| (s.index, d)));
+    let (index, (code, msg, was_ready)) = first?;
+    let what = if was_ready { "failed" } else { "cannot run" };
+    info!("worker {index} {what}; stopping all workers");
+    for slot in slots.iter_mut() {
+        if let Some((c, _, _)) = describe(slot) {
+            slot.state = State::Exited(c);
+        }
+    }
+    Some((code, format!("worker {index} {what}: {msg}")))
 }
 
 /// The stdout lock: a file created for this run only (O_EXCL, mode 0600) and unlinked at
@@ -406,7 +529,7 @@ fn tell_all(slots: &mut [Slot], what: &str) {
                 }
             }
             // A child waiting to be restarted is simply not restarted.
-            State::Restarting { .. } => slot.state = State::Exited(exit::OK),
+            State::Restarting { .. } | State::Parked { .. } => slot.state = State::Exited(exit::OK),
             State::Exited(_) => {}
         }
     }

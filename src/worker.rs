@@ -86,11 +86,18 @@ pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     if routes.is_empty() && router.is_empty() {
         routes.push(("*".into(), "stdout".into()));
     }
+    let from = cfg.route_source;
     for (pattern, target) in &routes {
         let p = crate::handler::Pattern::parse(pattern)
-            .map_err(|e| Error::Usage(format!("--route: {e}")))?;
+            .map_err(|e| Error::Usage(format!("{from}: {e}")))?;
+        if compiled.has(&p) {
+            return Err(Error::Usage(format!(
+                "{from} {pattern}={target}: this binary has a compiled-in route for `{p}`, \
+                 which would take precedence; remove the route or use another pattern"
+            )));
+        }
         let h = crate::sink::build(target, &opts)
-            .map_err(|e| Error::Usage(format!("--route {pattern}={target}: {e}")))?;
+            .map_err(|e| Error::Usage(format!("{from} {pattern}={target}: {e}")))?;
         router.add(p, target.clone(), h);
     }
     Ok(router)
@@ -1031,9 +1038,10 @@ impl DbThread<'_> {
     fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
         if c.exhausted {
             warn!(
-                "event {} ({}) is dead: its final attempt's lease expired",
+                "event {} ({}) is dead: {}",
                 c.event.id,
-                c.event.event_type.as_deref().unwrap_or("-")
+                c.event.event_type.as_deref().unwrap_or("-"),
+                c.dead_reason.as_deref().unwrap_or("attempts exhausted")
             );
             return;
         }

@@ -274,3 +274,87 @@ fn table_names_are_quoted_identifiers() {
         "{out}"
     );
 }
+
+#[test]
+fn usage_errors_name_the_real_problem() {
+    let dsn = "host=127.0.0.1 user=u password=hunter2";
+    // (environment, arguments, expected message)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
+        // An integer that does not fit is out of range, not "not a whole number".
+        (
+            &[],
+            &["--processes", "4294967296"],
+            "--processes: 4294967296 is out of range (1 to 1024)",
+        ),
+        // A flag given twice says so.
+        (
+            &[],
+            &["--drain", "--drain"],
+            "--drain is given more than once",
+        ),
+        (
+            &[],
+            &["--batch-size", "1", "--batch-size", "2"],
+            "--batch-size is given more than once",
+        ),
+        // Routes from the environment are blamed on the variable.
+        (
+            &[("DISPATCHBOX_ROUTE", "a=carrier-pigeon")],
+            &[],
+            "DISPATCHBOX_ROUTE a=carrier-pigeon: unknown route target",
+        ),
+        (
+            &[("DISPATCHBOX_ROUTE", "a*b=stdout")],
+            &[],
+            "DISPATCHBOX_ROUTE: pattern `a*b`",
+        ),
+        // A pattern routed twice is refused instead of silently keeping the first.
+        (
+            &[],
+            &["--route", "order.*=stdout", "--route", "order.*=exec:true"],
+            "--route: pattern `order.*` is given twice",
+        ),
+    ];
+    for (env, args, expect) in cases {
+        let mut cmd = dispatchbox();
+        cmd.args(["--dsn", dsn]).args(*args);
+        for (k, v) in *env {
+            cmd.env(k, v);
+        }
+        let out = run(&mut cmd, T);
+        assert_eq!(out.code, Some(2), "{env:?} {args:?}\n{out}");
+        assert!(
+            out.stderr.contains(expect),
+            "{env:?} {args:?}: expected {expect:?}\n{out}"
+        );
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        assert!(!out.stderr.contains("hunter2"), "{out}");
+    }
+}
+
+#[test]
+fn a_route_for_a_compiled_in_pattern_is_refused() {
+    // The example binary has `demo.*` compiled in; a `--route demo.*=...` would be ignored.
+    let mut cmd = std::process::Command::new(super::example_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DISPATCHBOX_") || k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args([
+        "--dsn",
+        "host=127.0.0.1 user=u",
+        "--connect-timeout",
+        "1",
+        "--route",
+        "demo.*=stdout",
+    ]);
+    let out = run(&mut cmd, T);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("--route demo.*=stdout: this binary has a compiled-in route"),
+        "{out}"
+    );
+}

@@ -164,7 +164,42 @@ fn an_event_whose_final_attempt_was_lost_is_dead_not_redelivered() {
     assert!(out.stdout.is_empty(), "redelivered: {out}");
     let r = row(&db, 1);
     assert_eq!((r.status.as_str(), r.attempts), ("dead", 3));
-    assert!(r.last_error.unwrap().contains("attempts exhausted"));
+    let e = r.last_error.unwrap();
+    assert!(e.contains("the lease of the final attempt expired"), "{e}");
+    assert!(
+        out.stderr
+            .contains("is dead: attempts exhausted: the lease"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_event_requeued_by_hand_with_attempts_used_up_says_so() {
+    // An operator set a dead event back to pending without resetting attempts: no lease was
+    // ever lost, so "worker died?" would send them looking for a crash that never happened.
+    let db = db_with_events(1, "x");
+    db.client()
+        .execute(
+            "UPDATE outbox_event SET attempts = 3, locked_by = NULL, next_run_at = now()",
+            &[],
+        )
+        .unwrap();
+    let out = drain(&db, &["--route", "*=stdout", "--max-attempts", "3"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.is_empty(), "delivered: {out}");
+    let r = row(&db, 1);
+    assert_eq!((r.status.as_str(), r.attempts), ("dead", 3));
+    let e = r.last_error.unwrap();
+    assert_eq!(
+        e,
+        "attempts exhausted: re-queued with all 3 attempts used (reset attempts to 0 to retry it)"
+    );
+    assert!(
+        out.stderr
+            .contains("is dead: attempts exhausted: re-queued with all 3 attempts used"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("worker died"), "{out}");
 }
 
 fn example(db: &TestDb, args: &[&str]) -> crate::common::Run {

@@ -223,3 +223,37 @@ fn unusual_column_types_are_read_as_text() {
         1
     );
 }
+
+#[test]
+fn a_table_name_over_63_bytes_gets_its_claim_index() {
+    // PostgreSQL cuts identifiers to 63 bytes; `<name>_due_idx` cut the same way would be
+    // the table's own name, and the index would silently not be built.
+    let db = common::test_db();
+    let name = format!("events_{}", "x".repeat(63));
+    assert_eq!(name.len(), 70);
+    let out = run(
+        dispatchbox().args(["migrate", "--dsn", &db.dsn, "--table", &name]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = '{}'
+             AND indexdef LIKE '%(next_run_at) WHERE%'",
+            &name[..63]
+        )),
+        1,
+        "no claim index\n{out}"
+    );
+    common::insert_events(&mut db.client(), &name, 3, "x");
+    let out = super::drain(&db, &["--table", &name]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!out.stderr.contains("no valid index"), "{out}");
+    assert_eq!(super::delivered_ids(&out.stdout).len(), 3, "{out}");
+    let out = run(
+        dispatchbox().args(["migrate", "--dsn", &db.dsn, "--table", &name]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("already up to date"), "{out}");
+}

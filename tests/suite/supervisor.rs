@@ -388,3 +388,211 @@ fn a_worker_that_keeps_crashing_is_restarted() {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stderr.contains("exited unexpectedly"), "{out}");
 }
+
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let db = db_with_events(0, "x");
+    let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--poll-interval", "0.05"]));
+    wait_until(Duration::from_secs(30), "the worker is ready", || {
+        sup.stderr_so_far().contains("worker ready")
+    });
+    let worker = workers_of(sup.pid())[0];
+    let ignored = |s: &common::Spawned| s.stderr_so_far().matches("SIGHUP ignored").count();
+    sup.signal("HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the supervisor logs the SIGHUP",
+        || ignored(&sup) == 1,
+    );
+    assert!(alive(sup.pid()), "{}", sup.stderr_so_far());
+    // A worker that gets one directly (they run in their own process groups) does the same.
+    kill(worker, "HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the worker logs the SIGHUP",
+        || ignored(&sup) == 2,
+    );
+    assert!(alive(sup.pid()) && alive(worker), "{}", sup.stderr_so_far());
+    assert_eq!(workers_of(sup.pid()), vec![worker]);
+    common::insert_events(&mut db.client(), "outbox_event", 3, "x");
+    wait_until(Duration::from_secs(30), "events are delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 3
+    });
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(out.stderr.matches("SIGHUP ignored").count(), 2, "{out}");
+    assert!(out.stderr.contains("restart to apply changes"), "{out}");
+}
+
+/// A migrated database `outbox` on a private cluster; its DSN (as the superuser).
+fn private_outbox(cluster: &common::Cluster) -> String {
+    let mut c = postgres::Client::connect(&cluster.dsn("postgres"), postgres::NoTls).unwrap();
+    c.batch_execute("CREATE DATABASE outbox").unwrap();
+    let dsn = cluster.dsn("outbox");
+    let out = common::run(
+        dispatchbox().args(["migrate", "--dsn", &dsn]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    dsn
+}
+
+/// `sql`'s single bigint, or None while the server is unreachable.
+fn count_on(dsn: &str, sql: &str) -> Option<i64> {
+    let mut c = postgres::Client::connect(dsn, postgres::NoTls).ok()?;
+    c.query_one(sql, &[]).ok().map(|r| r.get(0))
+}
+
+#[test]
+fn a_restarted_worker_that_cannot_connect_does_not_stop_the_daemon() {
+    let cluster = common::private_cluster(false);
+    let dsn = private_outbox(&cluster);
+    let sup = spawn(dispatchbox().args([
+        "--dsn",
+        &dsn,
+        "--processes",
+        "2",
+        "--connect-timeout",
+        "2",
+        "--poll-interval",
+        "0.05",
+    ]));
+    wait_until(Duration::from_secs(30), "both workers are ready", || {
+        sup.stderr_so_far().matches("worker ready").count() == 2
+    });
+    cluster.stop();
+    let victim = workers_of(sup.pid())[0];
+    kill(victim, "KILL");
+    // The restarted worker gives up connecting after 2 s and exits 3; the supervisor must
+    // restart it again instead of stopping the worker that is riding out the outage.
+    wait_until(
+        Duration::from_secs(60),
+        "the supervisor restarts the worker that cannot connect",
+        || {
+            sup.stderr_so_far().contains("cannot run")
+                && sup.stderr_so_far().contains("restarting it in")
+                || !alive(sup.pid())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(sup.pid()),
+        "the supervisor stopped\n{}",
+        sup.stderr_so_far()
+    );
+    cluster.start_again();
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    common::insert_events(&mut c, "outbox_event", 20, "x");
+    wait_until(Duration::from_secs(90), "the events are delivered", || {
+        count_on(
+            &dsn,
+            "SELECT count(*) FROM outbox_event WHERE status = 'done'",
+        ) == Some(20)
+    });
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_exactly_once(20, delivered_ids(&out.stdout));
+}
+
+#[test]
+fn more_processes_than_the_server_admits_run_what_fits() {
+    let cluster = common::private_cluster(false);
+    let dsn = private_outbox(&cluster);
+    // A role without superuser: it gets max_connections - superuser_reserved_connections
+    // (default 3) = 3 connections; the test's own (superuser) connections use the reserved
+    // ones.
+    let mut c = postgres::Client::connect(&cluster.dsn("postgres"), postgres::NoTls).unwrap();
+    c.batch_execute("CREATE ROLE app LOGIN PASSWORD 'app-pw'")
+        .unwrap();
+    c.batch_execute("ALTER SYSTEM SET max_connections = 6")
+        .unwrap();
+    drop(c);
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    c.batch_execute("GRANT SELECT, UPDATE ON outbox_event TO app")
+        .unwrap();
+    drop(c);
+    cluster.restart();
+    let app_dsn = format!(
+        "host=127.0.0.1 port={} user=app password=app-pw dbname=outbox sslmode=disable",
+        cluster.port()
+    );
+    let sup = spawn(dispatchbox().args([
+        "--dsn",
+        &app_dsn,
+        "--processes",
+        "5",
+        "--connect-timeout",
+        "1",
+        "--poll-interval",
+        "0.05",
+    ]));
+    wait_until(
+        Duration::from_secs(60),
+        "the workers that do not fit are retried",
+        || sup.stderr_so_far().matches("restarting it in").count() >= 2 || !alive(sup.pid()),
+    );
+    assert!(
+        alive(sup.pid()),
+        "the supervisor stopped\n{}",
+        sup.stderr_so_far()
+    );
+    wait_until(Duration::from_secs(30), "three workers are ready", || {
+        sup.stderr_so_far().matches("worker ready").count() == 3
+    });
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    common::insert_events(&mut c, "outbox_event", 50, "x");
+    wait_until(Duration::from_secs(60), "the events are delivered", || {
+        count_on(
+            &dsn,
+            "SELECT count(*) FROM outbox_event WHERE status = 'done'",
+        ) == Some(50)
+    });
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_exactly_once(50, delivered_ids(&out.stdout));
+    assert!(
+        out.stderr.contains("53300")
+            || out.stderr.contains("too many clients")
+            || out.stderr.contains("reserved"),
+        "{out}"
+    );
+
+    // --drain: the slots that cannot connect are given up on with a warning; the drain
+    // succeeds with the workers that fit. One event at a time, 0.25 s each: the drain lasts
+    // well past the 1 s after which the others give up.
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    common::insert_events(&mut c, "outbox_event", 40, "y");
+    let out = common::run(
+        dispatchbox().args([
+            "--dsn",
+            &app_dsn,
+            "--processes",
+            "5",
+            "--threads",
+            "1",
+            "--batch-size",
+            "1",
+            "--route",
+            "*=exec:sleep 0.25",
+            "--connect-timeout",
+            "1",
+            "--poll-interval",
+            "0.05",
+            "--drain",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        count_on(
+            &dsn,
+            "SELECT count(*) FROM outbox_event WHERE status = 'done'"
+        ),
+        Some(90),
+        "{out}"
+    );
+    assert!(out.stderr.contains("giving up on it"), "{out}");
+}
