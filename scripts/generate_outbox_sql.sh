@@ -4,6 +4,8 @@
 #   scripts/generate_outbox_sql.sh 500 | psql -v ON_ERROR_STOP=1 "$DSN"
 #   scripts/generate_outbox_sql.sh 500 other_table
 #
+# sql/insert_outbox.sql is `scripts/generate_outbox_sql.sh 100` (a test keeps them equal).
+#
 # Deterministic: the same N gives the same SQL. Events cycle through order.created,
 # order.paid, order.shipped, user.registered and invoice.issued; every five belong to one
 # order (ord-K), its customer (usr-K) and its invoice (inv-K). Multi-row INSERTs of at
@@ -48,6 +50,7 @@ BEGIN {
     split("DHL|UPS|La Poste|Royal Mail", carriers, "|")
     split("card|sepa|paypal", methods, "|")
     chunk = 1000
+    printf "-- %d sample outbox events for table %s, made by scripts/generate_outbox_sql.sh %d\n", n, table, n
     if (n > 0) print "BEGIN;"
     for (i = 1; i <= n; i++) {
         t = types[(i - 1) % 5 + 1]

@@ -4,9 +4,12 @@
 #
 #   scripts/quickstart.sh
 #
-# Needs cargo and the PostgreSQL server binaries (Debian/Ubuntu: apt-get install -y
-# postgresql). Touches no existing cluster: like the test harness it runs initdb in a temp
-# dir (as the postgres OS user when run as root), on a free port and a private unix socket.
+# Needs cargo (Rust 1.89 or later). What else the build and the cluster need (PostgreSQL's
+# server binaries, a C compiler, pkg-config, the OpenSSL headers) it installs itself when run
+# as root on a system with apt-get, dnf or apk, saying what first (scripts/lib/deps.sh);
+# otherwise it prints the one command to run. Touches no existing cluster: like the test
+# harness it runs initdb in a temp dir (as the postgres OS user when run as root), on a free
+# port and a private unix socket.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,10 +20,18 @@ done
 
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh # (the working directory is the repository root)
+# shellcheck source=scripts/lib/deps.sh
+source scripts/lib/deps.sh
 
 say() { printf '\n== %s\n' "$*"; }
 
-
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust 1.89 or later (https://rustup.rs), then run this again" >&2
+    exit 1
+fi
+say "system packages"
+ensure_packages server cc ssl-dev
+echo "all there"
 
 say "cargo build --release"
 cargo build --release

@@ -29,9 +29,11 @@ use postgres::{Client, NoTls};
 /// Password of the `postgres` role in every cluster the harness starts (scram over TCP).
 pub const PASSWORD: &str = "s3cret-pw";
 
-const NOT_FOUND: &str = "PostgreSQL server binaries (initdb, pg_ctl) not found: install them \
-     (Debian/Ubuntu: apt-get install -y postgresql) or set DISPATCHBOX_TEST_DSN to a server \
-     where this user may CREATE DATABASE";
+const NOT_FOUND: &str = "PostgreSQL server binaries (initdb, pg_ctl) not found: run \
+     scripts/quickstart.sh once as root, which installs what is missing (or install them \
+     yourself: apt-get install -y postgresql, dnf install -y postgresql-server, apk add \
+     postgresql); DISPATCHBOX_TEST_DSN can point the tests at a server where this user may \
+     CREATE DATABASE, but some tests still need local server binaries";
 
 /// How long pg_ctl may take to start or stop a server.
 const PG_CTL_WAIT: &str = "60";

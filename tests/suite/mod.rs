@@ -7,6 +7,7 @@ mod faults;
 mod lifecycle;
 mod migrate;
 mod reliability;
+mod samples;
 mod sinks;
 mod supervisor;
 mod tls;

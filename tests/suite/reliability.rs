@@ -27,7 +27,10 @@ fn worker_of(supervisor: u32) -> u32 {
             .unwrap_or_default();
         for t in tasks {
             let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            for c in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            for c in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
                 let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
                 if String::from_utf8_lossy(&cmdline).contains("--worker-index") {
                     found = Some(c);
@@ -152,11 +155,15 @@ fn a_drain_says_when_due_rows_are_locked_by_another_transaction() {
     tx.execute("SELECT id FROM outbox_event WHERE id = 1 FOR UPDATE", &[])
         .unwrap();
     let drain = spawn(dispatchbox().args(["--dsn", &db.dsn, "--drain", "--poll-interval", "0.05"]));
-    wait_until(Duration::from_secs(30), "the drain explains its wait", || {
-        drain
-            .stderr_so_far()
-            .contains("another transaction holds their rows locked")
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the drain explains its wait",
+        || {
+            drain
+                .stderr_so_far()
+                .contains("another transaction holds their rows locked")
+        },
+    );
     tx.rollback().unwrap();
     let out = drain.wait(Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{out}");

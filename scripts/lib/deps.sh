@@ -1,0 +1,110 @@
+# shellcheck shell=bash
+# What building Dispatchbox and running its throwaway PostgreSQL need from the system, and
+# how to get it. Sourced (not run) by .ci/run and scripts/quickstart.sh, so the list lives in
+# one place. The test harness never installs anything: it fails with a message instead.
+#
+#   ensure_packages server cc ssl-dev openssl
+#
+# Each name is checked; what is missing is installed when we are root and the system has
+# apt-get, dnf or apk (saying what, first). Otherwise the exact command to run is printed and
+# the script exits 1. A cluster that a server package starts by itself is left alone: our
+# scripts and tests always run a private one in a temp dir.
+#   server   PostgreSQL's server binaries (initdb, pg_ctl) and psql
+#   cc       a C compiler (crates with C parts; the linker)
+#   ssl-dev  pkg-config and the OpenSSL headers (native-tls links the system's OpenSSL)
+#   openssl  the openssl command (the test harness makes its TLS certificates with it)
+
+have_server() {
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+    local dir
+    if dir=$(pg_config --bindir 2>/dev/null) && [[ -x $dir/initdb ]]; then
+        return 0
+    fi
+    command -v initdb >/dev/null
+}
+
+# The missing ones among the names given, as abstract names.
+missing_deps() {
+    local what
+    for what in "$@"; do
+        case $what in
+            server) have_server && command -v runuser >/dev/null || echo server ;;
+            cc) command -v cc >/dev/null || echo cc ;;
+            ssl-dev)
+                command -v pkg-config >/dev/null || echo pkg-config
+                pkg-config --exists openssl 2>/dev/null || echo ssl-dev
+                ;;
+            openssl) command -v openssl >/dev/null || echo openssl ;;
+            *) echo "deps.sh: unknown dependency $what" >&2; exit 2 ;;
+        esac
+    done
+}
+
+package_manager() {
+    local pm
+    for pm in apt-get dnf apk; do
+        command -v "$pm" >/dev/null && { echo "$pm"; return; }
+    done
+}
+
+# Package names for abstract names, for one package manager.
+packages_for() {
+    local pm=$1 what
+    shift
+    for what in "$@"; do
+        case $pm:$what in
+            apt-get:server) echo postgresql ;;
+            apt-get:cc) echo gcc libc6-dev ;;
+            apt-get:pkg-config) echo pkg-config ;;
+            apt-get:ssl-dev) echo libssl-dev ;;
+            dnf:server) echo postgresql-server postgresql util-linux ;;
+            dnf:cc) echo gcc ;;
+            dnf:pkg-config) echo pkgconf-pkg-config ;;
+            dnf:ssl-dev) echo openssl-devel ;;
+            apk:server) echo postgresql postgresql-client runuser ;;
+            apk:cc) echo gcc musl-dev ;;
+            apk:pkg-config) echo pkgconf ;;
+            apk:ssl-dev) echo openssl-dev ;;
+            *:openssl) echo openssl ;;
+        esac
+    done
+}
+
+ensure_packages() {
+    local missing pm pkgs
+    mapfile -t missing < <(missing_deps "$@")
+    ((${#missing[@]})) || return 0
+    pm=$(package_manager)
+    if [[ -z $pm ]]; then
+        echo "missing: ${missing[*]} (PostgreSQL server binaries, a C compiler, pkg-config," \
+            "OpenSSL headers); install them with your system's package manager" >&2
+        exit 1
+    fi
+    # shellcheck disable=SC2207 # package names have no spaces
+    pkgs=($(packages_for "$pm" "${missing[@]}"))
+    local cmd
+    case $pm in
+        apt-get) cmd="apt-get update && apt-get install -y ${pkgs[*]}" ;;
+        dnf) cmd="dnf install -y ${pkgs[*]}" ;;
+        apk) cmd="apk add ${pkgs[*]}" ;;
+    esac
+    if [[ $(id -u) != 0 ]]; then
+        echo "missing: ${missing[*]}; install as root with: $cmd" >&2
+        exit 1
+    fi
+    echo "installing what is missing (${missing[*]}): $cmd" >&2
+    case $pm in
+        apt-get)
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update
+            apt-get install -y "${pkgs[@]}"
+            ;;
+        dnf) dnf install -y "${pkgs[@]}" ;;
+        apk) apk add "${pkgs[@]}" ;;
+    esac
+    mapfile -t missing < <(missing_deps "$@")
+    if ((${#missing[@]})); then
+        echo "still missing after installing: ${missing[*]}" >&2
+        exit 1
+    fi
+}
