@@ -125,7 +125,9 @@ mod tests {
         let t = Instant::now();
         c.extended(t + Duration::from_secs(20));
         assert_eq!(c.refuse_start(1, 1, t, t + Duration::from_secs(40)), None);
-        assert!(c.refuse_start(1, 1, t, t + Duration::from_secs(50)).is_some());
+        assert!(c
+            .refuse_start(1, 1, t, t + Duration::from_secs(50))
+            .is_some());
         // An older extension does not move it back.
         c.extended(t + Duration::from_secs(1));
         assert_eq!(c.refuse_start(1, 1, t, t + Duration::from_secs(40)), None);
@@ -137,7 +139,11 @@ mod tests {
         let t = Instant::now();
         c.lost([(7, 2)]);
         assert!(c.refuse_start(7, 2, t, t).is_some());
-        assert_eq!(c.refuse_start(7, 3, t, t), None, "a newer claim is not lost");
+        assert_eq!(
+            c.refuse_start(7, 3, t, t),
+            None,
+            "a newer claim is not lost"
+        );
         c.forget(7, 2);
         assert_eq!(c.refuse_start(7, 2, t, t), None);
     }

@@ -341,7 +341,8 @@ fn handler_loop(
         }
         // A worker that was stopped (SIGSTOP, a paused VM) must not deliver what another
         // worker has taken over meanwhile.
-        if let Some(why) = clock.refuse_start(job.event.id, job.token, job.claim_sent, Instant::now())
+        if let Some(why) =
+            clock.refuse_start(job.event.id, job.token, job.claim_sent, Instant::now())
         {
             let _ = tx.send(Msg::Stale {
                 id: job.event.id,
