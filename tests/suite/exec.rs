@@ -241,3 +241,35 @@ fn commands_still_running_when_the_worker_gives_up_waiting_are_killed() {
     assert!(out.stderr.contains("killed 1 `exec:` command"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_large_event_reaches_a_reading_program_whole_and_does_not_block_one_that_ignores_it() {
+    let db = common::test_db();
+    db.migrate();
+    // 300 KB: several times what a pipe holds, so the line is written in many rounds.
+    db.client()
+        .execute(
+            "INSERT INTO outbox_event (event_type, payload)
+             SELECT t, jsonb_build_object('blob', repeat('x', 300000))
+             FROM unnest(ARRAY['read', 'ignore']) AS t",
+            &[],
+        )
+        .unwrap();
+    let dir = temp_dir("large");
+    let read = format!(
+        "read=exec:sh -c 'cat > {}/$DISPATCHBOX_EVENT_ID.json'",
+        dir.display()
+    );
+    let out = drain(&db, &["--route", &read, "--route", "ignore=exec:sleep 0.3"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        2,
+        "{out}"
+    );
+    let json = std::fs::read_to_string(dir.join("1.json")).unwrap();
+    assert!(json.ends_with('\n'), "the line ends with a newline");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["payload"]["blob"].as_str().map(str::len), Some(300000));
+    let _ = std::fs::remove_dir_all(&dir);
+}
