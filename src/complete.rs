@@ -41,12 +41,14 @@ impl Completer {
         let (status, delay, error) = match outcome {
             Outcome::Delivered => ("done", 0.0, None),
             Outcome::Permanent(e) => ("dead", 0.0, Some(e)),
-            Outcome::Retry(e) | Outcome::Abort(e) if token >= self.max_attempts => {
+            Outcome::Retry(e) | Outcome::Abort(e) | Outcome::Defer(e)
+                if token >= self.max_attempts =>
+            {
                 ("dead", 0.0, Some(e))
             }
-            // The worker turns Abort into a release before it gets here; count it as a
-            // failed attempt should it ever arrive.
-            Outcome::Retry(e) | Outcome::Abort(e) => {
+            // The worker turns Abort and Defer into a release before they get here; count
+            // them as a failed attempt should one ever arrive.
+            Outcome::Retry(e) | Outcome::Abort(e) | Outcome::Defer(e) => {
                 let attempt = u32::try_from(token.max(1)).unwrap_or(1);
                 let d = self.backoff.delay(attempt, &mut self.rng).as_secs_f64();
                 ("retry", d, Some(e))

@@ -58,6 +58,11 @@ pub enum Outcome {
     /// the event is given back at once without using an attempt, and the worker stops and
     /// exits 1 (the supervisor restarts it with backoff, and gives up if it keeps failing).
     Abort(String),
+    /// Not the event's fault, not delivered: a local shortage (out of file descriptors,
+    /// processes or memory) kept the handler from trying. The event is given back without
+    /// using an attempt and is due again after a short pause; the worker pauses claiming,
+    /// longer while deferrals go on, and logs one warning per episode.
+    Defer(String),
 }
 
 /// A delivery target. Called from several handler threads at once, hence `Sync`.

@@ -39,6 +39,7 @@ pub mod supervisor;
 pub mod worker;
 
 mod child;
+mod defer;
 
 pub use error::{Error, Result};
 pub use handler::{Event, Handler, Outcome, Pattern, Router};

@@ -347,17 +347,20 @@ const ALREADY_WRITTEN: &str = "
       ON e.id = r.id
     WHERE e.attempts = r.token AND e.locked_by IS NULL AND e.status = r.status";
 
-/// Unstarted at shutdown: due again at once, and the attempt is given back.
+/// Given back with its attempt: unstarted at shutdown (delay 0, due again at once), or
+/// deferred by its handler for a local reason (due again after `delay` seconds).
 const RELEASE: &str = "
-    UPDATE {t} AS e SET attempts = e.attempts - 1, next_run_at = now(),
+    UPDATE {t} AS e SET attempts = e.attempts - 1,
+                        next_run_at = now() + make_interval(secs => r.delay),
                         locked_by = NULL, locked_at = NULL
-    FROM unnest(@ids::bigint[], @tokens::int[]) AS r(id, token)
+    FROM unnest(@ids::bigint[], @tokens::int[], @delays::float8[]) AS r(id, token, delay)
     WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text
       AND e.status IN ('pending', 'retry')";
 
 const CLAIM_PARAMS: &[&str] = &["n", "lease", "all", "exact", "like", "max", "owner"];
 const COMPLETE_PARAMS: &[&str] = &["ids", "tokens", "statuses", "delays", "errors", "owner"];
 const HELD_PARAMS: &[&str] = &["ids", "tokens", "owner", "lease"];
+const RELEASE_PARAMS: &[&str] = &["ids", "tokens", "owner", "delays"];
 
 /// Replaces `{t}` with the quoted table and each `@name` with `$k`, k = its 1-based position in
 /// `names` (a name may occur several times).
@@ -432,7 +435,7 @@ impl Conn {
             &names,
         ))?;
         let extend = client.prepare(&bind(EXTEND, table, HELD_PARAMS))?;
-        let release = client.prepare(&bind(RELEASE, table, &HELD_PARAMS[..3]))?;
+        let release = client.prepare(&bind(RELEASE, table, RELEASE_PARAMS))?;
         Ok(Conn {
             client,
             claim,
@@ -529,9 +532,17 @@ impl Conn {
             .get(0))
     }
 
-    pub fn release(&mut self, owner: &str, held: &[(i64, i32)]) -> Result<u64, postgres::Error> {
+    /// Gives events back without using their attempt; `delays[i]` is how many seconds
+    /// `held[i]` waits before it is due again.
+    pub fn release(
+        &mut self,
+        owner: &str,
+        held: &[(i64, i32)],
+        delays: &[f64],
+    ) -> Result<u64, postgres::Error> {
         let (ids, tokens): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
-        self.client.execute(&self.release, &[&ids, &tokens, &owner])
+        self.client
+            .execute(&self.release, &[&ids, &tokens, &owner, &delays])
     }
 }
 

@@ -310,6 +310,7 @@ pub fn run(
             drain_notes: DrainNotes::default(),
             batch_sends: 0,
             failure: None,
+            deferrals: Default::default(),
         };
         let result = db.run();
         if let Err(e) = &result {
@@ -363,6 +364,8 @@ fn handler_loop(
         match &outcome {
             Outcome::Delivered => {}
             Outcome::Abort(e) => error!("event {}: {e}; stopping this worker", job.event.id),
+            // The DB thread reports deferrals (once per episode).
+            Outcome::Defer(_) => {}
             Outcome::Retry(e) | Outcome::Permanent(e) => debug!(
                 "event {} ({}) attempt {} failed: {e}",
                 job.event.id,
@@ -380,6 +383,15 @@ fn handler_loop(
         {
             return;
         }
+    }
+}
+
+/// The worker exits with handlers still running: the `exec:` commands they wait for must not
+/// run on (their events will be delivered again once the lease expires).
+fn kill_exec_commands() {
+    let n = crate::sink::exec::kill_running();
+    if n > 0 {
+        warn!("killed {n} `exec:` command(s) still running (with their process groups)");
     }
 }
 
@@ -432,6 +444,8 @@ struct DbThread<'a> {
     batch_sends: u32,
     /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
     failure: Option<String>,
+    /// Events handlers gave back for a local reason, and the claim pause that follows.
+    deferrals: crate::defer::Deferrals,
 }
 
 /// What a drain has said about what it waits for (each said once, not per poll).
@@ -497,7 +511,12 @@ impl DbThread<'_> {
                         self.failure = Some(why);
                     }
                     self.begin_stop();
+                } else if let Outcome::Defer(why) = outcome {
+                    self.defer(id, token, &why);
                 } else {
+                    if outcome == Outcome::Delivered {
+                        self.deferrals.delivered();
+                    }
                     self.completer.push(id, token, outcome);
                 }
             }
@@ -522,6 +541,21 @@ impl DbThread<'_> {
                 self.stop_deadline = Some(Instant::now());
             }
         }
+    }
+
+    /// A handler could not try the event for a local reason: give it back without using an
+    /// attempt, due again after a pause during which this worker claims nothing.
+    fn defer(&mut self, id: i64, token: i32, why: &str) {
+        if self.deferrals.deferred(id, Instant::now(), &mut self.rng) {
+            warn!(
+                "event {id}: {why}; not the event's fault: giving it back without using an \
+                 attempt and pausing claims until deliveries succeed again (further events \
+                 deferred meanwhile are logged at debug level)"
+            );
+        } else {
+            debug!("event {id}: {why}; given back without using an attempt");
+        }
+        self.to_release.push((id, token));
     }
 
     /// Removes the event from `in_flight` if this claim (id and token) is the one held.
@@ -622,6 +656,9 @@ impl DbThread<'_> {
     /// capped at this worker's own `--lease` (a poison row leased until 'infinity', or a year,
     /// must not hold a cron run), so live workers extending theirs cannot keep it alive.
     fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
+        if self.deferrals.drain_must_wait(now) {
+            return Ok(None);
+        }
         let (table, filter) = (self.cfg.table.clone(), self.filter.clone());
         let Some(work) =
             self.db(|w| store::remaining_work(&mut w.conn().client, &table, &filter))?
@@ -719,6 +756,7 @@ impl DbThread<'_> {
                 "exiting with {} handler(s) still running; their events stay leased until the lease expires",
                 self.in_flight.len()
             );
+            kill_exec_commands();
             std::process::exit(i32::from(e.exit_code()));
         }
     }
@@ -734,6 +772,7 @@ impl DbThread<'_> {
                 self.in_flight.len(),
                 self.cfg.lease.as_secs_f64()
             );
+            kill_exec_commands();
         }
         let mut code = crate::error::exit::OK;
         if !self.completer.is_empty() || !self.to_release.is_empty() {
@@ -754,7 +793,10 @@ impl DbThread<'_> {
     }
 
     fn can_claim(&self, now: Instant) -> bool {
-        if self.job_tx.is_none() || self.idle_until.is_some_and(|t| t > now) {
+        if self.job_tx.is_none()
+            || self.idle_until.is_some_and(|t| t > now)
+            || self.deferrals.claims_paused(now)
+        {
             return false;
         }
         let limit = self.cfg.threads + self.cfg.batch_size as usize;
@@ -781,6 +823,9 @@ impl DbThread<'_> {
                 at(now);
             } else if self.stop_deadline.is_none() && self.job_tx.is_some() {
                 if let Some(t) = self.idle_until {
+                    at(t);
+                }
+                if let Some(t) = self.deferrals.paused_until().filter(|t| *t > now) {
                     at(t);
                 }
             }
@@ -930,9 +975,19 @@ impl DbThread<'_> {
     fn release(&mut self) -> Result<(), postgres::Error> {
         let owner = self.owner.clone();
         let held = std::mem::take(&mut self.to_release);
-        match self.conn().release(&owner, &held) {
+        let delays: Vec<f64> = held
+            .iter()
+            .map(|(id, _)| self.deferrals.delay(*id))
+            .collect();
+        match self.conn().release(&owner, &held, &delays) {
             Ok(n) => {
-                info!("released {n} unstarted event(s): claimable again at once");
+                let deferred = delays.iter().filter(|d| **d > 0.0).count();
+                if deferred == 0 {
+                    info!("released {n} unstarted event(s): claimable again at once");
+                } else {
+                    debug!("gave back {n} event(s), {deferred} of them deferred");
+                }
+                self.deferrals.released(held.iter().map(|(id, _)| *id));
                 Ok(())
             }
             Err(e) => {

@@ -129,7 +129,7 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     };
     assert_eq!(a.complete("worker-a", &[late]).unwrap(), 0);
     assert_eq!(a.extend("worker-a", &[(1, 1)], lease).unwrap().len(), 0);
-    assert_eq!(a.release("worker-a", &[(1, 1)]).unwrap(), 0);
+    assert_eq!(a.release("worker-a", &[(1, 1)], &[0.0]).unwrap(), 0);
     // Even with the right token, the owner check holds.
     let forged = Completion {
         id: 1,
@@ -179,6 +179,30 @@ fn extending_a_lease_keeps_the_event_from_being_taken_over() {
 }
 
 #[test]
+fn a_deferred_release_gives_the_attempt_back_and_waits_its_delay() {
+    let db = db_with_events(2, "x");
+    let mut a = conn(&db);
+    let lease = Duration::from_secs(60);
+    assert_eq!(a.take(2, lease, "worker-a", &all(), 5).unwrap().len(), 2);
+    assert_eq!(
+        a.release("worker-a", &[(1, 1), (2, 1)], &[0.0, 30.0])
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE attempts = 0 AND locked_by IS NULL"),
+        2
+    );
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE id = 2 AND next_run_at BETWEEN now() + interval '29 s' AND now() + interval '31 s'"), 1);
+    let mut b = conn(&db);
+    let taken = b.take(2, lease, "worker-b", &all(), 5).unwrap();
+    assert_eq!(
+        taken.iter().map(|c| c.event.id).collect::<Vec<_>>(),
+        vec![1]
+    );
+}
+
+#[test]
 fn release_gives_the_event_back_at_once_with_its_attempt() {
     let db = db_with_events(2, "x");
     let mut a = conn(&db);
@@ -186,7 +210,11 @@ fn release_gives_the_event_back_at_once_with_its_attempt() {
         .take(2, Duration::from_secs(60), "worker-a", &all(), 5)
         .unwrap();
     assert_eq!(claimed.len(), 2);
-    assert_eq!(a.release("worker-a", &[(1, 1), (2, 1)]).unwrap(), 2);
+    assert_eq!(
+        a.release("worker-a", &[(1, 1), (2, 1)], &[0.0, 0.0])
+            .unwrap(),
+        2
+    );
     assert_eq!(db.count("SELECT count(*) FROM outbox_event WHERE attempts = 0 AND locked_by IS NULL AND next_run_at <= now()"), 2);
     let mut b = conn(&db);
     assert_eq!(

@@ -3,6 +3,7 @@
 
 mod cli;
 mod concurrency;
+mod exec;
 mod faults;
 mod lifecycle;
 mod migrate;

@@ -136,20 +136,6 @@ fn exec_timeout_kills_the_program_and_retries() {
 }
 
 #[test]
-fn exec_missing_program_is_a_retryable_failure() {
-    let db = db_with_events(1, "x");
-    let out = drain(&db, &["--route", "*=exec:/nonexistent/notify --fast"]);
-    assert_eq!(out.code, Some(0), "{out}");
-    let (status, attempts, err) = status_and_error(&db, 1);
-    assert_eq!((status.as_str(), attempts), ("retry", 1));
-    let err = err.unwrap();
-    assert!(
-        err.contains("/nonexistent/notify") && err.contains("No such file"),
-        "{err}"
-    );
-}
-
-#[test]
 fn a_nul_byte_in_an_error_is_stored_escaped() {
     let db = db_with_events(2, "x");
     let out = drain(
