@@ -91,7 +91,11 @@ pub fn main_with(compiled: Router) -> ExitCode {
             Ok(c) => Ok(c),
             Err(e) => {
                 // For the supervisor, which reports it once with context.
-                let line = format!("{}{e}\n", supervisor::FATAL_MARKER);
+                let line = format!(
+                    "{}{}\n",
+                    supervisor::FATAL_MARKER,
+                    log::escape_controls(&e.to_string())
+                );
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
                 return ExitCode::from(e.exit_code());
             }
@@ -130,6 +134,7 @@ pub fn main_with(compiled: Router) -> ExitCode {
 }
 
 fn usage_error(e: &Error) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "dispatchbox: {e}");
+    let line = format!("dispatchbox: {}\n", log::escape_controls(&e.to_string()));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
     ExitCode::from(e.exit_code())
 }

@@ -5,6 +5,7 @@ mod cli;
 mod concurrency;
 mod faults;
 mod lifecycle;
+mod logging;
 mod migrate;
 mod sinks;
 mod supervisor;
