@@ -159,10 +159,17 @@ mod tests {
             escape_controls("a\nERROR forged\r\tb"),
             "a\\nERROR forged\\r\\tb"
         );
-        assert_eq!(escape_controls("\u{1}x\u{1b}[31m\u{7f}"), "\\x01x\\x1b[31m\\x7f");
+        assert_eq!(
+            escape_controls("\u{1}x\u{1b}[31m\u{7f}"),
+            "\\x01x\\x1b[31m\\x7f"
+        );
         assert_eq!(escape_controls("\u{85}\u{9f}"), "\\u{85}\\u{9f}");
         let once = escape_controls("x\ny\u{0}").into_owned();
-        assert_eq!(escape_controls(&once), once, "escaping twice changes nothing");
+        assert_eq!(
+            escape_controls(&once),
+            once,
+            "escaping twice changes nothing"
+        );
         assert!(!once.contains(|c: char| c.is_control()));
     }
 

@@ -8,6 +8,7 @@ mod lifecycle;
 mod logging;
 mod migrate;
 mod sinks;
+mod stdout;
 mod supervisor;
 mod tls;
 
