@@ -11,9 +11,10 @@
 //!   started, which works on a full disk since it frees space). Where that is impossible (a
 //!   pipe), the partial line is ended with a newline, best effort, and this process writes
 //!   nothing more to stdout.
-//! - A line never continues a torn one: when a regular file does not end in a newline where
-//!   our line would start (an earlier run or a sibling that crashed mid-line), a newline goes
-//!   first.
+//! - A process's first line never continues a torn one: when a regular file does not end in
+//!   a newline where that line would start (an earlier run, or a restarted worker's
+//!   predecessor, died mid-line), a newline goes first. Checked once per process, not per
+//!   line: a read per line costs more than the rare tear it would catch.
 //!
 //! At start-up the supervisor refuses a closed stdout when a route writes to it (the Rust
 //! runtime would quietly reopen fd 1 on /dev/null before `main`; a constructor that runs
@@ -95,6 +96,8 @@ fn is_dev_null() -> bool {
 struct Target {
     /// A regular file: a failed write can be taken back.
     regular: bool,
+    /// Opened with O_APPEND: lines land at the end of the file, not at the offset.
+    append: bool,
     /// The same file opened for reading, to see whether it ends mid-line (None when it is
     /// not a regular file or cannot be read).
     reader: Option<File>,
@@ -106,10 +109,17 @@ impl Target {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         let regular =
             unsafe { libc::fstat(FD, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(FD, libc::F_GETFL) };
+        let append = flags != -1 && flags & libc::O_APPEND != 0;
         let reader = regular
             .then(|| File::open("/proc/self/fd/1").ok())
             .flatten();
-        Target { regular, reader }
+        Target {
+            regular,
+            append,
+            reader,
+        }
     }
 }
 
@@ -117,6 +127,8 @@ pub struct Stdout {
     /// Shared with the other worker processes (each opens the file itself).
     cross_process: Option<File>,
     target: OnceLock<Target>,
+    /// Whether this process has looked for a torn last line yet.
+    tail_checked: AtomicBool,
 }
 
 impl Stdout {
@@ -131,6 +143,7 @@ impl Stdout {
         Ok(Stdout {
             cross_process,
             target: OnceLock::new(),
+            tail_checked: AtomicBool::new(false),
         })
     }
 }
@@ -156,7 +169,8 @@ impl Handler for Stdout {
             }
         }
         let target = self.target.get_or_init(Target::probe);
-        let written = write_line(target, line.as_bytes());
+        let check_tail = !self.tail_checked.swap(true, Ordering::SeqCst);
+        let written = write_line(target, line.as_bytes(), check_tail);
         if let Some(f) = &self.cross_process {
             let _ = f.unlock();
         }
@@ -169,11 +183,16 @@ impl Handler for Stdout {
 }
 
 /// Writes one line to fd 1; on failure nothing of it stays (or, on a pipe, it is ended).
-/// Called under the locks.
-fn write_line(target: &Target, line: &[u8]) -> io::Result<()> {
-    let start = if target.regular { line_start() } else { None };
+/// `check_tail`: end a torn last line first. Called under the locks.
+fn write_line(target: &Target, line: &[u8], check_tail: bool) -> io::Result<()> {
+    let start = if target.regular {
+        line_start(target.append)
+    } else {
+        None
+    };
     let mut buf = Cow::Borrowed(line);
-    if let (Some((pos, _)), Some(reader)) = (start, &target.reader) {
+    let reader = target.reader.as_ref().filter(|_| check_tail);
+    if let (Some(pos), Some(reader)) = (start, reader) {
         let mut last = [0u8; 1];
         if pos > 0 && matches!(reader.read_at(&mut last, pos - 1), Ok(1) if last[0] != b'\n') {
             let mut fixed = Vec::with_capacity(line.len() + 1);
@@ -186,8 +205,8 @@ fn write_line(target: &Target, line: &[u8]) -> io::Result<()> {
         Ok(()) => Ok(()),
         Err((0, e)) => Err(e),
         Err((_, e)) => {
-            if let Some((pos, append)) = start {
-                if cut_back(pos, append).is_ok() {
+            if let Some(pos) = start {
+                if cut_back(pos, target.append).is_ok() {
                     return Err(e);
                 }
             }
@@ -198,14 +217,9 @@ fn write_line(target: &Target, line: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Where the next write to the regular file on fd 1 lands, and whether it is in append mode.
-fn line_start() -> Option<(u64, bool)> {
-    // SAFETY: fcntl, fstat and lseek only read descriptor state into values we own.
-    let flags = unsafe { libc::fcntl(FD, libc::F_GETFL) };
-    if flags == -1 {
-        return None;
-    }
-    let append = flags & libc::O_APPEND != 0;
+/// Where the next write to the regular file on fd 1 lands.
+fn line_start(append: bool) -> Option<u64> {
+    // SAFETY: fstat and lseek only read descriptor state into values we own.
     let pos = if append {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(FD, &mut st) } != 0 {
@@ -215,7 +229,7 @@ fn line_start() -> Option<(u64, bool)> {
     } else {
         unsafe { libc::lseek(FD, 0, libc::SEEK_CUR) }
     };
-    u64::try_from(pos).ok().map(|p| (p, append))
+    u64::try_from(pos).ok()
 }
 
 /// Truncates the file on fd 1 back to `pos` (and moves the shared offset there).
