@@ -123,8 +123,7 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub log_level: Level,
     /// The lock the supervisor creates when several workers share stdout (a path under
-    /// `/proc/<supervisor pid>/fd/`): a `stdout` line longer than the pipe's atomic-write
-    /// size (4 KiB) is written under it. Not a flag.
+    /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
     pub stdout_lock: Option<std::path::PathBuf>,
 }
 

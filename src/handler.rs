@@ -193,6 +193,15 @@ impl Router {
             .map(|(_, _, h)| h)
     }
 
+    /// The routes (`pattern=target`) whose target is named `target`.
+    pub(crate) fn routes_to(&self, target: &str) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|(_, t, _)| t == target)
+            .map(|(p, t, _)| format!("{p}={t}"))
+            .collect()
+    }
+
     pub fn describe(&self) -> String {
         self.routes
             .iter()

@@ -51,6 +51,8 @@ use std::process::ExitCode;
 /// The whole command line: parse, pick the mode, map errors to exit codes. `compiled` routes
 /// are added before any `--route` (and `*=stdout` is the default only when both are empty).
 pub fn main_with(compiled: Router) -> ExitCode {
+    // Keeps the start-up probe of fd 1 (a constructor) in every binary that links us.
+    std::hint::black_box(&sink::stdout::PROBE_AT_START);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let env = |k: &str| std::env::var(k).ok();
     let (mode, raw) = match cli::parse(args) {
@@ -93,7 +95,11 @@ pub fn main_with(compiled: Router) -> ExitCode {
             Ok(c) => Ok(c),
             Err(e) => {
                 // For the supervisor, which reports it once with context.
-                let line = format!("{}{e}\n", supervisor::FATAL_MARKER);
+                let line = format!(
+                    "{}{}\n",
+                    supervisor::FATAL_MARKER,
+                    log::escape_controls(&e.to_string())
+                );
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
                 return ExitCode::from(e.exit_code());
             }
@@ -112,7 +118,13 @@ pub fn main_with(compiled: Router) -> ExitCode {
                 warn!("ignoring unknown environment variable {name} (see --help)");
             }
             // Check the routes now: a bad `exec:` target is a usage error, not a crash loop.
-            if let Err(e) = worker::build_router(&cfg, &compiled) {
+            let router = match worker::build_router(&cfg, &compiled) {
+                Ok(r) => r,
+                Err(e) => return usage_error(&e),
+            };
+            // A closed stdout would be reopened on /dev/null by the runtime: every event
+            // routed there would be marked done and lost. Workers inherit our stdout.
+            if let Err(e) = sink::stdout::check_at_start(&router) {
                 return usage_error(&e);
             }
             // And the TLS files: unreadable certificates are a usage error, reported once.
@@ -132,6 +144,7 @@ pub fn main_with(compiled: Router) -> ExitCode {
 }
 
 fn usage_error(e: &Error) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "dispatchbox: {e}");
+    let line = format!("dispatchbox: {}\n", log::escape_controls(&e.to_string()));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
     ExitCode::from(e.exit_code())
 }

@@ -4,6 +4,10 @@
 //! Each line is formatted first and written with a single `write_all`, so lines from several
 //! threads and processes sharing stderr do not interleave. Callers never pass a DSN here; the
 //! redacted form from `dsn::Dsn::redacted` is the only one that may be logged.
+//!
+//! One call is one physical line: control characters in the message (a newline in an event
+//! type, a table name, a route) are escaped, so logged values cannot forge a line (nor the
+//! supervisor's markers, which it reads from its children's stderr).
 
 use std::fmt;
 use std::io::Write;
@@ -69,8 +73,38 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         return;
     }
     let tag = TAG.get().map(String::as_str).unwrap_or("dispatchbox");
-    let line = format!("{} {:<8} [{}] {}\n", rfc3339_now(), level.name(), tag, args);
+    let message = args.to_string();
+    let line = format!(
+        "{} {:<8} [{}] {}\n",
+        rfc3339_now(),
+        level.name(),
+        tag,
+        escape_controls(&message)
+    );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `s` with every control character escaped: `\n`, `\r`, `\t`, else `\xNN` (C0, DEL) or
+/// `\u{NN}` (C1). Backslashes are kept as they are, so escaping twice changes nothing (a
+/// child's message the supervisor logs again stays readable).
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[macro_export]
@@ -116,6 +150,27 @@ mod tests {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(1_795_935_011, 123), "2026-11-29T06:50:11.123Z");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_onto_one_line() {
+        assert_eq!(escape_controls("plain ü \\n"), "plain ü \\n");
+        assert_eq!(
+            escape_controls("a\nERROR forged\r\tb"),
+            "a\\nERROR forged\\r\\tb"
+        );
+        assert_eq!(
+            escape_controls("\u{1}x\u{1b}[31m\u{7f}"),
+            "\\x01x\\x1b[31m\\x7f"
+        );
+        assert_eq!(escape_controls("\u{85}\u{9f}"), "\\u{85}\\u{9f}");
+        let once = escape_controls("x\ny\u{0}").into_owned();
+        assert_eq!(
+            escape_controls(&once),
+            once,
+            "escaping twice changes nothing"
+        );
+        assert!(!once.contains(|c: char| c.is_control()));
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
     });
 
     let exe = own_exe()?;
-    // Several workers writing long stdout lines need a lock they all can open.
+    // Several workers writing stdout lines need a lock they all can open.
     let stdout_lock = if cfg.processes > 1 {
         Some(LockFile::create()?)
     } else {
@@ -584,7 +584,7 @@ fn forward_stderr(
 ) {
     let reader = BufReader::new(stderr);
     for line in reader.split(b'\n') {
-        let Ok(mut line) = line else { return };
+        let Ok(line) = line else { return };
         if line == READY_MARKER.as_bytes() {
             ready.store(true, Ordering::SeqCst);
             continue;
@@ -595,10 +595,14 @@ fn forward_stderr(
             }
             continue;
         }
-        line.push(b'\n');
-        let _ = std::io::stderr().lock().write_all(&line);
-        // `<timestamp> ERROR    [worker N pid P] message`: the level is the second field.
+        // Our children's log lines are escaped already; whatever else wrote there (a
+        // compiled-in handler) gets the same treatment: one line in, one line out.
         let text = String::from_utf8_lossy(&line);
+        let text = crate::log::escape_controls(&text);
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(format!("{text}\n").as_bytes());
+        // `<timestamp> ERROR    [worker N pid P] message`: the level is the second field.
         let Some((_, rest)) = text.split_once(' ') else {
             continue;
         };

@@ -6,10 +6,12 @@ mod concurrency;
 mod exec;
 mod faults;
 mod lifecycle;
+mod logging;
 mod migrate;
 mod reliability;
 mod samples;
 mod sinks;
+mod stdout;
 mod supervisor;
 mod tls;
 
