@@ -3,6 +3,7 @@
 
 mod cli;
 mod concurrency;
+mod connect;
 mod faults;
 mod lifecycle;
 mod migrate;
