@@ -257,3 +257,116 @@ fn a_tiny_statement_timeout_on_the_role_does_not_livelock() {
     );
     super::assert_exactly_once(n, super::delivered_ids(&out.stdout));
 }
+
+/// A TCP proxy to the local cluster that can turn into a silent server: `go_silent` cuts
+/// every proxied connection, and later connections are accepted and never answered.
+struct Proxy {
+    port: u16,
+    silent: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("local_addr").port();
+        let p = Proxy {
+            port,
+            silent: Arc::default(),
+            accepted: Arc::default(),
+            conns: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (silent, accepted, conns, stop) = (
+            Arc::clone(&p.silent),
+            Arc::clone(&p.accepted),
+            Arc::clone(&p.conns),
+            Arc::clone(&p.stop),
+        );
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let _ = client.set_nonblocking(false);
+                let mut kept = conns.lock().unwrap();
+                if silent.load(Ordering::SeqCst) {
+                    kept.push(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                kept.push(client);
+                kept.push(server);
+            }
+        });
+        p
+    }
+
+    fn go_silent(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.go_silent();
+    }
+}
+
+#[test]
+fn sigterm_while_reconnecting_to_a_silent_server_stops_at_once() {
+    let db = common::local_test_db();
+    db.migrate();
+    let proxy = Proxy::start(common::local().port());
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname={} sslmode=disable",
+        proxy.port,
+        common::PASSWORD,
+        db.name
+    );
+    let worker = spawn(dispatchbox().args([
+        "--dsn",
+        &dsn,
+        "--poll-interval",
+        "0.05",
+        "--shutdown-timeout",
+        "5",
+    ]));
+    let activity = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+         AND application_name = 'dispatchbox' AND state = 'idle'",
+        db.name
+    );
+    wait_until(DEADLINE, "the worker is connected and polling", || {
+        db.count(&activity) >= 1
+    });
+    proxy.go_silent();
+    wait_until(DEADLINE, "the worker tried to reconnect", || {
+        proxy.accepted.load(Ordering::SeqCst) >= 2
+    });
+    thread::sleep(Duration::from_millis(300));
+    worker.signal("TERM");
+    // The supervisor would SIGKILL a child that ignores the stop after 5 + 10 s.
+    let out = worker.wait(DEADLINE);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!out.stderr.contains("did not stop in time"), "{out}");
+    assert!(out.stderr.contains("lost the database connection"), "{out}");
+}
