@@ -370,3 +370,27 @@ fn sigterm_while_reconnecting_to_a_silent_server_stops_at_once() {
     assert!(!out.stderr.contains("did not stop in time"), "{out}");
     assert!(out.stderr.contains("lost the database connection"), "{out}");
 }
+
+#[test]
+fn a_server_that_turns_read_only_mid_run_is_a_refusal_not_an_outage() {
+    let cluster = common::private_cluster(false);
+    let admin = cluster.dsn("postgres");
+    let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+    c.batch_execute("CREATE DATABASE ro_mid").unwrap();
+    let dsn = cluster.dsn("ro_mid");
+    let out = common::run(dispatchbox().args(["migrate", "--dsn", &dsn]), DEADLINE);
+    assert_eq!(out.code, Some(0), "{out}");
+    let worker = spawn(dispatchbox().args(["--dsn", &dsn, "--poll-interval", "0.05"]));
+    let activity = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'ro_mid' \
+                    AND application_name = 'dispatchbox' AND state = 'idle'";
+    wait_until(DEADLINE, "the worker is connected and polling", || {
+        c.query_one(activity, &[]).unwrap().get::<_, i64>(0) >= 1
+    });
+    // Existing sessions take the new default at their next statement.
+    c.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let out = worker.wait(DEADLINE);
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(last_error_line(&out).contains("read-only"), "{out}");
+}
