@@ -371,6 +371,7 @@ struct InFlight {
 }
 
 /// What [`Connector::poll`] found.
+#[allow(clippy::large_enum_variant)] // one per connection attempt, moved once
 pub enum Attempt {
     /// The attempt ended: connected, or the driver's error.
     Done(Attempted),
@@ -842,6 +843,20 @@ mod tests {
         assert_eq!(d.ssl_mode().unwrap(), SslMode::VerifyCa);
         let d = Dsn::parse("host=h").unwrap();
         assert_eq!(d.ssl_mode().unwrap(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn an_attempt_is_bounded_per_host_plus_a_second() {
+        let d = Dsn::parse("host=a,b port=1,2 connect_timeout=3 sslmode=disable").unwrap();
+        let mut c = d.connector().unwrap();
+        assert_eq!(c.attempt_limit(), Duration::from_secs(7));
+        c.cap_attempt_timeout(Duration::from_millis(200));
+        assert_eq!(c.attempt_limit(), Duration::from_secs(3));
+        let d = Dsn::parse("host=a sslmode=disable").unwrap();
+        assert_eq!(
+            d.connector().unwrap().attempt_limit(),
+            Duration::from_secs(11)
+        );
     }
 
     #[test]

@@ -13,10 +13,13 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad flags, environment or DSN: nothing was started.
     pub const USAGE: u8 = 2;
-    /// The database could not be reached within `--connect-timeout`.
+    /// The database could not be reached, or accepted the connection and did not answer,
+    /// within `--connect-timeout`.
     pub const UNREACHABLE: u8 = 3;
     /// The database answered but refused us: bad password, missing database, table or
-    /// column (run `dispatchbox migrate`), missing privilege. Retrying will not help.
+    /// column (run `dispatchbox migrate`), missing privilege, a read-only server (a standby,
+    /// `default_transaction_read_only`), or what answered is not PostgreSQL (a wrong port).
+    /// Retrying will not help.
     pub const DATABASE: u8 = 4;
     /// `--max-runtime` elapsed in `--drain` mode before every due event was processed.
     pub const TIME_LIMIT: u8 = 5;

@@ -95,6 +95,7 @@ pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
 }
 
 /// How one bounded connection attempt ended.
+#[allow(clippy::large_enum_variant)] // one per connection attempt, moved once
 enum Connected {
     Client(postgres::Client),
     Failed(postgres::Error),
@@ -176,7 +177,7 @@ pub fn connect_until(
         let now = Instant::now();
         if now >= deadline {
             return Err(Error::Unreachable(format!(
-                "{what}: {why} (gave up after {failures} attempts)"
+                "{what}: {why} (gave up after {failures} attempt(s))"
             )));
         }
         let wait = reconnect_delay(failures, Duration::from_secs(2), &mut rng);

@@ -185,6 +185,26 @@ fn a_server_that_is_not_postgres_is_refused_at_once() {
     }
 }
 
+#[test]
+fn a_server_that_closes_at_once_is_retried_like_a_restarting_one() {
+    let server = FakeServer::start(|sock| {
+        drop(sock);
+        None
+    });
+    for (args, extra) in [(vec!["migrate"], ""), (vec!["--drain"], "sslmode=disable")] {
+        let dsn = server.dsn(extra);
+        let out = common::run(
+            dispatchbox()
+                .args(&args)
+                .args(["--dsn", &dsn, "--connect-timeout", "2"]),
+            DEADLINE,
+        );
+        assert_eq!(out.code, Some(3), "{out}");
+        assert!(last_error_line(&out).contains("gave up after"), "{out}");
+    }
+    assert!(server.accepted() >= 4, "retried: {}", server.accepted());
+}
+
 /// A superuser role of its own on the local cluster (roles are cluster-wide), with `setting`
 /// applied to its sessions; returns a DSN for `db` as that role.
 fn role_with(db: &TestDb, suffix: &str, setting: &str) -> String {
