@@ -1,7 +1,10 @@
 //! The admin commands: `dispatchbox migrate` and `dispatchbox stats`.
+//!
+//! Their connections are bounded like a worker's (`--connect-timeout`, one attempt in flight)
+//! and run without a statement timeout whatever the role says: `migrate` may build an index.
 
 use crate::config::AdminConfig;
-use crate::error::Result;
+use crate::error::{read_only_message, Result};
 use crate::info;
 use crate::store;
 use crate::worker::connect_until;
@@ -23,11 +26,22 @@ fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
         sleep,
     )?
     .ok_or_else(|| crate::Error::Unreachable(what))
+    .and_then(|mut client| {
+        store::admin_session_settings(&mut client)?;
+        Ok(client)
+    })
 }
 
 /// Creates or upgrades the table (idempotent; `sql/schema.sql` is the text it runs).
 pub fn migrate(cfg: &AdminConfig) -> Result<()> {
     let mut client = connect(cfg)?;
+    // A standby or a read-only role would fail on the first DDL with 25006: say it plainly.
+    if store::is_read_only(&mut client)? {
+        return Err(crate::Error::Database(read_only_message(&format!(
+            "database {}",
+            cfg.dsn.redacted()
+        ))));
+    }
     let changed = store::migrate(&mut client, &cfg.table)?;
     store::check_table(&mut client, &cfg.table)?;
     if changed {

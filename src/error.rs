@@ -13,10 +13,13 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad flags, environment or DSN: nothing was started.
     pub const USAGE: u8 = 2;
-    /// The database could not be reached within `--connect-timeout`.
+    /// The database could not be reached, or accepted the connection and did not answer,
+    /// within `--connect-timeout`.
     pub const UNREACHABLE: u8 = 3;
     /// The database answered but refused us: bad password, missing database, table or
-    /// column (run `dispatchbox migrate`), missing privilege. Retrying will not help.
+    /// column (run `dispatchbox migrate`), missing privilege, a read-only server (a standby,
+    /// `default_transaction_read_only`), or what answered is not PostgreSQL (a wrong port).
+    /// Retrying will not help.
     pub const DATABASE: u8 = 4;
     /// `--max-runtime` elapsed in `--drain` mode before every due event was processed.
     pub const TIME_LIMIT: u8 = 5;
@@ -55,8 +58,9 @@ impl Error {
 /// could not be made (an I/O error underneath), the server is shutting down or restarting,
 /// or it is out of resources or a lock for now. Everything else — authentication, a missing
 /// table, a certificate that does not verify, a server without TLS under sslmode=require,
-/// a configuration error — fails the same way next time. Decided with the driver's
-/// predicates, SQLSTATE classes and error types, never by matching message text.
+/// a configuration error, a read-only server (25006: a standby, or
+/// `default_transaction_read_only`) — fails the same way next time. Decided with the
+/// driver's predicates, SQLSTATE classes and error types, never by matching message text.
 pub fn is_transient(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -70,20 +74,86 @@ pub fn is_transient(e: &postgres::Error) -> bool {
             || c.starts_with("57P0")
             || c == "57014" // query_canceled (statement_timeout)
             || c == "55P03" // lock_not_available (lock_timeout)
-            || c == "25006" // read_only_sql_transaction (during a failover)
             || c == "40001" // serialization_failure
             || c == "40P01"; // deadlock_detected
     }
     // No SQLSTATE: transient only when an I/O error is the cause (refused, reset, timed out;
     // also inside a TLS handshake). A certificate that fails verification has no I/O cause.
+    io_cause(e).is_some()
+}
+
+/// SQLSTATE 25006, read_only_sql_transaction.
+pub fn is_read_only(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "25006")
+}
+
+/// What a failed connection attempt means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectFault {
+    /// Refused, reset, closed, timed out, starting up: try again.
+    Transient,
+    /// The server is read-only (`target_session_attrs=read-write` found no writable host).
+    ReadOnly,
+    /// Something answered that is not a PostgreSQL server (a wrong port).
+    NotPostgres,
+    /// Authentication, a missing database, TLS verification, ...: retrying will not help.
+    Refused,
+}
+
+/// Classifies a failed connection attempt by the driver's error kinds: bytes that do not
+/// frame as PostgreSQL messages (the codec's `InvalidInput`/`InvalidData`, or `Other` for a
+/// stream that ends inside a message, and the driver's "unexpected message") come from
+/// something that is not PostgreSQL; end of stream, resets and refusals stay transient
+/// (a restarting server). Errors the driver makes itself carry no OS error number.
+pub fn classify_connect(e: &postgres::Error) -> ConnectFault {
+    use std::io::ErrorKind;
+    if e.is_closed() {
+        return ConnectFault::Transient;
+    }
+    if is_read_only(e) {
+        return ConnectFault::ReadOnly;
+    }
+    if e.code().is_some() {
+        return if is_transient(e) {
+            ConnectFault::Transient
+        } else {
+            ConnectFault::Refused
+        };
+    }
+    match io_cause(e) {
+        Some(io) if io.raw_os_error().is_none() => match io.kind() {
+            // target_session_attrs=read-write on a read-only server.
+            ErrorKind::PermissionDenied => ConnectFault::ReadOnly,
+            ErrorKind::InvalidInput | ErrorKind::InvalidData | ErrorKind::Other => {
+                ConnectFault::NotPostgres
+            }
+            _ => ConnectFault::Transient,
+        },
+        Some(_) => ConnectFault::Transient,
+        // No cause at all, no SQLSTATE, not closed: the driver's "unexpected message".
+        None if std::error::Error::source(e).is_none() => ConnectFault::NotPostgres,
+        None => ConnectFault::Refused,
+    }
+}
+
+/// The first I/O error in the cause chain.
+fn io_cause(e: &postgres::Error) -> Option<&std::io::Error> {
     let mut src = std::error::Error::source(e);
     while let Some(cause) = src {
-        if cause.downcast_ref::<std::io::Error>().is_some() {
-            return true;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io);
         }
         src = cause.source();
     }
-    false
+    None
+}
+
+/// The one line for a read-only server, at start-up or mid-run.
+pub fn read_only_message(what: &str) -> String {
+    format!(
+        "{what}: the server is read-only (a standby, or default_transaction_read_only is on for \
+         this role or database); dispatchbox needs a writable primary"
+    )
 }
 
 /// A postgres error as one line: the server's message (with its SQLSTATE) when there is one,

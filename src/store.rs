@@ -377,6 +377,38 @@ fn bind(sql: &str, table: &Table, names: &[&str]) -> String {
     out.replace("{t}", &table.quoted())
 }
 
+/// A worker session's settings, chosen here rather than inherited from the role, database
+/// or server (`ALTER ROLE ... SET statement_timeout = '3ms'` would otherwise livelock every
+/// claim):
+/// - `lock_timeout` = lease / 3: a worker stuck behind an `ALTER TABLE` cannot extend its
+///   leases, so it gives up and retries instead of silently losing its events to another
+///   worker;
+/// - `statement_timeout` = the lease: no statement of ours takes anywhere near that long,
+///   and one that does has outlived the leases it guards, so retrying is right;
+/// - `plan_cache_mode = force_generic_plan`: these statements run thousands of times with the
+///   same shape and their generic plans are good (index scans only); otherwise PostgreSQL
+///   may keep re-planning them (a custom plan costs ~0.7 ms here, more than the execution).
+pub fn session_settings(client: &mut Client, lease: Duration) -> Result<(), postgres::Error> {
+    let lock_ms = (lease.as_millis() / 3).max(100);
+    let statement_ms = lease.as_millis().max(1000);
+    client.batch_execute(&format!(
+        "SET plan_cache_mode = force_generic_plan; SET lock_timeout = {lock_ms}; \
+         SET statement_timeout = {statement_ms}"
+    ))
+}
+
+/// The admin commands' settings: no statement timeout (`migrate` may build an index on a
+/// big table, `stats` counts it), whatever the role or database says.
+pub fn admin_session_settings(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute("SET statement_timeout = 0")
+}
+
+/// True when the session cannot write: a standby, or `default_transaction_read_only`.
+pub fn is_read_only(client: &mut Client) -> Result<bool, postgres::Error> {
+    let row = client.query_one("SHOW transaction_read_only", &[])?;
+    Ok(row.try_get::<_, String>(0)? == "on")
+}
+
 /// A connection with this worker's statements prepared on it.
 pub struct Conn {
     pub client: Client,
@@ -397,21 +429,14 @@ pub struct ClaimArgs<'a> {
 }
 
 impl Conn {
-    /// Prepares the statements. `lease` bounds how long a statement may wait for a lock: a
-    /// worker stuck behind an `ALTER TABLE` cannot extend its leases, so it gives up and
-    /// retries instead of silently losing its events to another worker.
+    /// Applies [`session_settings`] (again, if the caller already did before its own
+    /// start-up queries: it is one cheap round trip) and prepares the statements.
     pub fn prepare(
         mut client: Client,
         table: &Table,
         lease: Duration,
     ) -> Result<Conn, postgres::Error> {
-        // These statements run thousands of times with the same shape; their generic plans
-        // are good (index scans only). Without this, PostgreSQL may keep re-planning them for
-        // every execution (a custom plan costs ~0.7 ms here, more than the execution).
-        let lock_ms = (lease.as_millis() / 3).max(100);
-        client.batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; SET lock_timeout = {lock_ms}"
-        ))?;
+        session_settings(&mut client, lease)?;
         let claim = client.prepare(&bind(
             &format!("WITH due AS ({DUE}) {LEASE}"),
             table,

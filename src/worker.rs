@@ -14,8 +14,11 @@
 use crate::backoff::reconnect_delay;
 use crate::complete::Completer;
 use crate::config::Config;
-use crate::dsn::Connector;
-use crate::error::{describe_pg, is_transient, Error, Result};
+use crate::dsn::{Attempt, Connector};
+use crate::error::{
+    classify_connect, describe_pg, is_read_only, is_transient, read_only_message, ConnectFault,
+    Error, Result,
+};
 use crate::handler::{Event, Handler, Outcome, Router, TypeFilter};
 use crate::lease_clock::LeaseClock;
 use crate::store::{self, ClaimArgs, Claimed, Conn};
@@ -103,9 +106,62 @@ pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     Ok(router)
 }
 
+/// How one bounded connection attempt ended.
+#[allow(clippy::large_enum_variant)] // one per connection attempt, moved once
+enum Connected {
+    Client(postgres::Client),
+    Failed(postgres::Error),
+    /// The attempt did not end within the connector's attempt limit: the server accepted the
+    /// connection (the driver bounds the TCP connect itself) but did not answer.
+    NoAnswer(Duration),
+    /// `stop()` said so while waiting.
+    Stopped,
+}
+
+/// One attempt (or the wait for the one still in flight), bounded by the connector's attempt
+/// limit; `stop()` is asked every few tenths of a second.
+fn connect_once(connector: &Connector, stop: &mut dyn FnMut() -> bool) -> Connected {
+    let limit = connector.attempt_limit();
+    let started = Instant::now();
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Connected::NoAnswer(limit);
+        }
+        match connector.poll(left.min(Duration::from_millis(100))) {
+            Attempt::Done(Ok(c)) => return Connected::Client(c),
+            Attempt::Done(Err(e)) => return Connected::Failed(e),
+            Attempt::Pending if stop() => return Connected::Stopped,
+            Attempt::Pending => {}
+        }
+    }
+}
+
+/// The line for an attempt that got no answer.
+fn no_answer(limit: Duration) -> String {
+    format!(
+        "the server accepted the connection but did not answer within {:.0}s",
+        limit.as_secs_f64()
+    )
+}
+
+/// The error for a connection attempt that retrying will not fix, or `None` if it may.
+fn connect_refusal(what: &str, e: &postgres::Error) -> Option<Error> {
+    match classify_connect(e) {
+        ConnectFault::Transient => None,
+        ConnectFault::ReadOnly => Some(Error::Database(read_only_message(what))),
+        ConnectFault::NotPostgres => Some(Error::Database(format!(
+            "{what}: the server did not answer like a PostgreSQL server (wrong port?): {}",
+            describe_pg(e)
+        ))),
+        ConnectFault::Refused => Some(Error::Database(format!("{what}: {}", describe_pg(e)))),
+    }
+}
+
 /// Connects, retrying transient failures until `deadline`; authentication and other
 /// non-transient refusals fail at once. `pause(d)` waits between attempts and returns true
-/// when the wait was cut short by a stop request (then `Ok(None)`).
+/// when the wait was cut short by a stop request (then `Ok(None)`); `pause(0)` is also asked
+/// while an attempt is waiting for a silent server.
 pub fn connect_until(
     connector: &Connector,
     deadline: Instant,
@@ -115,30 +171,49 @@ pub fn connect_until(
     let mut rng = fastrand::Rng::new();
     let mut failures = 0u32;
     loop {
-        match connector.connect() {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) if !is_transient(&e) => {
-                return Err(Error::Database(format!("{what}: {}", describe_pg(&e))))
+        let why = match connect_once(connector, &mut || pause(Duration::ZERO)) {
+            Connected::Client(c) => return Ok(Some(c)),
+            Connected::Stopped => return Ok(None),
+            Connected::Failed(e) => {
+                if let Some(refusal) = connect_refusal(what, &e) {
+                    return Err(refusal);
+                }
+                describe_pg(&e)
             }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    warn!("{what}: {}; retrying", describe_pg(&e));
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(Error::Unreachable(format!(
-                        "{what}: {} (gave up after {failures} attempts)",
-                        describe_pg(&e)
-                    )));
-                }
-                let wait = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
-                if pause(wait.min(deadline - now)) {
-                    return Ok(None);
-                }
-            }
+            Connected::NoAnswer(limit) => no_answer(limit),
+        };
+        failures += 1;
+        if failures == 1 {
+            warn!("{what}: {why}; retrying");
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Unreachable(format!(
+                "{what}: {why} (gave up after {failures} attempt(s))"
+            )));
+        }
+        let wait = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
+        if pause(wait.min(deadline - now)) {
+            return Ok(None);
         }
     }
+}
+
+/// After connecting: the session's settings, then refuse a read-only server (a standby, or
+/// `default_transaction_read_only`) at once instead of failing on the first write.
+pub fn open_session(client: &mut postgres::Client, lease: Duration, what: &str) -> Result<()> {
+    let map = |e: postgres::Error| {
+        if is_read_only(&e) {
+            Error::Database(read_only_message(what))
+        } else {
+            Error::Postgres(e)
+        }
+    };
+    store::session_settings(client, lease).map_err(map)?;
+    if store::is_read_only(client).map_err(map)? {
+        return Err(Error::Database(read_only_message(what)));
+    }
+    Ok(())
 }
 
 /// A transient error that leaves the session usable.
@@ -175,6 +250,11 @@ fn start_up(
     else {
         return Ok(None);
     };
+    open_session(
+        &mut client,
+        cfg.lease,
+        &format!("database {}", cfg.dsn.redacted()),
+    )?;
     store::check_table(&mut client, &cfg.table)?;
     match store::unrouted(&mut client, &cfg.table, filter) {
         Ok(list) if !list.is_empty() => {
@@ -302,8 +382,11 @@ pub fn run(
             idle_until: None,
             next_extend: Instant::now() + cfg.lease / 3,
             reconnect_at: None,
+            connecting_since: None,
             outage_since: None,
             failures: 0,
+            statement_failures: 0,
+            retry_at: None,
             stop_deadline: None,
             claimed_total: 0,
             drain_wait_until: None,
@@ -432,8 +515,14 @@ struct DbThread<'a> {
     idle_until: Option<Instant>,
     next_extend: Instant,
     reconnect_at: Option<Instant>,
+    /// When the connection attempt now waited for began (see `reconnect`).
+    connecting_since: Option<Instant>,
     outage_since: Option<Instant>,
     failures: u32,
+    /// Statement-level failures (timeouts, deadlocks) in a row, for their retry pause.
+    statement_failures: u32,
+    /// After a statement-level failure: no statement before this.
+    retry_at: Option<Instant>,
     stop_deadline: Option<Instant>,
     claimed_total: u64,
     /// `--drain` found nothing due: events leased at that moment are waited for until then.
@@ -600,7 +689,7 @@ impl DbThread<'_> {
         if self.conn.is_none() && self.reconnect_at.is_none_or(|t| t <= now) {
             self.reconnect()?;
         }
-        if self.conn.is_some() {
+        if self.usable(now) {
             // When a claim is due now, the results ride along with it instead.
             let must_flush = !self.completer.is_empty()
                 && (stopping || !self.can_claim(now))
@@ -610,10 +699,10 @@ impl DbThread<'_> {
             if must_flush {
                 self.db(|w| w.flush())?;
             }
-            if !self.to_release.is_empty() {
+            if self.usable(now) && !self.to_release.is_empty() {
                 self.db(|w| w.release())?;
             }
-            if !self.in_flight.is_empty() && self.next_extend <= now {
+            if self.usable(now) && !self.in_flight.is_empty() && self.next_extend <= now {
                 self.db(|w| w.extend())?;
             }
         }
@@ -635,7 +724,7 @@ impl DbThread<'_> {
             return Ok(Step::Continue);
         }
 
-        if self.conn.is_some() && self.can_claim(now) {
+        if self.usable(now) && self.can_claim(now) {
             let claimed = self.db(|w| w.claim())?;
             if claimed == Some(0) {
                 if self.cfg.drain && self.in_flight.is_empty() && self.completer.is_empty() {
@@ -792,6 +881,11 @@ impl DbThread<'_> {
         std::process::exit(i32::from(code));
     }
 
+    /// Connected, and not pausing after a statement-level failure.
+    fn usable(&self, now: Instant) -> bool {
+        self.conn.is_some() && self.retry_at.is_none_or(|t| t <= now)
+    }
+
     fn can_claim(&self, now: Instant) -> bool {
         if self.job_tx.is_none()
             || self.idle_until.is_some_and(|t| t > now)
@@ -809,6 +903,8 @@ impl DbThread<'_> {
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         if self.conn.is_none() {
             at(self.reconnect_at.unwrap_or(now));
+        } else if let Some(t) = self.retry_at.filter(|t| *t > now) {
+            at(t);
         } else {
             if let Some(t) = self.completer.due_at() {
                 at(t);
@@ -845,20 +941,33 @@ impl DbThread<'_> {
         match op(self) {
             Ok(v) => {
                 self.failures = 0;
+                self.statement_failures = 0;
                 Ok(Some(v))
             }
             // The statement failed but the session is fine (lock or statement timeout,
-            // serialization failure, deadlock): keep the connection, try again shortly.
+            // serialization failure, deadlock): keep the connection, try again after a pause
+            // that grows while the failures go on (a flat pause would livelock a statement
+            // that keeps timing out), and say so at the 1st, 2nd, 4th, 8th... failure.
             Err(e) if !e.is_closed() && is_statement_level(&e) => {
-                warn!("statement failed ({}); retrying", describe_pg(&e));
-                let pause = reconnect_delay(1, Duration::from_secs(1), &mut self.rng);
-                self.idle_until = Some(Instant::now() + pause);
+                self.statement_failures += 1;
+                let n = self.statement_failures;
+                if n.is_power_of_two() {
+                    warn!(
+                        "statement failed ({}); retrying ({n} in a row)",
+                        describe_pg(&e)
+                    );
+                }
+                let pause = reconnect_delay(n, Duration::from_secs(5), &mut self.rng);
+                self.retry_at = Some(Instant::now() + pause);
                 Ok(None)
             }
             Err(e) if is_transient(&e) => {
-                self.lost_connection(&e);
+                self.lost_connection(&describe_pg(&e));
                 Ok(None)
             }
+            Err(e) if is_read_only(&e) => Err(Error::Database(read_only_message(
+                "database refused a statement",
+            ))),
             Err(e) => Err(Error::Database(format!(
                 "database refused a statement: {}",
                 describe_pg(&e)
@@ -866,11 +975,10 @@ impl DbThread<'_> {
         }
     }
 
-    fn lost_connection(&mut self, e: &postgres::Error) {
+    fn lost_connection(&mut self, why: &str) {
         if self.outage_since.is_none() {
             warn!(
-                "lost the database connection ({}); reconnecting, keeping {} unwritten result(s)",
-                describe_pg(e),
+                "lost the database connection ({why}); reconnecting, keeping {} unwritten result(s)",
                 self.completer.len() + self.to_release.len()
             );
             self.outage_since = Some(Instant::now());
@@ -882,43 +990,65 @@ impl DbThread<'_> {
         );
     }
 
+    /// Advances the reconnection without blocking the loop for long: the attempt runs on the
+    /// connector's thread, and while it waits (for a server that accepted the connection and
+    /// is silent, say) the loop goes on reading the inbox, so a stop request is seen at once.
     fn reconnect(&mut self) -> Result<()> {
-        let attempt = self
-            .connector
-            .connect()
-            .and_then(|c| Conn::prepare(c, &self.cfg.table, self.cfg.lease));
-        match attempt {
-            Ok(conn) => {
-                self.conn = Some(conn);
-                self.reconnect_at = None;
-                if let Some(since) = self.outage_since.take() {
-                    info!(
-                        "reconnected after {:.1}s; writing {} kept result(s)",
-                        since.elapsed().as_secs_f64(),
-                        self.completer.len() + self.to_release.len()
-                    );
-                }
-                // Leases may have run out during the outage: extend what is still ours now.
-                self.next_extend = Instant::now();
-                Ok(())
+        let started = *self.connecting_since.get_or_insert_with(Instant::now);
+        let limit = self.connector.attempt_limit();
+        let why = match self.connector.poll(Duration::from_millis(50)) {
+            Attempt::Pending if started.elapsed() < limit => {
+                self.reconnect_at = Some(Instant::now());
+                return Ok(());
             }
-            Err(e) if is_transient(&e) => {
-                self.lost_connection(&e);
-                let outage = self.outage_since.map(|t| t.elapsed()).unwrap_or_default();
-                if self.cfg.drain && outage > self.cfg.connect_timeout {
-                    return Err(Error::Unreachable(format!(
-                        "database unreachable for {:.0}s: {}",
-                        outage.as_secs_f64(),
-                        describe_pg(&e)
-                    )));
+            Attempt::Pending => no_answer(limit),
+            Attempt::Done(Err(e)) => match connect_refusal("cannot reconnect", &e) {
+                Some(refusal) => return Err(refusal),
+                None => describe_pg(&e),
+            },
+            Attempt::Done(Ok(client)) => match self.open(client) {
+                Ok(()) => {
+                    self.connecting_since = None;
+                    return Ok(());
                 }
-                Ok(())
-            }
-            Err(e) => Err(Error::Database(format!(
-                "cannot reconnect: {}",
-                describe_pg(&e)
-            ))),
+                Err(Error::Postgres(e)) if is_transient(&e) => describe_pg(&e),
+                Err(e) => return Err(e),
+            },
+        };
+        self.connecting_since = None;
+        self.lost_connection(&why);
+        let outage = self.outage_since.map(|t| t.elapsed()).unwrap_or_default();
+        if self.cfg.drain && outage > self.cfg.connect_timeout {
+            return Err(Error::Unreachable(format!(
+                "database unreachable for {:.0}s: {why}",
+                outage.as_secs_f64()
+            )));
         }
+        Ok(())
+    }
+
+    /// A new connection: session settings, read-only check, statements.
+    fn open(&mut self, mut client: postgres::Client) -> Result<()> {
+        open_session(&mut client, self.cfg.lease, "cannot reconnect")?;
+        let conn = Conn::prepare(client, &self.cfg.table, self.cfg.lease).map_err(|e| {
+            if is_transient(&e) {
+                Error::Postgres(e)
+            } else {
+                Error::Database(format!("cannot prepare statements: {}", describe_pg(&e)))
+            }
+        })?;
+        self.conn = Some(conn);
+        self.reconnect_at = None;
+        if let Some(since) = self.outage_since.take() {
+            info!(
+                "reconnected after {:.1}s; writing {} kept result(s)",
+                since.elapsed().as_secs_f64(),
+                self.completer.len() + self.to_release.len()
+            );
+        }
+        // Leases may have run out during the outage: extend what is still ours now.
+        self.next_extend = Instant::now();
+        Ok(())
     }
 
     fn conn(&mut self) -> &mut Conn {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod concurrency;
+mod connect;
 mod exec;
 mod faults;
 mod lifecycle;
