@@ -11,19 +11,20 @@
 //! Invariants: no secret in any child's argv (the DSN travels on the pipe and the child's
 //! environment is stripped of DISPATCHBOX_DSN and PGPASSWORD); a child that fails for a reason
 //! a restart cannot fix stops everything with that child's error and exit code instead of
-//! being restarted forever: bad configuration (exit 2) always, database unreachable or
-//! refused (exit 3/4) only while no worker of this supervisor has ever been ready.
+//! being restarted forever: bad configuration (exit 2) and a database that refuses us
+//! (exit 4: authentication, a read-only server, a missing table) always, an unreachable
+//! database (exit 3) only while no worker of this supervisor has ever been ready.
 //!
-//! Restart policy for exit 3/4 once some worker has been ready (the database works, or did):
+//! Restart policy for exit 3 once some worker has been ready (the database works, or did):
 //! - daemon mode: the slot is restarted with backoff (up to 30 s) and a WARNING, forever,
 //!   like a running worker riding out an outage; these restarts do not count toward the
 //!   give-up limit. This covers a restarted worker during an outage and `--processes` above
 //!   what the server's `max_connections` admits ("too many clients": what fits runs).
 //! - `--drain`: a slot that cannot start while another worker has been ready gives up with a
 //!   WARNING and does not fail the drain; a worker that was ready and then lost the database
-//!   fails the drain (exit 3/4) as before.
+//!   fails the drain (exit 3) as before.
 //!
-//! An exit 3/4 while no worker has been ready yet waits for the slots still starting: if one
+//! An exit 3 while no worker has been ready yet waits for the slots still starting: if one
 //! of them becomes ready, the rule above applies; if none does, everything stops with the
 //! first error.
 
@@ -60,7 +61,7 @@ enum State {
     },
     /// Died unexpectedly; restart at this instant.
     Restarting { at: Instant },
-    /// Exited 3/4 (database unreachable or refused); restarted, given up on, or fatal once
+    /// Exited 3 (database unreachable); restarted, given up on, or fatal once
     /// it is known whether any worker has been ready (see the module doc).
     Parked {
         code: u8,
@@ -83,7 +84,7 @@ struct Slot {
     forwarder: Option<std::thread::JoinHandle<()>>,
     /// Some incarnation of this slot has been ready.
     ever_ready: bool,
-    /// Restarts after exit 3/4 since this slot was last ready (paces them).
+    /// Restarts after exit 3 since this slot was last ready (paces them).
     outage_restarts: u32,
 }
 
@@ -231,7 +232,10 @@ pub fn run(cfg: &Config) -> Result<u8> {
                         .unwrap_or_else(|| format!("exit code {c}"));
                     let was_ready = slot.ready.load(Ordering::SeqCst);
                     slot.ever_ready |= was_ready;
-                    if c == i32::from(exit::USAGE) {
+                    // Only "unreachable" can be an outage that others ride out; a refusal
+                    // (bad password, read-only server, missing table) fails the same way
+                    // next time.
+                    if c != i32::from(exit::UNREACHABLE) {
                         let what = if was_ready { "failed" } else { "cannot run" };
                         info!("worker {} {what}; stopping all workers", slot.index);
                         fatal = Some((c as u8, format!("worker {} {what}: {msg}", slot.index)));
@@ -392,7 +396,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
     }
 }
 
-/// Decides what happens to slots whose child exited 3/4 (see the module doc); returns the
+/// Decides what happens to slots whose child exited 3 (see the module doc); returns the
 /// fatal error when one of them stops everything.
 fn resolve_parked(
     slots: &mut [Slot],

@@ -376,7 +376,7 @@ fn sigterm_while_reconnecting_to_a_silent_server_stops_at_once() {
         db.name
     );
     wait_until(DEADLINE, "the worker is connected and polling", || {
-        db.count(&activity) >= 1
+        worker.stderr_so_far().contains("worker ready") && db.count(&activity) >= 1
     });
     proxy.go_silent();
     wait_until(DEADLINE, "the worker tried to reconnect", || {
