@@ -51,6 +51,9 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     }
     let cfg = Config::from_child_json(line.trim())?;
     crate::log::set_level(cfg.log_level);
+    if let Some(fd) = cfg.log_fd {
+        adopt_log_fd(fd);
+    }
     drop(stdin);
 
     let ctl_tx = tx.clone();
@@ -67,6 +70,8 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
+                    // Our stderr went through the supervisor: log where it logs instead.
+                    crate::log::use_fallback();
                     warn!("the supervisor is gone (stdin closed): stopping");
                     let _ = ctl_tx.send(Msg::Stop);
                     return;
@@ -93,6 +98,20 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
         Ended::Drained | Ended::Stopped => {
             info!("exiting");
             Ok(exit::OK)
+        }
+    }
+}
+
+/// The copy of the supervisor's stderr the supervisor placed at `fd`: kept as the log
+/// fallback, and not inherited by `exec:` commands.
+fn adopt_log_fd(fd: i32) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl only inspects and flags the descriptor. The supervisor put it there for
+    // us (`supervisor::WORKER_LOG_FD`) and nothing else in this process owns it, so the File
+    // may own it.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0 {
+            crate::log::set_fallback(std::fs::File::from_raw_fd(fd));
         }
     }
 }

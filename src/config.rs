@@ -125,6 +125,9 @@ pub struct Config {
     /// The lock the supervisor creates when several workers share stdout (a path under
     /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
     pub stdout_lock: Option<std::path::PathBuf>,
+    /// A worker's descriptor holding a copy of the supervisor's stderr, where it logs once
+    /// the supervisor (which forwards its stderr) is gone. Not a flag.
+    pub log_fd: Option<i32>,
 }
 
 /// What `migrate` and `stats` need: no worker settings.
@@ -340,6 +343,7 @@ impl Config {
             connect_timeout,
             log_level,
             stdout_lock: None,
+            log_fd: None,
         })
     }
 
@@ -377,6 +381,9 @@ impl Config {
                 p.to_string_lossy().into_owned().into(),
             );
         }
+        if let Some(fd) = self.log_fd {
+            m.insert("log-fd".into(), fd.into());
+        }
         serde_json::Value::Object(m).to_string()
     }
 
@@ -407,6 +414,10 @@ impl Config {
             .get("stdout-lock")
             .and_then(|v| v.as_str())
             .map(std::path::PathBuf::from);
+        cfg.log_fd = obj
+            .get("log-fd")
+            .and_then(|v| v.as_i64())
+            .and_then(|v| i32::try_from(v).ok());
         Ok(cfg)
     }
 }

@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,7 +81,35 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         tag,
         escape_controls(&message)
     );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if !USE_FALLBACK.load(Ordering::Relaxed) {
+        match std::io::stderr().lock().write_all(line.as_bytes()) {
+            // The reader of our stderr (a worker's supervisor) is gone: go on in the copy of
+            // the supervisor's own stderr, if we were given one.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && FALLBACK.get().is_some() => {
+                USE_FALLBACK.store(true, Ordering::Relaxed);
+            }
+            _ => return,
+        }
+    }
+    if let Some(mut f) = FALLBACK.get() {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// Where a worker logs once its supervisor, which forwards its stderr, is gone: the
+/// supervisor's own stderr, inherited as a separate descriptor (see `supervisor::spawn`).
+static FALLBACK: OnceLock<std::fs::File> = OnceLock::new();
+static USE_FALLBACK: AtomicBool = AtomicBool::new(false);
+
+pub fn set_fallback(f: std::fs::File) {
+    let _ = FALLBACK.set(f);
+}
+
+/// From now on, log to the fallback (when there is one): stderr's reader is gone.
+pub fn use_fallback() {
+    if FALLBACK.get().is_some() {
+        USE_FALLBACK.store(true, Ordering::Relaxed);
+    }
 }
 
 /// `s` with every control character escaped: `\n`, `\r`, `\t`, else `\xNN` (C0, DEL) or

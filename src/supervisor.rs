@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::{info, warn};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -150,6 +151,9 @@ pub fn run(cfg: &Config) -> Result<u8> {
     };
     let mut child_cfg = cfg.clone();
     child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
+    let log_copy = stderr_copy();
+    child_cfg.log_fd = log_copy.as_ref().map(|_| WORKER_LOG_FD);
+    let log_copy = log_copy.as_ref().map(|fd| fd.as_raw_fd());
     let config_line = child_cfg.to_child_json();
     let mut rng = fastrand::Rng::new();
     let mut slots: Vec<Slot> = (0..cfg.processes)
@@ -185,7 +189,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
             for slot in &mut slots {
                 if let State::Restarting { at } = slot.state {
                     if at <= Instant::now() {
-                        slot.state = match spawn(&exe, slot, &config_line) {
+                        slot.state = match spawn(&exe, slot, &config_line, log_copy) {
                             Ok(state) => state,
                             Err(e) => {
                                 // e.g. EAGAIN: try again later, like a crash at start-up.
@@ -539,11 +543,44 @@ fn tell_all(slots: &mut [Slot], what: &str) {
     }
 }
 
-fn spawn(exe: &std::path::Path, slot: &mut Slot, config_line: &str) -> Result<State> {
+/// Where a worker finds the copy of the supervisor's stderr (see `stderr_copy`).
+const WORKER_LOG_FD: i32 = 3;
+
+/// A copy of our stderr for the workers: their stderr is a pipe to us, so once we are gone
+/// (even after SIGKILL) they log their shutdown here instead of into a dead pipe. Close on
+/// exec, so only workers get it (placed at `WORKER_LOG_FD` when they start).
+fn stderr_copy() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: duplicates fd 2 (at 10 or above, never WORKER_LOG_FD itself); the new
+    // descriptor belongs to nobody else, so OwnedFd may own it.
+    let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn spawn(
+    exe: &std::path::Path,
+    slot: &mut Slot,
+    config_line: &str,
+    log_copy: Option<std::os::fd::RawFd>,
+) -> Result<State> {
     let arg0 = std::env::args_os()
         .next()
         .unwrap_or_else(|| "dispatchbox".into());
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if let Some(fd) = log_copy {
+        // SAFETY: runs in the child between fork and exec; dup2 is async-signal-safe and
+        // touches only the child's descriptor table (the copy at WORKER_LOG_FD is not close
+        // on exec).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, WORKER_LOG_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .arg0(arg0)
         // Its own process group: a Ctrl-C in a terminal reaches only the supervisor, which
         // tells every worker to stop (a worker still starting up could not handle it yet).

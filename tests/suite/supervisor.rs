@@ -303,10 +303,22 @@ fn children_stop_when_the_supervisor_is_killed() {
         workers_of(sup.pid()).len() == 2
     });
     let workers = workers_of(sup.pid());
+    wait_until(Duration::from_secs(30), "both workers are ready", || {
+        sup.stderr_so_far().matches("worker ready").count() == 2
+    });
     sup.signal("KILL");
     wait_until(Duration::from_secs(5), "the orphaned workers exit", || {
         workers.iter().all(|w| !alive(*w))
     });
+    // Their shutdown lines are not lost with the supervisor that forwarded their stderr:
+    // they go to the supervisor's own stderr (here, the test's pipe) directly.
+    let out = sup.wait(Duration::from_secs(10));
+    assert_eq!(
+        out.stderr.matches("the supervisor is gone").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(out.stderr.matches("] exiting").count(), 2, "{out}");
 }
 
 #[test]
