@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: Dispatchbox's drain rate and SIGTERM latency beside the SQL ceiling that
+# Benchmark: Dispatchbox's drain rate, SIGTERM latency and orphaned-worker exit beside the SQL ceiling that
 # PostgreSQL itself allows on this machine, all measured in the same run (see BASELINE.md).
 #
 #   scripts/bench.sh [--quick]
@@ -303,6 +303,47 @@ sig_median=$(median "${lat[@]}")
 sig_max=$(maximum "${lat[@]}")
 
 # ---------------------------------------------------------------------------------------
+say "SIGKILL of the supervisor: until both idle workers (--processes 2) have exited, $sig_runs run(s)"
+orphan=()
+for r in $(seq 1 "$sig_runs"); do
+    err=$tmp/orphan.err
+    : >"$err"
+    "$bin" --dsn "$DSN" --processes 2 --poll-interval 1.0 --route '*=stdout' >/dev/null 2>"$err" &
+    live_pid=$!
+    for _ in $(seq 1 3000); do
+        [[ $(grep -c "worker ready" "$err") == 2 ]] && break
+        kill -0 "$live_pid" 2>/dev/null || break
+        sleep 0.01
+    done
+    children=$(cat /proc/"$live_pid"/task/*/children 2>/dev/null | tr -s ' \n' ' ' || true)
+    [[ -n ${children// /} ]] || { warn "run $r: no worker processes found"; exit 1; }
+    sleep "$(calc "0.1 + 0.8 * ($r - 1) / ($sig_runs > 1 ? $sig_runs - 1 : 1)")"
+    t0=$EPOCHREALTIME
+    kill -KILL "$live_pid"
+    wait "$live_pid" 2>/dev/null || true
+    live_pid=
+    for _ in $(seq 1 5000); do
+        left=
+        for c in $children; do
+            [[ -r /proc/$c/stat ]] && ! grep -q ') Z' "/proc/$c/stat" 2>/dev/null && left+=" $c"
+        done
+        [[ -z $left ]] && break
+        sleep 0.001
+    done
+    t1=$EPOCHREALTIME
+    ms=$(calc "($t1 - $t0) * 1000")
+    orphan+=("$ms")
+    printf '  run %d: %7.1f ms  (worker pid(s): %s)\n' "$r" "$ms" "${children% }"
+    if [[ -n $left ]]; then
+        warn "run $r: worker(s)$left still running 5 s after the supervisor's SIGKILL; stopping them"
+        for c in $left; do kill -TERM "$c" 2>/dev/null || true; done
+    fi
+    grep -q "the supervisor is gone" "$err" || warn "run $r: the workers' shutdown lines did not reach the supervisor's stderr"
+done
+orphan_median=$(median "${orphan[@]}")
+orphan_max=$(maximum "${orphan[@]}")
+
+# ---------------------------------------------------------------------------------------
 say "Summary"
 echo
 echo "Machine: nproc $nproc_n${cpu:+, $cpu}"
@@ -329,4 +370,6 @@ done
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"
+printf '| SIGKILL of the supervisor until its idle workers exited, %d run(s) | 2 | - | %.1f ms (max %.1f ms) | - | - |\n' \
+    "$sig_runs" "$orphan_median" "$orphan_max"
 exit 0
