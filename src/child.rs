@@ -1,17 +1,34 @@
-//! A worker child's start-up: read the configuration line the supervisor wrote on our stdin,
-//! wire signals and the rest of stdin to the worker's inbox, run the worker.
+//! A worker child's start-up: read the configuration the supervisor wrote on our stdin, take
+//! the report pipe, wire signals and the rest of stdin to the worker's inbox, run the worker.
 //!
-//! Stdin after the configuration line carries `stop` / `stop-now`; EOF means the supervisor
-//! is gone (even killed with SIGKILL), and the worker shuts down gracefully. SIGTERM/SIGINT
-//! stop it like `stop` / `stop-now`; SIGHUP is logged and ignored (no reload).
+//! Stdin after the configuration carries `stop` / `stop-now` (`protocol::Control`); EOF means
+//! the supervisor is gone (even killed with SIGKILL), and the worker shuts down gracefully.
+//! SIGTERM/SIGINT stop it like `stop` / `stop-now`; SIGHUP is logged and ignored (no reload).
+//! Reports to the supervisor (`ready`, and `fatal` from the entry point) go through `report`,
+//! which writes nothing when the supervisor gave us no report pipe (a child started by hand).
 
-use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::handler::Router;
+use crate::protocol::{Control, Report, Setup};
 use crate::worker::{self, Ended, Msg};
 use crate::{info, warn};
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+/// The write end of the report pipe, once the configuration named it.
+static REPORTS: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// Sends `r` to the supervisor; false when there is none to send it to.
+pub(crate) fn report(r: &Report) -> bool {
+    let Some(pipe) = REPORTS.get() else {
+        return false;
+    };
+    let mut pipe = pipe.lock().unwrap_or_else(|e| e.into_inner());
+    // A supervisor that is gone cannot read it; nothing else to do.
+    let _ = pipe.write_all(format!("{}\n", r.encode()).as_bytes());
+    true
+}
 
 pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     crate::log::set_process(&format!("worker {index}"));
@@ -49,10 +66,17 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
                 .into(),
         ));
     }
-    let cfg = Config::from_child_json(line.trim())?;
+    let setup = Setup::decode(&line)?;
+    // Before the configuration is checked, so that a refusal reaches the supervisor.
+    if let Some(fd) = setup.report_fd() {
+        if let Some(file) = adopt_fd(fd) {
+            let _ = REPORTS.set(Mutex::new(file));
+        }
+    }
+    let cfg = setup.config()?;
     crate::log::set_level(cfg.log_level);
-    if let Some(fd) = cfg.log_fd {
-        adopt_log_fd(fd);
+    if let Some(file) = cfg.log_fd.and_then(adopt_fd) {
+        crate::log::set_fallback(file);
     }
     drop(stdin);
 
@@ -61,14 +85,14 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
         loop {
-            match lines.next() {
-                Some(Ok(l)) if l.trim() == "stop" => {
+            match lines.next().map(|l| l.map(|l| Control::decode(&l))) {
+                Some(Ok(Ok(Control::Stop))) => {
                     let _ = ctl_tx.send(Msg::Stop);
                 }
-                Some(Ok(l)) if l.trim() == "stop-now" => {
+                Some(Ok(Ok(Control::StopNow))) => {
                     let _ = ctl_tx.send(Msg::StopNow);
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(Err(_))) => {}
                 Some(Err(_)) | None => {
                     // Our stderr went through the supervisor: log where it logs instead.
                     crate::log::use_fallback();
@@ -90,9 +114,7 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
 
     let router = worker::build_router(&cfg, compiled)?;
     let mut ready = || {
-        use std::io::Write;
-        let line = format!("{}\n", crate::supervisor::READY_MARKER);
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        report(&Report::Ready);
     };
     match worker::run(&cfg, &router, index, tx, rx, &mut ready)? {
         Ended::Drained | Ended::Stopped => {
@@ -102,16 +124,15 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     }
 }
 
-/// The copy of the supervisor's stderr the supervisor placed at `fd`: kept as the log
-/// fallback, and not inherited by `exec:` commands.
-fn adopt_log_fd(fd: i32) {
+/// A descriptor the supervisor placed for us at `fd` (`protocol::LOG_FD`, `REPORT_FD`):
+/// made close on exec, so that `exec:` commands do not inherit it, and owned from now on.
+/// `None` when it is not open.
+fn adopt_fd(fd: i32) -> Option<std::fs::File> {
     use std::os::fd::FromRawFd;
-    // SAFETY: fcntl only inspects and flags the descriptor. The supervisor put it there for
-    // us (`supervisor::WORKER_LOG_FD`) and nothing else in this process owns it, so the File
-    // may own it.
+    // SAFETY: fcntl only flags the descriptor and fails when it is not open. The supervisor
+    // put it there for us and nothing else in this process owns it, so the File may own it.
     unsafe {
-        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0 {
-            crate::log::set_fallback(std::fs::File::from_raw_fd(fd));
-        }
+        (libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0)
+            .then(|| std::fs::File::from_raw_fd(fd))
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Flags win over the environment. Every value is checked here, once, with an error that
 //! names the flag (and never echoes a DSN). The supervisor hands the resolved configuration
-//! to its worker children as JSON on a pipe (`to_child_json` / `from_child_json`), so secrets
-//! never appear in a child's argv and both sides go through the same validation.
+//! to its worker children on a pipe (`protocol::Setup`), so secrets never appear in a
+//! child's argv and both sides go through the same validation.
 
 use crate::backoff::Backoff;
 use crate::cli::{env_name, RawArgs};
@@ -346,80 +346,6 @@ impl Config {
             log_fd: None,
         })
     }
-
-    /// Everything a worker child needs, as one JSON line (contains the password: pipe only).
-    pub fn to_child_json(&self) -> String {
-        let d = |d: Duration| serde_json::Value::from(d.as_secs_f64().to_string());
-        let mut m = serde_json::Map::new();
-        m.insert("dsn".into(), self.dsn.to_conninfo().into());
-        m.insert("table".into(), self.table.to_string().into());
-        m.insert("processes".into(), self.processes.to_string().into());
-        m.insert("threads".into(), self.threads.to_string().into());
-        m.insert("batch-size".into(), self.batch_size.to_string().into());
-        m.insert("poll-interval".into(), d(self.poll_interval));
-        m.insert("max-attempts".into(), self.max_attempts.to_string().into());
-        m.insert("retry-backoff".into(), d(self.backoff.base));
-        m.insert("retry-backoff-max".into(), d(self.backoff.max));
-        m.insert("lease".into(), d(self.lease));
-        m.insert("exec-timeout".into(), d(self.exec_timeout));
-        if let Some(r) = self.max_runtime {
-            m.insert("max-runtime".into(), d(r));
-        }
-        m.insert("shutdown-timeout".into(), d(self.shutdown_timeout));
-        m.insert("connect-timeout".into(), d(self.connect_timeout));
-        m.insert("log-level".into(), self.log_level.as_str().into());
-        let routes: Vec<String> = self
-            .routes
-            .iter()
-            .map(|(p, t)| format!("{p}={t}"))
-            .collect();
-        m.insert("routes".into(), routes.into());
-        m.insert("drain".into(), self.drain.into());
-        if let Some(p) = &self.stdout_lock {
-            m.insert(
-                "stdout-lock".into(),
-                p.to_string_lossy().into_owned().into(),
-            );
-        }
-        if let Some(fd) = self.log_fd {
-            m.insert("log-fd".into(), fd.into());
-        }
-        serde_json::Value::Object(m).to_string()
-    }
-
-    pub fn from_child_json(line: &str) -> Result<Config> {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::Other("configuration from supervisor is not an object".into()))?;
-        let mut raw = RawArgs::default();
-        for flag in crate::cli::VALUE_FLAGS {
-            if let Some(s) = obj.get(*flag).and_then(|v| v.as_str()) {
-                raw.values.push((flag, s.to_string()));
-            }
-        }
-        raw.routes = obj
-            .get("routes")
-            .and_then(|r| r.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
-        // Everything is resolved already: no environment lookups on this side.
-        let mut cfg = Config::from_raw(&raw, &|_| None)?;
-        cfg.stdout_lock = obj
-            .get("stdout-lock")
-            .and_then(|v| v.as_str())
-            .map(std::path::PathBuf::from);
-        cfg.log_fd = obj
-            .get("log-fd")
-            .and_then(|v| v.as_i64())
-            .and_then(|v| i32::try_from(v).ok());
-        Ok(cfg)
-    }
 }
 
 impl AdminConfig {
@@ -660,25 +586,5 @@ mod tests {
         let d = t.derived_name("_due_idx");
         assert!(d.len() <= 63 && d.ends_with("_due_idx"), "{d}");
         assert_eq!(t.quoted_derived("_due_idx"), format!("\"{d}\""));
-    }
-
-    #[test]
-    fn child_json_round_trips() {
-        let mut r = raw(&[
-            ("dsn", "host=h user=u password='p w'"),
-            ("batch-size", "77"),
-            ("poll-interval", "0.25"),
-            ("max-runtime", "9"),
-        ]);
-        r.routes = vec!["order.*=exec:sh -c 'cat > /dev/null'".into()];
-        r.drain = true;
-        let c = Config::from_raw(&r, &no_env).unwrap();
-        let back = Config::from_child_json(&c.to_child_json()).unwrap();
-        assert_eq!(back.dsn, c.dsn);
-        assert_eq!(back.batch_size, 77);
-        assert_eq!(back.poll_interval, Duration::from_millis(250));
-        assert_eq!(back.max_runtime, Some(Duration::from_secs(9)));
-        assert_eq!(back.routes, c.routes);
-        assert!(back.drain);
     }
 }

@@ -40,6 +40,7 @@ pub mod worker;
 
 mod child;
 mod defer;
+mod protocol;
 
 pub use error::{Error, Result};
 pub use handler::{Event, Handler, Outcome, Pattern, Router};
@@ -94,13 +95,15 @@ pub fn main_with(compiled: Router) -> ExitCode {
         cli::Mode::Worker(index) => match child::run(index, &compiled) {
             Ok(c) => Ok(c),
             Err(e) => {
-                // For the supervisor, which reports it once with context.
-                let line = format!(
-                    "{}{}\n",
-                    supervisor::FATAL_MARKER,
-                    log::escape_controls(&e.to_string())
-                );
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                // For the supervisor, which reports it once with context; a child started
+                // without one says it here.
+                let fatal = protocol::Report::Fatal {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                };
+                if !child::report(&fatal) {
+                    return usage_error(&e);
+                }
                 return ExitCode::from(e.exit_code());
             }
         },
