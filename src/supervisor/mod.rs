@@ -22,23 +22,20 @@
 
 mod policy;
 mod spawn;
+mod verdict;
 
-use crate::backoff::reconnect_delay;
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::protocol::{Control, Setup, REPORT_FD};
 use crate::{info, warn};
-use policy::{Decision, Ending, Exit, Fatal, QUICK_DEATH};
+use policy::{Decision, Ending, Exit};
 use spawn::{LockFile, Running};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
-
-/// The longest pause before a restart.
-const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
+use verdict::Ended;
 
 enum State {
     Running(Box<Running>),
@@ -51,15 +48,6 @@ enum State {
     Parked(Ended),
     /// Exited on its own terms with this code.
     Exited(u8),
-}
-
-/// A child's end, with what the log lines about it need.
-struct Ended {
-    exit: Exit,
-    /// `None`: the child could not be started (`message` says why).
-    status: Option<ExitStatus>,
-    /// The message of the child's `fatal` report.
-    message: Option<String>,
 }
 
 struct Slot {
@@ -309,98 +297,6 @@ impl Supervisor<'_> {
             others_starting: others()
                 .any(|s| matches!(s.state, State::Running(_) | State::Restarting { .. })),
         }
-    }
-
-    /// Carries out a decision on slot `i` and says what is done.
-    fn apply(&mut self, i: usize, decision: Decision, ended: Ended) {
-        let index = self.slots[i].index;
-        let what = if ended.exit.was_ready {
-            "failed"
-        } else {
-            "cannot run"
-        };
-        let msg = || match (&ended.message, ended.exit.ending) {
-            (Some(m), _) => m.clone(),
-            (None, Ending::Code(c)) => format!("exit code {c}"),
-            (None, _) => "no error reported".into(),
-        };
-        let status = ended
-            .status
-            .map_or_else(|| "not started".into(), |s| s.to_string());
-        let why = ended
-            .message
-            .as_ref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
-        let state = match decision {
-            Decision::Exited(code) => State::Exited(code),
-            Decision::Wait => State::Parked(ended),
-            Decision::Restart { quick_deaths } => {
-                self.slots[i].quick_deaths = quick_deaths;
-                let pause = self.restart_pause(quick_deaths);
-                if ended.status.is_none() {
-                    warn!("{}; retrying in {:.1}s", msg(), pause.as_secs_f64());
-                } else {
-                    warn!(
-                        "worker {index} exited unexpectedly ({status}) after {:.1}s{why}; restarting in {:.1}s",
-                        ended.exit.lived.as_secs_f64(),
-                        pause.as_secs_f64()
-                    );
-                }
-                State::Restarting {
-                    at: Instant::now() + pause,
-                }
-            }
-            Decision::RideOut { outage_restarts } => {
-                self.slots[i].outage_restarts = outage_restarts;
-                let pause = self.restart_pause(outage_restarts);
-                warn!(
-                    "worker {index} {what}: {}; restarting it in {:.1}s (a worker has been ready, \
-                     so this is treated as an outage, not a configuration error)",
-                    msg(),
-                    pause.as_secs_f64()
-                );
-                State::Restarting {
-                    at: Instant::now() + pause,
-                }
-            }
-            Decision::GiveUp => {
-                warn!(
-                    "worker {index} {what}: {}; giving up on it: the other worker(s) drain without it",
-                    msg()
-                );
-                State::Exited(exit::OK)
-            }
-            Decision::Fatal { code, why: reason } => {
-                let text = match reason {
-                    Fatal::Refused => {
-                        info!("worker {index} {what}; stopping all workers");
-                        format!("worker {index} {what}: {}", msg())
-                    }
-                    Fatal::CrashLoop(n) if ended.status.is_none() => {
-                        self.slots[i].quick_deaths = n;
-                        // As for the earlier attempts; the give-up follows.
-                        let pause = self.restart_pause(n);
-                        warn!("{}; retrying in {:.1}s", msg(), pause.as_secs_f64());
-                        msg()
-                    }
-                    Fatal::CrashLoop(n) => {
-                        self.slots[i].quick_deaths = n;
-                        format!(
-                            "worker {index} failed {n} times in a row within {}s of starting ({status}); giving up{why}",
-                            QUICK_DEATH.as_secs()
-                        )
-                    }
-                };
-                self.fatal = Some((code, text));
-                State::Exited(code)
-            }
-        };
-        self.slots[i].state = state;
-    }
-
-    fn restart_pause(&mut self, attempt: u32) -> Duration {
-        reconnect_delay(attempt, MAX_RESTART_PAUSE, &mut self.rng)
     }
 
     /// Phase 4: a fatal child error or the time limit stops the others like a signal
