@@ -32,6 +32,7 @@ pub enum Mode {
 /// Flag values exactly as given (None = not given).
 #[derive(Clone, Debug, Default)]
 pub struct RawArgs {
+    /// `(name, value)` for the flags in [`VALUE_FLAGS`], e.g. `("batch-size", "20")`.
     pub values: Vec<(&'static str, String)>,
     pub routes: Vec<String>,
     pub drain: bool,
