@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: Dispatchbox's drain rate, SIGTERM latency and orphaned-worker exit beside the SQL ceiling that
-# PostgreSQL itself allows on this machine, all measured in the same run (see BASELINE.md).
+# PostgreSQL itself allows on this machine, all measured in the same run. The method, the figures
+# and the original tool's baseline are in README.md, "Performance".
 #
 #   scripts/bench.sh [--quick]
 #

@@ -6,7 +6,8 @@
 //! child's argv and both sides go through the same validation.
 
 use crate::backoff::Backoff;
-use crate::cli::{env_name, RawArgs};
+use crate::cli::defs::{self, Flag, Kind};
+use crate::cli::RawArgs;
 use crate::dsn::Dsn;
 use crate::error::{Error, Result};
 use crate::log::Level;
@@ -147,23 +148,30 @@ struct Source<'a> {
 
 impl Source<'_> {
     /// The flag's value, else its environment variable's; with the name to blame.
-    fn get(&self, flag: &str) -> Option<(String, String)> {
-        if let Some(v) = self.raw.get(flag) {
-            return Some((format!("--{flag}"), v.to_string()));
+    fn get(&self, flag: &Flag) -> Option<(String, String)> {
+        if let Some(v) = self.raw.get(flag.name()) {
+            return Some((flag.key.to_string(), v.to_string()));
         }
-        let var = env_name(flag);
-        (self.env)(&var).map(|v| (var, v))
+        let var = flag.env_var()?;
+        (self.env)(var).map(|v| (var.to_string(), v))
     }
 
-    fn int<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
-        &self,
-        flag: &str,
-        default: T,
-        min: T,
-        max: T,
-    ) -> Result<T> {
-        let Some((who, v)) = self.get(flag) else {
-            return Ok(default);
+    /// The flag's value, else its variable's, else its default (blamed on the flag).
+    fn get_or_default(&self, flag: &Flag) -> Option<(String, String)> {
+        self.get(flag)
+            .or_else(|| flag.default.map(|d| (flag.key.to_string(), d.to_string())))
+    }
+
+    /// A whole number in the flag's range, as `T` (which holds the whole range).
+    fn whole<T>(&self, flag: &Flag) -> Result<T>
+    where
+        T: std::str::FromStr + std::fmt::Display + Copy + TryInto<i64>,
+    {
+        let Kind::Whole { min, max } = flag.kind else {
+            return Err(Error::Other(format!("{} is not a whole number", flag.key)));
+        };
+        let Some((who, v)) = self.get_or_default(flag) else {
+            return Err(Error::Other(format!("{} has no default", flag.key)));
         };
         let v = v.trim();
         let n: T = v.parse().map_err(|_| {
@@ -174,23 +182,21 @@ impl Source<'_> {
                 Error::Usage(format!("{who}: `{v}` is not a whole number"))
             }
         })?;
-        if n < min || n > max {
-            return Err(Error::Usage(format!(
+        match n.try_into() {
+            Ok(i) if (min..=max).contains(&i) => Ok(n),
+            _ => Err(Error::Usage(format!(
                 "{who}: {n} is out of range ({min} to {max})"
-            )));
+            ))),
         }
-        Ok(n)
     }
 
-    fn secs(
-        &self,
-        flag: &str,
-        default: Option<f64>,
-        min: f64,
-        max: f64,
-    ) -> Result<Option<Duration>> {
-        let Some((who, v)) = self.get(flag) else {
-            return Ok(default.map(Duration::from_secs_f64));
+    /// Seconds in the flag's range; None when not given and without a default.
+    fn secs(&self, flag: &Flag) -> Result<Option<Duration>> {
+        let Kind::Secs { min, max } = flag.kind else {
+            return Err(Error::Other(format!("{} is not in seconds", flag.key)));
+        };
+        let Some((who, v)) = self.get_or_default(flag) else {
+            return Ok(None);
         };
         let n: f64 = v
             .trim()
@@ -208,8 +214,63 @@ impl Source<'_> {
         Ok(Some(Duration::from_secs_f64(n)))
     }
 
+    /// The `(pattern, target)` pairs of `--route` (or else the variable), and which of the
+    /// two they came from.
+    fn routes(&self) -> Result<(Vec<(String, String)>, &'static str)> {
+        let mut texts = self.raw.routes.clone();
+        let mut source = defs::ROUTE.key;
+        if let Some(var) = defs::ROUTE.env_var().filter(|_| texts.is_empty()) {
+            if let Some(v) = (self.env)(var) {
+                source = var;
+                texts = v
+                    .split([';', '\n'])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+            }
+        }
+        let mut routes: Vec<(String, String)> = Vec::new();
+        let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
+        for r in &texts {
+            let (pattern, target) = r.split_once('=').ok_or_else(|| {
+                Error::Usage(format!(
+                    "{source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                ))
+            })?;
+            let p = crate::handler::Pattern::parse(pattern)
+                .map_err(|e| Error::Usage(format!("{source}: {e}")))?;
+            // The router keeps one route per pattern: a second one would be dropped silently.
+            if patterns.contains(&p) {
+                return Err(Error::Usage(format!(
+                    "{source}: pattern `{p}` is given twice; give each pattern one target"
+                )));
+            }
+            patterns.push(p);
+            routes.push((pattern.trim().to_string(), target.trim().to_string()));
+        }
+        Ok((routes, source))
+    }
+
+    fn drain(&self) -> Result<bool> {
+        if self.raw.drain {
+            return Ok(true);
+        }
+        let Some(var) = defs::DRAIN.env_var() else {
+            return Ok(false);
+        };
+        match (self.env)(var) {
+            None => Ok(false),
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{var}: `{v}` is not a boolean (1/0, true/false, yes/no)"
+                ))
+            }),
+        }
+    }
+
     fn dsn(&self) -> Result<Dsn> {
-        let text = self.get("dsn").map(|(_, v)| v).unwrap_or_default();
+        let text = self.get(&defs::DSN).map(|(_, v)| v).unwrap_or_default();
         if text.trim().is_empty()
             && !["PGHOST", "PGHOSTADDR", "PGDATABASE", "PGUSER"]
                 .iter()
@@ -224,14 +285,12 @@ impl Source<'_> {
     }
 
     fn table(&self) -> Result<Table> {
-        match self.get("table") {
-            Some((_, v)) => Table::parse(v.trim()),
-            None => Table::parse("outbox_event"),
-        }
+        let v = self.get_or_default(&defs::TABLE).map(|(_, v)| v);
+        Table::parse(v.unwrap_or_default().trim())
     }
 
     fn log_level(&self) -> Result<Level> {
-        match self.get("log-level") {
+        match self.get_or_default(&defs::LOG_LEVEL) {
             None => Ok(Level::Info),
             Some((who, v)) => Level::parse(v.trim()).ok_or_else(|| {
                 Error::Usage(format!(
@@ -243,86 +302,34 @@ impl Source<'_> {
     }
 }
 
-const DAY: f64 = 86_400.0;
-
 impl Config {
     pub fn from_raw(raw: &RawArgs, env: Env<'_>) -> Result<Config> {
         let src = Source { raw, env };
         let log_level = src.log_level()?;
-        let processes = src.int("processes", 1u32, 1, 1024)?;
-        let threads = src.int("threads", 10usize, 1, 4096)?;
-        let batch_size = src.int("batch-size", 10u32, 1, 100_000)?;
-        let poll_interval = src
-            .secs("poll-interval", Some(1.0), 0.001, DAY)?
-            .unwrap_or_default();
-        let max_attempts = src.int("max-attempts", 5i32, 1, 1_000_000)?;
-        let base = src
-            .secs("retry-backoff", Some(30.0), 0.0, 30.0 * DAY)?
-            .unwrap_or_default();
-        let max = src
-            .secs("retry-backoff-max", Some(3600.0), 0.0, 365.0 * DAY)?
-            .unwrap_or_default();
+        let processes: u32 = src.whole(&defs::PROCESSES)?;
+        let threads: usize = src.whole(&defs::THREADS)?;
+        let batch_size: u32 = src.whole(&defs::BATCH_SIZE)?;
+        let poll_interval = src.secs(&defs::POLL_INTERVAL)?.unwrap_or_default();
+        let max_attempts: i32 = src.whole(&defs::MAX_ATTEMPTS)?;
+        let base = src.secs(&defs::RETRY_BACKOFF)?.unwrap_or_default();
+        let max = src.secs(&defs::RETRY_BACKOFF_MAX)?.unwrap_or_default();
         if max < base {
             return Err(Error::Usage(format!(
-                "--retry-backoff-max ({}) is below --retry-backoff ({})",
+                "{} ({}) is below {} ({})",
+                defs::RETRY_BACKOFF_MAX.key,
                 max.as_secs_f64(),
+                defs::RETRY_BACKOFF.key,
                 base.as_secs_f64()
             )));
         }
-        let lease = src.secs("lease", Some(30.0), 1.0, DAY)?.unwrap_or_default();
-        let exec_timeout = src
-            .secs("exec-timeout", Some(30.0), 0.001, DAY)?
-            .unwrap_or_default();
-        let max_runtime = src.secs("max-runtime", None, 0.001, 365.0 * DAY)?;
-        let shutdown_timeout = src
-            .secs("shutdown-timeout", Some(30.0), 0.0, DAY)?
-            .unwrap_or_default();
-        let connect_timeout = src
-            .secs("connect-timeout", Some(30.0), 0.0, DAY)?
-            .unwrap_or_default();
+        let lease = src.secs(&defs::LEASE)?.unwrap_or_default();
+        let exec_timeout = src.secs(&defs::EXEC_TIMEOUT)?.unwrap_or_default();
+        let max_runtime = src.secs(&defs::MAX_RUNTIME)?;
+        let shutdown_timeout = src.secs(&defs::SHUTDOWN_TIMEOUT)?.unwrap_or_default();
+        let connect_timeout = src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default();
 
-        let mut route_texts = raw.routes.clone();
-        let mut route_source = "--route";
-        if route_texts.is_empty() {
-            if let Some(v) = env("DISPATCHBOX_ROUTE") {
-                route_source = "DISPATCHBOX_ROUTE";
-                route_texts = v
-                    .split([';', '\n'])
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-            }
-        }
-        let mut routes: Vec<(String, String)> = Vec::new();
-        let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
-        for r in &route_texts {
-            let (pattern, target) = r.split_once('=').ok_or_else(|| {
-                Error::Usage(format!(
-                    "{route_source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
-                ))
-            })?;
-            let p = crate::handler::Pattern::parse(pattern)
-                .map_err(|e| Error::Usage(format!("{route_source}: {e}")))?;
-            // The router keeps one route per pattern: a second one would be dropped silently.
-            if patterns.contains(&p) {
-                return Err(Error::Usage(format!(
-                    "{route_source}: pattern `{p}` is given twice; give each pattern one target"
-                )));
-            }
-            patterns.push(p);
-            routes.push((pattern.trim().to_string(), target.trim().to_string()));
-        }
-
-        let drain = raw.drain
-            || match env("DISPATCHBOX_DRAIN") {
-                None => false,
-                Some(v) => parse_bool(&v).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "DISPATCHBOX_DRAIN: `{v}` is not a boolean (1/0, true/false, yes/no)"
-                    ))
-                })?,
-            };
+        let (routes, route_source) = src.routes()?;
+        let drain = src.drain()?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -353,9 +360,7 @@ impl AdminConfig {
         let src = Source { raw, env };
         Ok(AdminConfig {
             log_level: src.log_level()?,
-            connect_timeout: src
-                .secs("connect-timeout", Some(30.0), 0.0, DAY)?
-                .unwrap_or_default(),
+            connect_timeout: src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default(),
             dsn: src.dsn()?,
             table: src.table()?,
         })
@@ -366,14 +371,9 @@ impl AdminConfig {
 /// `DISPATCHBOX_BATCHSIZE` would otherwise be ignored silently). The variables Dispatchbox
 /// sets for `exec` commands and the test suite's are not flagged.
 pub fn unknown_env_vars<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let known: Vec<String> = crate::cli::VALUE_FLAGS
-        .iter()
-        .map(|f| env_name(f))
-        .chain(["DISPATCHBOX_ROUTE".into(), "DISPATCHBOX_DRAIN".into()])
-        .collect();
     names
         .filter(|n| n.starts_with("DISPATCHBOX_"))
-        .filter(|n| !known.iter().any(|k| k == n))
+        .filter(|n| !defs::FLAGS.iter().any(|f| f.env_var() == Some(*n)))
         .filter(|n| {
             !(n.starts_with("DISPATCHBOX_EVENT_")
                 || n.starts_with("DISPATCHBOX_AGGREGATE_")

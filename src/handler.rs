@@ -1,10 +1,13 @@
 //! What a handler is, and which handler an event type goes to.
 //!
-//! A `Handler` receives one claimed `Event` and says how delivery went. A `Router` maps event
-//! types to handlers with exact names, prefix patterns (`order.*`) and a catch-all (`*`); the
-//! most specific pattern wins (exact, then the longest prefix, then `*`). The router also tells
+//! The words: a *route* maps an event-type pattern to a *target* (`stdout`, `exec:...`, or the
+//! name of a compiled-in handler); a target is built as a *handler* (the built-in ones live
+//! in `sink/`). A `Handler` receives one claimed `Event` and says how delivery went. A `Router`
+//! holds the routes: exact names, prefix patterns (`order.*`) and a catch-all (`*`); the most
+//! specific pattern wins (exact, then the longest prefix, then `*`). The router also tells
 //! the claim query which types this worker takes, so events nobody here routes stay pending.
 
+use crate::error::{Error, Result};
 use std::sync::Arc;
 
 /// One claimed event, as a handler sees it.
@@ -15,7 +18,7 @@ pub struct Event {
     pub aggregate_type: Option<String>,
     pub aggregate_id: Option<String>,
     /// The payload as JSON text (`null` when the column is NULL). Parse it with
-    /// [`Event::payload_json`] if the handler needs a value; sinks that forward it don't.
+    /// [`Event::payload_json`] if the handler needs a value; targets that forward it don't.
     pub payload: String,
     /// 1 on the first delivery attempt, 2 on the first retry, ...
     pub attempt: i32,
@@ -65,7 +68,8 @@ pub enum Outcome {
     Defer(String),
 }
 
-/// A delivery target. Called from several handler threads at once, hence `Sync`.
+/// Delivers events: what a route's target is built as. Called from several handler threads
+/// at once, hence `Sync`.
 /// A panic inside `handle` is caught and counted as a failed (retryable) attempt.
 pub trait Handler: Send + Sync {
     fn handle(&self, event: &Event) -> Outcome;
@@ -89,26 +93,23 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    pub fn parse(s: &str) -> Result<Pattern, String> {
+    /// `order.created`, `order.*` or `*`; anything else is a usage error.
+    pub fn parse(s: &str) -> Result<Pattern> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty event-type pattern".into());
+            return Err(Error::Usage("empty event-type pattern".into()));
         }
         if s == "*" {
             return Ok(Pattern::Any);
         }
         if let Some(prefix) = s.strip_suffix('*') {
             if prefix.contains('*') {
-                return Err(format!(
-                    "pattern `{s}`: `*` is only allowed at the end (e.g. `order.*`)"
-                ));
+                return Err(star_inside(s));
             }
             return Ok(Pattern::Prefix(prefix.to_string()));
         }
         if s.contains('*') {
-            return Err(format!(
-                "pattern `{s}`: `*` is only allowed at the end (e.g. `order.*`)"
-            ));
+            return Err(star_inside(s));
         }
         Ok(Pattern::Exact(s.to_string()))
     }
@@ -130,6 +131,12 @@ impl Pattern {
             Pattern::Any => 0,
         }
     }
+}
+
+fn star_inside(pattern: &str) -> Error {
+    Error::Usage(format!(
+        "pattern `{pattern}`: `*` is only allowed at the end (e.g. `order.*`)"
+    ))
 }
 
 impl std::fmt::Display for Pattern {
@@ -309,8 +316,12 @@ mod tests {
         assert!(Pattern::parse("a*b").is_err());
         assert!(Pattern::parse("**").is_err());
         assert_eq!(
-            Pattern::parse("order.*"),
-            Ok(Pattern::Prefix("order.".into()))
+            Pattern::parse("order.*").unwrap(),
+            Pattern::Prefix("order.".into())
+        );
+        assert_eq!(
+            Pattern::parse("a*b").unwrap_err().to_string(),
+            "pattern `a*b`: `*` is only allowed at the end (e.g. `order.*`)"
         );
     }
 

@@ -93,7 +93,7 @@ fn is_dev_null() -> bool {
 }
 
 /// What fd 1 is, looked at once, at the first line.
-struct Target {
+struct Fd1 {
     /// A regular file: a failed write can be taken back.
     regular: bool,
     /// Opened with O_APPEND: lines land at the end of the file, not at the offset.
@@ -103,8 +103,8 @@ struct Target {
     reader: Option<File>,
 }
 
-impl Target {
-    fn probe() -> Target {
+impl Fd1 {
+    fn probe() -> Fd1 {
         // SAFETY: fstat writes into the zeroed struct we own.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         let regular =
@@ -115,7 +115,7 @@ impl Target {
         let reader = regular
             .then(|| File::open("/proc/self/fd/1").ok())
             .flatten();
-        Target {
+        Fd1 {
             regular,
             append,
             reader,
@@ -126,23 +126,22 @@ impl Target {
 pub struct Stdout {
     /// Shared with the other worker processes (each opens the file itself).
     cross_process: Option<File>,
-    target: OnceLock<Target>,
+    fd1: OnceLock<Fd1>,
     /// Whether this process has looked for a torn last line yet.
     tail_checked: AtomicBool,
 }
 
 impl Stdout {
-    pub fn new(lock_path: Option<&Path>) -> std::result::Result<Stdout, String> {
+    pub fn new(lock_path: Option<&Path>) -> Result<Stdout> {
         let cross_process = match lock_path {
-            Some(p) => Some(
-                File::open(p)
-                    .map_err(|e| format!("cannot open stdout lock {}: {e}", p.display()))?,
-            ),
+            Some(p) => Some(File::open(p).map_err(|e| {
+                Error::Other(format!("cannot open stdout lock {}: {e}", p.display()))
+            })?),
             None => None,
         };
         Ok(Stdout {
             cross_process,
-            target: OnceLock::new(),
+            fd1: OnceLock::new(),
             tail_checked: AtomicBool::new(false),
         })
     }
@@ -168,9 +167,9 @@ impl Handler for Stdout {
                 return Outcome::Retry(format!("cannot lock stdout: {e}"));
             }
         }
-        let target = self.target.get_or_init(Target::probe);
+        let fd1 = self.fd1.get_or_init(Fd1::probe);
         let check_tail = !self.tail_checked.swap(true, Ordering::SeqCst);
-        let written = write_line(target, line.as_bytes(), check_tail);
+        let written = write_line(fd1, line.as_bytes(), check_tail);
         if let Some(f) = &self.cross_process {
             let _ = f.unlock();
         }
@@ -184,14 +183,14 @@ impl Handler for Stdout {
 
 /// Writes one line to fd 1; on failure nothing of it stays (or, on a pipe, it is ended).
 /// `check_tail`: end a torn last line first. Called under the locks.
-fn write_line(target: &Target, line: &[u8], check_tail: bool) -> io::Result<()> {
-    let start = if target.regular {
-        line_start(target.append)
+fn write_line(fd1: &Fd1, line: &[u8], check_tail: bool) -> io::Result<()> {
+    let start = if fd1.regular {
+        line_start(fd1.append)
     } else {
         None
     };
     let mut buf = Cow::Borrowed(line);
-    let reader = target.reader.as_ref().filter(|_| check_tail);
+    let reader = fd1.reader.as_ref().filter(|_| check_tail);
     if let (Some(pos), Some(reader)) = (start, reader) {
         let mut last = [0u8; 1];
         if pos > 0 && matches!(reader.read_at(&mut last, pos - 1), Ok(1) if last[0] != b'\n') {
@@ -206,7 +205,7 @@ fn write_line(target: &Target, line: &[u8], check_tail: bool) -> io::Result<()> 
         Err((0, e)) => Err(e),
         Err((_, e)) => {
             if let Some(pos) = start {
-                if cut_back(pos, target.append).is_ok() {
+                if cut_back(pos, fd1.append).is_ok() {
                     return Err(e);
                 }
             }

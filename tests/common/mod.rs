@@ -60,12 +60,46 @@ pub fn dispatchbox() -> Command {
     cmd
 }
 
-fn remove_env(cmd: &mut Command, prefixes: &[&str]) {
+/// Removes from `cmd`'s environment every variable of ours whose name starts with one of
+/// `prefixes` (e.g. `["DISPATCHBOX_", "PG"]`).
+pub fn remove_env(cmd: &mut Command, prefixes: &[&str]) {
     for (key, _) in std::env::vars_os() {
         let name = key.to_string_lossy();
         if prefixes.iter().any(|p| name.starts_with(p)) {
             cmd.env_remove(&key);
         }
+    }
+}
+
+/// A fresh directory under the system temp dir, removed with what is in it when dropped,
+/// also when the test fails.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// `dbx-<tag>-<pid>-<n>`, empty.
+    pub fn new(tag: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("dbx-{tag}-{}-{}", std::process::id(), unique()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
     }
 }
 

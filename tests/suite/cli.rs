@@ -337,11 +337,7 @@ fn usage_errors_name_the_real_problem() {
 fn a_route_for_a_compiled_in_pattern_is_refused() {
     // The example binary has `demo.*` compiled in; a `--route demo.*=...` would be ignored.
     let mut cmd = std::process::Command::new(super::example_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISPATCHBOX_") || k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
+    common::remove_env(&mut cmd, &["DISPATCHBOX_", "PG"]);
     cmd.args([
         "--dsn",
         "host=127.0.0.1 user=u",

@@ -4,16 +4,10 @@
 
 use super::{db_with_events, drain};
 use crate::common;
-use std::path::{Path, PathBuf};
+use common::TempDir;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dbx-exec-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// True once `pid` is gone or a zombie waiting to be reaped.
 fn gone(pid: u32) -> bool {
@@ -63,7 +57,8 @@ fn fds_and_threads(pid: u32) -> Option<(usize, usize)> {
 fn a_bad_exec_program_is_a_usage_error_at_start_up() {
     use std::os::unix::fs::PermissionsExt;
     let db = db_with_events(1, "x");
-    let dir = temp_dir("badprog");
+    let tmp = TempDir::new("exec-badprog");
+    let dir = tmp.path();
     let plain = dir.join("plain.sh");
     std::fs::write(&plain, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -101,7 +96,6 @@ fn a_bad_exec_program_is_a_usage_error_at_start_up() {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0"),
         1
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -147,7 +141,7 @@ fn running_out_of_file_descriptors_defers_events_without_using_attempts() {
 #[test]
 fn a_command_leaving_a_process_behind_costs_no_thread_or_descriptor() {
     let db = db_with_events(200, "x");
-    let dir = temp_dir("leak");
+    let dir = TempDir::new("exec-leak");
     let pids = dir.join("pids");
     // `sleep 20 &` keeps the command's stderr open for 20 s after the command exited.
     let route = format!(
@@ -195,13 +189,12 @@ fn a_command_leaving_a_process_behind_costs_no_thread_or_descriptor() {
         worst.0,
         worst.1
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn commands_still_running_when_the_worker_gives_up_waiting_are_killed() {
     let db = db_with_events(1, "x");
-    let dir = temp_dir("abandon");
+    let dir = TempDir::new("exec-abandon");
     let pidfile = dir.join("pid");
     let route = format!("*=exec:sh -c 'echo $$ > {}; sleep 60'", pidfile.display());
     let mut cmd = common::dispatchbox();
@@ -220,26 +213,29 @@ fn commands_still_running_when_the_worker_gives_up_waiting_are_killed() {
         .trim()
         .parse()
         .unwrap();
+    // Should the test fail, the command does not outlive it.
+    let _reaper = KillOnDrop(pid);
     supervisor.signal("TERM");
     let out = supervisor.wait(Duration::from_secs(30));
-    let killed = (0..100).any(|_| {
-        if gone(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        false
-    });
-    if !killed {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
-    assert!(
-        killed,
-        "the command (pid {pid}) still runs after the worker exited\n{out}"
+    common::wait_until(
+        Duration::from_secs(5),
+        &format!("the command (pid {pid}) is gone after the worker exited\n{out}"),
+        || gone(pid),
     );
     assert!(out.stderr.contains("killed 1 `exec:` command"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGKILLs a process when dropped, unless it is gone already.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !gone(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
 }
 
 #[test]
@@ -255,10 +251,10 @@ fn a_large_event_reaches_a_reading_program_whole_and_does_not_block_one_that_ign
             &[],
         )
         .unwrap();
-    let dir = temp_dir("large");
+    let dir = TempDir::new("exec-large");
     let read = format!(
         "read=exec:sh -c 'cat > {}/$DISPATCHBOX_EVENT_ID.json'",
-        dir.display()
+        dir.path().display()
     );
     let out = drain(&db, &["--route", &read, "--route", "ignore=exec:sleep 0.3"]);
     assert_eq!(out.code, Some(0), "{out}");
@@ -271,5 +267,4 @@ fn a_large_event_reaches_a_reading_program_whole_and_does_not_block_one_that_ign
     assert!(json.ends_with('\n'), "the line ends with a newline");
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["payload"]["blob"].as_str().map(str::len), Some(300000));
-    let _ = std::fs::remove_dir_all(&dir);
 }

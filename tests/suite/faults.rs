@@ -30,8 +30,7 @@ fn a_worker_survives_a_server_restart_and_loses_nothing() {
     let n = 3000;
     let dsn = private_db(&cluster, n);
     // exec makes each delivery take a few ms, so the restart lands in the middle.
-    let dir = std::env::temp_dir().join(format!("dbx-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("restart");
     let log = dir.join("delivered.log");
     let route = format!("*=exec:sh -c 'cat >> {}'", log.display());
     let worker = spawn(dispatchbox().args([
@@ -84,7 +83,6 @@ fn a_worker_survives_a_server_restart_and_loses_nothing() {
         "expected one outage line per worker\n{out}"
     );
     assert!(out.stderr.contains("reconnected after"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -115,15 +113,9 @@ fn a_killed_connection_is_reestablished() {
         &[&app],
     )
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !worker.stderr_so_far().contains("reconnected after") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not reconnect:\n{}",
-            worker.stderr_so_far()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(Duration::from_secs(30), "the worker reconnects", || {
+        worker.stderr_so_far().contains("reconnected after")
+    });
     common::insert_events(&mut c, "outbox_event", 50, "x");
     common::wait_until(Duration::from_secs(30), "new events are delivered", || {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 50
@@ -145,7 +137,11 @@ fn start_up_waits_for_a_database_that_comes_up_late() {
     let dsn = private_db(&cluster, 5);
     cluster.stop();
     let worker = spawn(dispatchbox().args(["--dsn", &dsn, "--drain", "--connect-timeout", "60"]));
-    std::thread::sleep(Duration::from_millis(1500));
+    common::wait_until(
+        Duration::from_secs(30),
+        "the worker finds the database down",
+        || worker.stderr_so_far().contains("retrying"),
+    );
     cluster.start_again();
     let out = worker.wait(Duration::from_secs(90));
     assert_eq!(out.code, Some(0), "{out}");

@@ -204,11 +204,7 @@ fn an_event_requeued_by_hand_with_attempts_used_up_says_so() {
 
 fn example(db: &TestDb, args: &[&str]) -> crate::common::Run {
     let mut cmd = Command::new(example_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISPATCHBOX_") || k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
+    common::remove_env(&mut cmd, &["DISPATCHBOX_", "PG"]);
     drain_cmd(cmd, db, args)
 }
 
@@ -292,8 +288,7 @@ fn routes_send_types_to_the_most_specific_target() {
     common::insert_events(&mut c, "outbox_event", 2, "order.created");
     common::insert_events(&mut c, "outbox_event", 2, "order.paid");
     common::insert_events(&mut c, "outbox_event", 2, "user.registered");
-    let dir = std::env::temp_dir().join(format!("dbx-routes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("routes");
     let file = dir.join("paid.log");
     let exec = format!("order.paid=exec:sh -c 'cat >> {}'", file.display());
     let out = drain(
@@ -319,7 +314,6 @@ fn routes_send_types_to_the_most_specific_target() {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
         6
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -52,7 +52,7 @@ fn ids_in(path: &std::path::Path) -> Vec<i64> {
 fn a_worker_woken_after_its_lease_does_not_deliver_what_it_lost() {
     let n = 40;
     let db = db_with_events(n, "order.created");
-    let dir = tempdir("stale");
+    let dir = common::TempDir::new("stale");
     let log = dir.join("delivered.log");
     // One thread and a slow handler: most of a claimed batch waits in the queue.
     let slow = format!("*=exec:sh -c 'cat >> {}; sleep 0.2'", log.display());
@@ -118,7 +118,6 @@ fn a_worker_woken_after_its_lease_does_not_deliver_what_it_lost() {
     // Only the event A's one handler was running when it was stopped may repeat.
     assert!(twice.len() <= 1, "delivered twice: {twice:?}\n{a}");
     assert!(a.stderr.contains("not started"), "{a}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Item 7: a row leased until 'infinity' made every drain exit 4 ("cannot subtract infinite
@@ -297,10 +296,4 @@ fn results_written_before_a_lost_reply_are_not_reported_as_lost() {
     assert!(!out.stderr.contains("were not applied"), "{out}");
     assert!(out.stderr.contains("already been written"), "{out}");
     assert_exactly_once(5, delivered_ids(&out.stdout));
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dbx-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -66,11 +66,10 @@ fn stdout_prints_one_json_line_per_event() {
 #[test]
 fn exec_success_gets_the_event_on_stdin_and_in_the_environment() {
     let db = db_with_events(2, "order.created");
-    let dir = std::env::temp_dir().join(format!("dbx-exec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("exec");
     let script = format!(
         "*=exec:sh -c 'cat > {d}/$DISPATCHBOX_EVENT_ID.json; env | grep ^DISPATCHBOX_ | sort > {d}/$DISPATCHBOX_EVENT_ID.env'",
-        d = dir.display()
+        d = dir.path().display()
     );
     let out = drain(&db, &["--route", &script]);
     assert_eq!(out.code, Some(0), "{out}");
@@ -94,7 +93,6 @@ fn exec_success_gets_the_event_on_stdin_and_in_the_environment() {
         assert!(env.lines().any(|l| l == line), "{line} missing in\n{env}");
     }
     assert!(!env.contains("DISPATCHBOX_DSN"), "{env}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -232,8 +230,7 @@ fn a_closed_stdout_with_a_running_handler_still_exits_1() {
 #[test]
 fn exec_timeout_kills_what_the_command_started_too() {
     let db = db_with_events(1, "x");
-    let dir = std::env::temp_dir().join(format!("dbx-pgkill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("pgkill");
     let pidfile = dir.join("grandchild.pid");
     let route = format!(
         "*=exec:sh -c 'sleep 60 & echo $! > {}; wait'",
@@ -255,5 +252,4 @@ fn exec_timeout_kills_what_the_command_started_too() {
                 .unwrap_or(true)
         },
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

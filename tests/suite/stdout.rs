@@ -148,8 +148,7 @@ fn a_full_disk_leaves_no_torn_line_and_no_event_done_without_its_line() {
 #[test]
 fn a_torn_last_line_from_an_earlier_run_is_ended_before_the_first_event() {
     let db = db_with_events(3, "x");
-    let dir = std::env::temp_dir().join(format!("dbx-torn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("torn");
     let file = dir.join("out.jsonl");
     std::fs::write(&file, "{\"id\":0,\"torn").unwrap();
     let out = drain_sh(
@@ -160,7 +159,6 @@ fn a_torn_last_line_from_an_earlier_run_is_ended_before_the_first_event() {
     );
     assert_eq!(out.code, Some(0), "{out}");
     let text = std::fs::read_to_string(&file).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let (first, rest) = text.split_once('\n').unwrap();
     assert_eq!(first, "{\"id\":0,\"torn", "{text}");
     assert_exactly_once(3, ids_of(rest));

@@ -4,6 +4,7 @@
 
 use super::{assert_exactly_once, db_with_events, delivered_ids};
 use crate::common::{self, dispatchbox, spawn, wait_until};
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 /// Pids of a process's direct children (Linux: /proc/PID/task/*/children).
@@ -106,11 +107,7 @@ fn sigkill_of_random_children_loses_nothing() {
     // The example's `demo.slow` handler takes 20 ms per event: with 3 × 10 threads the drain
     // lasts over 13 s, so the kills below land in the middle of it.
     let mut cmd = std::process::Command::new(super::example_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISPATCHBOX_") || k.starts_with("PG") {
-            cmd.env_remove(k);
-        }
-    }
+    common::remove_env(&mut cmd, &["DISPATCHBOX_", "PG"]);
     let sup = spawn(cmd.args([
         "--dsn",
         &db.dsn,
@@ -196,7 +193,14 @@ fn sigterm_lets_running_handlers_finish_and_releases_the_rest() {
         "the first batch is claimed",
         || db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 5,
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        Duration::from_secs(30),
+        "two handlers run their command",
+        || {
+            let workers = workers_of(sup.pid());
+            workers.len() == 1 && children_of(workers[0]).len() == 2
+        },
+    );
     let t0 = Instant::now();
     sup.signal("TERM");
     // The unstarted ones are back at once, before the running handlers finish.
@@ -238,7 +242,14 @@ fn second_sigterm_stops_without_waiting() {
         db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2
     });
     sup.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        Duration::from_secs(10),
+        "the first SIGTERM is handled",
+        || {
+            sup.stderr_so_far()
+                .contains("signal received: stopping workers")
+        },
+    );
     let t0 = Instant::now();
     sup.signal("TERM");
     let out = sup.wait(Duration::from_secs(20));
@@ -256,8 +267,7 @@ fn second_sigterm_stops_without_waiting() {
 #[test]
 fn a_handler_slower_than_the_lease_is_delivered_once() {
     let db = db_with_events(3, "x");
-    let dir = std::env::temp_dir().join(format!("dbx-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("slow");
     let log = dir.join("runs.log");
     let route = format!("*=exec:sh -c 'cat >> {}; sleep 8'", log.display());
     // Two supervisors compete; the lease is 2 s and each handler takes 8 s.
@@ -285,7 +295,6 @@ fn a_handler_slower_than_the_lease_is_delivered_once() {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
         3
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -379,17 +388,44 @@ fn max_runtime_bounds_a_drain() {
 
 #[test]
 fn a_worker_that_keeps_crashing_is_restarted() {
-    // Killing a worker while idle: the supervisor restarts it and keeps running.
+    // A worker killed while idle (SIGKILL, as an operator or the OOM killer would) and then
+    // crashing twice (SIGABRT, as a failed assertion in a library would), each time within
+    // seconds of its start: the supervisor restarts it every time and keeps running.
     let db = db_with_events(0, "x");
-    let sup = spawn(dispatchbox().args(["--dsn", &db.dsn, "--poll-interval", "0.05"]));
-    wait_until(Duration::from_secs(30), "a worker runs", || {
-        workers_of(sup.pid()).len() == 1
-    });
-    let first = workers_of(sup.pid())[0];
-    kill(first, "KILL");
-    wait_until(Duration::from_secs(30), "a new worker runs", || {
+    let mut cmd = dispatchbox();
+    // No core files from the crashes (the workers inherit the limit).
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let sup = spawn(cmd.args(["--dsn", &db.dsn, "--poll-interval", "0.05"]));
+    let mut previous = None;
+    for (round, signal) in ["KILL", "ABRT", "ABRT"].into_iter().enumerate() {
+        // Ready: a worker killed before it is ready would count as failing to start.
+        wait_until(Duration::from_secs(30), "a new worker is ready", || {
+            let w = workers_of(sup.pid());
+            w.len() == 1
+                && Some(w[0]) != previous
+                && sup.stderr_so_far().matches("worker ready").count() == round + 1
+        });
+        let worker = workers_of(sup.pid())[0];
+        kill(worker, signal);
+        previous = Some(worker);
+    }
+    wait_until(Duration::from_secs(30), "a fourth worker is ready", || {
         let w = workers_of(sup.pid());
-        w.len() == 1 && w[0] != first && alive(w[0])
+        w.len() == 1
+            && Some(w[0]) != previous
+            && sup.stderr_so_far().matches("worker ready").count() == 4
     });
     common::insert_events(&mut db.client(), "outbox_event", 10, "x");
     wait_until(Duration::from_secs(30), "events are delivered", || {
@@ -398,7 +434,12 @@ fn a_worker_that_keeps_crashing_is_restarted() {
     sup.signal("TERM");
     let out = sup.wait(Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(out.stderr.contains("exited unexpectedly"), "{out}");
+    assert_eq!(
+        out.stderr.matches("exited unexpectedly").count(),
+        3,
+        "{out}"
+    );
+    assert!(!out.stderr.contains("giving up"), "{out}");
 }
 
 #[test]
@@ -487,7 +528,12 @@ fn a_restarted_worker_that_cannot_connect_does_not_stop_the_daemon() {
                 || !alive(sup.pid())
         },
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // And again: it keeps restarting it (each attempt gives up after 2 s).
+    wait_until(
+        Duration::from_secs(60),
+        "the supervisor restarts the worker a second time",
+        || sup.stderr_so_far().matches("restarting it in").count() >= 2 || !alive(sup.pid()),
+    );
     assert!(
         alive(sup.pid()),
         "the supervisor stopped\n{}",

@@ -1,0 +1,416 @@
+//! Every flag, defined once (the model is ripgrep's `flags/defs.rs`).
+//!
+//! A [`Flag`] says how it is typed, whether it takes a value, its default, its `--help` text
+//! and how its value is checked. Everything else is derived from [`FLAGS`]: the OPTIONS
+//! section of `--help`, the `DISPATCHBOX_*` variable names, the list of variables that
+//! configure something (the "unknown variable" warning), the flags `cli` accepts and
+//! [`VALUE_FLAGS`]. `config.rs` reads values through these definitions, so a range or a
+//! default exists in one place only.
+//!
+//! Invariant: a flag's key is `--` + its name; its variable is `DISPATCHBOX_` + the name
+//! upper-cased with `-` as `_` (none for `--help` and `--version`).
+
+use std::sync::OnceLock;
+
+/// How a flag's value is read and checked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// A whole number in `min..=max`.
+    Whole { min: i64, max: i64 },
+    /// A number of seconds (a float) in `min..=max`.
+    Secs { min: f64, max: f64 },
+    /// Text checked by its own parser in `config.rs` (the DSN, the table, the log level).
+    Text,
+    /// `PATTERN=TARGET`, repeatable; the variable takes several, separated by `;` or newlines.
+    Routes,
+    /// On when given (no value); the variable takes a boolean (1/0, true/false, yes/no).
+    Switch,
+    /// Answered at once (`--help`, `--version`); no variable.
+    Info,
+}
+
+/// One flag.
+#[derive(Clone, Copy, Debug)]
+pub struct Flag {
+    /// As typed: `--batch-size` (pico-args wants `&'static str` keys).
+    pub key: &'static str,
+    /// The short form, if any: `-h`.
+    pub short: Option<&'static str>,
+    /// What the value looks like in `--help` (`N`, `SECS`); None when it takes none.
+    pub value: Option<&'static str>,
+    /// Used when neither the flag nor its variable is given, and shown in `--help`.
+    pub default: Option<&'static str>,
+    /// One line for `--help`.
+    pub help: &'static str,
+    /// More, continuing the help line after a `;` (the two are then wrapped together).
+    pub note: Option<&'static str>,
+    pub kind: Kind,
+}
+
+impl Flag {
+    /// The name without the dashes: `batch-size`.
+    pub const fn name(&self) -> &'static str {
+        self.key.split_at(2).1
+    }
+
+    /// Whether it is given as `--flag VALUE` once (not a switch, not repeatable).
+    pub const fn takes_one_value(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text
+        )
+    }
+
+    /// `DISPATCHBOX_BATCH_SIZE` for `--batch-size`; None for `--help` and `--version`.
+    pub fn env_var(&self) -> Option<&'static str> {
+        static NAMES: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
+        NAMES
+            .get_or_init(|| {
+                FLAGS
+                    .iter()
+                    .filter(|f| f.kind != Kind::Info)
+                    .map(|f| (f.key, env_name(f.name())))
+                    .collect()
+            })
+            .iter()
+            .find(|(k, _)| *k == self.key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `DISPATCHBOX_` + `name` upper-cased with `-` as `_`.
+pub fn env_name(name: &str) -> String {
+    format!(
+        "DISPATCHBOX_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+const DAY: f64 = 86_400.0;
+
+const fn whole(min: i64, max: i64) -> Kind {
+    Kind::Whole { min, max }
+}
+
+const fn secs(min: f64, max: f64) -> Kind {
+    Kind::Secs { min, max }
+}
+
+pub const DSN: Flag = Flag {
+    key: "--dsn",
+    short: None,
+    value: Some("DSN"),
+    default: None,
+    help: "libpq key=value string or postgres:// URI",
+    note: Some(
+        "also DISPATCHBOX_DSN, or the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, \
+         PGDATABASE (and ~/.pgpass) when neither is given. sslmode: disable, prefer, require, \
+         verify-ca, verify-full (with sslrootcert=FILE|system)",
+    ),
+    kind: Kind::Text,
+};
+
+pub const PROCESSES: Flag = Flag {
+    key: "--processes",
+    short: None,
+    value: Some("N"),
+    default: Some("1"),
+    help: "worker processes",
+    note: None,
+    kind: whole(1, 1024),
+};
+
+pub const THREADS: Flag = Flag {
+    key: "--threads",
+    short: None,
+    value: Some("N"),
+    default: Some("10"),
+    help: "handler threads per process",
+    note: None,
+    kind: whole(1, 4096),
+};
+
+pub const BATCH_SIZE: Flag = Flag {
+    key: "--batch-size",
+    short: None,
+    value: Some("N"),
+    default: Some("10"),
+    help: "events claimed per round trip",
+    note: None,
+    kind: whole(1, 100_000),
+};
+
+pub const POLL_INTERVAL: Flag = Flag {
+    key: "--poll-interval",
+    short: None,
+    value: Some("SECS"),
+    default: Some("1.0"),
+    help: "sleep when nothing is due",
+    note: None,
+    kind: secs(0.001, DAY),
+};
+
+pub const MAX_ATTEMPTS: Flag = Flag {
+    key: "--max-attempts",
+    short: None,
+    value: Some("N"),
+    default: Some("5"),
+    help: "attempts before an event is dead",
+    note: None,
+    kind: whole(1, 1_000_000),
+};
+
+pub const RETRY_BACKOFF: Flag = Flag {
+    key: "--retry-backoff",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "first retry delay; doubles per attempt, ±25 % jitter",
+    note: None,
+    kind: secs(0.0, 30.0 * DAY),
+};
+
+pub const RETRY_BACKOFF_MAX: Flag = Flag {
+    key: "--retry-backoff-max",
+    short: None,
+    value: Some("SECS"),
+    default: Some("3600"),
+    help: "cap on the retry delay",
+    note: None,
+    kind: secs(0.0, 365.0 * DAY),
+};
+
+pub const LEASE: Flag = Flag {
+    key: "--lease",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "how long a claim is held before another worker may take the event over",
+    note: Some("extended while its handler runs"),
+    kind: secs(1.0, DAY),
+};
+
+pub const TABLE: Flag = Flag {
+    key: "--table",
+    short: None,
+    value: Some("NAME"),
+    default: Some("outbox_event"),
+    help: "outbox table, optionally schema.table",
+    note: None,
+    kind: Kind::Text,
+};
+
+pub const ROUTE: Flag = Flag {
+    key: "--route",
+    short: None,
+    value: Some("PATTERN=TARGET"),
+    // Applied where the router is built, and only when no route is compiled in either:
+    // `Config::routes` stays empty.
+    default: Some("*=stdout"),
+    help: "send event types matching PATTERN to TARGET",
+    note: Some(
+        "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout` or \
+         `exec:COMMAND ARGS...`. Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
+         several separated by `;`",
+    ),
+    kind: Kind::Routes,
+};
+
+pub const EXEC_TIMEOUT: Flag = Flag {
+    key: "--exec-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "kill an exec target that runs longer",
+    note: None,
+    kind: secs(0.001, DAY),
+};
+
+pub const DRAIN: Flag = Flag {
+    key: "--drain",
+    short: None,
+    value: None,
+    default: None,
+    help: "exit 0 once no event is due (for cron)",
+    note: None,
+    kind: Kind::Switch,
+};
+
+pub const MAX_RUNTIME: Flag = Flag {
+    key: "--max-runtime",
+    short: None,
+    value: Some("SECS"),
+    default: None,
+    help: "stop gracefully after this long (exit 5 if --drain had not finished)",
+    note: None,
+    kind: secs(0.001, 365.0 * DAY),
+};
+
+pub const SHUTDOWN_TIMEOUT: Flag = Flag {
+    key: "--shutdown-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "on SIGTERM, wait this long for running handlers",
+    note: None,
+    kind: secs(0.0, DAY),
+};
+
+pub const CONNECT_TIMEOUT: Flag = Flag {
+    key: "--connect-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "keep retrying an unreachable database at start-up this long",
+    note: None,
+    kind: secs(0.0, DAY),
+};
+
+pub const LOG_LEVEL: Flag = Flag {
+    key: "--log-level",
+    short: None,
+    value: Some("LEVEL"),
+    default: Some("INFO"),
+    help: "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    note: None,
+    kind: Kind::Text,
+};
+
+pub const HELP: Flag = Flag {
+    key: "--help",
+    short: Some("-h"),
+    value: None,
+    default: None,
+    help: "print this help",
+    note: None,
+    kind: Kind::Info,
+};
+
+pub const VERSION: Flag = Flag {
+    key: "--version",
+    short: Some("-V"),
+    value: None,
+    default: None,
+    help: "print the version",
+    note: None,
+    kind: Kind::Info,
+};
+
+/// Every flag, in the order `--help` lists them.
+pub const FLAGS: &[Flag] = &[
+    DSN,
+    PROCESSES,
+    THREADS,
+    BATCH_SIZE,
+    POLL_INTERVAL,
+    MAX_ATTEMPTS,
+    RETRY_BACKOFF,
+    RETRY_BACKOFF_MAX,
+    LEASE,
+    TABLE,
+    ROUTE,
+    EXEC_TIMEOUT,
+    DRAIN,
+    MAX_RUNTIME,
+    SHUTDOWN_TIMEOUT,
+    CONNECT_TIMEOUT,
+    LOG_LEVEL,
+    HELP,
+    VERSION,
+];
+
+const fn value_flag_count() -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < FLAGS.len() {
+        if FLAGS[i].takes_one_value() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+const VALUE_FLAG_NAMES: [&str; value_flag_count()] = {
+    let mut names = [""; value_flag_count()];
+    let (mut i, mut j) = (0, 0);
+    while i < FLAGS.len() {
+        if FLAGS[i].takes_one_value() {
+            names[j] = FLAGS[i].name();
+            j += 1;
+        }
+        i += 1;
+    }
+    names
+};
+
+/// The names (`batch-size`) of the flags that take one value, in `--help` order.
+pub const VALUE_FLAGS: &[&str] = &VALUE_FLAG_NAMES;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_names_and_variables_are_derived() {
+        assert_eq!(BATCH_SIZE.name(), "batch-size");
+        assert_eq!(BATCH_SIZE.env_var(), Some("DISPATCHBOX_BATCH_SIZE"));
+        assert_eq!(DSN.env_var(), Some("DISPATCHBOX_DSN"));
+        assert_eq!(ROUTE.env_var(), Some("DISPATCHBOX_ROUTE"));
+        assert_eq!(HELP.env_var(), None);
+        for f in FLAGS {
+            assert!(
+                f.key.starts_with("--") && !f.name().contains(['_', ' ']),
+                "{f:?}"
+            );
+            assert_eq!(
+                f.value.is_some(),
+                f.takes_one_value() || f.kind == Kind::Routes
+            );
+            assert_eq!(
+                FLAGS.iter().filter(|g| g.key == f.key).count(),
+                1,
+                "{} twice",
+                f.key
+            );
+        }
+        assert_eq!(
+            VALUE_FLAGS,
+            [
+                "dsn",
+                "processes",
+                "threads",
+                "batch-size",
+                "poll-interval",
+                "max-attempts",
+                "retry-backoff",
+                "retry-backoff-max",
+                "lease",
+                "table",
+                "exec-timeout",
+                "max-runtime",
+                "shutdown-timeout",
+                "connect-timeout",
+                "log-level",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_are_in_range() {
+        for f in FLAGS {
+            let Some(d) = f.default else { continue };
+            match f.kind {
+                Kind::Whole { min, max } => {
+                    let n: i64 = d.parse().unwrap();
+                    assert!(min <= n && n <= max, "{}", f.key);
+                }
+                Kind::Secs { min, max } => {
+                    let n: f64 = d.parse().unwrap();
+                    assert!(min <= n && n <= max, "{}", f.key);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The `--help` text. Its OPTIONS section is rendered from the flag table (`defs.rs`); the
+//! rest (usage, exit codes) is written here.
+
+use super::defs::{Flag, BATCH_SIZE, FLAGS};
+
+const USAGE: &str = "\
+dispatchbox — deliver transactional-outbox events from PostgreSQL, at least once
+
+USAGE:
+    dispatchbox [OPTIONS]              run the supervisor and its worker processes
+    dispatchbox migrate [OPTIONS]      create or upgrade the outbox table (idempotent)
+    dispatchbox stats [OPTIONS]        print the number of events per status
+";
+
+const EXIT_CODES: &str = "
+EXIT CODES:
+    0 drained or stopped cleanly   2 bad flags/environment/DSN   3 database unreachable
+    4 database refused (auth, missing table: run `dispatchbox migrate`)   5 --max-runtime hit
+    1 anything else
+";
+
+/// Where the explanations start.
+const INDENT: usize = 4;
+/// A help line with a note is wrapped to this many columns (one without, never).
+const WIDTH: usize = 100;
+
+/// The whole `--help` text.
+pub fn render() -> String {
+    let mut out = String::from(USAGE);
+    let example = BATCH_SIZE.env_var().unwrap_or_default();
+    out.push_str(&format!(
+        "\nOPTIONS (each also read from DISPATCHBOX_<NAME>, e.g. {example}; flags win):\n"
+    ));
+    let column = FLAGS.iter().map(|f| left(f).len()).max().unwrap_or(0) + 2;
+    for f in FLAGS {
+        render_flag(&mut out, f, column);
+    }
+    out.push_str(EXIT_CODES);
+    out
+}
+
+/// `--batch-size N`, `-h, --help`.
+fn left(f: &Flag) -> String {
+    let mut s = match f.short {
+        Some(short) => format!("{short}, {}", f.key),
+        None => f.key.to_string(),
+    };
+    if let Some(v) = f.value {
+        s.push(' ');
+        s.push_str(v);
+    }
+    s
+}
+
+/// The help line (with the note after a `;`, wrapped) and the default at the end.
+fn render_flag(out: &mut String, f: &Flag, column: usize) {
+    let mut words: Vec<String> = f.help.split_whitespace().map(String::from).collect();
+    if let (Some(note), Some(last)) = (f.note, words.last_mut()) {
+        last.push(';');
+        words.extend(note.split_whitespace().map(String::from));
+    }
+    if let Some(d) = f.default {
+        words.push(format!("[default: {d}]"));
+    }
+    // A flag without a note stays on one line, however long.
+    let width = match f.note {
+        Some(_) => WIDTH.saturating_sub(INDENT + column),
+        None => usize::MAX,
+    };
+    for (i, line) in wrap(&words, width).iter().enumerate() {
+        let head = if i == 0 { left(f) } else { String::new() };
+        out.push_str(&format!("{:INDENT$}{head:column$}{line}\n", ""));
+    }
+}
+
+/// `words` in lines of at most `width` characters (a longer word gets its own line).
+fn wrap(words: &[String], width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for word in words {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_with_its_default_is_listed() {
+        let help = render();
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for f in FLAGS {
+            assert!(
+                help.lines().any(|l| l.trim_start().starts_with(&left(f))),
+                "{} missing:\n{help}",
+                f.key
+            );
+            assert!(flat.contains(f.help), "{}: {}", f.key, f.help);
+        }
+        assert!(help.contains(
+            "    --batch-size N            events claimed per round trip [default: 10]\n"
+        ));
+        assert!(help.contains("e.g. DISPATCHBOX_BATCH_SIZE; flags win"));
+        assert!(help.contains("[default: *=stdout]\n"));
+        assert!(help.contains("    -h, --help                print this help\n"));
+        assert!(help.lines().all(|l| l.chars().count() <= 110), "{help}");
+    }
+
+    #[test]
+    fn notes_wrap_at_word_boundaries() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            wrap(&words("a bb ccc dddd"), 6),
+            vec!["a bb", "ccc", "dddd"]
+        );
+        assert_eq!(wrap(&[], 6), Vec::<String>::new());
+    }
+}
