@@ -61,7 +61,7 @@ impl Error {
 /// table, a certificate that does not verify, a server without TLS under sslmode=require,
 /// a configuration error, a read-only server (25006: a standby, or
 /// `default_transaction_read_only`) — fails the same way next time. Decided with the
-/// driver's predicates, SQLSTATE classes and error types, never by matching message text.
+/// driver's predicates, its `SqlState` constants and error types, never by message text.
 pub fn is_transient(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -95,8 +95,8 @@ const TRANSIENT: &[SqlState] = &[
     SqlState::CANNOT_CONNECT_NOW,
     SqlState::DATABASE_DROPPED,
     SqlState::IDLE_SESSION_TIMEOUT,
-    SqlState::QUERY_CANCELED,             // statement_timeout
-    SqlState::LOCK_NOT_AVAILABLE,         // lock_timeout
+    SqlState::QUERY_CANCELED,     // statement_timeout
+    SqlState::LOCK_NOT_AVAILABLE, // lock_timeout
     SqlState::T_R_SERIALIZATION_FAILURE,
     SqlState::T_R_DEADLOCK_DETECTED,
 ];
