@@ -7,11 +7,11 @@
 //! `redacted()` is the only form that may be logged, and every error names a parameter,
 //! never a value.
 
+use crate::connect::Connector;
 use crate::error::{Error, Result};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// Parameters we pass to the driver as they are.
@@ -263,21 +263,16 @@ impl Dsn {
         if mode == SslMode::Disable || only_sockets {
             let mut config = config;
             config.ssl_mode(postgres::config::SslMode::Disable);
-            return Ok(Connector {
-                config,
-                tls: None,
-                in_flight: Arc::default(),
-            });
+            return Ok(Connector::new(config, None));
         }
         let tls = self
             .tls_builder(mode)?
             .build()
             .map_err(|e| Error::Usage(format!("cannot set up TLS: {e}")))?;
-        Ok(Connector {
+        Ok(Connector::new(
             config,
-            tls: Some(postgres_native_tls::MakeTlsConnector::new(tls)),
-            in_flight: Arc::default(),
-        })
+            Some(postgres_native_tls::MakeTlsConnector::new(tls)),
+        ))
     }
 
     /// Checks everything `connector` would, reading the certificate files, without building
@@ -342,120 +337,6 @@ impl Dsn {
             b.identity(id);
         }
         Ok(b)
-    }
-}
-
-/// A ready-to-use driver configuration plus, when TLS may be used, its connector, and the
-/// connection attempt in flight. Cheap to clone; clones share the attempt in flight.
-///
-/// The driver's `connect_timeout` bounds only the TCP connect, not the TLS, start-up and
-/// authentication exchange that follows: a server that accepts the connection and never
-/// answers would block its caller for ever. So each attempt runs on a helper thread and the
-/// caller waits for it with a deadline ([`Connector::poll`]). At most one attempt is in flight
-/// per connector: while a stuck attempt's thread still waits, the next caller waits on that
-/// same attempt (and takes its client if it succeeds after all) instead of starting another,
-/// so a long outage costs at most one thread and one socket.
-#[derive(Clone)]
-pub struct Connector {
-    config: postgres::Config,
-    /// `None`: sslmode=disable, or only unix sockets: no TLS set-up at all (building a
-    /// native-tls connector reads the system's CA bundle, ~45 ms).
-    tls: Option<postgres_native_tls::MakeTlsConnector>,
-    in_flight: Arc<Mutex<Option<InFlight>>>,
-}
-
-type Attempted = Result<postgres::Client, postgres::Error>;
-
-struct InFlight {
-    result: mpsc::Receiver<Attempted>,
-}
-
-/// What [`Connector::poll`] found.
-#[allow(clippy::large_enum_variant)] // one per connection attempt, moved once
-pub enum Attempt {
-    /// The attempt ended: connected, or the driver's error.
-    Done(Attempted),
-    /// Still connecting (or waiting for a server that accepted the connection and is silent).
-    Pending,
-}
-
-impl Connector {
-    /// Bounds each connection attempt by `limit` (at least a second), so that
-    /// `--connect-timeout 2` is not stretched by the 10 s per-attempt default.
-    pub fn cap_attempt_timeout(&mut self, limit: Duration) {
-        let limit = limit.max(Duration::from_secs(1));
-        if self.config.get_connect_timeout().is_none_or(|t| *t > limit) {
-            self.config.connect_timeout(limit);
-        }
-    }
-
-    /// How long one whole attempt (TCP, TLS, start-up, authentication) may take: the DSN's
-    /// `connect_timeout` for each host the driver may try, as libpq bounds each host, plus a
-    /// second so that a TCP connect that times out is reported as the driver's error.
-    pub fn attempt_limit(&self) -> Duration {
-        let per_host = self
-            .config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
-        let hosts = self
-            .config
-            .get_hosts()
-            .len()
-            .max(self.config.get_hostaddrs().len())
-            .max(1) as u32;
-        per_host * hosts + Duration::from_secs(1)
-    }
-
-    /// Waits up to `wait` for the attempt in flight, starting one if there is none.
-    pub fn poll(&self, wait: Duration) -> Attempt {
-        let mut slot = match self.in_flight.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let attempt = match slot.take() {
-            Some(a) => a,
-            None => match self.start() {
-                Ok(a) => a,
-                Err(e) => {
-                    // No thread (EAGAIN): connect on this one; unbounded, but still connecting.
-                    crate::debug!("cannot start a connection thread ({e}); connecting inline");
-                    return Attempt::Done(self.connect_here());
-                }
-            },
-        };
-        match attempt.result.recv_timeout(wait) {
-            Ok(result) => Attempt::Done(result),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                *slot = Some(attempt);
-                Attempt::Pending
-            }
-            // The thread died without an answer (it panicked): try again on the next call.
-            Err(mpsc::RecvTimeoutError::Disconnected) => Attempt::Pending,
-        }
-    }
-
-    fn start(&self) -> std::io::Result<InFlight> {
-        let (tx, rx) = mpsc::channel();
-        let me = Connector {
-            config: self.config.clone(),
-            tls: self.tls.clone(),
-            in_flight: Arc::new(Mutex::new(None)),
-        };
-        std::thread::Builder::new()
-            .name("connect".into())
-            .spawn(move || {
-                // The receiver may be gone (the caller gave up and exited): nothing to do.
-                let _ = tx.send(me.connect_here());
-            })?;
-        Ok(InFlight { result: rx })
-    }
-
-    fn connect_here(&self) -> Attempted {
-        match &self.tls {
-            None => self.config.connect(postgres::NoTls),
-            Some(tls) => self.config.connect(tls.clone()),
-        }
     }
 }
 
