@@ -1,6 +1,8 @@
-//! Connection strings: libpq `key=value` strings and `postgres://` URIs, the libpq environment
-//! (PGHOST, PGPASSWORD, ...) and `~/.pgpass` as fallbacks, and TLS with libpq's `sslmode`
-//! meanings, built on native-tls.
+//! Connection strings: libpq `key=value` strings and `postgres://` URIs, read by the driver's
+//! own parser (`postgres::Config`), with what libpq has and the driver lacks layered on top:
+//! the libpq environment (PGHOST, PGPASSWORD, ...) and `~/.pgpass` as fallbacks, TLS with
+//! libpq's `sslmode` meanings, `sslrootcert=system` and client certificates (native-tls), and
+//! our defaults (application_name, connect and keepalive timeouts).
 //!
 //! Invariant: the password never leaves this module except inside the driver's `Config` and
 //! `to_conninfo()` (used only for the pipe that hands configuration to worker children).
@@ -9,32 +11,17 @@
 
 use crate::connect::Connector;
 use crate::error::{Error, Result};
+use postgres::config::{
+    ChannelBinding, Host, LoadBalanceHosts, SslNegotiation, TargetSessionAttrs,
+};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Parameters we pass to the driver as they are.
-const DRIVER_KEYS: &[&str] = &[
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "options",
-    "application_name",
-    "connect_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_retries",
-    "tcp_user_timeout",
-    "target_session_attrs",
-    "channel_binding",
-    "load_balance_hosts",
-];
-/// Parameters this module implements itself (TLS).
+/// The parameters the driver does not know; a pre-pass takes them out and this module
+/// implements them (TLS). `sslmode` is always ours: the driver lacks `allow`, `verify-ca`
+/// and `verify-full`.
 const TLS_KEYS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// libpq environment variables used when the DSN does not set the parameter.
@@ -64,11 +51,23 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// A parsed, complete set of connection parameters.
-#[derive(Clone, PartialEq, Eq)]
+/// A parsed set of connection parameters.
+#[derive(Clone)]
 pub struct Dsn {
-    params: Vec<(String, String)>,
+    /// As the driver parsed it; its TLS mode is set from ours when connecting.
+    config: postgres::Config,
+    /// Every parameter set, in libpq form: the driver's (read back from its getters), then
+    /// the TLS ones. What `get`, `redacted` and `to_conninfo` show.
+    params: Vec<(&'static str, String)>,
 }
+
+impl PartialEq for Dsn {
+    fn eq(&self, other: &Dsn) -> bool {
+        self.params == other.params
+    }
+}
+
+impl Eq for Dsn {}
 
 impl fmt::Debug for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -81,28 +80,34 @@ impl Dsn {
     /// the configuration pipe, which receives a complete DSN).
     pub fn parse(text: &str) -> Result<Dsn> {
         let text = text.trim();
-        let params = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            parse_uri(text)?
+        let mut tls = Vec::new();
+        let for_driver = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            take_tls_from_uri(text, &mut tls)?
         } else {
-            parse_keyword_value(text)?
+            take_tls_from_keyword_value(text, &mut tls)?
         };
-        let dsn = Dsn { params };
-        dsn.validate()?;
+        let config = postgres::Config::from_str(&for_driver).map_err(|e| parse_error(&e))?;
+        if config
+            .get_password()
+            .is_some_and(|p| std::str::from_utf8(p).is_err())
+        {
+            return Err(Error::Usage("invalid DSN: password is not UTF-8".into()));
+        }
+        let mut params = driver_params(&config);
+        params.extend(tls);
+        let dsn = Dsn { config, params };
+        dsn.ssl_mode()?;
         Ok(dsn)
     }
 
     /// Parses `text` (may be empty) and fills what it leaves out from the libpq environment,
     /// `~/.pgpass` and libpq's defaults, as `psql` would.
     pub fn resolve(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Dsn> {
-        let mut dsn = if text.trim().is_empty() {
-            Dsn { params: Vec::new() }
-        } else {
-            Dsn::parse(text)?
-        };
+        let mut dsn = Dsn::parse(text)?;
         for (key, var) in ENV_FALLBACKS {
             if dsn.get(key).is_none() {
                 if let Some(v) = env(var).filter(|v| !v.is_empty()) {
-                    dsn.set(key, v);
+                    dsn = dsn.with(key, &v)?;
                 }
             }
         }
@@ -110,41 +115,45 @@ impl Dsn {
             let user = env("USER")
                 .or_else(|| env("LOGNAME"))
                 .unwrap_or_else(|| "postgres".into());
-            dsn.set("user", user);
+            dsn = dsn.with("user", &user)?;
         }
         if dsn.get("dbname").is_none() {
             let user = dsn.get("user").unwrap_or_default().to_string();
-            dsn.set("dbname", user);
+            dsn = dsn.with("dbname", &user)?;
         }
         if dsn.get("host").is_none() && dsn.get("hostaddr").is_none() {
             let sock = ["/var/run/postgresql", "/tmp"]
                 .into_iter()
                 .find(|d| std::path::Path::new(d).join(".s.PGSQL.5432").exists());
-            dsn.set("host", sock.unwrap_or("localhost").to_string());
+            dsn = dsn.with("host", sock.unwrap_or("localhost"))?;
         }
         if dsn.get("application_name").is_none() {
-            dsn.set("application_name", "dispatchbox".into());
+            dsn = dsn.with("application_name", "dispatchbox")?;
         }
         if dsn.get("password").is_none() {
             if let Some(pw) = pgpass_lookup(&dsn, env) {
-                dsn.set("password", pw);
+                dsn = dsn.with("password", &pw)?;
             }
         }
-        dsn.validate()?;
         Ok(dsn)
+    }
+
+    /// This DSN with `key` set, read by the same parser (so an environment variable is
+    /// checked like the DSN). Only for a key that is not set yet, or one the driver keeps a
+    /// single value of (`dbname`, `password`, ...): hosts and ports would add up.
+    fn with(&self, key: &str, value: &str) -> Result<Dsn> {
+        Dsn::parse(&format!(
+            "{} {key}={}",
+            self.to_conninfo(),
+            quote_value(value)
+        ))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
-            .rev()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| *k == key)
             .map(|(_, v)| v.as_str())
-    }
-
-    fn set(&mut self, key: &str, value: String) {
-        self.params.retain(|(k, _)| k != key);
-        self.params.push((key.to_string(), value));
     }
 
     pub fn password(&self) -> Option<&str> {
@@ -152,31 +161,8 @@ impl Dsn {
     }
 
     /// For tests and diagnostics: a copy with another database name.
-    pub fn with_dbname(&self, db: &str) -> Dsn {
-        let mut d = self.clone();
-        d.set("dbname", db.to_string());
-        d
-    }
-
-    fn validate(&self) -> Result<()> {
-        for (k, _) in &self.params {
-            if !DRIVER_KEYS.contains(&k.as_str()) && !TLS_KEYS.contains(&k.as_str()) {
-                // Echo only names that look like parameter names, never a stray value.
-                let shown =
-                    if k.len() <= 40 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        format!(" `{k}`")
-                    } else {
-                        String::new()
-                    };
-                return Err(Error::Usage(format!(
-                    "invalid DSN: unknown parameter{shown}"
-                )));
-            }
-        }
-        self.ssl_mode()?;
-        // Let the driver check the rest (ports, timeouts, ...) now, at start-up.
-        self.driver_config()?;
-        Ok(())
+    pub fn with_dbname(&self, db: &str) -> Result<Dsn> {
+        self.with("dbname", db)
     }
 
     pub fn ssl_mode(&self) -> Result<SslMode> {
@@ -195,35 +181,26 @@ impl Dsn {
     }
 
     /// The DSN in libpq key=value form, password included: only for handing the DSN to a
-    /// worker child over a pipe, never for logs or argv.
+    /// worker child over a pipe, never for logs or argv. `Dsn::parse` reads it back as is.
     pub fn to_conninfo(&self) -> String {
         join_conninfo(self.params.iter())
     }
 
     /// A loggable description: every parameter except the password.
     pub fn redacted(&self) -> String {
-        join_conninfo(self.params.iter().filter(|(k, _)| k != "password"))
+        join_conninfo(self.params.iter().filter(|(k, _)| *k != "password"))
     }
 
+    /// The driver's configuration with our defaults for what the DSN leaves out.
     fn driver_config(&self) -> Result<postgres::Config> {
-        let mut params: Vec<(String, String)> = self
-            .params
-            .iter()
-            .filter(|(k, _)| DRIVER_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let mut cfg = self.config.clone();
         // Only `hostaddr`: libpq connects to it (and TLS checks the certificate against the
         // address); the driver needs a host name for TLS, so give it the address.
-        if self.get("host").is_none() {
-            if let Some(addr) = self.get("hostaddr") {
-                params.push(("host".into(), addr.to_string()));
+        if cfg.get_hosts().is_empty() {
+            for addr in self.config.get_hostaddrs() {
+                cfg.host(&addr.to_string());
             }
         }
-        let conninfo = join_conninfo(params.iter());
-        let mut cfg = postgres::Config::from_str(&conninfo).map_err(|e| {
-            // The driver's parse errors name the option, never its value.
-            Error::Usage(format!("invalid DSN: {}", crate::error::describe_pg(&e)))
-        })?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
         }
@@ -340,7 +317,7 @@ impl Dsn {
     }
 }
 
-fn join_conninfo<'a>(params: impl Iterator<Item = &'a (String, String)>) -> String {
+fn join_conninfo<'a>(params: impl Iterator<Item = &'a (&'static str, String)>) -> String {
     let mut out = String::new();
     for (k, v) in params {
         if !out.is_empty() {
@@ -371,30 +348,125 @@ fn quote_value(v: &str) -> String {
 
 /// libpq keyword/value syntax: `key = value` pairs separated by white space; values may be
 /// single-quoted; a backslash escapes the next character.
-fn parse_keyword_value(text: &str) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
+
+/// What the driver holds, as libpq parameters, read back from its getters. Values equal to
+/// the driver's defaults and empty values are left out (libpq treats both as not set).
+fn driver_params(c: &postgres::Config) -> Vec<(&'static str, String)> {
+    let list = |items: Vec<String>| (!items.is_empty()).then(|| items.join(","));
+    let secs = |d: &Duration| d.as_secs().to_string();
+    let hosts = c.get_hosts().iter().map(|h| match h {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(dir) => dir.to_string_lossy().into_owned(),
+    });
+    let idle = c.get_keepalives_idle();
+    let fields = [
+        ("host", list(hosts.collect())),
+        (
+            "hostaddr",
+            list(c.get_hostaddrs().iter().map(|a| a.to_string()).collect()),
+        ),
+        (
+            "port",
+            list(c.get_ports().iter().map(|p| p.to_string()).collect()),
+        ),
+        ("user", c.get_user().map(str::to_string)),
+        (
+            "password",
+            c.get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        ),
+        ("dbname", c.get_dbname().map(str::to_string)),
+        ("options", c.get_options().map(str::to_string)),
+        (
+            "application_name",
+            c.get_application_name().map(str::to_string),
+        ),
+        ("connect_timeout", c.get_connect_timeout().map(secs)),
+        ("tcp_user_timeout", c.get_tcp_user_timeout().map(secs)),
+        ("keepalives", (!c.get_keepalives()).then(|| "0".to_string())),
+        (
+            "keepalives_idle",
+            (idle != postgres::Config::new().get_keepalives_idle()).then(|| secs(&idle)),
+        ),
+        (
+            "keepalives_interval",
+            c.get_keepalives_interval().as_ref().map(secs),
+        ),
+        (
+            "keepalives_retries",
+            c.get_keepalives_retries().map(|n| n.to_string()),
+        ),
+        (
+            "target_session_attrs",
+            match c.get_target_session_attrs() {
+                TargetSessionAttrs::ReadWrite => Some("read-write".to_string()),
+                TargetSessionAttrs::ReadOnly => Some("read-only".to_string()),
+                _ => None,
+            },
+        ),
+        (
+            "channel_binding",
+            match c.get_channel_binding() {
+                ChannelBinding::Disable => Some("disable".to_string()),
+                ChannelBinding::Require => Some("require".to_string()),
+                _ => None,
+            },
+        ),
+        (
+            "load_balance_hosts",
+            match c.get_load_balance_hosts() {
+                LoadBalanceHosts::Random => Some("random".to_string()),
+                _ => None,
+            },
+        ),
+        (
+            "sslnegotiation",
+            match c.get_ssl_negotiation() {
+                SslNegotiation::Direct => Some("direct".to_string()),
+                _ => None,
+            },
+        ),
+    ];
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v)))
+        .collect()
+}
+
+/// Sets one of our TLS parameters (`key` is one of `TLS_KEYS`); the last one wins.
+fn set_tls(tls: &mut Vec<(&'static str, String)>, key: &str, value: String) {
+    if let Some(key) = TLS_KEYS.iter().find(|k| **k == key) {
+        tls.retain(|(k, _)| k != key);
+        tls.push((key, value));
+    }
+}
+
+/// The pre-pass for `key=value` strings: takes our TLS parameters out into `tls` and returns
+/// the others as written, for the driver. It reads the driver's grammar (white space around
+/// `=`, values bare or single-quoted, `\` escaping the next character) and reports syntax
+/// errors itself, naming only known parameters: a stray word may be a password.
+fn take_tls_from_keyword_value(
+    text: &str,
+    tls: &mut Vec<(&'static str, String)>,
+) -> Result<String> {
+    let mut rest = String::new();
+    let mut it = text.char_indices().peekable();
+    let skip_ws = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while it.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
     loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.next() != Some('=') {
-            // The stray word is not echoed: it may be a password.
-            let after = if DRIVER_KEYS.contains(&key.as_str()) || TLS_KEYS.contains(&key.as_str()) {
+        skip_ws(&mut it);
+        let Some(&(start, _)) = it.peek() else {
+            return Ok(rest);
+        };
+        while it
+            .next_if(|&(_, c)| c != '=' && !c.is_whitespace())
+            .is_some()
+        {}
+        let key = &text[start..it.peek().map_or(text.len(), |&(i, _)| i)];
+        skip_ws(&mut it);
+        if it.next_if(|&(_, c)| c == '=').is_none() {
+            let after = if is_parameter(key) {
                 format!(" after `{key}`")
             } else {
                 String::new()
@@ -403,132 +475,126 @@ fn parse_keyword_value(text: &str) -> Result<Vec<(String, String)>> {
                 "invalid DSN: expected `=`{after} (use key=value pairs or a postgres:// URI)"
             )));
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'\'') {
-            chars.next();
-            let mut closed = false;
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '\'' => {
-                        closed = true;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            if !closed {
-                return Err(Error::Usage(format!(
-                    "invalid DSN: unterminated quoted value for `{key}`"
-                )));
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                chars.next();
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
         if key.is_empty() {
             return Err(Error::Usage("invalid DSN: empty parameter name".into()));
         }
-        out.push((key, value));
+        skip_ws(&mut it);
+        let quoted = it.next_if(|&(_, c)| c == '\'').is_some();
+        let mut closed = !quoted;
+        let mut value = String::new();
+        while let Some((_, c)) = it.next_if(|&(_, c)| quoted || !c.is_whitespace()) {
+            match c {
+                '\\' => value.extend(it.next().map(|(_, c)| c)),
+                '\'' if quoted => {
+                    closed = true;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        if !closed {
+            return Err(Error::Usage(format!(
+                "invalid DSN: unterminated quoted value for `{key}`"
+            )));
+        }
+        let end = it.peek().map_or(text.len(), |&(i, _)| i);
+        if TLS_KEYS.contains(&key) {
+            set_tls(tls, key, value);
+            continue;
+        }
+        // The driver refuses a bare empty value at the end; libpq takes it.
+        if value.is_empty() {
+            rest.push_str(&format!("{key}='' "));
+        } else {
+            rest.push_str(&text[start..end]);
+            rest.push(' ');
+        }
     }
-    Ok(out)
 }
 
-/// `postgres[ql]://[user[:password]@][host][:port][,host[:port]...][/dbname][?key=value&...]`
-fn parse_uri(text: &str) -> Result<Vec<(String, String)>> {
-    let rest = text.split_once("://").map(|(_, r)| r).unwrap_or_default();
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
+/// The pre-pass for URIs: takes our TLS parameters out of the query string into `tls`.
+/// The driver ends the user name and password at the first `@` anywhere in the URI; libpq and
+/// we at the last `@` before the host, so the others are percent-encoded for the driver, as
+/// is any `@` in the query. An `@` in the path is refused: an unencoded `/` in a password
+/// would make the rest of it the database name, which is logged.
+fn take_tls_from_uri(text: &str, tls: &mut Vec<(&'static str, String)>) -> Result<String> {
+    let (head, query) = match text.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (text, None),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
+    let body = head.find("://").map_or(0, |i| i + 3);
+    let (authority, path) = match head[body..].find('/') {
+        Some(i) => (&head[body..body + i], &head[body + i..]),
+        None => (&head[body..], ""),
     };
-    let mut out = Vec::new();
-    let hostlist = match authority.rfind('@') {
-        Some(i) => {
-            let userinfo = &authority[..i];
-            match userinfo.split_once(':') {
-                Some((u, p)) => {
-                    push_nonempty(&mut out, "user", decode(u, "user")?);
-                    out.push(("password".into(), decode(p, "password")?));
-                }
-                None => push_nonempty(&mut out, "user", decode(userinfo, "user")?),
-            }
-            &authority[i + 1..]
-        }
-        None => authority,
-    };
-    if !hostlist.is_empty() {
-        let mut hosts = Vec::new();
-        let mut ports = Vec::new();
-        for item in hostlist.split(',') {
-            let (h, p) = if let Some(stripped) = item.strip_prefix('[') {
-                let end = stripped
-                    .find(']')
-                    .ok_or_else(|| Error::Usage("invalid DSN: unclosed `[` in host".into()))?;
-                let after = &stripped[end + 1..];
-                (&stripped[..end], after.strip_prefix(':'))
-            } else {
-                match item.rsplit_once(':') {
-                    Some((h, p)) => (h, Some(p)),
-                    None => (item, None),
-                }
-            };
-            hosts.push(decode(h, "host")?);
-            ports.push(p.unwrap_or("").to_string());
-        }
-        if hosts.iter().any(|h| !h.is_empty()) {
-            out.push(("host".into(), hosts.join(",")));
-        }
-        if ports.iter().any(|p| !p.is_empty()) {
-            let ports: Vec<_> = ports
-                .into_iter()
-                .map(|p| if p.is_empty() { "5432".into() } else { p })
-                .collect();
-            out.push(("port".into(), ports.join(",")));
-        }
-    }
-    // `postgres://app:pa/ss@host/db`: an unencoded `/` in the password would turn the rest
-    // into the database name, and that is logged. Refuse it.
-    if path.is_some_and(|p| p.contains('@')) {
+    if path.contains('@') {
         return Err(Error::Usage(
             "invalid DSN: `@` after the host part; percent-encode `/`, `@` and `:` in the user name and password (%2F, %40, %3A)".into(),
         ));
     }
-    if let Some(db) = path.filter(|p| !p.is_empty()) {
-        out.push(("dbname".into(), decode(db, "dbname")?));
-    }
-    if let Some(q) = query {
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                Error::Usage("invalid DSN: URI query parameters must be key=value".into())
-            })?;
-            let k = decode(k, "a parameter name")?;
-            let v = decode(v, &k)?;
-            out.retain(|(key, _)| *key != k);
-            out.push((k, v));
+    let mut out = head[..body].to_string();
+    match authority.rfind('@') {
+        Some(i) => {
+            out.push_str(&authority[..i].replace('@', "%40"));
+            out.push_str(&authority[i..]);
         }
+        None => out.push_str(authority),
+    }
+    out.push_str(path);
+    let mut kept = Vec::new();
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            Error::Usage("invalid DSN: URI query parameters must be key=value".into())
+        })?;
+        let key = decode(k, "a parameter name")?;
+        if !TLS_KEYS.contains(&key.as_str()) {
+            kept.push(pair.replace('@', "%40"));
+            continue;
+        }
+        set_tls(tls, &key, decode(v, &key)?);
+    }
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
     }
     Ok(out)
 }
 
-fn push_nonempty(out: &mut Vec<(String, String)>, key: &str, value: String) {
-    if !value.is_empty() {
-        out.push((key.into(), value));
+/// The key of a driver error for an unknown option (its message names the key).
+fn unknown_option(e: &postgres::Error) -> Option<String> {
+    let cause = std::error::Error::source(e)?.to_string();
+    let key = cause.strip_prefix("unknown option `")?.strip_suffix('`')?;
+    Some(key.to_string())
+}
+
+/// Only names like these are echoed in errors: anything else may be a stray value.
+fn name_like(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 40 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A name the driver or this module knows, and so safe to echo.
+fn is_parameter(key: &str) -> bool {
+    name_like(key)
+        && (TLS_KEYS.contains(&key)
+            || postgres::Config::from_str(&format!("{key}=''"))
+                .err()
+                .and_then(|e| unknown_option(&e))
+                .is_none())
+}
+
+/// A driver parse error as ours. The driver's messages name the option, never its value;
+/// an unknown one is echoed only when it looks like a parameter name.
+fn parse_error(e: &postgres::Error) -> Error {
+    match unknown_option(e) {
+        Some(key) if name_like(&key) => {
+            Error::Usage(format!("invalid DSN: unknown parameter `{key}`"))
+        }
+        Some(_) => Error::Usage("invalid DSN: unknown parameter".into()),
+        None => Error::Usage(format!("invalid DSN: {}", crate::error::describe_pg(e))),
     }
 }
 
@@ -738,6 +804,60 @@ mod tests {
             d.connector().unwrap().attempt_limit(),
             Duration::from_secs(11)
         );
+    }
+
+    #[test]
+    fn options_the_driver_knows_pass_through() {
+        let d = Dsn::parse("host=h sslnegotiation=direct sslmode=require target_session_attrs=read-write keepalives_idle=5").unwrap();
+        assert_eq!(d.get("sslnegotiation"), Some("direct"));
+        assert_eq!(d.get("target_session_attrs"), Some("read-write"));
+        assert_eq!(d.get("keepalives_idle"), Some("5"));
+        assert_eq!(Dsn::parse(&d.to_conninfo()).unwrap(), d);
+    }
+
+    #[test]
+    fn the_pre_pass_takes_only_real_tls_parameters() {
+        let d = Dsn::parse(
+            r"application_name='x sslmode=verify-full' sslrootcert='/a b' host=h dbname=",
+        )
+        .unwrap();
+        assert_eq!(d.get("application_name"), Some("x sslmode=verify-full"));
+        assert_eq!(d.get("sslmode"), None);
+        assert_eq!(d.get("sslrootcert"), Some("/a b"));
+        assert_eq!(d.get("dbname"), None);
+        assert_eq!(d.ssl_mode().unwrap(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn uri_at_signs_end_the_password_at_the_host() {
+        let d = Dsn::parse("postgres://u:p@ss@h/db?application_name=a@b&sslrootcert=%2Fca.pem")
+            .unwrap();
+        assert_eq!(d.password(), Some("p@ss"));
+        assert_eq!(d.get("host"), Some("h"));
+        assert_eq!(d.get("application_name"), Some("a@b"));
+        assert_eq!(d.get("sslrootcert"), Some("/ca.pem"));
+        assert!(!d.redacted().contains("p@ss"), "{}", d.redacted());
+        let e = Dsn::parse("postgres://app:pa/ss@host/db").unwrap_err();
+        assert!(e.to_string().contains("percent-encode"), "{e}");
+        assert!(!e.to_string().contains("ss@"), "{e}");
+    }
+
+    #[test]
+    fn resolved_dsns_round_trip_through_conninfo() {
+        let env = |k: &str| match k {
+            "PGSSLMODE" => Some("verify-full".to_string()),
+            "PGPASSWORD" => Some("it's a secret".to_string()),
+            _ => None,
+        };
+        let d = Dsn::resolve("postgresql://app@db:6432/orders?sslrootcert=system", &env).unwrap();
+        assert_eq!(d.ssl_mode().unwrap(), SslMode::VerifyFull);
+        assert_eq!(d.password(), Some("it's a secret"));
+        assert_eq!(d.get("application_name"), Some("dispatchbox"));
+        assert!(!d.redacted().contains("secret"));
+        assert_eq!(Dsn::parse(&d.to_conninfo()).unwrap(), d);
+        let bad_port = |k: &str| (k == "PGPORT").then(|| "notaport".to_string());
+        let e = Dsn::resolve("host=h", &bad_port).unwrap_err();
+        assert!(e.to_string().contains("port"), "{e}");
     }
 
     #[test]
