@@ -162,52 +162,38 @@ fn driver_params(c: &postgres::Config) -> Vec<(&'static str, String)> {
     let mut put = |key: &'static str, value: Option<String>| {
         out.extend(value.filter(|v| !v.is_empty()).map(|v| (key, v)));
     };
-    let list = |items: Vec<String>| Some(items.join(","));
-    let text = |s: &str| Some(s.to_string());
-    let secs = |d: Duration| Some(d.as_secs().to_string());
-    let hosts = c.get_hosts().iter().map(|h| match h {
-        Host::Tcp(name) => name.clone(),
-        Host::Unix(dir) => dir.to_string_lossy().into_owned(),
-    });
-    put("host", list(hosts.collect()));
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(dir) => dir.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let password = c.get_password().map(String::from_utf8_lossy);
+    put("host", list(&hosts));
+    put("hostaddr", list(c.get_hostaddrs()));
+    put("port", list(c.get_ports()));
+    put("user", c.get_user().map(String::from));
+    put("password", password.map(String::from));
+    put("dbname", c.get_dbname().map(String::from));
+    put("options", c.get_options().map(String::from));
     put(
-        "hostaddr",
-        list(c.get_hostaddrs().iter().map(|a| a.to_string()).collect()),
+        "application_name",
+        c.get_application_name().map(String::from),
     );
-    put(
-        "port",
-        list(c.get_ports().iter().map(|p| p.to_string()).collect()),
-    );
-    put("user", c.get_user().and_then(text));
-    put(
-        "password",
-        c.get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned()),
-    );
-    put("dbname", c.get_dbname().and_then(text));
-    put("options", c.get_options().and_then(text));
-    put("application_name", c.get_application_name().and_then(text));
-    put(
-        "connect_timeout",
-        c.get_connect_timeout().copied().and_then(secs),
-    );
-    put(
-        "tcp_user_timeout",
-        c.get_tcp_user_timeout().copied().and_then(secs),
-    );
-    put(
-        "keepalives",
-        text(if c.get_keepalives() { "" } else { "0" }),
-    );
+    put("connect_timeout", c.get_connect_timeout().map(secs));
+    put("tcp_user_timeout", c.get_tcp_user_timeout().map(secs));
+    put("keepalives", (!c.get_keepalives()).then(|| "0".into()));
     let idle = c.get_keepalives_idle();
     let default_idle = postgres::Config::new().get_keepalives_idle();
     put(
         "keepalives_idle",
-        (idle != default_idle).then_some(idle).and_then(secs),
+        (idle != default_idle).then(|| secs(&idle)),
     );
     put(
         "keepalives_interval",
-        c.get_keepalives_interval().and_then(secs),
+        c.get_keepalives_interval().as_ref().map(secs),
     );
     put(
         "keepalives_retries",
@@ -219,21 +205,29 @@ fn driver_params(c: &postgres::Config) -> Vec<(&'static str, String)> {
         TargetSessionAttrs::ReadOnly => "read-only",
         _ => "",
     };
-    put("target_session_attrs", text(attrs));
     let binding = match c.get_channel_binding() {
         ChannelBinding::Disable => "disable",
         ChannelBinding::Require => "require",
         _ => "",
     };
-    put("channel_binding", text(binding));
     let random = c.get_load_balance_hosts() == LoadBalanceHosts::Random;
-    put(
-        "load_balance_hosts",
-        text(if random { "random" } else { "" }),
-    );
     let direct = c.get_ssl_negotiation() == SslNegotiation::Direct;
-    put("sslnegotiation", text(if direct { "direct" } else { "" }));
+    put("target_session_attrs", Some(attrs.into()));
+    put("channel_binding", Some(binding.into()));
+    put("load_balance_hosts", random.then(|| "random".into()));
+    put("sslnegotiation", direct.then(|| "direct".into()));
     out
+}
+
+/// libpq's list form: `a,b,c`.
+fn list<T: ToString>(items: &[T]) -> Option<String> {
+    let items: Vec<String> = items.iter().map(T::to_string).collect();
+    Some(items.join(","))
+}
+
+/// Whole seconds, as libpq's timeouts are written.
+fn secs(d: &Duration) -> String {
+    d.as_secs().to_string()
 }
 
 #[cfg(test)]
