@@ -4,10 +4,10 @@
 //! and run without a statement timeout whatever the role says: `migrate` may build an index.
 
 use crate::config::AdminConfig;
+use crate::connect::connect_until;
 use crate::error::{read_only_message, Result};
 use crate::info;
 use crate::store;
-use crate::worker::connect_until;
 use std::io::Write;
 use std::time::Instant;
 

@@ -7,7 +7,7 @@
 
 use crate::backoff::Backoff;
 use crate::handler::Outcome;
-use crate::store::{truncate_error, Completion};
+use crate::store::{truncate_error, Completion, Status};
 use std::time::{Duration, Instant};
 
 /// Flush when this many results wait.
@@ -39,19 +39,19 @@ impl Completer {
     /// (permanent failure, or the attempt that just failed was the last one allowed).
     pub fn push(&mut self, id: i64, token: i32, outcome: Outcome) {
         let (status, delay, error) = match outcome {
-            Outcome::Delivered => ("done", 0.0, None),
-            Outcome::Permanent(e) => ("dead", 0.0, Some(e)),
+            Outcome::Delivered => (Status::Done, 0.0, None),
+            Outcome::Permanent(e) => (Status::Dead, 0.0, Some(e)),
             Outcome::Retry(e) | Outcome::Abort(e) | Outcome::Defer(e)
                 if token >= self.max_attempts =>
             {
-                ("dead", 0.0, Some(e))
+                (Status::Dead, 0.0, Some(e))
             }
             // The worker turns Abort and Defer into a release before they get here; count
             // them as a failed attempt should one ever arrive.
             Outcome::Retry(e) | Outcome::Abort(e) | Outcome::Defer(e) => {
                 let attempt = u32::try_from(token.max(1)).unwrap_or(1);
                 let d = self.backoff.delay(attempt, &mut self.rng).as_secs_f64();
-                ("retry", d, Some(e))
+                (Status::Retry, d, Some(e))
             }
         };
         self.pending.push(Completion {
@@ -113,16 +113,19 @@ mod tests {
         c.push(3, 3, Outcome::Retry("last".into()));
         c.push(4, 1, Outcome::Permanent("rejected".into()));
         let b = c.batch();
-        assert_eq!((b[0].status, b[0].error.as_deref()), ("done", None));
+        assert_eq!((b[0].status, b[0].error.as_deref()), (Status::Done, None));
         assert_eq!(
             (b[1].status, b[1].error.as_deref()),
-            ("retry", Some("boom"))
+            (Status::Retry, Some("boom"))
         );
         assert!(b[1].delay >= 7.5 && b[1].delay < 12.5, "{}", b[1].delay);
-        assert_eq!((b[2].status, b[2].error.as_deref()), ("dead", Some("last")));
+        assert_eq!(
+            (b[2].status, b[2].error.as_deref()),
+            (Status::Dead, Some("last"))
+        );
         assert_eq!(
             (b[3].status, b[3].error.as_deref()),
-            ("dead", Some("rejected"))
+            (Status::Dead, Some("rejected"))
         );
         assert!(c.due_at().is_some());
         c.clear();

@@ -3,6 +3,7 @@
 //! Messages are short, lowercase, and never contain a DSN's password: DSN errors name the
 //! offending parameter, never its value.
 
+use postgres::error::SqlState;
 use std::fmt;
 
 /// Exit codes, documented in the README ("Exit codes"). A cron wrapper can act on them.
@@ -60,31 +61,49 @@ impl Error {
 /// table, a certificate that does not verify, a server without TLS under sslmode=require,
 /// a configuration error, a read-only server (25006: a standby, or
 /// `default_transaction_read_only`) — fails the same way next time. Decided with the
-/// driver's predicates, SQLSTATE classes and error types, never by matching message text.
+/// driver's predicates, its `SqlState` constants and error types, never by message text.
 pub fn is_transient(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
     }
     if let Some(code) = e.code() {
-        let c = code.code();
-        // 08: connection exception, 53: insufficient resources, 57P0x: admin/crash
-        // shutdown or cannot connect now.
-        return c.starts_with("08")
-            || c.starts_with("53")
-            || c.starts_with("57P0")
-            || c == "57014" // query_canceled (statement_timeout)
-            || c == "55P03" // lock_not_available (lock_timeout)
-            || c == "40001" // serialization_failure
-            || c == "40P01"; // deadlock_detected
+        return TRANSIENT.contains(code);
     }
     // No SQLSTATE: transient only when an I/O error is the cause (refused, reset, timed out;
     // also inside a TLS handshake). A certificate that fails verification has no I/O cause.
     io_cause(e).is_some()
 }
 
-/// SQLSTATE 25006, read_only_sql_transaction.
+/// The SQLSTATEs worth a retry: every code of class 08 (connection exception) and class 53
+/// (insufficient resources), the 57P0x shutdowns and "cannot connect now", and the
+/// statement-level ones that the next attempt usually avoids.
+const TRANSIENT: &[SqlState] = &[
+    SqlState::CONNECTION_EXCEPTION,
+    SqlState::CONNECTION_DOES_NOT_EXIST,
+    SqlState::CONNECTION_FAILURE,
+    SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+    SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+    SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+    SqlState::PROTOCOL_VIOLATION,
+    SqlState::INSUFFICIENT_RESOURCES,
+    SqlState::DISK_FULL,
+    SqlState::OUT_OF_MEMORY,
+    SqlState::TOO_MANY_CONNECTIONS,
+    SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+    SqlState::ADMIN_SHUTDOWN,
+    SqlState::CRASH_SHUTDOWN,
+    SqlState::CANNOT_CONNECT_NOW,
+    SqlState::DATABASE_DROPPED,
+    SqlState::IDLE_SESSION_TIMEOUT,
+    SqlState::QUERY_CANCELED,     // statement_timeout
+    SqlState::LOCK_NOT_AVAILABLE, // lock_timeout
+    SqlState::T_R_SERIALIZATION_FAILURE,
+    SqlState::T_R_DEADLOCK_DETECTED,
+];
+
+/// A read-only server or session (a standby, or `default_transaction_read_only`).
 pub fn is_read_only(e: &postgres::Error) -> bool {
-    e.code().is_some_and(|c| c.code() == "25006")
+    e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
 }
 
 /// What a failed connection attempt means.

@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod cli;
 pub mod complete;
 pub mod config;
+pub mod connect;
 pub mod dsn;
 pub mod error;
 pub mod handler;

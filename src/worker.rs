@@ -14,11 +14,8 @@
 use crate::backoff::reconnect_delay;
 use crate::complete::Completer;
 use crate::config::Config;
-use crate::dsn::{Attempt, Connector};
-use crate::error::{
-    classify_connect, describe_pg, is_read_only, is_transient, read_only_message, ConnectFault,
-    Error, Result,
-};
+use crate::connect::{connect_refusal, connect_until, no_answer, Attempt, Connector};
+use crate::error::{describe_pg, is_read_only, is_transient, read_only_message, Error, Result};
 use crate::handler::{Event, Handler, Outcome, Router, TypeFilter};
 use crate::lease_clock::LeaseClock;
 use crate::store::{self, ClaimArgs, Claimed, Conn};
@@ -104,99 +101,6 @@ pub fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
         router.add(p, target.clone(), h);
     }
     Ok(router)
-}
-
-/// How one bounded connection attempt ended.
-#[allow(clippy::large_enum_variant)] // one per connection attempt, moved once
-enum Connected {
-    Client(postgres::Client),
-    Failed(postgres::Error),
-    /// The attempt did not end within the connector's attempt limit: the server accepted the
-    /// connection (the driver bounds the TCP connect itself) but did not answer.
-    NoAnswer(Duration),
-    /// `stop()` said so while waiting.
-    Stopped,
-}
-
-/// One attempt (or the wait for the one still in flight), bounded by the connector's attempt
-/// limit; `stop()` is asked every few tenths of a second.
-fn connect_once(connector: &Connector, stop: &mut dyn FnMut() -> bool) -> Connected {
-    let limit = connector.attempt_limit();
-    let started = Instant::now();
-    loop {
-        let left = limit.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Connected::NoAnswer(limit);
-        }
-        match connector.poll(left.min(Duration::from_millis(100))) {
-            Attempt::Done(Ok(c)) => return Connected::Client(c),
-            Attempt::Done(Err(e)) => return Connected::Failed(e),
-            Attempt::Pending if stop() => return Connected::Stopped,
-            Attempt::Pending => {}
-        }
-    }
-}
-
-/// The line for an attempt that got no answer.
-fn no_answer(limit: Duration) -> String {
-    format!(
-        "the server accepted the connection but did not answer within {:.0}s",
-        limit.as_secs_f64()
-    )
-}
-
-/// The error for a connection attempt that retrying will not fix, or `None` if it may.
-fn connect_refusal(what: &str, e: &postgres::Error) -> Option<Error> {
-    match classify_connect(e) {
-        ConnectFault::Transient => None,
-        ConnectFault::ReadOnly => Some(Error::Database(read_only_message(what))),
-        ConnectFault::NotPostgres => Some(Error::Database(format!(
-            "{what}: the server did not answer like a PostgreSQL server (wrong port?): {}",
-            describe_pg(e)
-        ))),
-        ConnectFault::Refused => Some(Error::Database(format!("{what}: {}", describe_pg(e)))),
-    }
-}
-
-/// Connects, retrying transient failures until `deadline`; authentication and other
-/// non-transient refusals fail at once. `pause(d)` waits between attempts and returns true
-/// when the wait was cut short by a stop request (then `Ok(None)`); `pause(0)` is also asked
-/// while an attempt is waiting for a silent server.
-pub fn connect_until(
-    connector: &Connector,
-    deadline: Instant,
-    what: &str,
-    pause: &mut dyn FnMut(Duration) -> bool,
-) -> Result<Option<postgres::Client>> {
-    let mut rng = fastrand::Rng::new();
-    let mut failures = 0u32;
-    loop {
-        let why = match connect_once(connector, &mut || pause(Duration::ZERO)) {
-            Connected::Client(c) => return Ok(Some(c)),
-            Connected::Stopped => return Ok(None),
-            Connected::Failed(e) => {
-                if let Some(refusal) = connect_refusal(what, &e) {
-                    return Err(refusal);
-                }
-                describe_pg(&e)
-            }
-            Connected::NoAnswer(limit) => no_answer(limit),
-        };
-        failures += 1;
-        if failures == 1 {
-            warn!("{what}: {why}; retrying");
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(Error::Unreachable(format!(
-                "{what}: {why} (gave up after {failures} attempt(s))"
-            )));
-        }
-        let wait = reconnect_delay(failures, Duration::from_secs(2), &mut rng);
-        if pause(wait.min(deadline - now)) {
-            return Ok(None);
-        }
-    }
 }
 
 /// After connecting: the session's settings, then refuse a read-only server (a standby, or

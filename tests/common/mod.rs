@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use dispatchbox::dsn::Dsn;
 use postgres::{Client, NoTls};
 
 /// Password of the `postgres` role in every cluster the harness starts (scram over TCP).
@@ -660,95 +661,21 @@ fn connect(dsn: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect to {}: {}", redact(dsn), pg_error(&e)))
 }
 
-/// `dsn` with its database replaced: `dbname=` for key=value DSNs, the path for URIs.
+/// `dsn` with its database replaced, in key=value form (read by dispatchbox's own parser).
 fn with_dbname(dsn: &str, dbname: &str) -> String {
-    let dsn = dsn.trim();
-    if let Some(scheme_end) = ["postgres://", "postgresql://"]
-        .iter()
-        .find(|s| dsn.starts_with(*s))
-        .map(|s| s.len())
-    {
-        let rest = &dsn[scheme_end..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let after_path = rest[authority_end..]
-            .find('?')
-            .map_or("", |q| &rest[authority_end + q..]);
-        return format!(
-            "{}{}/{dbname}{after_path}",
-            &dsn[..scheme_end],
-            &rest[..authority_end]
-        );
-    }
-    let mut kept: Vec<String> = kv_pairs(dsn)
-        .into_iter()
-        .filter(|(key, _)| key != "dbname")
-        .map(|(key, raw)| format!("{key}={raw}"))
-        .collect();
-    kept.push(format!("dbname={dbname}"));
-    kept.join(" ")
-}
-
-/// `key = value` pairs of a libpq DSN; values keep their quoting.
-fn kv_pairs(dsn: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    let mut chars = dsn.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        if key.is_empty() {
-            return pairs;
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        chars.next_if_eq(&'=');
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut raw = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            raw.push('\'');
-            while let Some(c) = chars.next() {
-                raw.push(c);
-                match c {
-                    '\\' => raw.extend(chars.next()),
-                    '\'' => break,
-                    _ => {}
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                raw.push(c);
-                if c == '\\' {
-                    raw.extend(chars.next());
-                }
-            }
-        }
-        pairs.push((key, raw));
-    }
+    Dsn::parse(dsn)
+        .and_then(|d| d.with_dbname(dbname))
+        .map(|d| d.to_conninfo())
+        .unwrap_or_else(|e| panic!("DISPATCHBOX_TEST_DSN: {e}"))
 }
 
 /// The DSN for messages, without its password (the harness's own [`PASSWORD`] may show).
 fn redact(dsn: &str) -> String {
-    if dsn.contains("://") {
-        // scheme://user:password@host: hide what is between the first ':' and '@'.
-        if let (Some(start), Some(at)) = (dsn.find("://"), dsn.rfind('@')) {
-            if let Some(colon) = dsn[start + 3..at].find(':') {
-                let colon = start + 3 + colon;
-                if &dsn[colon + 1..at] != PASSWORD {
-                    return format!("{}:***{}", &dsn[..colon], &dsn[at..]);
-                }
-            }
-        }
-        return dsn.to_string();
+    match Dsn::parse(dsn) {
+        Ok(d) if d.password().is_none_or(|p| p == PASSWORD) => dsn.to_string(),
+        Ok(d) => d.redacted(),
+        Err(_) => "(a DSN that does not parse)".to_string(),
     }
-    kv_pairs(dsn)
-        .into_iter()
-        .map(|(key, raw)| match key.as_str() {
-            "password" if raw != PASSWORD => "password=***".to_string(),
-            _ => format!("{key}={raw}"),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Inserts `n` events of `event_type` (aggregate `order`/`g`, payload `{"n": g}`, g = 1..n)
@@ -1040,23 +967,23 @@ mod tests {
         assert_eq!(with_dbname("host = h", "x"), "host=h dbname=x");
         assert_eq!(
             with_dbname("postgres://u:p@h:5/app?sslmode=disable", "x"),
-            "postgres://u:p@h:5/x?sslmode=disable"
+            "host=h port=5 user=u password=p dbname=x sslmode=disable"
         );
-        assert_eq!(with_dbname("postgresql://h", "x"), "postgresql://h/x");
         assert_eq!(
-            with_dbname("postgresql://h?sslmode=disable", "x"),
-            "postgresql://h/x?sslmode=disable"
+            with_dbname("postgresql://h", "x"),
+            "host=h port=5432 dbname=x"
         );
     }
 
     #[test]
     fn redact_hides_passwords() {
+        assert_eq!(redact("host=h password=s3 user=u"), "host=h user=u");
         assert_eq!(
-            redact("host=h password=s3 user=u"),
-            "host=h password=*** user=u"
+            redact("postgres://u:s3@h/db"),
+            "host=h port=5432 user=u dbname=db"
         );
-        assert_eq!(redact("postgres://u:s3@h/db"), "postgres://u:***@h/db");
         let local = format!("host=h password={PASSWORD}");
         assert_eq!(redact(&local), local);
+        assert!(!redact("host=h password=s3 port=x").contains("s3"));
     }
 }

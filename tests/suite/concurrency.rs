@@ -5,7 +5,7 @@ use super::{assert_exactly_once, db_with_events, delivered_ids};
 use crate::common;
 use dispatchbox::config::Table;
 use dispatchbox::handler::TypeFilter;
-use dispatchbox::store::{ClaimArgs, Claimed, Completion, Conn};
+use dispatchbox::store::{ClaimArgs, Claimed, Completion, Conn, Status};
 use std::time::Duration;
 
 #[test]
@@ -123,7 +123,7 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     let late = Completion {
         id: 1,
         token: 1,
-        status: "done",
+        status: Status::Done,
         delay: 0.0,
         error: None,
     };
@@ -134,7 +134,7 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     let forged = Completion {
         id: 1,
         token: 2,
-        status: "dead",
+        status: Status::Dead,
         delay: 0.0,
         error: None,
     };
@@ -156,7 +156,7 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     let ok = Completion {
         id: 1,
         token: 2,
-        status: "done",
+        status: Status::Done,
         delay: 0.0,
         error: None,
     };

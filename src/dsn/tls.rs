@@ -1,0 +1,177 @@
+//! TLS with libpq's meanings, built on native-tls: `sslmode` (`prefer` and `require`
+//! encrypt without checking, `require` with a root certificate and `verify-ca` check the
+//! chain, `verify-full` the host name too), `sslrootcert` (a file, `system`, or
+//! `~/.postgresql/root.crt`), client certificates (`sslcert` + `sslkey`), and the
+//! [`Connector`] a DSN makes.
+//!
+//! Invariant: certificate files are read, and a bad one reported, before any connection.
+
+use super::Dsn;
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Dsn {
+    pub fn ssl_mode(&self) -> Result<SslMode> {
+        match self.get("sslmode").unwrap_or("prefer") {
+            "disable" => Ok(SslMode::Disable),
+            "allow" | "prefer" => Ok(SslMode::Prefer),
+            "require" if self.get("sslrootcert").is_some() => Ok(SslMode::VerifyCa),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            _ => Err(Error::Usage(
+                "invalid DSN: sslmode must be disable, allow, prefer, require, verify-ca or verify-full"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Builds what `connect` needs; fails on unreadable certificate files.
+    pub fn connector(&self) -> Result<Connector> {
+        let config = self.driver_config()?;
+        let mode = self.ssl_mode()?;
+        let only_sockets = config
+            .get_hosts()
+            .iter()
+            .all(|h| !matches!(h, postgres::config::Host::Tcp(_)))
+            && config.get_hostaddrs().is_empty();
+        // libpq ignores sslmode on unix sockets (there is no TLS there); so do we.
+        if mode == SslMode::Disable || only_sockets {
+            let mut config = config;
+            config.ssl_mode(postgres::config::SslMode::Disable);
+            return Ok(Connector::new(config, None));
+        }
+        let tls = self
+            .tls_builder(mode)?
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot set up TLS: {e}")))?;
+        Ok(Connector::new(
+            config,
+            Some(postgres_native_tls::MakeTlsConnector::new(tls)),
+        ))
+    }
+
+    /// Checks everything `connector` would, reading the certificate files, without building
+    /// the TLS context (which loads the system's CA bundle): for the supervisor's start-up.
+    pub fn check(&self) -> Result<()> {
+        self.driver_config()?;
+        self.tls_builder(self.ssl_mode()?).map(|_| ())
+    }
+
+    /// The TLS settings for `mode`, with the root and client certificates read from disk.
+    fn tls_builder(&self, mode: SslMode) -> Result<native_tls::TlsConnectorBuilder> {
+        let mut b = native_tls::TlsConnector::builder();
+        match mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+                // libpq's prefer/require encrypt but do not check the certificate.
+                b.danger_accept_invalid_certs(true);
+                b.danger_accept_invalid_hostnames(true);
+            }
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                if mode == SslMode::VerifyCa {
+                    b.danger_accept_invalid_hostnames(true);
+                }
+                let root = match self.get("sslrootcert") {
+                    Some(p) => Some(p.to_string()),
+                    None => home_file(".postgresql/root.crt")
+                        .filter(|p| p.exists())
+                        .map(|p| p.to_string_lossy().into_owned()),
+                };
+                match root.as_deref() {
+                    // PostgreSQL 16's spelling for "the system's trusted roots".
+                    Some("system") => {}
+                    Some(path) => {
+                        let pem = std::fs::read(path).map_err(|e| {
+                            Error::Usage(format!("cannot read sslrootcert file {path}: {e}"))
+                        })?;
+                        let certs = pem_blocks(&pem, "CERTIFICATE");
+                        if certs.is_empty() {
+                            return Err(Error::Usage(format!(
+                                "sslrootcert file {path} holds no PEM certificate"
+                            )));
+                        }
+                        b.disable_built_in_roots(true);
+                        for c in certs {
+                            let cert = native_tls::Certificate::from_pem(&c).map_err(|e| {
+                                Error::Usage(format!("bad certificate in {path}: {e}"))
+                            })?;
+                            b.add_root_certificate(cert);
+                        }
+                    }
+                    // No root file: the system's roots (where libpq would refuse to connect).
+                    None => {}
+                }
+            }
+        }
+        if let (Some(cert), Some(key)) = (self.get("sslcert"), self.get("sslkey")) {
+            let cert_pem = std::fs::read(cert)
+                .map_err(|e| Error::Usage(format!("cannot read sslcert file {cert}: {e}")))?;
+            let key_pem = std::fs::read(key)
+                .map_err(|e| Error::Usage(format!("cannot read sslkey file {key}: {e}")))?;
+            let id = native_tls::Identity::from_pkcs8(&cert_pem, &key_pem)
+                .map_err(|e| Error::Usage(format!("bad client certificate or key: {e}")))?;
+            b.identity(id);
+        }
+        Ok(b)
+    }
+}
+
+/// The PEM blocks of one kind in a file, each re-wrapped as its own PEM document.
+fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find(&begin) {
+        let Some(stop) = rest[start..].find(&end) else {
+            break;
+        };
+        let block = &rest[start..start + stop + end.len()];
+        out.push(format!("{block}\n").into_bytes());
+        rest = &rest[start + stop + end.len()..];
+    }
+    out
+}
+
+fn home_file(rel: &str) -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn require_with_root_cert_verifies_like_libpq() {
+        let d = Dsn::parse("host=h sslmode=require sslrootcert=/x").unwrap();
+        assert_eq!(d.ssl_mode().unwrap(), SslMode::VerifyCa);
+        let d = Dsn::parse("host=h").unwrap();
+        assert_eq!(d.ssl_mode().unwrap(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn an_attempt_is_bounded_per_host_plus_a_second() {
+        let d = Dsn::parse("host=a,b port=1,2 connect_timeout=3 sslmode=disable").unwrap();
+        let mut c = d.connector().unwrap();
+        assert_eq!(c.attempt_limit(), Duration::from_secs(7));
+        c.cap_attempt_timeout(Duration::from_millis(200));
+        assert_eq!(c.attempt_limit(), Duration::from_secs(3));
+        let d = Dsn::parse("host=a sslmode=disable").unwrap();
+        assert_eq!(
+            d.connector().unwrap().attempt_limit(),
+            Duration::from_secs(11)
+        );
+    }
+}

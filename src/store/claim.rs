@@ -1,0 +1,321 @@
+//! The hot path: the claim (due rows, leased), and every write fenced by the claim's token
+//! (complete, extend, release), as statements prepared once per connection on [`Conn`].
+//!
+//! Invariants: the claim is one statement in its own (autocommit) transaction; every write
+//! after it is fenced by `locked_by = <this worker> AND attempts = <token>`; one statement
+//! per batch (arrays + unnest), never one per event.
+
+use super::{bind, session_settings, Status};
+use crate::config::Table;
+use crate::handler::{Event, TypeFilter};
+use postgres::{Client, Statement};
+use std::time::Duration;
+
+/// One claimed row.
+pub struct Claimed {
+    pub event: Event,
+    /// `attempts` after the claim: the fencing token for every later write.
+    pub token: i32,
+    /// The event had used all its attempts (its last worker died holding it, or it was
+    /// re-queued by hand): the claim marked it `dead` instead of leasing it; do not
+    /// dispatch it.
+    pub exhausted: bool,
+    /// Why it is dead (its new `last_error`) when `exhausted`.
+    pub dead_reason: Option<String>,
+}
+
+/// A handler's verdict, ready to be written.
+pub struct Completion {
+    pub id: i64,
+    pub token: i32,
+    pub status: Status,
+    /// Seconds until a `retry` is due again (ignored otherwise).
+    pub delay: f64,
+    pub error: Option<String>,
+}
+
+// The statements are built from these fragments, so the standalone claim, the standalone
+// completion and the combined "complete + claim" round trip are the same SQL. `{t}` is the
+// quoted table; `@name` placeholders become `$n` bind parameters (see `bind`).
+
+/// Due rows in due order. Served by the partial index (next_run_at) WHERE status IN
+/// ('pending','retry'): an index range scan however many done/dead rows exist. Rows leased by
+/// another worker have next_run_at in the future and fall outside the range; SKIP LOCKED skips
+/// rows another claim is taking at this instant.
+const DUE: &str = "
+    SELECT id FROM {t}
+    WHERE status IN ('pending', 'retry') AND next_run_at <= now()
+      AND (@all::bool OR event_type = ANY(@exact::text[]) OR event_type LIKE ANY(@like::text[]))
+    ORDER BY next_run_at
+    LIMIT @n
+    FOR UPDATE SKIP LOCKED";
+
+/// Leases the `due` rows: attempts + 1 (the fencing token), next_run_at = lease expiry,
+/// locked_by = this worker. An event whose attempts are used up is marked dead instead: its
+/// last holder died with the lease (locked_by still set), or it was re-queued by hand
+/// without resetting attempts (locked_by NULL); last_error says which. `id = ANY(ARRAY(...))` rather than a join with `due`:
+/// the planner cannot estimate a CTE's size and, with a generic plan, hashes the whole table.
+const LEASE: &str = "
+    UPDATE {t} AS e SET
+        attempts    = CASE WHEN coalesce(e.attempts, 0) >= @max THEN e.attempts ELSE coalesce(e.attempts, 0) + 1 END,
+        status      = CASE WHEN coalesce(e.attempts, 0) >= @max THEN 'dead' ELSE e.status END,
+        last_error  = CASE WHEN coalesce(e.attempts, 0) < @max THEN e.last_error
+                           WHEN e.locked_by IS NOT NULL
+                           THEN 'attempts exhausted: the lease of the final attempt expired (worker died?)'
+                           ELSE 'attempts exhausted: re-queued with all ' || coalesce(e.attempts, 0)
+                                || ' attempts used (reset attempts to 0 to retry it)' END,
+        next_run_at = CASE WHEN coalesce(e.attempts, 0) >= @max THEN e.next_run_at
+                           ELSE now() + make_interval(secs => @lease::float8) END,
+        locked_by   = CASE WHEN coalesce(e.attempts, 0) >= @max THEN NULL ELSE @owner::text END,
+        locked_at   = CASE WHEN coalesce(e.attempts, 0) >= @max THEN NULL ELSE now() END
+    WHERE e.id = ANY (ARRAY(SELECT id FROM due))
+    RETURNING e.id::bigint, e.attempts::int, e.status::text, e.event_type::text,
+              e.aggregate_type::text, e.aggregate_id::text, coalesce(e.payload::text, 'null') AS payload,
+              CASE WHEN e.status = 'dead' THEN e.last_error END AS dead_reason";
+
+/// Writes a batch of results. Primary-key lookups, fenced by owner and token.
+const COMPLETE: &str = "
+    UPDATE {t} AS e SET
+        status       = r.status,
+        next_run_at  = CASE WHEN r.status = 'retry'
+                            THEN now() + make_interval(secs => r.delay) ELSE e.next_run_at END,
+        last_error   = CASE WHEN r.status = 'done' THEN e.last_error ELSE r.error END,
+        delivered_at = CASE WHEN r.status = 'done' THEN now() ELSE e.delivered_at END,
+        locked_by    = NULL,
+        locked_at    = NULL
+    FROM unnest(@ids::bigint[], @tokens::int[], @statuses::text[], @delays::float8[], @errors::text[])
+         AS r(id, token, status, delay, error)
+    WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text";
+
+/// Returns the ids still held: the others were taken over (their lease had expired).
+const EXTEND: &str = "
+    UPDATE {t} AS e SET next_run_at = now() + make_interval(secs => @lease::float8)
+    FROM unnest(@ids::bigint[], @tokens::int[]) AS r(id, token)
+    WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text
+      AND e.status IN ('pending', 'retry')
+    RETURNING e.id::bigint";
+
+/// Of a batch of results sent again after a lost reply: how many rows already hold exactly
+/// what the first send wrote (same token, no lease, the intended status). Primary-key lookups.
+const ALREADY_WRITTEN: &str = "
+    SELECT count(*) FROM {t} AS e
+    JOIN unnest(@ids::bigint[], @tokens::int[], @statuses::text[]) AS r(id, token, status)
+      ON e.id = r.id
+    WHERE e.attempts = r.token AND e.locked_by IS NULL AND e.status = r.status";
+
+/// Given back with its attempt: unstarted at shutdown (delay 0, due again at once), or
+/// deferred by its handler for a local reason (due again after `delay` seconds).
+const RELEASE: &str = "
+    UPDATE {t} AS e SET attempts = e.attempts - 1,
+                        next_run_at = now() + make_interval(secs => r.delay),
+                        locked_by = NULL, locked_at = NULL
+    FROM unnest(@ids::bigint[], @tokens::int[], @delays::float8[]) AS r(id, token, delay)
+    WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text
+      AND e.status IN ('pending', 'retry')";
+
+const CLAIM_PARAMS: &[&str] = &["n", "lease", "all", "exact", "like", "max", "owner"];
+const COMPLETE_PARAMS: &[&str] = &["ids", "tokens", "statuses", "delays", "errors", "owner"];
+const HELD_PARAMS: &[&str] = &["ids", "tokens", "owner", "lease"];
+const RELEASE_PARAMS: &[&str] = &["ids", "tokens", "owner", "delays"];
+
+/// A connection with this worker's statements prepared on it.
+pub struct Conn {
+    pub client: Client,
+    claim: Statement,
+    complete: Statement,
+    complete_and_claim: Statement,
+    extend: Statement,
+    release: Statement,
+}
+
+/// The claim's parameters.
+pub struct ClaimArgs<'a> {
+    pub n: u32,
+    pub lease: Duration,
+    pub owner: &'a str,
+    pub filter: &'a TypeFilter,
+    pub max_attempts: i32,
+}
+
+impl Conn {
+    /// Applies [`session_settings`] (again, if the caller already did before its own
+    /// start-up queries: it is one cheap round trip) and prepares the statements.
+    pub fn prepare(
+        mut client: Client,
+        table: &Table,
+        lease: Duration,
+    ) -> Result<Conn, postgres::Error> {
+        session_settings(&mut client, lease)?;
+        let claim = client.prepare(&bind(
+            &format!("WITH due AS ({DUE}) {LEASE}"),
+            table,
+            CLAIM_PARAMS,
+        ))?;
+        let complete = client.prepare(&bind(COMPLETE, table, COMPLETE_PARAMS))?;
+        // One round trip and one commit for "write the last results, claim the next batch".
+        // The completed rows are leased by us (next_run_at in the future), so `due` does not
+        // see them. Should a result arrive after its own lease expired, the row may match both
+        // updates; PostgreSQL then applies only the first and the other skips the row — either
+        // the result is written, or the event is claimed again: nothing is lost.
+        let mut names: Vec<&str> = COMPLETE_PARAMS.to_vec();
+        names.extend(CLAIM_PARAMS.iter().filter(|n| !COMPLETE_PARAMS.contains(n)));
+        let complete_and_claim = client.prepare(&bind(
+            &format!(
+                "WITH done AS ({COMPLETE} RETURNING 1), due AS ({DUE}), claimed AS ({LEASE})
+                 SELECT w.n, c.* FROM (SELECT count(*) AS n FROM done) AS w
+                 LEFT JOIN claimed AS c ON true"
+            ),
+            table,
+            &names,
+        ))?;
+        let extend = client.prepare(&bind(EXTEND, table, HELD_PARAMS))?;
+        let release = client.prepare(&bind(RELEASE, table, RELEASE_PARAMS))?;
+        Ok(Conn {
+            client,
+            claim,
+            complete,
+            complete_and_claim,
+            extend,
+            release,
+        })
+    }
+
+    pub fn claim(&mut self, a: &ClaimArgs<'_>) -> Result<Vec<Claimed>, postgres::Error> {
+        let rows = self.client.query(
+            &self.claim,
+            &[
+                &i64::from(a.n),
+                &a.lease.as_secs_f64(),
+                &a.filter.all,
+                &a.filter.exact,
+                &a.filter.like,
+                &a.max_attempts,
+                &a.owner,
+            ],
+        )?;
+        Ok(rows.iter().map(|r| claimed_from(r, 0)).collect())
+    }
+
+    /// Writes a batch of results; returns how many still belonged to us.
+    pub fn complete(&mut self, owner: &str, batch: &[Completion]) -> Result<u64, postgres::Error> {
+        let c = CompletionColumns::new(batch);
+        self.client.execute(
+            &self.complete,
+            &[&c.ids, &c.tokens, &c.statuses, &c.delays, &c.errors, &owner],
+        )
+    }
+
+    /// `complete` and `claim` in one statement: (results written, events claimed).
+    pub fn complete_and_claim(
+        &mut self,
+        batch: &[Completion],
+        claim: &ClaimArgs<'_>,
+    ) -> Result<(u64, Vec<Claimed>), postgres::Error> {
+        let c = CompletionColumns::new(batch);
+        let rows = self.client.query(
+            &self.complete_and_claim,
+            &[
+                &c.ids,
+                &c.tokens,
+                &c.statuses,
+                &c.delays,
+                &c.errors,
+                &claim.owner,
+                &i64::from(claim.n),
+                &claim.lease.as_secs_f64(),
+                &claim.filter.all,
+                &claim.filter.exact,
+                &claim.filter.like,
+                &claim.max_attempts,
+            ],
+        )?;
+        let written = rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0);
+        let claimed = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .map(|r| claimed_from(r, 1))
+            .collect();
+        Ok((u64::try_from(written).unwrap_or(0), claimed))
+    }
+
+    /// Extends the leases of `held`; returns the ids that are still ours.
+    pub fn extend(
+        &mut self,
+        owner: &str,
+        held: &[(i64, i32)],
+        lease: Duration,
+    ) -> Result<Vec<i64>, postgres::Error> {
+        let (ids, tokens): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+        let rows = self
+            .client
+            .query(&self.extend, &[&ids, &tokens, &owner, &lease.as_secs_f64()])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// See `ALREADY_WRITTEN`. Runs only after a lost reply, never on the hot path.
+    pub fn already_written(
+        &mut self,
+        table: &Table,
+        batch: &[Completion],
+    ) -> Result<i64, postgres::Error> {
+        let c = CompletionColumns::new(batch);
+        let sql = bind(ALREADY_WRITTEN, table, &["ids", "tokens", "statuses"]);
+        Ok(self
+            .client
+            .query_one(&sql, &[&c.ids, &c.tokens, &c.statuses])?
+            .get(0))
+    }
+
+    /// Gives events back without using their attempt; `delays[i]` is how many seconds
+    /// `held[i]` waits before it is due again.
+    pub fn release(
+        &mut self,
+        owner: &str,
+        held: &[(i64, i32)],
+        delays: &[f64],
+    ) -> Result<u64, postgres::Error> {
+        let (ids, tokens): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+        self.client
+            .execute(&self.release, &[&ids, &tokens, &owner, &delays])
+    }
+}
+
+/// A batch of completions as the parallel arrays `unnest` takes.
+struct CompletionColumns<'a> {
+    ids: Vec<i64>,
+    tokens: Vec<i32>,
+    statuses: Vec<&'a str>,
+    delays: Vec<f64>,
+    errors: Vec<Option<&'a str>>,
+}
+
+impl<'a> CompletionColumns<'a> {
+    fn new(batch: &'a [Completion]) -> Self {
+        CompletionColumns {
+            ids: batch.iter().map(|c| c.id).collect(),
+            tokens: batch.iter().map(|c| c.token).collect(),
+            statuses: batch.iter().map(|c| c.status.as_str()).collect(),
+            delays: batch.iter().map(|c| c.delay).collect(),
+            errors: batch.iter().map(|c| c.error.as_deref()).collect(),
+        }
+    }
+}
+
+/// A `LEASE ... RETURNING` row whose columns start at `at`.
+fn claimed_from(r: &postgres::Row, at: usize) -> Claimed {
+    let token: i32 = r.get(at + 1);
+    let status: Option<String> = r.get(at + 2);
+    Claimed {
+        event: Event {
+            id: r.get(at),
+            event_type: r.get(at + 3),
+            aggregate_type: r.get(at + 4),
+            aggregate_id: r.get(at + 5),
+            payload: r.get(at + 6),
+            attempt: token,
+        },
+        token,
+        exhausted: status.as_deref() == Some(Status::Dead.as_str()),
+        dead_reason: r.get(at + 7),
+    }
+}
