@@ -67,7 +67,10 @@ pub fn is_transient(e: &postgres::Error) -> bool {
         return true;
     }
     if let Some(code) = e.code() {
-        return TRANSIENT.contains(code);
+        // Whole classes too: a code added later to class 08 (connection exception) or 53
+        // (insufficient resources) is still a passing connection or resource problem.
+        let class = code.code().get(..2);
+        return matches!(class, Some("08" | "53")) || TRANSIENT.contains(code);
     }
     // No SQLSTATE: transient only when an I/O error is the cause (refused, reset, timed out;
     // also inside a TLS handshake). A certificate that fails verification has no I/O cause.
