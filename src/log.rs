@@ -6,8 +6,11 @@
 //! redacted form from `dsn::Dsn::redacted` is the only one that may be logged.
 //!
 //! One call is one physical line: control characters in the message (a newline in an event
-//! type, a table name, a route) are escaped, so logged values cannot forge a line (nor the
-//! supervisor's markers, which it reads from its children's stderr).
+//! type, a table name, a route) are escaped, so logged values cannot forge a line.
+//!
+//! A worker's stderr is a pipe to its supervisor, which forwards it. Once the supervisor is
+//! gone, a worker logs to the copy of the supervisor's own stderr it was given instead
+//! (`protocol::LOG_FD`), so its shutdown lines are not lost.
 
 use std::fmt;
 use std::io::Write;
@@ -97,7 +100,8 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
 }
 
 /// Where a worker logs once its supervisor, which forwards its stderr, is gone: the
-/// supervisor's own stderr, inherited as a separate descriptor (see `supervisor::spawn`).
+/// supervisor's own stderr, inherited as a separate descriptor (`protocol::LOG_FD`, placed by the supervisor's
+/// `spawn` module).
 static FALLBACK: OnceLock<std::fs::File> = OnceLock::new();
 static USE_FALLBACK: AtomicBool = AtomicBool::new(false);
 
