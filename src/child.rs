@@ -88,18 +88,25 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
         );
     }));
 
-    let router = worker::build_router(&cfg, compiled)?;
+    let router = crate::sink::build_router(&cfg, compiled)?;
     let mut ready = || {
         use std::io::Write;
         let line = format!("{}\n", crate::supervisor::READY_MARKER);
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     };
-    match worker::run(&cfg, &router, index, tx, rx, &mut ready)? {
+    match worker::run(&cfg, &router, index, tx, rx, &mut ready, exit_now)? {
         Ended::Drained | Ended::Stopped => {
             info!("exiting");
             Ok(exit::OK)
         }
+        Ended::Abandoned { code } => Ok(code),
     }
+}
+
+/// Ends the process at once: the worker abandoned handler threads that may never return,
+/// so it cannot return through the scope that runs them (see `worker`).
+fn exit_now(code: u8) -> ! {
+    std::process::exit(i32::from(code))
 }
 
 /// The copy of the supervisor's stderr the supervisor placed at `fd`: kept as the log
