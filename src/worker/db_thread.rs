@@ -1,37 +1,38 @@
 //! The DB thread's loop: absorb what arrived on the inbox, keep the link, write what waits
 //! (complete, release, extend), then either check the stop or claim the next batch (and, with
 //! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message.
-//! The books are the ledger's, the connection is the link's: this file only sequences them,
-//! one short function per phase, and logs what happened.
+//! The books are the ledger's, the connection is the link's, the statements are in
+//! `round_trips`: this file only sequences them, one short function per phase, and logs what
+//! happened.
 //!
 //! Invariant: the loop only ends with every result and release written, except when it
 //! abandons handlers still running at the shutdown deadline (or after a fatal error) — then it
 //! says so and returns `Ended::Abandoned` for `worker::run` to act on.
 
-use super::drain::{DrainLimits, DrainWatch};
+use super::drain::DrainWatch;
 use super::lease_clock::LeaseClock;
 use super::ledger::{Finished, Ledger, Limits};
 use super::link::Link;
-use super::pool::{kill_exec_commands, Job, Pool};
+use super::pool::{kill_exec_commands, Pool};
 use super::{Ended, Msg};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
-use crate::store::{self, ClaimArgs, Claimed};
 use crate::{debug, error, info, warn};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
+/// The DB thread's state: the rooms it sequences. Its round trips are in `round_trips`.
 pub(super) struct DbThread<'a> {
-    cfg: &'a Config,
-    router: &'a Router,
-    filter: TypeFilter,
-    owner: String,
+    pub(super) cfg: &'a Config,
+    pub(super) router: &'a Router,
+    pub(super) filter: TypeFilter,
+    pub(super) owner: String,
     inbox: Receiver<Msg>,
-    link: Link<'a>,
-    ledger: Ledger<'a>,
-    pool: Pool<'a>,
-    drain: DrainWatch,
+    pub(super) link: Link<'a>,
+    pub(super) ledger: Ledger<'a>,
+    pub(super) pool: Pool<'a>,
+    pub(super) drain: DrainWatch,
     /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
     failure: Option<String>,
 }
@@ -218,213 +219,6 @@ impl<'a> DbThread<'a> {
             return Ok(Some(self.abandon()));
         }
         Ok(None)
-    }
-
-    // ---- complete ----
-
-    fn flush(&mut self) -> Result<()> {
-        let n = self.ledger.results().len();
-        self.ledger.sending_results();
-        let (owner, ledger) = (&self.owner, &self.ledger);
-        let written = self.link.with(ledger.unwritten(), |c| {
-            c.complete(owner, ledger.results().batch())
-        })?;
-        match written {
-            Some(written) => self.written(written, n),
-            None => Ok(()),
-        }
-    }
-
-    /// The database accepted a batch of `n` results, `written` of which were still ours.
-    /// After a lost reply, the rest may simply have been written by the first send: those are
-    /// counted and not reported as lost.
-    fn written(&mut self, written: u64, n: usize) -> Result<()> {
-        let mut missing = n.saturating_sub(written as usize);
-        if missing > 0 && self.ledger.results().sent_before() {
-            let (table, ledger) = (&self.cfg.table, &self.ledger);
-            let Some(already) = self.link.with(ledger.unwritten(), |c| {
-                c.already_written(table, ledger.results().batch())
-            })?
-            else {
-                // Kept, and sent again: fenced, it changes nothing that was written.
-                return Ok(());
-            };
-            let already = usize::try_from(already).unwrap_or(0).min(missing);
-            if already > 0 {
-                info!(
-                    "{already} result(s) had already been written before the connection was \
-                     lost (the reply was lost, not the write)"
-                );
-            }
-            missing -= already;
-        }
-        if missing > 0 {
-            warn!(
-                "{missing} of {n} result(s) were not applied: the event's lease had passed to \
-                 another claim"
-            );
-        }
-        debug!("wrote {written} result(s)");
-        self.ledger.results_written();
-        Ok(())
-    }
-
-    // ---- release ----
-
-    fn release(&mut self) -> Result<()> {
-        let delays = self.ledger.release_delays();
-        let (owner, ledger) = (&self.owner, &self.ledger);
-        let n = self.link.with(ledger.unwritten(), |c| {
-            c.release(owner, ledger.to_release(), &delays)
-        })?;
-        if let Some(n) = n {
-            self.released(n, &delays);
-        }
-        Ok(())
-    }
-
-    fn released(&mut self, n: u64, delays: &[f64]) {
-        let deferred = delays.iter().filter(|d| **d > 0.0).count();
-        if deferred == 0 {
-            info!("released {n} unstarted event(s): claimable again at once");
-        } else {
-            debug!("gave back {n} event(s), {deferred} of them deferred");
-        }
-        self.ledger.released();
-    }
-
-    // ---- extend ----
-
-    fn extend(&mut self) -> Result<()> {
-        let held = self.ledger.to_extend();
-        for (id, token, running) in self.ledger.overdue(Instant::now()) {
-            warn!(
-                "event {id} (attempt {token}) has been in flight for {:.0}s; its lease is kept \
-                 while its handler runs — is the handler stuck?",
-                running.as_secs_f64()
-            );
-        }
-        let (owner, lease) = (&self.owner, self.cfg.lease);
-        let sent = Instant::now();
-        let kept = if held.is_empty() {
-            Vec::new()
-        } else {
-            match self
-                .link
-                .with(self.ledger.unwritten(), |c| c.extend(owner, &held, lease))?
-            {
-                Some(kept) => kept,
-                None => return Ok(()),
-            }
-        };
-        debug!("extended the lease of {} in-flight event(s)", kept.len());
-        let lost = self.ledger.extended(held, kept, sent, Instant::now());
-        if !lost.is_empty() {
-            warn!(
-                "{} in-flight event(s) were taken over by another worker before their lease \
-                 could be extended (this worker was cut off longer than --lease); queued ones \
-                 will not be started, running ones' results will not be written",
-                lost.len()
-            );
-        }
-        Ok(())
-    }
-
-    // ---- claim ----
-
-    /// Claims the next batch; pending results ride along in the same statement. `None`: the
-    /// statement did not run or failed in a way worth retrying.
-    fn claim(&mut self) -> Result<Option<usize>> {
-        let args = ClaimArgs {
-            n: self.cfg.batch_size,
-            lease: self.cfg.lease,
-            owner: &self.owner,
-            filter: &self.filter,
-            max_attempts: self.cfg.max_attempts,
-        };
-        let sent = Instant::now();
-        let unwritten = self.ledger.unwritten();
-        let claimed = if self.ledger.results().is_empty() {
-            self.link.with(unwritten, |c| c.claim(&args))?
-        } else {
-            let n = self.ledger.results().len();
-            self.ledger.sending_results();
-            let ledger = &self.ledger;
-            let both = self.link.with(unwritten, |c| {
-                c.complete_and_claim(ledger.results().batch(), &args)
-            })?;
-            let Some((written, claimed)) = both else {
-                return Ok(None);
-            };
-            self.written(written, n)?;
-            Some(claimed)
-        };
-        let Some(claimed) = claimed else {
-            return Ok(None);
-        };
-        let count = claimed.len();
-        if count > 0 {
-            self.drain.work_found();
-        }
-        self.ledger.claim_returned(Instant::now());
-        for c in claimed {
-            self.dispatch(c, sent);
-        }
-        if count > 0 {
-            debug!("claimed {count} event(s)");
-        }
-        Ok(Some(count))
-    }
-
-    fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
-        if c.exhausted {
-            warn!(
-                "event {} ({}) is dead: {}",
-                c.event.id,
-                c.event.event_type.as_deref().unwrap_or("-"),
-                c.dead_reason.as_deref().unwrap_or("attempts exhausted")
-            );
-            return;
-        }
-        let (id, token) = (c.event.id, c.token);
-        let Some(handler) = self.router.route(c.event.event_type.as_deref()).cloned() else {
-            // The claim filter only takes routed types; this cannot normally happen.
-            self.ledger.unroutable(id, token);
-            return;
-        };
-        self.ledger.dispatched(id, token, Instant::now());
-        let job = Job {
-            token,
-            event: c.event,
-            handler,
-            claim_sent,
-        };
-        if !self.pool.send(job) {
-            // No handler thread will take it: give the event back.
-            self.ledger.give_back(id, token);
-        }
-    }
-
-    /// `--drain` claimed nothing and holds nothing: asks what is left (see `drain`).
-    fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
-        if self.ledger.drain_must_wait(now) {
-            return Ok(None);
-        }
-        let (table, filter) = (&self.cfg.table, &self.filter);
-        let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
-            store::remaining_work(&mut c.client, table, filter)
-        })?
-        else {
-            return Ok(None);
-        };
-        let limits = DrainLimits {
-            lease: self.cfg.lease,
-            poll_interval: self.cfg.poll_interval,
-        };
-        let done = self
-            .drain
-            .finished(&work, now, limits, self.ledger.claimed_total());
-        Ok(done.then_some(Ended::Drained))
     }
 
     // ---- ending ----

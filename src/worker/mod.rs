@@ -14,8 +14,8 @@
 //! The rooms: this file starts the worker up (connect, check the table, prepare) and wires
 //! the scope; `pool` runs the handler threads; `db_thread` is the DB thread's loop, which
 //! sequences `ledger` (the books: in flight, to release, to complete, to extend — pure),
-//! `link` (the connection: reconnect, transient vs fatal) and `drain` (when `--drain` is
-//! done). `complete` batches results, `lease_clock` tells handler threads whether a lease is
+//! `link` (the connection: reconnect, transient vs fatal), `round_trips` (one function per
+//! statement: complete, release, extend, claim) and `drain` (when `--drain` is done). `complete` batches results, `lease_clock` tells handler threads whether a lease is
 //! still theirs, `defer` keeps the books on deferred events.
 //!
 //! Ending: every ending is a value `run` returns ([`Ended`], or the error), and the entry
@@ -35,6 +35,7 @@ mod lease_clock;
 mod ledger;
 mod link;
 mod pool;
+mod round_trips;
 
 use crate::backoff::reconnect_delay;
 use crate::config::Config;
