@@ -13,19 +13,21 @@
 //!
 //! The rooms: this file starts the worker up (connect, check the table, prepare) and wires
 //! the scope; `pool` runs the handler threads; `db_thread` is the DB thread's loop, which
-//! sequences `ledger` (the books: in flight, to release, to complete, to extend — pure),
+//! sequences `ledger` (the books: in flight, to release, to complete, to extend; pure),
 //! `link` (the connection: reconnect, transient vs fatal), `round_trips` (one function per
-//! statement: complete, release, extend, claim) and `drain` (when `--drain` is done). `complete` batches results, `lease_clock` tells handler threads whether a lease is
-//! still theirs, `defer` keeps the books on deferred events.
+//! statement: complete, release, extend, claim) and `drain` (when `--drain` is done).
+//! `complete` batches results, `lease_clock` tells handler threads whether a lease is still
+//! theirs, `defer` keeps the books on deferred events.
 //!
-//! Ending: every ending is a value `run` returns ([`Ended`], or the error), and the entry
-//! point maps it to the exit code — except one. A scope joins its threads, and a worker
-//! abandons handlers precisely because they may never return (the shutdown deadline passed,
-//! or a fatal error came while they run). Leaving the scope then would hang, so `run` hands
-//! the exit code to the entry point's `exit` (a `fn(u8) -> !`), which ends the process with
-//! the handler threads still in it. Spawning them outside a scope instead would let `run`
-//! return, but only by giving up the scope's guarantee that no handler outlives the worker's
-//! borrowed state everywhere else.
+//! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
+//! point maps to an exit code, with one exception. A scope joins its threads when it ends, and
+//! the worker abandons handlers precisely because they may never return (the shutdown deadline
+//! passed, or a fatal error came while they ran): leaving the scope then could hang for ever.
+//! In that one case `run` calls the entry point's `exit` (a `fn(u8) -> !`), which ends the
+//! process with those threads still in it; with no handler running, `Ended::Abandoned` is
+//! returned like any other ending. Detached handler threads would let `run` always return,
+//! but would give up the scope (threads borrowing the worker's state, joined on every other
+//! path) for the sake of the one path on which the process ends anyway.
 
 mod complete;
 mod db_thread;
@@ -191,11 +193,7 @@ pub fn connect_until(
 
 /// After connecting: the session's settings, then refuse a read-only server (a standby, or
 /// `default_transaction_read_only`) at once instead of failing on the first write.
-pub(crate) fn open_session(
-    client: &mut postgres::Client,
-    lease: Duration,
-    what: &str,
-) -> Result<()> {
+pub fn open_session(client: &mut postgres::Client, lease: Duration, what: &str) -> Result<()> {
     let map = |e: postgres::Error| {
         if is_read_only(&e) {
             Error::Database(read_only_message(what))
