@@ -112,16 +112,23 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
         );
     }));
 
-    let router = worker::build_router(&cfg, compiled)?;
+    let router = crate::sink::build_router(&cfg, compiled)?;
     let mut ready = || {
         report(&Report::Ready);
     };
-    match worker::run(&cfg, &router, index, tx, rx, &mut ready)? {
+    match worker::run(&cfg, &router, index, tx, rx, &mut ready, exit_now)? {
         Ended::Drained | Ended::Stopped => {
             info!("exiting");
             Ok(exit::OK)
         }
+        Ended::Abandoned { code } => Ok(code),
     }
+}
+
+/// Ends the process at once: the worker abandoned handler threads that may never return,
+/// so it cannot return through the scope that runs them (see `worker`).
+fn exit_now(code: u8) -> ! {
+    std::process::exit(i32::from(code))
 }
 
 /// A descriptor the supervisor placed for us at `fd` (`protocol::LOG_FD`, `REPORT_FD`):

@@ -27,20 +27,17 @@ pub mod log;
 pub mod admin;
 pub mod backoff;
 pub mod cli;
-pub mod complete;
 pub mod config;
 pub mod connect;
 pub mod dsn;
 pub mod error;
 pub mod handler;
-mod lease_clock;
 pub mod sink;
 pub mod store;
 pub mod supervisor;
 pub mod worker;
 
 mod child;
-mod defer;
 mod protocol;
 
 pub use error::{Error, Result};
@@ -122,7 +119,7 @@ pub fn main_with(compiled: Router) -> ExitCode {
                 warn!("ignoring unknown environment variable {name} (see --help)");
             }
             // Check the routes now: a bad `exec:` target is a usage error, not a crash loop.
-            let router = match worker::build_router(&cfg, &compiled) {
+            let router = match sink::build_router(&cfg, &compiled) {
                 Ok(r) => r,
                 Err(e) => return usage_error(&e),
             };

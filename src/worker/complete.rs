@@ -3,7 +3,8 @@
 //!
 //! Invariant: a result leaves this buffer only after the database accepted the batch; on a
 //! lost connection the batch stays here and is written after reconnecting (the fencing in the
-//! statement drops it if the lease was taken over meanwhile).
+//! statement drops it if the lease was taken over meanwhile). It counts how often the batch
+//! was sent: a batch sent more than once may have been written by a send whose reply was lost.
 
 use crate::backoff::Backoff;
 use crate::handler::Outcome;
@@ -11,17 +12,20 @@ use crate::store::{truncate_error, Completion, Status};
 use std::time::{Duration, Instant};
 
 /// Flush when this many results wait.
-pub const FLUSH_MAX: usize = 1000;
+pub(super) const FLUSH_MAX: usize = 1000;
 /// ... or when the oldest has waited this long. This is also the window in which a crash
 /// after a successful delivery leads to a redelivery, so it stays short.
-pub const FLUSH_DELAY: Duration = Duration::from_millis(3);
+pub(super) const FLUSH_DELAY: Duration = Duration::from_millis(3);
 
-pub struct Completer {
+pub(super) struct Completer {
     pending: Vec<Completion>,
     oldest: Option<Instant>,
     max_attempts: i32,
     backoff: Backoff,
     rng: fastrand::Rng,
+    /// How often the results now here were sent without an answer (a reply lost with the
+    /// connection) — plus one while a send is under way.
+    sends: u32,
 }
 
 impl Completer {
@@ -32,6 +36,7 @@ impl Completer {
             max_attempts,
             backoff,
             rng: fastrand::Rng::new(),
+            sends: 0,
         }
     }
 
@@ -84,10 +89,22 @@ impl Completer {
         &self.pending
     }
 
+    /// The batch is being sent (alone, or riding along with a claim).
+    pub fn sending(&mut self) {
+        self.sends += 1;
+    }
+
+    /// True when an earlier send of this batch got no answer: some of its results may have
+    /// been written then.
+    pub fn sent_before(&self) -> bool {
+        self.sends > 1
+    }
+
     /// The database accepted the whole batch.
     pub fn clear(&mut self) {
         self.pending.clear();
         self.oldest = None;
+        self.sends = 0;
     }
 }
 
@@ -128,7 +145,12 @@ mod tests {
             (Status::Dead, Some("rejected"))
         );
         assert!(c.due_at().is_some());
+        c.sending();
+        assert!(!c.sent_before());
+        c.sending();
+        assert!(c.sent_before(), "a second send after a lost reply");
         c.clear();
+        assert!(!c.sent_before());
         assert!(c.is_empty() && c.due_at().is_none());
     }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub struct LeaseClock {
+pub(super) struct LeaseClock {
     lease: Duration,
     base: Instant,
     /// When the last successful extension was sent, in nanoseconds since `base` (0: never).

@@ -1,0 +1,288 @@
+//! The DB thread's loop: absorb what arrived on the inbox, keep the link, write what waits
+//! (complete, release, extend), then either check the stop or claim the next batch (and, with
+//! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message.
+//! The books are the ledger's, the connection is the link's, the statements are in
+//! `round_trips`: this file only sequences them, one short function per phase, and logs what
+//! happened.
+//!
+//! Invariant: the loop only ends with every result and release written, except when it
+//! abandons handlers still running at the shutdown deadline (or after a fatal error) — then it
+//! says so and returns `Ended::Abandoned` for `worker::run` to act on.
+
+use super::drain::DrainWatch;
+use super::lease_clock::LeaseClock;
+use super::ledger::{Finished, Ledger, Limits};
+use super::link::Link;
+use super::pool::{kill_exec_commands, Pool};
+use super::{Ended, Msg};
+use crate::config::Config;
+use crate::error::{exit, Error, Result};
+use crate::handler::{Outcome, Router, TypeFilter};
+use crate::{debug, error, info, warn};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+/// The DB thread's state: the rooms it sequences. Its round trips are in `round_trips`.
+pub(super) struct DbThread<'a> {
+    pub(super) cfg: &'a Config,
+    pub(super) router: &'a Router,
+    pub(super) filter: TypeFilter,
+    pub(super) owner: String,
+    inbox: Receiver<Msg>,
+    pub(super) link: Link<'a>,
+    pub(super) ledger: Ledger<'a>,
+    pub(super) pool: Pool<'a>,
+    pub(super) drain: DrainWatch,
+    /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
+    failure: Option<String>,
+}
+
+impl<'a> DbThread<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        router: &'a Router,
+        owner: String,
+        inbox: Receiver<Msg>,
+        link: Link<'a>,
+        pool: Pool<'a>,
+        clock: &'a LeaseClock,
+    ) -> DbThread<'a> {
+        DbThread {
+            cfg,
+            router,
+            filter: router.type_filter(),
+            owner,
+            inbox,
+            link,
+            ledger: Ledger::new(Limits::of(cfg), clock, Instant::now()),
+            pool,
+            drain: DrainWatch::default(),
+            failure: None,
+        }
+    }
+
+    /// Runs until drained, stopped, abandoned or failed. A failure first gives back what it
+    /// can; with handlers still running it ends as `Abandoned` with the error's exit code.
+    pub fn run(&mut self) -> Result<Ended> {
+        match self.run_loop() {
+            Err(e) => self.fail_stop(e),
+            ended => ended,
+        }
+    }
+
+    /// Handlers are still running: a scope would wait for them.
+    pub fn handlers_running(&self) -> bool {
+        self.ledger.in_flight() > 0
+    }
+
+    fn run_loop(&mut self) -> Result<Ended> {
+        loop {
+            while let Ok(msg) = self.inbox.try_recv() {
+                self.absorb(msg);
+            }
+            if let Some(ended) = self.step()? {
+                return Ok(ended);
+            }
+            self.wait();
+        }
+    }
+
+    /// Sleeps until the next wake-up, or until a message arrives (absorbed at once).
+    fn wait(&mut self) {
+        let now = Instant::now();
+        let wake = self.ledger.next_wake(now, self.link.blocked_until(now));
+        match wake.map(|t| t.saturating_duration_since(Instant::now())) {
+            Some(d) if d.is_zero() => {}
+            Some(d) => match self.inbox.recv_timeout(d) {
+                Ok(msg) => self.absorb(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Only reachable through the library with every sender dropped.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(d),
+            },
+            None => match self.inbox.recv() {
+                Ok(msg) => self.absorb(msg),
+                Err(_) => self.begin_stop(),
+            },
+        }
+    }
+
+    // ---- absorb ----
+
+    fn absorb(&mut self, msg: Msg) {
+        match msg {
+            Msg::Done { id, token, outcome } => self.finished(id, token, outcome),
+            Msg::Unstarted { id, token } => {
+                self.ledger.give_back(id, token);
+            }
+            Msg::Stale { id, token, why } => {
+                // Fenced: the release is a no-op when another worker holds it now.
+                if self.ledger.give_back(id, token) {
+                    warn!("event {id} (attempt {token}) not started: {why}; giving it back");
+                }
+            }
+            Msg::Stop => self.begin_stop(),
+            Msg::StopNow => {
+                if !self.ledger.stopping() {
+                    self.begin_stop();
+                }
+                info!("stopping now: not waiting for running handlers");
+                self.ledger.stop(Instant::now());
+            }
+        }
+    }
+
+    fn finished(&mut self, id: i64, token: i32, outcome: Outcome) {
+        match self.ledger.finished(id, token, outcome, Instant::now()) {
+            Finished::Void | Finished::Recorded => {}
+            Finished::LeaseLost => info!(
+                "event {id} (attempt {token}) finished after another worker took its lease \
+                 over; its result is not written (the other claim decides)"
+            ),
+            Finished::Aborted(why) => {
+                self.failure.get_or_insert(why);
+                self.begin_stop();
+            }
+            // Given back without using an attempt, due again after a pause during which this
+            // worker claims nothing.
+            Finished::Deferred { why, warn: true } => warn!(
+                "event {id}: {why}; not the event's fault: giving it back without using an \
+                 attempt and pausing claims until deliveries succeed again (further events \
+                 deferred meanwhile are logged at debug level)"
+            ),
+            Finished::Deferred { why, warn: false } => {
+                debug!("event {id}: {why}; given back without using an attempt")
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.ledger.stopping() {
+            return;
+        }
+        info!(
+            "stopping: no new claims; waiting up to {}s for {} claimed event(s) in flight",
+            self.cfg.shutdown_timeout.as_secs_f64(),
+            self.ledger.in_flight()
+        );
+        self.ledger.stop(Instant::now() + self.cfg.shutdown_timeout);
+        for (id, token) in self.pool.close() {
+            self.ledger.give_back(id, token);
+        }
+    }
+
+    // ---- one pass ----
+
+    /// One pass: keep the link, write what waits, then check the stop or claim.
+    fn step(&mut self) -> Result<Option<Ended>> {
+        let now = Instant::now();
+        if self.link.reconnect_due(now) && self.link.reconnect(self.ledger.unwritten())? {
+            self.ledger.extend_now(Instant::now());
+        }
+        if self.link.usable(now) {
+            // When a claim is due now, the results ride along with it instead.
+            if self.ledger.must_flush(now) {
+                self.flush()?;
+            }
+            if self.link.usable(now) && !self.ledger.to_release().is_empty() {
+                self.release()?;
+            }
+            if self.link.usable(now) && self.ledger.extend_due(now) {
+                self.extend()?;
+            }
+        }
+        if self.ledger.stopping() {
+            return self.stop_check(now);
+        }
+        if self.link.usable(now) && self.ledger.can_claim(now) && self.claim()? == Some(0) {
+            if self.cfg.drain && self.ledger.holds_nothing() {
+                if let Some(ended) = self.drain_check(now)? {
+                    return Ok(Some(ended));
+                }
+            }
+            self.ledger.nothing_due(now);
+        }
+        Ok(None)
+    }
+
+    /// Stopping: done once nothing runs and everything is written; past the deadline, running
+    /// handlers (or results that cannot be written) are abandoned.
+    fn stop_check(&mut self, now: Instant) -> Result<Option<Ended>> {
+        let all_written = self.ledger.all_written();
+        if self.ledger.in_flight() == 0 && all_written {
+            if let Some(why) = self.failure.take() {
+                return Err(Error::Other(format!("worker stopped: {why}")));
+            }
+            info!("stopped cleanly; all results written");
+            return Ok(Some(Ended::Stopped));
+        }
+        if self.ledger.stop_overdue(now) && (all_written || !self.link.connected()) {
+            return Ok(Some(self.abandon()));
+        }
+        Ok(None)
+    }
+
+    // ---- ending ----
+
+    /// The worker is ending with an error (a database refusal mid-run): make the handler
+    /// threads take nothing new, give back what is queued (best effort). With handlers still
+    /// running, say so and end as `Abandoned` (their events stay leased); otherwise the error
+    /// is returned.
+    fn fail_stop(&mut self, e: Error) -> Result<Ended> {
+        for (id, token) in self.pool.close() {
+            self.ledger.give_back(id, token);
+        }
+        if !self.ledger.to_release().is_empty() {
+            let delays = self.ledger.release_delays();
+            let (owner, ledger) = (&self.owner, &self.ledger);
+            if let Some(n) = self
+                .link
+                .last_try(|c| c.release(owner, ledger.to_release(), &delays))
+            {
+                self.released(n, &delays);
+            }
+        }
+        if self.ledger.in_flight() == 0 {
+            return Err(e);
+        }
+        error!("{e}");
+        warn!(
+            "exiting with {} handler(s) still running; their events stay leased until the lease expires",
+            self.ledger.in_flight()
+        );
+        kill_exec_commands();
+        Ok(Ended::Abandoned {
+            code: e.exit_code(),
+        })
+    }
+
+    /// The shutdown wait is over but handlers still run (or results cannot be written):
+    /// running handlers' events stay leased and are taken over by another worker after the
+    /// lease expires.
+    fn abandon(&mut self) -> Ended {
+        if self.ledger.in_flight() > 0 {
+            warn!(
+                "{} handler(s) still running at the shutdown deadline; their events stay leased \
+                 and will be retried after the lease ({}s) expires",
+                self.ledger.in_flight(),
+                self.cfg.lease.as_secs_f64()
+            );
+            kill_exec_commands();
+        }
+        let mut code = exit::OK;
+        if !self.ledger.all_written() {
+            error!(
+                "database unreachable at shutdown: {} result(s) not written; those events \
+                 will be delivered again after their lease expires",
+                self.ledger.unwritten()
+            );
+            code = exit::UNREACHABLE;
+        }
+        if let Some(why) = self.failure.take() {
+            error!("worker stopped: {why}");
+            code = exit::FAILURE;
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        Ended::Abandoned { code }
+    }
+}

@@ -1,0 +1,226 @@
+//! The DB thread's round trips, one function each: complete (flush the results), release,
+//! extend, claim (the results riding along) and the drain check. Each runs its statement
+//! through the link, which says whether it ran, and then tells the ledger what the database
+//! answered; the loop in `db_thread` decides when each is due.
+//!
+//! Invariant: the ledger learns of a write only once the database answered it; a statement
+//! that did not run (disconnected, pausing, failed in a way worth retrying) leaves the books
+//! as they were, to be sent again.
+
+use super::db_thread::DbThread;
+use super::drain::DrainLimits;
+use super::pool::Job;
+use super::Ended;
+use crate::error::Result;
+use crate::store::{self, ClaimArgs, Claimed};
+use crate::{debug, info, warn};
+use std::time::Instant;
+
+impl DbThread<'_> {
+    // ---- complete ----
+
+    pub(super) fn flush(&mut self) -> Result<()> {
+        let n = self.ledger.results().len();
+        self.ledger.sending_results();
+        let (owner, ledger) = (&self.owner, &self.ledger);
+        let written = self.link.with(ledger.unwritten(), |c| {
+            c.complete(owner, ledger.results().batch())
+        })?;
+        match written {
+            Some(written) => self.written(written, n),
+            None => Ok(()),
+        }
+    }
+
+    /// The database accepted a batch of `n` results, `written` of which were still ours.
+    /// After a lost reply, the rest may simply have been written by the first send: those are
+    /// counted and not reported as lost.
+    fn written(&mut self, written: u64, n: usize) -> Result<()> {
+        let mut missing = n.saturating_sub(written as usize);
+        if missing > 0 && self.ledger.results().sent_before() {
+            let (table, ledger) = (&self.cfg.table, &self.ledger);
+            let Some(already) = self.link.with(ledger.unwritten(), |c| {
+                c.already_written(table, ledger.results().batch())
+            })?
+            else {
+                // Kept, and sent again: fenced, it changes nothing that was written.
+                return Ok(());
+            };
+            let already = usize::try_from(already).unwrap_or(0).min(missing);
+            if already > 0 {
+                info!(
+                    "{already} result(s) had already been written before the connection was \
+                     lost (the reply was lost, not the write)"
+                );
+            }
+            missing -= already;
+        }
+        if missing > 0 {
+            warn!(
+                "{missing} of {n} result(s) were not applied: the event's lease had passed to \
+                 another claim"
+            );
+        }
+        debug!("wrote {written} result(s)");
+        self.ledger.results_written();
+        Ok(())
+    }
+
+    // ---- release ----
+
+    pub(super) fn release(&mut self) -> Result<()> {
+        let delays = self.ledger.release_delays();
+        let (owner, ledger) = (&self.owner, &self.ledger);
+        let n = self.link.with(ledger.unwritten(), |c| {
+            c.release(owner, ledger.to_release(), &delays)
+        })?;
+        if let Some(n) = n {
+            self.released(n, &delays);
+        }
+        Ok(())
+    }
+
+    pub(super) fn released(&mut self, n: u64, delays: &[f64]) {
+        let deferred = delays.iter().filter(|d| **d > 0.0).count();
+        if deferred == 0 {
+            info!("released {n} unstarted event(s): claimable again at once");
+        } else {
+            debug!("gave back {n} event(s), {deferred} of them deferred");
+        }
+        self.ledger.released();
+    }
+
+    // ---- extend ----
+
+    pub(super) fn extend(&mut self) -> Result<()> {
+        let held = self.ledger.to_extend();
+        for (id, token, running) in self.ledger.overdue(Instant::now()) {
+            warn!(
+                "event {id} (attempt {token}) has been in flight for {:.0}s; its lease is kept \
+                 while its handler runs — is the handler stuck?",
+                running.as_secs_f64()
+            );
+        }
+        let (owner, lease) = (&self.owner, self.cfg.lease);
+        let sent = Instant::now();
+        let kept = if held.is_empty() {
+            Vec::new()
+        } else {
+            match self
+                .link
+                .with(self.ledger.unwritten(), |c| c.extend(owner, &held, lease))?
+            {
+                Some(kept) => kept,
+                None => return Ok(()),
+            }
+        };
+        debug!("extended the lease of {} in-flight event(s)", kept.len());
+        let lost = self.ledger.extended(held, kept, sent, Instant::now());
+        if !lost.is_empty() {
+            warn!(
+                "{} in-flight event(s) were taken over by another worker before their lease \
+                 could be extended (this worker was cut off longer than --lease); queued ones \
+                 will not be started, running ones' results will not be written",
+                lost.len()
+            );
+        }
+        Ok(())
+    }
+
+    // ---- claim ----
+
+    /// Claims the next batch; pending results ride along in the same statement. `None`: the
+    /// statement did not run or failed in a way worth retrying.
+    pub(super) fn claim(&mut self) -> Result<Option<usize>> {
+        let args = ClaimArgs {
+            n: self.cfg.batch_size,
+            lease: self.cfg.lease,
+            owner: &self.owner,
+            filter: &self.filter,
+            max_attempts: self.cfg.max_attempts,
+        };
+        let sent = Instant::now();
+        let unwritten = self.ledger.unwritten();
+        let claimed = if self.ledger.results().is_empty() {
+            self.link.with(unwritten, |c| c.claim(&args))?
+        } else {
+            let n = self.ledger.results().len();
+            self.ledger.sending_results();
+            let ledger = &self.ledger;
+            let both = self.link.with(unwritten, |c| {
+                c.complete_and_claim(ledger.results().batch(), &args)
+            })?;
+            let Some((written, claimed)) = both else {
+                return Ok(None);
+            };
+            self.written(written, n)?;
+            Some(claimed)
+        };
+        let Some(claimed) = claimed else {
+            return Ok(None);
+        };
+        let count = claimed.len();
+        if count > 0 {
+            self.drain.work_found();
+        }
+        self.ledger.claim_returned(Instant::now());
+        for c in claimed {
+            self.dispatch(c, sent);
+        }
+        if count > 0 {
+            debug!("claimed {count} event(s)");
+        }
+        Ok(Some(count))
+    }
+
+    fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
+        if c.exhausted {
+            warn!(
+                "event {} ({}) is dead: {}",
+                c.event.id,
+                c.event.event_type.as_deref().unwrap_or("-"),
+                c.dead_reason.as_deref().unwrap_or("attempts exhausted")
+            );
+            return;
+        }
+        let (id, token) = (c.event.id, c.token);
+        let Some(handler) = self.router.route(c.event.event_type.as_deref()).cloned() else {
+            // The claim filter only takes routed types; this cannot normally happen.
+            self.ledger.unroutable(id, token);
+            return;
+        };
+        self.ledger.dispatched(id, token, Instant::now());
+        let job = Job {
+            token,
+            event: c.event,
+            handler,
+            claim_sent,
+        };
+        if !self.pool.send(job) {
+            // No handler thread will take it: give the event back.
+            self.ledger.give_back(id, token);
+        }
+    }
+
+    /// `--drain` claimed nothing and holds nothing: asks what is left (see `drain`).
+    pub(super) fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
+        if self.ledger.drain_must_wait(now) {
+            return Ok(None);
+        }
+        let (table, filter) = (&self.cfg.table, &self.filter);
+        let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
+            store::remaining_work(&mut c.client, table, filter)
+        })?
+        else {
+            return Ok(None);
+        };
+        let limits = DrainLimits {
+            lease: self.cfg.lease,
+            poll_interval: self.cfg.poll_interval,
+        };
+        let done = self
+            .drain
+            .finished(&work, now, limits, self.ledger.claimed_total());
+        Ok(done.then_some(Ended::Drained))
+    }
+}
