@@ -8,9 +8,9 @@
 //! never dropped here — a lost connection only says how much is kept.
 
 use super::open_session;
-use crate::connect::{connect_refusal, no_answer};
 use crate::backoff::reconnect_delay;
 use crate::config::Config;
+use crate::connect::{connect_refusal, no_answer};
 use crate::connect::{Attempt, Connector};
 use crate::error::{describe_pg, is_read_only, is_transient, read_only_message, Error, Result};
 use crate::store::Conn;
