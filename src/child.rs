@@ -121,14 +121,28 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
             info!("exiting");
             Ok(exit::OK)
         }
-        Ended::Abandoned { code } => Ok(code),
+        abandoned @ Ended::Abandoned { .. } => Ok(report_abandoned(&abandoned)),
     }
+}
+
+/// Tells the supervisor why an abandoning worker ends with an error; returns the exit code.
+fn report_abandoned(ended: &Ended) -> u8 {
+    let Ended::Abandoned { code, why } = ended else {
+        return exit::OK;
+    };
+    if let (Some(message), true) = (why, *code != exit::OK) {
+        report(&Report::Fatal {
+            code: *code,
+            message: message.clone(),
+        });
+    }
+    *code
 }
 
 /// Ends the process at once: the worker abandoned handler threads that may never return,
 /// so it cannot return through the scope that runs them (see `worker`).
-fn exit_now(code: u8) -> ! {
-    std::process::exit(i32::from(code))
+fn exit_now(ended: &Ended) -> ! {
+    std::process::exit(i32::from(report_abandoned(ended)))
 }
 
 /// A descriptor the supervisor placed for us at `fd` (`protocol::LOG_FD`, `REPORT_FD`):

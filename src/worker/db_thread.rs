@@ -252,6 +252,7 @@ impl<'a> DbThread<'a> {
         kill_exec_commands();
         Ok(Ended::Abandoned {
             code: e.exit_code(),
+            why: Some(e.to_string()),
         })
     }
 
@@ -268,21 +269,23 @@ impl<'a> DbThread<'a> {
             );
             kill_exec_commands();
         }
-        let mut code = exit::OK;
+        let (mut code, mut why) = (exit::OK, None);
         if !self.ledger.all_written() {
-            error!(
+            let msg = format!(
                 "database unreachable at shutdown: {} result(s) not written; those events \
                  will be delivered again after their lease expires",
                 self.ledger.unwritten()
             );
-            code = exit::UNREACHABLE;
+            error!("{msg}");
+            (code, why) = (exit::UNREACHABLE, Some(msg));
         }
-        if let Some(why) = self.failure.take() {
-            error!("worker stopped: {why}");
-            code = exit::FAILURE;
+        if let Some(failure) = self.failure.take() {
+            let msg = format!("worker stopped: {failure}");
+            error!("{msg}");
+            (code, why) = (exit::FAILURE, Some(msg));
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        Ended::Abandoned { code }
+        Ended::Abandoned { code, why }
     }
 }

@@ -79,8 +79,9 @@ pub(crate) enum Ended {
     Drained,
     /// Stopped on request, every result written.
     Stopped,
-    /// Handlers were left running or results unwritten (said in the log): exit with `code`.
-    Abandoned { code: u8 },
+    /// Handlers were left running or results unwritten (said in the log): exit with `code`;
+    /// `why` is the error to report to the supervisor when the code is not 0.
+    Abandoned { code: u8, why: Option<String> },
 }
 
 /// A unique name for this worker incarnation: written to `locked_by` and used as fence.
@@ -218,7 +219,7 @@ pub(crate) fn run(
     tx: Sender<Msg>,
     inbox: Receiver<Msg>,
     on_ready: &mut dyn FnMut(),
-    exit: fn(u8) -> !,
+    exit: fn(&Ended) -> !,
 ) -> Result<Ended> {
     let mut connector = cfg.dsn.connector()?;
     connector.cap_attempt_timeout(cfg.connect_timeout);
@@ -245,10 +246,10 @@ pub(crate) fn run(
         let pool = Pool::new(jobs, &shared);
         let mut db = DbThread::new(cfg, router, owner, inbox, link, pool, &shared.clock);
         let ended = db.run();
-        if let Ok(Ended::Abandoned { code }) = ended {
+        if let Ok(abandoned @ Ended::Abandoned { .. }) = &ended {
             if db.handlers_running() {
                 // Leaving the scope would wait for them, maybe for ever.
-                exit(code);
+                exit(abandoned);
             }
         }
         ended

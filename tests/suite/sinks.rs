@@ -221,6 +221,17 @@ fn a_closed_stdout_with_a_running_handler_still_exits_1() {
         "true",
     );
     assert!(out.stderr.contains("exit=1"), "{out}");
+    // The first worker abandons its still-running handler; the supervisor hears why from
+    // the worker's report (it no longer reads log lines).
+    let first = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("[supervisor") && l.contains("exited unexpectedly"))
+        .unwrap_or_default();
+    assert!(
+        first.contains("worker stopped: cannot write to stdout"),
+        "{out}"
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'"),
         0
