@@ -33,14 +33,38 @@ pub(crate) fn report(r: &Report) -> bool {
 pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     crate::log::set_process(&format!("worker {index}"));
     let (tx, rx) = mpsc::channel::<Msg>();
-
     // Signals first, before any other thread starts.
+    listen_for_signals(tx.clone())?;
+    let cfg = read_setup()?;
+    listen_to_supervisor(tx.clone());
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        crate::log::write(
+            crate::log::Level::Error,
+            format_args!("panic in thread {}: {info}", thread.name().unwrap_or("?")),
+        );
+    }));
+
+    let router = crate::sink::build_router(&cfg, compiled)?;
+    let mut ready = || {
+        report(&Report::Ready);
+    };
+    match worker::run(&cfg, &router, index, tx, rx, &mut ready, exit_now)? {
+        Ended::Drained | Ended::Stopped => {
+            info!("exiting");
+            Ok(exit::OK)
+        }
+        abandoned @ Ended::Abandoned { .. } => Ok(report_abandoned(&abandoned)),
+    }
+}
+
+/// SIGTERM/SIGINT: the first stops, the second stops now. SIGHUP is logged and ignored.
+fn listen_for_signals(tx: mpsc::Sender<Msg>) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])?;
-    let sig_tx = tx.clone();
     std::thread::spawn(move || {
         let mut stops = 0;
         for sig in signals.forever() {
@@ -50,12 +74,16 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
             }
             let msg = if stops == 0 { Msg::Stop } else { Msg::StopNow };
             stops += 1;
-            if sig_tx.send(msg).is_err() {
+            if tx.send(msg).is_err() {
                 return;
             }
         }
     });
+    Ok(())
+}
 
+/// The first line on stdin: the setup the supervisor sends (configuration, descriptors).
+fn read_setup() -> Result<crate::config::Config> {
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     stdin.read_line(&mut line)?;
@@ -78,51 +106,34 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     if let Some(file) = cfg.log_fd.and_then(adopt_fd) {
         crate::log::set_fallback(file);
     }
-    drop(stdin);
+    Ok(cfg)
+}
 
-    let ctl_tx = tx.clone();
+/// The rest of stdin: control messages; EOF means the supervisor is gone (even killed with
+/// SIGKILL), and the worker stops gracefully.
+fn listen_to_supervisor(tx: mpsc::Sender<Msg>) {
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
         loop {
             match lines.next().map(|l| l.map(|l| Control::decode(&l))) {
                 Some(Ok(Ok(Control::Stop))) => {
-                    let _ = ctl_tx.send(Msg::Stop);
+                    let _ = tx.send(Msg::Stop);
                 }
                 Some(Ok(Ok(Control::StopNow))) => {
-                    let _ = ctl_tx.send(Msg::StopNow);
+                    let _ = tx.send(Msg::StopNow);
                 }
                 Some(Ok(Err(_))) => {}
                 Some(Err(_)) | None => {
                     // Our stderr went through the supervisor: log where it logs instead.
                     crate::log::use_fallback();
                     warn!("the supervisor is gone (stdin closed): stopping");
-                    let _ = ctl_tx.send(Msg::Stop);
+                    let _ = tx.send(Msg::Stop);
                     return;
                 }
             }
         }
     });
-
-    std::panic::set_hook(Box::new(|info| {
-        let thread = std::thread::current();
-        crate::log::write(
-            crate::log::Level::Error,
-            format_args!("panic in thread {}: {info}", thread.name().unwrap_or("?")),
-        );
-    }));
-
-    let router = crate::sink::build_router(&cfg, compiled)?;
-    let mut ready = || {
-        report(&Report::Ready);
-    };
-    match worker::run(&cfg, &router, index, tx, rx, &mut ready, exit_now)? {
-        Ended::Drained | Ended::Stopped => {
-            info!("exiting");
-            Ok(exit::OK)
-        }
-        abandoned @ Ended::Abandoned { .. } => Ok(report_abandoned(&abandoned)),
-    }
 }
 
 /// Tells the supervisor why an abandoning worker ends with an error; returns the exit code.

@@ -22,26 +22,37 @@
 //! }
 //! ```
 
+// The public API is what a compiled-in handler needs: the types below, `main_with`, and the
+// logging macros (`info!`, `warn!`, ... write through `log`). Everything else is internal.
 pub mod log;
 
-pub mod admin;
-pub mod backoff;
-pub mod cli;
-pub mod config;
-pub mod connect;
-pub mod dsn;
-pub mod error;
-pub mod handler;
-pub mod sink;
-pub mod store;
-pub mod supervisor;
-pub mod worker;
-
+mod admin;
+mod backoff;
 mod child;
+mod cli;
+mod config;
+mod connect;
+mod dsn;
+mod error;
+mod handler;
 mod protocol;
+mod sink;
+mod store;
+mod supervisor;
+mod worker;
 
 pub use error::{Error, Result};
 pub use handler::{Event, Handler, Outcome, Pattern, Router};
+
+/// For this crate's integration tests only (they test the SQL fencing and the DSN helpers
+/// directly): not part of the API, no stability promised.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::config::Table;
+    pub use crate::dsn::Dsn;
+    pub use crate::handler::TypeFilter;
+    pub use crate::store::{ClaimArgs, Claimed, Completion, Conn, Status};
+}
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -53,16 +64,15 @@ pub fn main_with(compiled: Router) -> ExitCode {
     // Keeps the start-up probe of fd 1 (a constructor) in every binary that links us.
     std::hint::black_box(&sink::stdout::PROBE_AT_START);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let env = |k: &str| std::env::var(k).ok();
     let (mode, raw) = match cli::parse(args) {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
-    let code = match mode {
+    match mode {
         // A closed stdout (`dispatchbox --help | true`) is not worth a panic.
         cli::Mode::Help => {
             let _ = std::io::stdout().write_all(cli::HELP.as_bytes());
-            Ok(error::exit::OK)
+            ExitCode::from(error::exit::OK)
         }
         cli::Mode::Version => {
             let _ = writeln!(
@@ -70,72 +80,88 @@ pub fn main_with(compiled: Router) -> ExitCode {
                 "dispatchbox {}",
                 env!("CARGO_PKG_VERSION")
             );
-            Ok(error::exit::OK)
+            ExitCode::from(error::exit::OK)
         }
-        cli::Mode::Migrate | cli::Mode::Stats => {
-            let cfg = match config::AdminConfig::from_raw(&raw, &env) {
-                Ok(c) => c,
-                Err(e) => return usage_error(&e),
-            };
-            log::set_level(cfg.log_level);
-            log::set_process(if mode == cli::Mode::Migrate {
-                "migrate"
-            } else {
-                "stats"
-            });
-            let r = if mode == cli::Mode::Migrate {
-                admin::migrate(&cfg)
-            } else {
-                admin::stats(&cfg)
-            };
-            r.map(|_| error::exit::OK)
-        }
-        cli::Mode::Worker(index) => match child::run(index, &compiled) {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                // For the supervisor, which reports it once with context; a child started
-                // without one says it here.
-                let fatal = protocol::Report::Fatal {
-                    code: e.exit_code(),
-                    message: e.to_string(),
-                };
-                if !child::report(&fatal) {
-                    return usage_error(&e);
-                }
-                return ExitCode::from(e.exit_code());
-            }
-        },
-        cli::Mode::Run => {
-            let cfg = match config::Config::from_raw(&raw, &env) {
-                Ok(c) => c,
-                Err(e) => return usage_error(&e),
-            };
-            log::set_level(cfg.log_level);
-            log::set_process("supervisor");
-            let names: Vec<String> = std::env::vars_os()
-                .filter_map(|(k, _)| k.into_string().ok())
-                .collect();
-            for name in config::unknown_env_vars(names.iter().map(String::as_str)) {
-                warn!("ignoring unknown environment variable {name} (see --help)");
-            }
-            // Check the routes now: a bad `exec:` target is a usage error, not a crash loop.
-            let router = match sink::build_router(&cfg, &compiled) {
-                Ok(r) => r,
-                Err(e) => return usage_error(&e),
-            };
-            // A closed stdout would be reopened on /dev/null by the runtime: every event
-            // routed there would be marked done and lost. Workers inherit our stdout.
-            if let Err(e) = sink::stdout::check_at_start(&router) {
-                return usage_error(&e);
-            }
-            // And the TLS files: unreadable certificates are a usage error, reported once.
-            if let Err(e) = cfg.dsn.check() {
-                return usage_error(&e);
-            }
-            supervisor::run(&cfg)
-        }
+        cli::Mode::Migrate | cli::Mode::Stats => run_admin(mode, &raw),
+        cli::Mode::Worker(index) => run_worker(index, &compiled),
+        cli::Mode::Run => run_supervisor(&raw, &compiled),
+    }
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// `migrate` or `stats`.
+fn run_admin(mode: cli::Mode, raw: &cli::RawArgs) -> ExitCode {
+    let cfg = match config::AdminConfig::from_raw(raw, &env) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
     };
-    match code {
+    log::set_level(cfg.log_level);
+    let migrate = mode == cli::Mode::Migrate;
+    log::set_process(if migrate { "migrate" } else { "stats" });
+    let r = if migrate {
+        admin::migrate(&cfg)
+    } else {
+        admin::stats(&cfg)
+    };
+    finish(r.map(|_| error::exit::OK))
+}
+
+/// A worker child (`--worker-index N`, started by the supervisor).
+fn run_worker(index: u32, compiled: &Router) -> ExitCode {
+    match child::run(index, compiled) {
+        Ok(c) => ExitCode::from(c),
+        Err(e) => {
+            // For the supervisor, which reports it once with context; a child started
+            // without one says it here.
+            let fatal = protocol::Report::Fatal {
+                code: e.exit_code(),
+                message: e.to_string(),
+            };
+            if !child::report(&fatal) {
+                return usage_error(&e);
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The supervisor: everything that can be checked before a worker starts is checked here,
+/// so that bad input is one line and exit 2, not a crash loop.
+fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
+    let cfg = match config::Config::from_raw(raw, &env) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    log::set_level(cfg.log_level);
+    log::set_process("supervisor");
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    for name in config::unknown_env_vars(names.iter().map(String::as_str)) {
+        warn!("ignoring unknown environment variable {name} (see --help)");
+    }
+    // The routes: a bad `exec:` target is a usage error, not a crash loop.
+    let router = match sink::build_router(&cfg, compiled) {
+        Ok(r) => r,
+        Err(e) => return usage_error(&e),
+    };
+    // A closed stdout would be reopened on /dev/null by the runtime: every event routed
+    // there would be marked done and lost. Workers inherit our stdout.
+    if let Err(e) = sink::stdout::check_at_start(&router) {
+        return usage_error(&e);
+    }
+    // And the TLS files: unreadable certificates are a usage error, reported once.
+    if let Err(e) = cfg.dsn.check() {
+        return usage_error(&e);
+    }
+    finish(supervisor::run(&cfg))
+}
+
+fn finish(r: Result<u8>) -> ExitCode {
+    match r {
         Ok(c) => ExitCode::from(c),
         Err(e) => {
             error!("{e}");

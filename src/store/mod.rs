@@ -18,7 +18,7 @@ mod schema;
 
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
-pub use schema::{check_table, migrate, schema_for, SCHEMA_SQL};
+pub use schema::{check_table, migrate};
 
 use crate::config::Table;
 use postgres::Client;

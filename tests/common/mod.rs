@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use dispatchbox::dsn::Dsn;
+use dispatchbox::internals::Dsn;
 use postgres::{Client, NoTls};
 
 /// Password of the `postgres` role in every cluster the harness starts (scram over TCP).

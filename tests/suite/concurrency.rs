@@ -3,9 +3,9 @@
 
 use super::{assert_exactly_once, db_with_events, delivered_ids};
 use crate::common;
-use dispatchbox::config::Table;
-use dispatchbox::handler::TypeFilter;
-use dispatchbox::store::{ClaimArgs, Claimed, Completion, Conn, Status};
+use dispatchbox::internals::Table;
+use dispatchbox::internals::TypeFilter;
+use dispatchbox::internals::{ClaimArgs, Claimed, Completion, Conn, Status};
 use std::time::Duration;
 
 #[test]

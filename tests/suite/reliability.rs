@@ -73,6 +73,7 @@ fn a_worker_woken_after_its_lease_does_not_deliver_what_it_lost() {
     let worker = worker_of(a.pid());
     wait_until(Duration::from_secs(30), "A delivers", || {
         ids_in(&log).len() >= 2
+            && db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") >= 1
     });
     kill(worker, "STOP");
     // B waits for A's leases to expire, then delivers everything else.
@@ -115,8 +116,10 @@ fn a_worker_woken_after_its_lease_does_not_deliver_what_it_lost() {
     }
     assert_eq!(seen.len() as i64, n, "every event delivered");
     let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    // Only the event A's one handler was running when it was stopped may repeat.
-    assert!(twice.len() <= 1, "delivered twice: {twice:?}\n{a}");
+    // Only what was in flight when A was stopped may repeat: the event its one handler was
+    // running, and one that had just finished but whose result was not written yet (the
+    // flush window). The defect delivered the whole queued batch (18 or so) a second time.
+    assert!(twice.len() <= 2, "delivered twice: {twice:?}\n{a}");
     assert!(a.stderr.contains("not started"), "{a}");
 }
 
