@@ -8,6 +8,8 @@
 #   --quick          one run of everything and 2 s pgbench runs (a smoke check, not figures)
 #   BENCH_EVENTS     events per Dispatchbox drain run (default 20000)
 #   BENCH_SECONDS    duration of each pgbench run (default 5; 2 with --quick)
+#   BENCH_COMPARE    another dispatchbox binary (e.g. an older build): its drains run
+#                    interleaved with this build's, and the summary shows both
 #
 # Prints figures and never asserts timings: it exits 0 unless something could not run at
 # all. Correctness checks (every event done with attempts = 1, each id delivered once, no
@@ -73,6 +75,11 @@ say "cargo build --release"
 cargo build --release
 bin="${CARGO_TARGET_DIR:-target}/release/dispatchbox"
 bin=$(readlink -f "$bin")
+compare=${BENCH_COMPARE:-}
+if [[ -n $compare ]]; then
+    compare=$(readlink -f "$compare")
+    [[ -x $compare ]] || { echo "bench.sh: BENCH_COMPARE is not an executable: $compare" >&2; exit 2; }
+fi
 
 say "starting a throwaway PostgreSQL on 127.0.0.1"
 bindir=$(find_bindir)
@@ -200,43 +207,60 @@ done
 say "Dispatchbox drain: $events order.created events, --route '*=stdout', --poll-interval 0.05, median of $runs"
 echo "(each time includes the supervisor and worker process start-up, connecting and the final"
 echo " empty poll; the delivered JSON lines go to a file so duplicates can be counted)"
-declare -A drain # drain[P_B] = median events/s
+declare -A drain     # drain[P_B] = median events/s
+declare -A drain_cmp # the same for $BENCH_COMPARE
+# One drain of $events fresh events with binary $1 (label $2), processes $3, batch $4, run $5;
+# sets $rate.
+drain_once() {
+    local bin=$1 label=$2 p=$3 b=$4 r=$5 out err rc t0 t1 elapsed ok not_done multi lines uniq_ids err_lines
+    load_events "$events"
+    out=$tmp/drain.out
+    err=$tmp/drain.err
+    rc=0
+    t0=$EPOCHREALTIME
+    "$bin" --dsn "$DSN" --drain --batch-size "$b" --processes "$p" --route '*=stdout' \
+        --poll-interval 0.05 --log-level warning >"$out" 2>"$err" || rc=$?
+    t1=$EPOCHREALTIME
+    elapsed=$(calc "$t1 - $t0")
+    rate=$(calc "$events / $elapsed")
+    IFS='|' read -r ok not_done multi < <(psql_q -c "SELECT
+        count(*) FILTER (WHERE status = 'done' AND attempts = 1),
+        count(*) FILTER (WHERE status <> 'done'),
+        count(*) FILTER (WHERE attempts <> 1) FROM outbox_event")
+    lines=$(wc -l <"$out")
+    uniq_ids=$(sed -n 's/^{"id":\([0-9]*\),.*/\1/p' "$out" | sort -u | wc -l)
+    err_lines=$(wc -l <"$err")
+    printf '  %sprocesses %d, batch %3d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s, lines out: %s, unique ids: %s, exit %s)\n' \
+        "$label" "$p" "$b" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$lines" "$uniq_ids" "$rc"
+    if [[ $rc != 0 || $ok != "$events" || $not_done != 0 || $multi != 0 || $lines != "$events" || $uniq_ids != "$events" ]]; then
+        warn "${label}processes $p batch $b run $r: expected exit 0 and all $events events done with attempts = 1, each delivered once" \
+            "(not done: $not_done, attempts <> 1: $multi, lines: $lines, unique: $uniq_ids, exit: $rc)"
+    fi
+    if ((err_lines > 0)); then
+        warn "${label}processes $p batch $b run $r: $err_lines line(s) on stderr at --log-level warning; first ones:"
+        head -n 5 "$err" | sed 's/^/    /'
+    fi
+}
 for pb in 1:10 1:100 2:100 2:10; do
     p=${pb%%:*}
     b=${pb##*:}
     rates=()
+    cmp_rates=()
     for r in $(seq 1 "$runs"); do
-        load_events "$events"
-        out=$tmp/drain.out
-        err=$tmp/drain.err
-        rc=0
-        t0=$EPOCHREALTIME
-        "$bin" --dsn "$DSN" --drain --batch-size "$b" --processes "$p" --route '*=stdout' \
-            --poll-interval 0.05 --log-level warning >"$out" 2>"$err" || rc=$?
-        t1=$EPOCHREALTIME
-        elapsed=$(calc "$t1 - $t0")
-        rate=$(calc "$events / $elapsed")
+        drain_once "$bin" "" "$p" "$b" "$r"
         rates+=("$rate")
-        IFS='|' read -r ok not_done multi < <(psql_q -c "SELECT
-            count(*) FILTER (WHERE status = 'done' AND attempts = 1),
-            count(*) FILTER (WHERE status <> 'done'),
-            count(*) FILTER (WHERE attempts <> 1) FROM outbox_event")
-        lines=$(wc -l <"$out")
-        uniq_ids=$(sed -n 's/^{"id":\([0-9]*\),.*/\1/p' "$out" | sort -u | wc -l)
-        err_lines=$(wc -l <"$err")
-        printf '  processes %d, batch %3d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s, lines out: %s, unique ids: %s, exit %s)\n' \
-            "$p" "$b" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$lines" "$uniq_ids" "$rc"
-        if [[ $rc != 0 || $ok != "$events" || $not_done != 0 || $multi != 0 || $lines != "$events" || $uniq_ids != "$events" ]]; then
-            warn "processes $p batch $b run $r: expected exit 0 and all $events events done with attempts = 1, each delivered once" \
-                "(not done: $not_done, attempts <> 1: $multi, lines: $lines, unique: $uniq_ids, exit: $rc)"
-        fi
-        if ((err_lines > 0)); then
-            warn "processes $p batch $b run $r: $err_lines line(s) on stderr at --log-level warning; first ones:"
-            head -n 5 "$err" | sed 's/^/    /'
+        # Interleaved with the run above, so that both see the same machine.
+        if [[ -n $compare ]]; then
+            drain_once "$compare" "[compare] " "$p" "$b" "$r"
+            cmp_rates+=("$rate")
         fi
     done
     drain[${p}_$b]=$(median "${rates[@]}")
     echo "  => processes $p, batch $b: median $(fmt_int "${drain[${p}_$b]}") events/s"
+    if [[ -n $compare ]]; then
+        drain_cmp[${p}_$b]=$(median "${cmp_rates[@]}")
+        echo "  => [compare] processes $p, batch $b: median $(fmt_int "${drain_cmp[${p}_$b]}") events/s"
+    fi
 done
 
 # The fixed cost inside each drain time above: the same command on an empty table.
@@ -367,6 +391,9 @@ for pb in 1:10 2:10 1:100 2:100; do
     est=$(calc "$events / ${drain[${p}_$b]} - $startup_median / 1000") # seconds
     if awk -v t="$est" 'BEGIN { exit !(t > 0) }'; then est="$(fmt_int "$(calc "$events / $est")") events/s"; else est="-"; fi
     echo "| Dispatchbox --drain, $events events (incl. start-up) | $p | $b | $(fmt_int "${drain[${p}_$b]}") events/s | $(ratio "${drain[${p}_$b]}" "${ceiling[two_$b]}") | $est |"
+    if [[ -n $compare ]]; then
+        echo "| the same, BENCH_COMPARE binary (interleaved runs) | $p | $b | $(fmt_int "${drain_cmp[${p}_$b]}") events/s | $(ratio "${drain_cmp[${p}_$b]}" "${ceiling[two_$b]}") | - |"
+    fi
 done
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
