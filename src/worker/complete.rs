@@ -46,10 +46,19 @@ impl Completer {
         let (status, delay, error) = match outcome {
             Outcome::Delivered => (Status::Done, 0.0, None),
             Outcome::Permanent(e) => (Status::Dead, 0.0, Some(e)),
-            Outcome::Retry(e) | Outcome::Abort(e) | Outcome::Defer(e)
+            Outcome::Retry(e)
+            | Outcome::RetryAfter(e, _)
+            | Outcome::Abort(e)
+            | Outcome::Defer(e)
                 if token >= self.max_attempts =>
             {
                 (Status::Dead, 0.0, Some(e))
+            }
+            Outcome::RetryAfter(e, after) => {
+                let attempt = u32::try_from(token.max(1)).unwrap_or(1);
+                let backoff = self.backoff.delay(attempt, &mut self.rng);
+                let d = backoff.max(after.min(self.backoff.max));
+                (Status::Retry, d.as_secs_f64(), Some(e))
             }
             // The worker turns Abort and Defer into a release before they get here; count
             // them as a failed attempt should one ever arrive.
@@ -160,5 +169,39 @@ mod tests {
         c.push(1, 2, Outcome::Retry("x".into()));
         let d = c.batch()[0].delay;
         assert!((15.0..25.0).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn retry_after_waits_at_least_as_asked_but_no_longer_than_the_cap() {
+        let mut c = completer();
+        c.push(
+            1,
+            1,
+            Outcome::RetryAfter("busy".into(), Duration::from_secs(60)),
+        );
+        c.push(
+            2,
+            1,
+            Outcome::RetryAfter("soon".into(), Duration::from_secs(1)),
+        );
+        c.push(
+            3,
+            1,
+            Outcome::RetryAfter("later".into(), Duration::from_secs(100_000)),
+        );
+        c.push(
+            4,
+            3,
+            Outcome::RetryAfter("last".into(), Duration::from_secs(60)),
+        );
+        let b = c.batch();
+        assert_eq!((b[0].status, b[0].delay), (Status::Retry, 60.0));
+        assert!(
+            b[1].delay >= 7.5 && b[1].delay < 12.5,
+            "the backoff wins: {}",
+            b[1].delay
+        );
+        assert_eq!(b[2].delay, 100.0, "capped at --retry-backoff-max");
+        assert_eq!(b[3].status, Status::Dead, "attempts used up");
     }
 }

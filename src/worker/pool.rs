@@ -145,7 +145,7 @@ fn run_handler(job: &Job) -> Outcome {
         Outcome::Abort(e) => error!("event {}: {e}; stopping this worker", job.event.id),
         // The DB thread reports deferrals (once per episode).
         Outcome::Defer(_) => {}
-        Outcome::Retry(e) | Outcome::Permanent(e) => debug!(
+        Outcome::Retry(e) | Outcome::RetryAfter(e, _) | Outcome::Permanent(e) => debug!(
             "event {} ({}) attempt {} failed: {e}",
             job.event.id,
             job.event.event_type.as_deref().unwrap_or("-"),
