@@ -10,7 +10,7 @@ use crate::cli::defs::{self, Flag, Kind};
 use crate::cli::RawArgs;
 use crate::dsn::Dsn;
 use crate::error::{Error, Result};
-use crate::log::Level;
+use crate::log::{Format, Level};
 use std::time::Duration;
 
 /// A table name, optionally schema-qualified, always quoted when put into SQL.
@@ -123,6 +123,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
     pub log_level: Level,
+    pub log_format: Format,
+    /// Log lines carry syslog priority prefixes: the supervisor's stderr, where a worker's
+    /// lines end up, is the systemd journal. Not a flag (detected by the supervisor).
+    pub log_journal: bool,
     /// The lock the supervisor creates when several workers share stdout (a path under
     /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
     pub stdout_lock: Option<std::path::PathBuf>,
@@ -136,6 +140,7 @@ pub struct AdminConfig {
     pub dsn: Dsn,
     pub table: Table,
     pub log_level: Level,
+    pub log_format: Format,
     pub connect_timeout: Duration,
 }
 
@@ -269,15 +274,44 @@ impl Source<'_> {
         }
     }
 
+    /// The DSN's text: `--dsn`, or the contents of `--dsn-file`, or their variables (a flag
+    /// wins over a variable; the two flags, or the two variables, together are an error).
+    fn dsn_text(&self) -> Result<String> {
+        let is_flag = |who: &(String, String)| who.0.starts_with("--");
+        let (dsn, file) = (self.get(&defs::DSN), self.get(&defs::DSN_FILE));
+        let file = match (&dsn, file) {
+            (Some(d), Some(f)) if is_flag(d) == is_flag(&f) => {
+                return Err(Error::Usage(format!(
+                    "{} and {} are both given; give one",
+                    d.0, f.0
+                )))
+            }
+            // `--dsn` wins over DISPATCHBOX_DSN_FILE (and `--dsn-file` over DISPATCHBOX_DSN).
+            (Some(d), Some(_)) if is_flag(d) => None,
+            (_, f) => f,
+        };
+        let Some((who, path)) = file else {
+            return Ok(dsn.map(|(_, v)| v).unwrap_or_default());
+        };
+        // The path may be shown; the contents never are.
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Usage(format!("{who}: cannot read {path}: {e}")))?;
+        let text = text.trim_end();
+        if text.trim().is_empty() {
+            return Err(Error::Usage(format!("{who}: {path} is empty")));
+        }
+        Ok(text.to_string())
+    }
+
     fn dsn(&self) -> Result<Dsn> {
-        let text = self.get(&defs::DSN).map(|(_, v)| v).unwrap_or_default();
+        let text = self.dsn_text()?;
         if text.trim().is_empty()
             && !["PGHOST", "PGHOSTADDR", "PGDATABASE", "PGUSER"]
                 .iter()
                 .any(|v| (self.env)(v).is_some())
         {
             return Err(Error::Usage(
-                "no database given: use --dsn, DISPATCHBOX_DSN or the libpq variables (PGHOST, PGDATABASE, ...)"
+                "no database given: use --dsn, --dsn-file, DISPATCHBOX_DSN or the libpq variables (PGHOST, PGDATABASE, ...)"
                     .into(),
             ));
         }
@@ -287,6 +321,14 @@ impl Source<'_> {
     fn table(&self) -> Result<Table> {
         let v = self.get_or_default(&defs::TABLE).map(|(_, v)| v);
         Table::parse(v.unwrap_or_default().trim())
+    }
+
+    fn log_format(&self) -> Result<Format> {
+        match self.get_or_default(&defs::LOG_FORMAT) {
+            None => Ok(Format::Text),
+            Some((who, v)) => Format::parse(v.trim())
+                .ok_or_else(|| Error::Usage(format!("{who}: `{}` is not text or json", v.trim()))),
+        }
     }
 
     fn log_level(&self) -> Result<Level> {
@@ -306,6 +348,7 @@ impl Config {
     pub fn from_raw(raw: &RawArgs, env: Env<'_>) -> Result<Config> {
         let src = Source { raw, env };
         let log_level = src.log_level()?;
+        let log_format = src.log_format()?;
         let processes: u32 = src.whole(&defs::PROCESSES)?;
         let threads: usize = src.whole(&defs::THREADS)?;
         let batch_size: u32 = src.whole(&defs::BATCH_SIZE)?;
@@ -349,6 +392,8 @@ impl Config {
             shutdown_timeout,
             connect_timeout,
             log_level,
+            log_format,
+            log_journal: false,
             stdout_lock: None,
             log_fd: None,
         })
@@ -360,6 +405,7 @@ impl AdminConfig {
         let src = Source { raw, env };
         Ok(AdminConfig {
             log_level: src.log_level()?,
+            log_format: src.log_format()?,
             connect_timeout: src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default(),
             dsn: src.dsn()?,
             table: src.table()?,
@@ -526,6 +572,55 @@ mod tests {
             e.contains("DISPATCHBOX_ROUTE: pattern `x` is given twice"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_dsn_file_is_read_and_a_flag_wins_over_a_variable() {
+        let dir = std::env::temp_dir().join(format!("dbx-dsn-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dsn");
+        std::fs::write(&file, "host=fromfile user=u password=hunter2\n\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let c = Config::from_raw(&raw(&[("dsn-file", &path)]), &no_env).unwrap();
+        assert_eq!(c.dsn.get("host"), Some("fromfile"));
+        assert_eq!(c.dsn.get("password"), Some("hunter2"));
+        // The flag beats the other one's variable, both ways.
+        let env_file = |k: &str| (k == "DISPATCHBOX_DSN_FILE").then(|| path.clone());
+        let c = Config::from_raw(&raw(&[("dsn", "host=flag")]), &env_file).unwrap();
+        assert_eq!(c.dsn.get("host"), Some("flag"));
+        let env_dsn = |k: &str| (k == "DISPATCHBOX_DSN").then(|| "host=env".to_string());
+        let c = Config::from_raw(&raw(&[("dsn-file", &path)]), &env_dsn).unwrap();
+        assert_eq!(c.dsn.get("host"), Some("fromfile"));
+        // Both flags, or both variables: refused.
+        let e = Config::from_raw(&raw(&[("dsn", "host=x"), ("dsn-file", &path)]), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--dsn and --dsn-file are both given; give one");
+        let both = |k: &str| match k {
+            "DISPATCHBOX_DSN" => Some("host=env".to_string()),
+            "DISPATCHBOX_DSN_FILE" => Some(path.clone()),
+            _ => None,
+        };
+        let e = Config::from_raw(&raw(&[]), &both).unwrap_err().to_string();
+        assert!(
+            e.starts_with("DISPATCHBOX_DSN and DISPATCHBOX_DSN_FILE"),
+            "{e}"
+        );
+        // Unreadable or empty: named by path, contents never shown.
+        let missing = dir.join("nope").to_string_lossy().into_owned();
+        let e = Config::from_raw(&raw(&[("dsn-file", &missing)]), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("--dsn-file: cannot read {missing}")),
+            "{e}"
+        );
+        std::fs::write(&file, " \n").unwrap();
+        let e = Config::from_raw(&raw(&[("dsn-file", &path)]), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, format!("--dsn-file: {path} is empty"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

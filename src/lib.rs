@@ -64,6 +64,9 @@ pub fn main_with(compiled: Router) -> ExitCode {
     // Keeps the start-up probe of fd 1 (a constructor) in every binary that links us.
     std::hint::black_box(&sink::stdout::PROBE_AT_START);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // Before anything is logged. (A worker's stderr is a pipe to its supervisor, never the
+    // journal itself: the supervisor tells it in its configuration's `log-journal`.)
+    log::set_journal(log::stderr_is_journal());
     let (mode, raw) = match cli::parse(args) {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
@@ -75,17 +78,25 @@ pub fn main_with(compiled: Router) -> ExitCode {
             ExitCode::from(error::exit::OK)
         }
         cli::Mode::Version => {
-            let _ = writeln!(
-                std::io::stdout(),
-                "dispatchbox {}",
-                env!("CARGO_PKG_VERSION")
-            );
+            let _ = std::io::stdout().write_all(version().as_bytes());
             ExitCode::from(error::exit::OK)
         }
         cli::Mode::Migrate | cli::Mode::Stats => run_admin(mode, &raw),
         cli::Mode::Worker(index) => run_worker(index, &compiled),
         cli::Mode::Run => run_supervisor(&raw, &compiled),
     }
+}
+
+/// `--version`: what a bug report needs (the git revision and target come from `build.rs`;
+/// the OpenSSL version is the library loaded at run time, not the headers built against).
+fn version() -> String {
+    format!(
+        "dispatchbox {}\ngit revision: {}\ntarget: {}\nTLS: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("DISPATCHBOX_GIT_REV"),
+        env!("DISPATCHBOX_TARGET"),
+        openssl::version::version()
+    )
 }
 
 fn env(k: &str) -> Option<String> {
@@ -99,6 +110,7 @@ fn run_admin(mode: cli::Mode, raw: &cli::RawArgs) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     log::set_level(cfg.log_level);
+    log::set_format(cfg.log_format);
     let migrate = mode == cli::Mode::Migrate;
     log::set_process(if migrate { "migrate" } else { "stats" });
     let r = if migrate {
@@ -136,6 +148,7 @@ fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     log::set_level(cfg.log_level);
+    log::set_format(cfg.log_format);
     log::set_process("supervisor");
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
@@ -171,7 +184,16 @@ fn finish(r: Result<u8>) -> ExitCode {
 }
 
 fn usage_error(e: &Error) -> ExitCode {
-    let line = format!("dispatchbox: {}\n", log::escape_controls(&e.to_string()));
+    // Once the configuration chose JSON, a refusal is a JSON line like every other.
+    if log::format() == log::Format::Json {
+        error!("{e}");
+        return ExitCode::from(e.exit_code());
+    }
+    let priority = if log::journal() { "<3>" } else { "" };
+    let line = format!(
+        "{priority}dispatchbox: {}\n",
+        log::escape_controls(&e.to_string())
+    );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
     ExitCode::from(e.exit_code())
 }

@@ -1,12 +1,22 @@
-//! Leveled log lines on stderr: `2026-11-29T09:10:11.123Z INFO  [worker 0 pid 42] message`.
+//! Leveled log lines on stderr: `2026-11-29T09:10:11.123Z INFO  [worker 0 pid 42] message`,
+//! or with `--log-format json` one object per line with the same fields:
+//! `{"ts":"2026-11-29T09:10:11.123Z","level":"INFO","process":"worker 0","pid":42,"msg":"message"}`.
 //!
-//! Hand-written (no framework): one global level and one process tag, set once at start-up.
+//! Under systemd (stderr is the stream `JOURNAL_STREAM` names), every line starts with its
+//! syslog priority (`<3>` for ERROR, `<6>` for INFO, ...), which journald strips and stores, so
+//! `journalctl -p err` works; text lines then leave out the timestamp (journald keeps its
+//! own). Workers do not detect this themselves (their stderr is a pipe to the supervisor):
+//! the supervisor tells them in their configuration, and the lines it forwards keep their
+//! prefix.
+//!
+//! Hand-written (no framework): one global level, format and process tag, set once at start-up.
 //! Each line is formatted first and written with a single `write_all`, so lines from several
 //! threads and processes sharing stderr do not interleave. Callers never pass a DSN here; the
 //! redacted form from `dsn::Dsn::redacted` is the only one that may be logged.
 //!
 //! One call is one physical line: control characters in the message (a newline in an event
-//! type, a table name, a route) are escaped, so logged values cannot forge a line.
+//! type, a table name, a route) are escaped (in JSON, by JSON's own escapes), so logged values
+//! cannot forge a line.
 //!
 //! A worker's stderr is a pipe to its supervisor, which forwards it. Once the supervisor is
 //! gone, a worker logs to the copy of the supervisor's own stderr it was given instead
@@ -40,6 +50,17 @@ impl Level {
         }
     }
 
+    /// The syslog priority journald reads from a `<N>` prefix.
+    fn priority(self) -> u8 {
+        match self {
+            Level::Debug => 7,
+            Level::Info => 6,
+            Level::Warning => 4,
+            Level::Error => 3,
+            Level::Critical => 2,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Level::Debug => "DEBUG",
@@ -55,16 +76,91 @@ impl Level {
     }
 }
 
+/// `--log-format`: how a line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    pub(crate) fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+        }
+    }
+}
+
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-static TAG: OnceLock<String> = OnceLock::new();
+static JSON: AtomicBool = AtomicBool::new(false);
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+/// The process's name (`supervisor`, `worker N`) and pid.
+static PROCESS: OnceLock<(String, u32)> = OnceLock::new();
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
 }
 
+pub(crate) fn set_format(format: Format) {
+    JSON.store(format == Format::Json, Ordering::Relaxed);
+}
+
+pub(crate) fn format() -> Format {
+    if JSON.load(Ordering::Relaxed) {
+        Format::Json
+    } else {
+        Format::Text
+    }
+}
+
+/// Whether lines carry syslog priority prefixes (they end up in the journal).
+pub(crate) fn set_journal(on: bool) {
+    JOURNAL.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn journal() -> bool {
+    JOURNAL.load(Ordering::Relaxed)
+}
+
+/// Whether our stderr is the journal stream systemd connected us to: `JOURNAL_STREAM` holds
+/// `DEV:INODE` of that stream, and it is ours only if fd 2 still is that file (a shell
+/// redirect in between, or a child that inherited the variable, does not count).
+pub(crate) fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM")
+        .ok()
+        .and_then(|v| parse_dev_ino(&v))
+    else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => m.dev() == dev && m.ino() == ino,
+        Err(_) => false,
+    }
+}
+
+/// `DEV:INODE` as systemd writes it (two decimal numbers).
+fn parse_dev_ino(v: &str) -> Option<(u64, u64)> {
+    let (dev, ino) = v.trim().split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
 /// Names the process in every line: `supervisor` or `worker N`, plus the pid.
 pub fn set_process(name: &str) {
-    let _ = TAG.set(format!("{name} pid {}", std::process::id()));
+    let _ = PROCESS.set((name.to_string(), std::process::id()));
 }
 
 pub fn enabled(level: Level) -> bool {
@@ -75,14 +171,20 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let tag = TAG.get().map(String::as_str).unwrap_or("dispatchbox");
-    let message = args.to_string();
-    let line = format!(
-        "{} {:<8} [{}] {}\n",
-        rfc3339_now(),
-        level.name(),
-        tag,
-        escape_controls(&message)
+    let (name, pid) = match PROCESS.get() {
+        Some((name, pid)) => (name.as_str(), *pid),
+        None => ("dispatchbox", std::process::id()),
+    };
+    let line = format_line(
+        Line {
+            level,
+            ts: &rfc3339_now(),
+            process: name,
+            pid,
+            msg: &args.to_string(),
+        },
+        format(),
+        journal(),
     );
     if !USE_FALLBACK.load(Ordering::Relaxed) {
         match std::io::stderr().lock().write_all(line.as_bytes()) {
@@ -97,6 +199,100 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if let Some(mut f) = FALLBACK.get() {
         let _ = f.write_all(line.as_bytes());
     }
+}
+
+/// A line that reached a worker's stderr without going through `write` (a compiled-in
+/// handler's `eprintln!`), as the supervisor forwards it: when lines are JSON, wrapped into
+/// a line of its own (level INFO, the worker as its process), so that every line stays an
+/// object; None when it is to be copied as it is (text, or already one of our JSON lines).
+pub(crate) fn foreign_line(text: &str, process: &str, pid: u32) -> Option<String> {
+    if format() != Format::Json || is_json_line(text) {
+        return None;
+    }
+    let l = Line {
+        level: Level::Info,
+        ts: &rfc3339_now(),
+        process,
+        pid,
+        msg: text,
+    };
+    Some(format_line(l, Format::Json, journal()))
+}
+
+/// `{"ts":...`, with or without a priority prefix: what `format_line` writes for JSON.
+fn is_json_line(text: &str) -> bool {
+    let rest = match text.strip_prefix('<') {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => text,
+    };
+    let rest = rest.strip_prefix('>').unwrap_or(rest);
+    rest.starts_with("{\"ts\":")
+}
+
+/// What one line says.
+struct Line<'a> {
+    level: Level,
+    ts: &'a str,
+    process: &'a str,
+    pid: u32,
+    msg: &'a str,
+}
+
+/// The physical line, newline included.
+fn format_line(l: Line<'_>, format: Format, journal: bool) -> String {
+    let mut out = String::with_capacity(l.msg.len() + 64);
+    if journal {
+        out.push_str(&format!("<{}>", l.level.priority()));
+    }
+    match format {
+        // journald stamps every line itself.
+        Format::Text if journal => out.push_str(&format!(
+            "{:<8} [{} pid {}] {}",
+            l.level.name(),
+            l.process,
+            l.pid,
+            escape_controls(l.msg)
+        )),
+        Format::Text => out.push_str(&format!(
+            "{} {:<8} [{} pid {}] {}",
+            l.ts,
+            l.level.name(),
+            l.process,
+            l.pid,
+            escape_controls(l.msg)
+        )),
+        Format::Json => {
+            let s = |v: &str| serde_json::Value::from(v).to_string();
+            let json = format!(
+                "{{\"ts\":{},\"level\":{},\"process\":{},\"pid\":{},\"msg\":{}}}",
+                s(l.ts),
+                s(l.level.name()),
+                s(l.process),
+                l.pid,
+                s(l.msg)
+            );
+            out.push_str(&escape_json_controls(&json));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// JSON escapes C0 characters itself, but leaves DEL and the C1 range (which terminals may
+/// act on) as they are: `\u00NN` for those, which decodes to the same text.
+fn escape_json_controls(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Where a worker logs once its supervisor, which forwards its stderr, is gone: the
@@ -203,6 +399,71 @@ mod tests {
             "escaping twice changes nothing"
         );
         assert!(!once.contains(|c: char| c.is_control()));
+    }
+
+    fn line(level: Level, msg: &str) -> Line<'_> {
+        Line {
+            level,
+            ts: "2026-11-29T09:10:11.123Z",
+            process: "worker 0",
+            pid: 42,
+            msg,
+        }
+    }
+
+    #[test]
+    fn text_lines_carry_a_priority_only_for_the_journal() {
+        assert_eq!(
+            format_line(line(Level::Info, "hi\nthere"), Format::Text, false),
+            "2026-11-29T09:10:11.123Z INFO     [worker 0 pid 42] hi\\nthere\n"
+        );
+        assert_eq!(
+            format_line(line(Level::Error, "bad"), Format::Text, true),
+            "<3>ERROR    [worker 0 pid 42] bad\n"
+        );
+        for (level, p) in [
+            (Level::Debug, "<7>"),
+            (Level::Info, "<6>"),
+            (Level::Warning, "<4>"),
+            (Level::Error, "<3>"),
+            (Level::Critical, "<2>"),
+        ] {
+            assert!(format_line(line(level, "x"), Format::Text, true).starts_with(p));
+            assert!(format_line(line(level, "x"), Format::Json, true).starts_with(p));
+        }
+    }
+
+    #[test]
+    fn json_lines_are_one_object_with_the_text_fields() {
+        let msg = "a\n\"b\"\u{1b}[31m\u{7f}\u{85}\\";
+        let l = format_line(line(Level::Warning, msg), Format::Json, false);
+        assert!(l.ends_with('\n') && l.matches('\n').count() == 1, "{l}");
+        assert!(!l.trim_end().contains(|c: char| c.is_control()), "{l}");
+        assert!(l.starts_with(r#"{"ts":"2026-11-29T09:10:11.123Z","level":"WARNING","#));
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["level"], "WARNING");
+        assert_eq!(v["process"], "worker 0");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["msg"], msg);
+    }
+
+    #[test]
+    fn foreign_lines_are_recognised() {
+        let ours = format_line(line(Level::Info, "x"), Format::Json, false);
+        assert!(is_json_line(ours.trim_end()));
+        let ours = format_line(line(Level::Info, "x"), Format::Json, true);
+        assert!(is_json_line(ours.trim_end()));
+        assert!(!is_json_line("thread 'x' panicked"));
+        assert!(!is_json_line("{\"other\":1}"));
+    }
+
+    #[test]
+    fn journal_stream_values_parse() {
+        assert_eq!(parse_dev_ino("8:12345"), Some((8, 12345)));
+        assert_eq!(parse_dev_ino("8:"), None);
+        assert_eq!(parse_dev_ino("x:1"), None);
+        assert_eq!(Format::parse("JSON"), Some(Format::Json));
+        assert_eq!(Format::parse("logfmt"), None);
     }
 
     #[test]

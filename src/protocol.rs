@@ -13,7 +13,8 @@
 //!   {"type":"<anything else>",…}                   a report this build does not know: ignored
 //! ```
 //! The configuration carries the resolved flags (the DSN with its password: it travels on a
-//! pipe, never in argv) plus the child-only settings `stdout-lock` and `log-fd`; the child
+//! pipe, never in argv; `--dsn-file` is read by the supervisor and never sent) plus the
+//! child-only settings `stdout-lock`, `log-fd` and `log-journal`; the child
 //! validates it with the same `Config::from_raw` as the supervisor did.
 //!
 //! Reports have a pipe of their own rather than sharing the child's stderr: stderr also
@@ -199,6 +200,7 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     m.insert("shutdown-timeout".into(), d(cfg.shutdown_timeout));
     m.insert("connect-timeout".into(), d(cfg.connect_timeout));
     m.insert("log-level".into(), cfg.log_level.as_str().into());
+    m.insert("log-format".into(), cfg.log_format.as_str().into());
     let routes: Vec<String> = cfg.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
     m.insert("routes".into(), routes.into());
     m.insert("drain".into(), cfg.drain.into());
@@ -210,6 +212,9 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     }
     if let Some(fd) = cfg.log_fd {
         m.insert("log-fd".into(), fd.into());
+    }
+    if cfg.log_journal {
+        m.insert("log-journal".into(), true.into());
     }
     m
 }
@@ -242,6 +247,10 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
         .get("log-fd")
         .and_then(|v| v.as_i64())
         .and_then(|v| i32::try_from(v).ok());
+    cfg.log_journal = obj
+        .get("log-journal")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(cfg)
 }
 
@@ -257,6 +266,7 @@ mod tests {
             ("batch-size", "77"),
             ("poll-interval", "0.25"),
             ("max-runtime", "9"),
+            ("log-format", "json"),
         ] {
             r.values.push((k, v.to_string()));
         }
@@ -265,6 +275,7 @@ mod tests {
         let mut c = Config::from_raw(&r, &|_| None).unwrap();
         c.stdout_lock = Some("/proc/1/fd/12".into());
         c.log_fd = Some(LOG_FD);
+        c.log_journal = true;
         let line = Setup::encode(&c, Some(REPORT_FD));
         assert!(!line.contains('\n'));
         let setup = Setup::decode(&line).unwrap();
@@ -278,6 +289,8 @@ mod tests {
         assert!(back.drain);
         assert_eq!(back.stdout_lock, c.stdout_lock);
         assert_eq!(back.log_fd, Some(LOG_FD));
+        assert_eq!(back.log_format, crate::log::Format::Json);
+        assert!(back.log_journal);
         let without = Setup::decode(&Setup::encode(&c, None)).unwrap();
         assert_eq!(without.report_fd(), None);
     }

@@ -110,6 +110,19 @@ pub const DSN: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const DSN_FILE: Flag = Flag {
+    key: "--dsn-file",
+    short: None,
+    value: Some("FILE"),
+    default: None,
+    help: "read the DSN from FILE instead of --dsn",
+    note: Some(
+        "e.g. a systemd credential: `--dsn-file %d/dsn`; read by the supervisor at start-up, \
+         trailing whitespace ignored",
+    ),
+    kind: Kind::Text,
+};
+
 pub const PROCESSES: Flag = Flag {
     key: "--processes",
     short: None,
@@ -276,6 +289,16 @@ pub const LOG_LEVEL: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const LOG_FORMAT: Flag = Flag {
+    key: "--log-format",
+    short: None,
+    value: Some("FORMAT"),
+    default: Some("text"),
+    help: "text or json",
+    note: Some("json: one object per line with the fields ts, level, process, pid, msg"),
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),
@@ -299,6 +322,7 @@ pub const VERSION: Flag = Flag {
 /// Every flag, in the order `--help` lists them.
 pub const FLAGS: &[Flag] = &[
     DSN,
+    DSN_FILE,
     PROCESSES,
     THREADS,
     BATCH_SIZE,
@@ -315,6 +339,7 @@ pub const FLAGS: &[Flag] = &[
     SHUTDOWN_TIMEOUT,
     CONNECT_TIMEOUT,
     LOG_LEVEL,
+    LOG_FORMAT,
     HELP,
     VERSION,
 ];
@@ -378,6 +403,7 @@ mod tests {
             VALUE_FLAGS,
             [
                 "dsn",
+                "dsn-file",
                 "processes",
                 "threads",
                 "batch-size",
@@ -392,6 +418,7 @@ mod tests {
                 "shutdown-timeout",
                 "connect-timeout",
                 "log-level",
+                "log-format",
             ]
         );
     }

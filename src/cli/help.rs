@@ -1,5 +1,5 @@
 //! The `--help` text. Its OPTIONS section is rendered from the flag table (`defs.rs`); the
-//! rest (usage, exit codes) is written here.
+//! rest (usage, the `exec:` contract, exit codes) is written here.
 
 use super::defs::{Flag, BATCH_SIZE, FLAGS};
 
@@ -10,6 +10,15 @@ USAGE:
     dispatchbox [OPTIONS]              run the supervisor and its worker processes
     dispatchbox migrate [OPTIONS]      create or upgrade the outbox table (idempotent)
     dispatchbox stats [OPTIONS]        print the number of events per status
+    dispatchbox help                   print this help (like --help)
+";
+
+const EXEC_CONTRACT: &str = "
+EXEC TARGETS (--route 'PATTERN=exec:COMMAND ARGS...', run without a shell, once per event):
+    stdin: the event as one JSON line; environment: DISPATCHBOX_EVENT_ID, DISPATCHBOX_EVENT_TYPE,
+    DISPATCHBOX_AGGREGATE_TYPE, DISPATCHBOX_AGGREGATE_ID, DISPATCHBOX_ATTEMPT. Exit 0: delivered;
+    exit 65: permanent failure (dead at once); anything else, or --exec-timeout: retried later.
+    The tail of its stderr is stored as the event's error; its stdout is discarded.
 ";
 
 const EXIT_CODES: &str = "
@@ -35,6 +44,7 @@ pub fn render() -> String {
     for f in FLAGS {
         render_flag(&mut out, f, column);
     }
+    out.push_str(EXEC_CONTRACT);
     out.push_str(EXIT_CODES);
     out
 }
@@ -115,6 +125,8 @@ mod tests {
         assert!(help.contains("[default: *=stdout]\n"));
         assert!(help.contains("    -h, --help                print this help\n"));
         assert!(help.lines().all(|l| l.chars().count() <= 110), "{help}");
+        assert!(help.contains("Exit 0: delivered"), "{help}");
+        assert!(help.contains("exit 65: permanent failure"), "{help}");
     }
 
     #[test]

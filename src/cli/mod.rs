@@ -72,6 +72,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
             None => {}
             Some("migrate") => mode = Mode::Migrate,
             Some("stats") => mode = Mode::Stats,
+            Some("help") => mode = Mode::Help,
             // Not echoed: a misplaced DSN or password must not reach a terminal or a log.
             Some(_) => return Err(usage(
                 "unexpected argument: commands are `migrate` and `stats`; the DSN goes in --dsn"

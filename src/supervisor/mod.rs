@@ -11,7 +11,8 @@
 //! One round of the loop runs the phases in order: start the slots that are due
 //! (`start_due`), reap the children that exited (`reap`), decide the exits 3 that waited for
 //! the other slots (`settle`), stop or kill when it is time (`escalate`), return the exit
-//! code once nothing runs (`outcome`), and sleep until a signal or a deadline (`wait`). What
+//! code once nothing runs (`outcome`), and sleep until a signal or a deadline (`wait`); each
+//! round also tells systemd what changed, when it asked (`notify`: ready, stopping, watchdog). What
 //! happens to a slot whose child ended is `policy::decide`, a pure function; the phases
 //! gather its facts and carry out (and log) its decision.
 //!
@@ -20,6 +21,7 @@
 //! log lines are never parsed) and exit code instead of being restarted forever (see
 //! `policy` for which reasons those are).
 
+mod notify;
 mod policy;
 mod spawn;
 mod verdict;
@@ -77,6 +79,8 @@ struct Supervisor<'a> {
     time_limit_hit: bool,
     /// Set when a child failed in a way restarting cannot fix: (code, message).
     fatal: Option<(u8, String)>,
+    /// systemd's notification socket, when we run as a `Type=notify` service.
+    notifier: Option<notify::Notifier>,
 }
 
 pub fn run(cfg: &Config) -> Result<u8> {
@@ -94,7 +98,9 @@ pub fn run(cfg: &Config) -> Result<u8> {
         sup.reap()?;
         sup.settle();
         sup.escalate();
-        if let Some(result) = sup.outcome() {
+        let result = sup.outcome();
+        sup.notify(result.is_some());
+        if let Some(result) = result {
             return result;
         }
         sup.wait(&signals);
@@ -134,6 +140,7 @@ impl Supervisor<'_> {
         child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
         let log_copy = spawn::stderr_copy();
         child_cfg.log_fd = log_copy.as_ref().map(|_| crate::protocol::LOG_FD);
+        child_cfg.log_journal = crate::log::journal();
         let slots = (0..cfg.processes)
             .map(|index| Slot {
                 index,
@@ -156,6 +163,7 @@ impl Supervisor<'_> {
             kill_at: None,
             time_limit_hit: false,
             fatal: None,
+            notifier: notify::Notifier::from_env(),
         })
     }
 
@@ -359,6 +367,21 @@ impl Supervisor<'_> {
         Some(Ok(exit::OK))
     }
 
+    /// Each round: tell systemd (if it asked) how many workers are ready, that we stop, and
+    /// that the loop still turns (the watchdog).
+    fn notify(&mut self, ending: bool) {
+        let stopping = ending || self.stopping();
+        let Some(notifier) = &mut self.notifier else {
+            return;
+        };
+        let ready = self
+            .slots
+            .iter()
+            .filter(|s| matches!(&s.state, State::Running(r) if r.ready()))
+            .count();
+        notifier.tick(ready, self.slots.len(), stopping);
+    }
+
     /// Phase 6: sleep until a signal (SIGCHLD included), a restart, the time limit or the
     /// kill deadline; at most a second, as a safety net. Then act on the signal.
     fn wait(&mut self, signals: &Receiver<i32>) {
@@ -370,7 +393,8 @@ impl Supervisor<'_> {
             }
         }
         let time_limit = self.deadline.filter(|_| !self.time_limit_hit);
-        for t in [time_limit, self.kill_at].into_iter().flatten() {
+        let watchdog = self.notifier.as_ref().and_then(notify::Notifier::next_wake);
+        for t in [time_limit, self.kill_at, watchdog].into_iter().flatten() {
             wake = wake.min(t);
         }
         match signals.recv_timeout(wake.saturating_duration_since(now)) {

@@ -3,7 +3,8 @@
 //!
 //! A child gets: stdin, a pipe carrying its configuration then control messages
 //! (`protocol::Setup`, `protocol::Control`); stderr, a pipe whose lines are copied to ours
-//! untouched except for escaping (never interpreted); `protocol::REPORT_FD`, the write end of
+//! untouched except for escaping (never interpreted; with JSON logs, a line that is not one
+//! is wrapped); `protocol::REPORT_FD`, the write end of
 //! its report pipe; `protocol::LOG_FD`, a copy of our own stderr. Invariant: no secret in
 //! argv or the environment (the DSN travels on stdin; DISPATCHBOX_DSN and PGPASSWORD are
 //! removed), and every descriptor we open is close on exec, so a child holds only its own
@@ -197,6 +198,10 @@ pub(super) fn spawn(
         .arg(index.to_string())
         .env_remove("DISPATCHBOX_DSN")
         .env_remove("PGPASSWORD")
+        // Only the supervisor speaks to systemd (`notify`).
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -213,7 +218,10 @@ pub(super) fn spawn(
     let heard = Arc::new(Heard::default());
     let mut listeners = Vec::new();
     if let Some(stderr) = child.stderr.take() {
-        listeners.push(std::thread::spawn(move || forward_logs(stderr)));
+        let (process, pid) = (format!("worker {index}"), child.id());
+        listeners.push(std::thread::spawn(move || {
+            forward_logs(stderr, &process, pid)
+        }));
     }
     let h = Arc::clone(&heard);
     listeners.push(std::thread::spawn(move || read_reports(report_rx, &h)));
@@ -227,16 +235,19 @@ pub(super) fn spawn(
     })
 }
 
-/// Copies a child's log lines to our stderr. They are escaped already; whatever else wrote
-/// there (a compiled-in handler) gets the same treatment: one line in, one line out.
-fn forward_logs(stderr: std::process::ChildStderr) {
+/// Copies a child's log lines to our stderr. They are escaped (and prefixed with their
+/// priority for the journal) already; whatever else wrote there (a compiled-in handler) gets
+/// the same escaping: one line in, one line out. With `--log-format json` such a line is
+/// wrapped into a JSON line of `process` (`log::foreign_line`).
+fn forward_logs(stderr: std::process::ChildStderr, process: &str, pid: u32) {
     for line in BufReader::new(stderr).split(b'\n') {
         let Ok(line) = line else { return };
         let text = String::from_utf8_lossy(&line);
-        let text = crate::log::escape_controls(&text);
-        let _ = std::io::stderr()
-            .lock()
-            .write_all(format!("{text}\n").as_bytes());
+        let out = match crate::log::foreign_line(&text, process, pid) {
+            Some(wrapped) => wrapped,
+            None => format!("{}\n", crate::log::escape_controls(&text)),
+        };
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
     }
 }
 
