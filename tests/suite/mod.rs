@@ -11,6 +11,7 @@ mod logging;
 mod migrate;
 mod reliability;
 mod samples;
+mod service;
 mod sinks;
 mod stdout;
 mod supervisor;
