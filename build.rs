@@ -1,18 +1,21 @@
 //! Build facts for `--version`: the target triple and the git revision the binary was built
 //! from (`git rev-parse --short HEAD`), or "unknown" when there is no git or no repository of
 //! this crate (a crate tarball, a vendored copy inside another repository). Never fails.
+//!
+//! The variables are not named `DISPATCHBOX_*`: cargo also sets them when it runs the binary
+//! (`cargo run`, `cargo test`), and the binary warns about unknown `DISPATCHBOX_*` variables.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
-    println!("cargo:rustc-env=DISPATCHBOX_TARGET={target}");
+    println!("cargo:rustc-env=DBX_BUILD_TARGET={target}");
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
     let rev = git(&dir, &["rev-parse", "--short", "HEAD"])
         .filter(|_| is_our_repository(&dir))
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=DISPATCHBOX_GIT_REV={rev}");
+    println!("cargo:rustc-env=DBX_BUILD_GIT_REV={rev}");
     println!("cargo:rerun-if-changed=build.rs");
     // A new commit or checkout changes these; without them cargo would keep an old revision.
     if rev != "unknown" {

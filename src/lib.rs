@@ -93,8 +93,8 @@ fn version() -> String {
     format!(
         "dispatchbox {}\ngit revision: {}\ntarget: {}\nTLS: {}\n",
         env!("CARGO_PKG_VERSION"),
-        env!("DISPATCHBOX_GIT_REV"),
-        env!("DISPATCHBOX_TARGET"),
+        env!("DBX_BUILD_GIT_REV"),
+        env!("DBX_BUILD_TARGET"),
         openssl::version::version()
     )
 }
