@@ -123,6 +123,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
     pub log_level: Level,
+    /// `--metrics-addr`: where the supervisor serves its metrics (None: it does not).
+    /// Not passed to workers.
+    pub metrics_addr: Option<String>,
     /// The lock the supervisor creates when several workers share stdout (a path under
     /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
     pub stdout_lock: Option<std::path::PathBuf>,
@@ -289,6 +292,22 @@ impl Source<'_> {
         Table::parse(v.unwrap_or_default().trim())
     }
 
+    /// `HOST:PORT`, checked for its shape here; the host is resolved when it is bound.
+    fn metrics_addr(&self) -> Result<Option<String>> {
+        let Some((who, v)) = self.get(&defs::METRICS_ADDR) else {
+            return Ok(None);
+        };
+        let v = v.trim();
+        match v.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Some(v.to_string()))
+            }
+            _ => Err(Error::Usage(format!(
+                "{who}: `{v}` is not HOST:PORT (e.g. 127.0.0.1:9187 or [::1]:9187)"
+            ))),
+        }
+    }
+
     fn log_level(&self) -> Result<Level> {
         match self.get_or_default(&defs::LOG_LEVEL) {
             None => Ok(Level::Info),
@@ -349,6 +368,7 @@ impl Config {
             shutdown_timeout,
             connect_timeout,
             log_level,
+            metrics_addr: src.metrics_addr()?,
             stdout_lock: None,
             log_fd: None,
         })

@@ -276,6 +276,16 @@ pub const LOG_LEVEL: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const METRICS_ADDR: Flag = Flag {
+    key: "--metrics-addr",
+    short: None,
+    value: Some("HOST:PORT"),
+    default: None,
+    help: "serve /metrics (Prometheus), /healthz and /readyz over HTTP here",
+    note: Some("off unless given; e.g. 127.0.0.1:9187"),
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),
@@ -315,6 +325,7 @@ pub const FLAGS: &[Flag] = &[
     SHUTDOWN_TIMEOUT,
     CONNECT_TIMEOUT,
     LOG_LEVEL,
+    METRICS_ADDR,
     HELP,
     VERSION,
 ];
@@ -392,6 +403,7 @@ mod tests {
                 "shutdown-timeout",
                 "connect-timeout",
                 "log-level",
+                "metrics-addr",
             ]
         );
     }
