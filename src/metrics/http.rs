@@ -26,7 +26,7 @@ const WRITE_TIME: Duration = Duration::from_secs(2);
 /// After answering, how long unread input is drained (so that closing with unread bytes
 /// does not reset the connection before the client has read the answer).
 const LINGER: Duration = Duration::from_millis(200);
-const THREADS: usize = 4;
+const THREADS: usize = 8;
 const QUEUE: usize = 16;
 
 /// An answer.
