@@ -48,109 +48,101 @@ fn value(v: f64) -> String {
     }
 }
 
+/// A family with one unlabelled sample (`labels` is `{…}` or empty).
+fn single(o: &mut String, (name, kind, help): (&str, &str, &str), labels: &str, v: String) {
+    family(o, name, kind, help);
+    let _ = writeln!(o, "{name}{labels} {v}");
+}
+
 pub(crate) fn render(snap: &Snapshot, backlog: Option<Backlog>, p: &Process) -> String {
     let mut out = String::with_capacity(4096);
     let o = &mut out;
-    family(
-        o,
-        "dispatchbox_build_info",
-        "gauge",
-        "Always 1; the labels name the build.",
-    );
-    let _ = writeln!(
-        o,
-        "dispatchbox_build_info{{version=\"{}\"}} 1",
-        escape(p.version)
-    );
-    family(
-        o,
-        "dispatchbox_start_time_seconds",
-        "gauge",
-        "When the supervisor started, in seconds since the Unix epoch.",
-    );
-    let _ = writeln!(o, "dispatchbox_start_time_seconds {}", value(p.start_time));
+    let version = format!("{{version=\"{}\"}}", escape(p.version));
+    single(o, BUILD_INFO, &version, "1".into());
+    single(o, START_TIME, "", value(p.start_time));
     events(o, snap);
     durations(o, snap);
     let t = &snap.total;
-    let simple: [(&str, &str, &str, u64); 5] = [
-        (
-            "dispatchbox_in_flight",
-            "gauge",
-            "Events claimed by the workers and not finished.",
-            t.in_flight,
-        ),
-        (
-            "dispatchbox_claims_total",
-            "counter",
-            "Claim statements run by the workers.",
-            t.claims,
-        ),
-        (
-            "dispatchbox_claimed_events_total",
-            "counter",
-            "Events returned by those claims.",
-            t.claimed,
-        ),
-        (
-            "dispatchbox_db_errors_total",
-            "counter",
-            "Failed statements and connection attempts of the workers.",
-            t.db_errors,
-        ),
-        (
-            "dispatchbox_worker_starts_total",
-            "counter",
-            "Worker processes started, restarts included.",
-            snap.starts,
-        ),
-    ];
-    for (name, kind, help, v) in simple {
-        family(o, name, kind, help);
-        let _ = writeln!(o, "{name} {v}");
-    }
-    family(
-        o,
-        "dispatchbox_workers",
-        "gauge",
-        "Worker slots by state: ready, starting (running, not ready yet) or down.",
-    );
+    single(o, IN_FLIGHT, "", t.in_flight.to_string());
+    single(o, CLAIMS, "", t.claims.to_string());
+    single(o, CLAIMED, "", t.claimed.to_string());
+    single(o, DB_ERRORS, "", t.db_errors.to_string());
+    single(o, STARTS, "", snap.starts.to_string());
+    let (name, kind, help) = WORKERS;
+    family(o, name, kind, help);
     let w = snap.workers;
     for (state, n) in [
         ("ready", w.ready),
         ("starting", w.starting),
         ("down", w.down),
     ] {
-        let _ = writeln!(o, "dispatchbox_workers{{state=\"{state}\"}} {n}");
+        let _ = writeln!(o, "{name}{{state=\"{state}\"}} {n}");
     }
-    family(
-        o,
-        "dispatchbox_ready",
-        "gauge",
-        "1 when /readyz answers 200: every worker ready and not stopping.",
-    );
-    let _ = writeln!(o, "dispatchbox_ready {}", u8::from(snap.ready()));
+    single(o, READY, "", u8::from(snap.ready()).to_string());
     if let Some(b) = backlog {
-        family(
-            o,
-            "dispatchbox_outbox_due",
-            "gauge",
-            "Pending or retrying events due now and not leased, in the whole table.",
-        );
-        let _ = writeln!(o, "dispatchbox_outbox_due {}", b.due);
-        family(
-            o,
-            "dispatchbox_outbox_oldest_due_age_seconds",
-            "gauge",
-            "How long the oldest due event has been due (0 when none is).",
-        );
-        let _ = writeln!(
-            o,
-            "dispatchbox_outbox_oldest_due_age_seconds {}",
-            value(b.oldest_due_age)
-        );
+        single(o, DUE, "", b.due.to_string());
+        single(o, OLDEST_DUE_AGE, "", value(b.oldest_due_age));
     }
     out
 }
+
+type Family = (&'static str, &'static str, &'static str);
+
+const BUILD_INFO: Family = (
+    "dispatchbox_build_info",
+    "gauge",
+    "Always 1; the labels name the build.",
+);
+const START_TIME: Family = (
+    "dispatchbox_start_time_seconds",
+    "gauge",
+    "When the supervisor started, in seconds since the Unix epoch.",
+);
+const IN_FLIGHT: Family = (
+    "dispatchbox_in_flight",
+    "gauge",
+    "Events claimed by the workers and not finished.",
+);
+const CLAIMS: Family = (
+    "dispatchbox_claims_total",
+    "counter",
+    "Claim statements run by the workers.",
+);
+const CLAIMED: Family = (
+    "dispatchbox_claimed_events_total",
+    "counter",
+    "Events returned by those claims.",
+);
+const DB_ERRORS: Family = (
+    "dispatchbox_db_errors_total",
+    "counter",
+    "Failed statements and connection attempts of the workers.",
+);
+const STARTS: Family = (
+    "dispatchbox_worker_starts_total",
+    "counter",
+    "Worker processes started, restarts included.",
+);
+const WORKERS: Family = (
+    "dispatchbox_workers",
+    "gauge",
+    "Worker slots by state: ready, starting (running, not ready yet) or down.",
+);
+const READY: Family = (
+    "dispatchbox_ready",
+    "gauge",
+    "1 when /readyz answers 200: every worker ready and not stopping.",
+);
+const DUE: Family = (
+    "dispatchbox_outbox_due",
+    "gauge",
+    "Pending or retrying events due now and not leased, in the whole table.",
+);
+const OLDEST_DUE_AGE: Family = (
+    "dispatchbox_outbox_oldest_due_age_seconds",
+    "gauge",
+    "How long the oldest due event has been due (0 when none is).",
+);
 
 fn events(o: &mut String, snap: &Snapshot) {
     family(

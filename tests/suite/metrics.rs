@@ -291,6 +291,47 @@ fn ready(port: u16) -> bool {
     get(port, "/readyz").0 == 200
 }
 
+/// What a scrape shows after `n` deliveries to `stdout` and 5 permanent failures on
+/// `dead_route`, with two workers idle.
+fn check_after_delivery(m: &[Sample], n: f64, dead_route: &str) {
+    for outcome in ["retried", "released", "deferred"] {
+        assert_eq!(
+            value(m, "dispatchbox_events_total", &[("outcome", outcome)]),
+            0.0,
+            "{outcome}"
+        );
+    }
+    let dead = [("route", dead_route), ("outcome", "dead")];
+    assert_eq!(value(m, "dispatchbox_events_total", &dead), 5.0);
+    let stdout = [("route", "stdout")];
+    assert_eq!(
+        value(m, "dispatchbox_delivery_duration_seconds_count", &stdout),
+        n
+    );
+    assert_eq!(
+        value(
+            m,
+            "dispatchbox_delivery_duration_seconds_bucket",
+            &[("route", "stdout"), ("le", "+Inf")]
+        ),
+        n
+    );
+    assert_eq!(value(m, "dispatchbox_claimed_events_total", &[]), n + 5.0);
+    assert!(value(m, "dispatchbox_claims_total", &[]) >= 1.0);
+    assert_eq!(value(m, "dispatchbox_db_errors_total", &[]), 0.0);
+    assert_eq!(value(m, "dispatchbox_workers", &[("state", "ready")]), 2.0);
+    assert_eq!(value(m, "dispatchbox_ready", &[]), 1.0);
+    assert_eq!(value(m, "dispatchbox_worker_starts_total", &[]), 2.0);
+    assert_eq!(value(m, "dispatchbox_outbox_due", &[]), 0.0);
+    assert_eq!(
+        value(m, "dispatchbox_outbox_oldest_due_age_seconds", &[]),
+        0.0
+    );
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(value(m, "dispatchbox_build_info", &version), 1.0);
+    assert!(value(m, "dispatchbox_start_time_seconds", &[]) > 1.6e9);
+}
+
 #[test]
 fn metrics_count_exactly_what_was_delivered_and_never_go_down() {
     let n = 120;
@@ -327,46 +368,7 @@ fn metrics_count_exactly_what_was_delivered_and_never_go_down() {
             && value(&m, "dispatchbox_events_total", &[("outcome", "dead")]) == 5.0
             && value(&m, "dispatchbox_in_flight", &[]) == 0.0
     });
-    let m = scrape(port);
-    for outcome in ["retried", "released", "deferred"] {
-        assert_eq!(
-            value(&m, "dispatchbox_events_total", &[("outcome", outcome)]),
-            0.0,
-            "{outcome}"
-        );
-    }
-    let dead = [("route", dead_route), ("outcome", "dead")];
-    assert_eq!(value(&m, "dispatchbox_events_total", &dead), 5.0);
-    let stdout = [("route", "stdout")];
-    assert_eq!(
-        value(&m, "dispatchbox_delivery_duration_seconds_count", &stdout),
-        n as f64
-    );
-    assert_eq!(
-        value(
-            &m,
-            "dispatchbox_delivery_duration_seconds_bucket",
-            &[("route", "stdout"), ("le", "+Inf")]
-        ),
-        n as f64
-    );
-    assert_eq!(
-        value(&m, "dispatchbox_claimed_events_total", &[]),
-        (n + 5) as f64
-    );
-    assert!(value(&m, "dispatchbox_claims_total", &[]) >= 1.0);
-    assert_eq!(value(&m, "dispatchbox_db_errors_total", &[]), 0.0);
-    assert_eq!(value(&m, "dispatchbox_workers", &[("state", "ready")]), 2.0);
-    assert_eq!(value(&m, "dispatchbox_ready", &[]), 1.0);
-    assert_eq!(value(&m, "dispatchbox_worker_starts_total", &[]), 2.0);
-    assert_eq!(value(&m, "dispatchbox_outbox_due", &[]), 0.0);
-    assert_eq!(
-        value(&m, "dispatchbox_outbox_oldest_due_age_seconds", &[]),
-        0.0
-    );
-    let version = [("version", env!("CARGO_PKG_VERSION"))];
-    assert_eq!(value(&m, "dispatchbox_build_info", &version), 1.0);
-    assert!(value(&m, "dispatchbox_start_time_seconds", &[]) > 1.6e9);
+    check_after_delivery(&scrape(port), n as f64, dead_route);
 
     // A worker killed (its last report stays counted) and restarted from 0.
     let worker = a_worker_of(sup.pid());
@@ -418,9 +420,14 @@ fn readyz_follows_start_up_and_shutdown_while_healthz_stays_ok() {
     wait_until(Duration::from_secs(30), "the metrics port answers", || {
         answers(port)
     });
-    let (status, body) = get(port, "/readyz");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("starting 1"), "{body}");
+    // Down (not started yet), then starting: never ready.
+    wait_until(Duration::from_secs(10), "the worker is starting", || {
+        let (status, body) = get(port, "/readyz");
+        assert_eq!(status, 503, "{body}");
+        body.contains("starting 1")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(port, "/readyz").0, 503);
     assert_eq!(get(port, "/healthz").0, 200);
     drop(starting);
     drop(silent);
@@ -446,6 +453,26 @@ fn readyz_follows_start_up_and_shutdown_while_healthz_stays_ok() {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
         1
     );
+}
+
+/// Oversized, non-GET, malformed and unknown requests.
+fn check_refusals(port: u16) {
+    // Oversized head: 431 and closed (read_to_string returns).
+    let mut big = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    big.extend(b"\r\n\r\n");
+    assert_eq!(raw(port, &big).0, 431);
+    assert_eq!(
+        raw(
+            port,
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+        )
+        .0,
+        405
+    );
+    assert_eq!(raw(port, b"DELETE /readyz HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(raw(port, b"hello\r\n\r\n").0, 400);
+    assert_eq!(get(port, "/nothing").0, 404);
 }
 
 #[test]
@@ -505,22 +532,7 @@ fn slow_clients_do_not_stall_a_scrape_and_bad_requests_are_refused() {
         "the trickling client was not cut off ({sent} bytes sent)"
     );
 
-    // Oversized head: 431 and closed (read_to_string returns).
-    let mut big = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
-    big.extend(std::iter::repeat_n(b'a', 20_000));
-    big.extend(b"\r\n\r\n");
-    assert_eq!(raw(port, &big).0, 431);
-    assert_eq!(
-        raw(
-            port,
-            b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
-        )
-        .0,
-        405
-    );
-    assert_eq!(raw(port, b"DELETE /readyz HTTP/1.1\r\n\r\n").0, 405);
-    assert_eq!(raw(port, b"hello\r\n\r\n").0, 400);
-    assert_eq!(get(port, "/nothing").0, 404);
+    check_refusals(port);
     // Still serving.
     assert_eq!(get(port, "/healthz"), (200, "ok\n".to_string()));
     sup.signal("TERM");
