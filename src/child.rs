@@ -46,10 +46,10 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     }));
 
     let router = crate::sink::build_router(&cfg, compiled)?;
-    let mut send = |r: Report| {
+    let send = |r: Report| {
         report(&r);
     };
-    match worker::run(&cfg, &router, index, tx, rx, &mut send, exit_now)? {
+    match worker::run(&cfg, &router, index, tx, rx, send, exit_now)? {
         Ended::Drained | Ended::Stopped => {
             info!("exiting");
             Ok(exit::OK)

@@ -8,14 +8,19 @@
 //! expired). A result that is void (another claim of the event is held now) or whose lease
 //! was lost is not counted: the claim that holds the event counts it.
 //!
-//! Invariant: the numbers only grow (see `Counts`); nothing here waits on the supervisor (the
-//! report pipe is written whole, or not at all when the supervisor is gone).
+//! Invariant: the numbers only grow (see `Counts`). The DB thread never waits on the
+//! supervisor for a periodic report: it leaves the latest counts in an outbox that a thread
+//! of their own writes to the report pipe (a supervisor that is stopped, SIGSTOP, and lets
+//! the pipe fill up blocks only that thread; a newer report replaces one not written yet).
+//! Only the report at exit is written by the DB thread itself, so that it is out before the
+//! process ends.
 
 use super::ledger::Finished;
 use crate::handler::Outcome as Verdict;
 use crate::metrics::counts::{Counts, Outcome};
 use crate::protocol::Report;
 use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often the counts are reported.
@@ -27,7 +32,37 @@ pub(super) struct Counters<'a> {
     routes: HashMap<i64, (i32, &'a str)>,
     next_report: Instant,
     /// Where reports go (none: counted, not sent).
-    send: Option<&'a mut dyn FnMut(Report)>,
+    send: Option<fn(Report)>,
+    /// The periodic reports' way out (none: sent on the DB thread, if no thread could start).
+    outbox: Option<Arc<Outbox>>,
+}
+
+/// The latest counts not written yet, for the reporting thread.
+#[derive(Default)]
+struct Outbox {
+    latest: Mutex<Option<Counts>>,
+    posted: Condvar,
+}
+
+impl Outbox {
+    fn post(&self, c: Counts) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        self.posted.notify_one();
+    }
+
+    /// The reporting thread: writes whatever is latest, for the rest of the process's life.
+    fn run(&self, send: fn(Report)) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(c) = latest.take() {
+                drop(latest);
+                send(Report::Counters(Box::new(c)));
+                latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            latest = self.posted.wait(latest).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// The outcome label of a handler's verdict on attempt `token`, by the rule the completer
@@ -50,12 +85,20 @@ impl<'a> Counters<'a> {
             routes: HashMap::new(),
             next_report: now,
             send: None,
+            outbox: None,
         }
     }
 
     /// Reports go to `send` from now on.
-    pub fn send_to(&mut self, send: &'a mut dyn FnMut(Report)) {
+    pub fn send_to(&mut self, send: fn(Report)) {
         self.send = Some(send);
+        let outbox = Arc::new(Outbox::default());
+        let o = Arc::clone(&outbox);
+        let started = std::thread::Builder::new()
+            .name("reports".into())
+            .spawn(move || o.run(send));
+        // Without a thread (EAGAIN), the DB thread writes them itself.
+        self.outbox = started.is_ok().then_some(outbox);
     }
 
     /// A claim statement ran and returned `n` events.
@@ -130,8 +173,11 @@ impl<'a> Counters<'a> {
         self.next_report = now + REPORT_EVERY;
         self.counts.in_flight = in_flight as u64;
         self.counts.db_errors = db_errors;
-        if let Some(send) = self.send.as_mut() {
-            send(Report::Counters(Box::new(self.counts.clone())));
+        let counts = self.counts.clone();
+        match (&self.outbox, self.send) {
+            (Some(outbox), _) if !force => outbox.post(counts),
+            (_, Some(send)) => send(Report::Counters(Box::new(counts))),
+            (_, None) => {}
         }
     }
 }
@@ -170,13 +216,17 @@ mod tests {
         assert_eq!(label(&Verdict::Abort("x".into()), 1, 3), Outcome::Released);
     }
 
+    static SENT: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+
+    fn sent() -> Vec<Report> {
+        SENT.lock().unwrap().clone()
+    }
+
     #[test]
     fn each_claim_is_counted_once_by_its_token() {
-        let mut sent = Vec::new();
-        let mut send = |r: Report| sent.push(r);
         let t0 = Instant::now();
         let mut c = Counters::new(t0);
-        c.send_to(&mut send);
+        c.send_to(|r| SENT.lock().unwrap().push(r));
         c.claimed(3);
         c.dispatched(1, 1, "stdout");
         c.dispatched(2, 1, "stdout");
@@ -188,10 +238,16 @@ mod tests {
         c.given_back(2, 1, true);
         c.finished(3, 4, Outcome::Dead, &Finished::LeaseLost, ms);
         c.dead_at_claim("exec:x");
-        c.report(t0, 0, 2, false);
+        c.report(t0, 0, 2, false); // by the reporting thread
         c.report(t0, 0, 2, false); // not due again yet
-        drop(c);
-        assert_eq!(sent.len(), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.report(t0, 0, 2, true); // at exit: at once, on this thread
+        let sent = sent();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0], sent[1]);
         let Report::Counters(counts) = &sent[0] else {
             panic!("{sent:?}")
         };

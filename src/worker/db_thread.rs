@@ -66,7 +66,7 @@ impl<'a> DbThread<'a> {
     }
 
     /// Sends the `counters` reports through `send`.
-    pub fn reporting(mut self, send: &'a mut dyn FnMut(Report)) -> DbThread<'a> {
+    pub fn reporting(mut self, send: fn(Report)) -> DbThread<'a> {
         self.counters.send_to(send);
         self
     }

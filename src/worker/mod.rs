@@ -223,7 +223,7 @@ pub(crate) fn run(
     index: u32,
     tx: Sender<Msg>,
     inbox: Receiver<Msg>,
-    report: &mut dyn FnMut(Report),
+    report: fn(Report),
     exit: fn(&Ended) -> !,
 ) -> Result<Ended> {
     let mut connector = cfg.dsn.connector()?;
