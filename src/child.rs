@@ -4,7 +4,7 @@
 //! Stdin after the configuration carries `stop` / `stop-now` (`protocol::Control`); EOF means
 //! the supervisor is gone (even killed with SIGKILL), and the worker shuts down gracefully.
 //! SIGTERM/SIGINT stop it like `stop` / `stop-now`; SIGHUP is logged and ignored (no reload).
-//! Reports to the supervisor (`ready`, and `fatal` from the entry point) go through `report`,
+//! Reports to the supervisor (`ready`, `counters`, and `fatal` from the entry point) go through `report`,
 //! which writes nothing when the supervisor gave us no report pipe (a child started by hand).
 
 use crate::error::{exit, Error, Result};
@@ -46,10 +46,10 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     }));
 
     let router = crate::sink::build_router(&cfg, compiled)?;
-    let mut ready = || {
-        report(&Report::Ready);
+    let send = |r: Report| {
+        report(&r);
     };
-    match worker::run(&cfg, &router, index, tx, rx, &mut ready, exit_now)? {
+    match worker::run(&cfg, &router, index, tx, rx, send, exit_now)? {
         Ended::Drained | Ended::Stopped => {
             info!("exiting");
             Ok(exit::OK)

@@ -127,6 +127,9 @@ pub struct Config {
     /// Log lines carry syslog priority prefixes: the supervisor's stderr, where a worker's
     /// lines end up, is the systemd journal. Not a flag (detected by the supervisor).
     pub log_journal: bool,
+    /// `--metrics-addr`: where the supervisor serves its metrics (None: it does not).
+    /// Not passed to workers.
+    pub metrics_addr: Option<String>,
     /// The lock the supervisor creates when several workers share stdout (a path under
     /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
     pub stdout_lock: Option<std::path::PathBuf>,
@@ -331,6 +334,22 @@ impl Source<'_> {
         }
     }
 
+    /// `HOST:PORT`, checked for its shape here; the host is resolved when it is bound.
+    fn metrics_addr(&self) -> Result<Option<String>> {
+        let Some((who, v)) = self.get(&defs::METRICS_ADDR) else {
+            return Ok(None);
+        };
+        let v = v.trim();
+        match v.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Some(v.to_string()))
+            }
+            _ => Err(Error::Usage(format!(
+                "{who}: `{v}` is not HOST:PORT (e.g. 127.0.0.1:9187 or [::1]:9187)"
+            ))),
+        }
+    }
+
     fn log_level(&self) -> Result<Level> {
         match self.get_or_default(&defs::LOG_LEVEL) {
             None => Ok(Level::Info),
@@ -394,6 +413,7 @@ impl Config {
             log_level,
             log_format,
             log_journal: false,
+            metrics_addr: src.metrics_addr()?,
             stdout_lock: None,
             log_fd: None,
         })

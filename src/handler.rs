@@ -196,11 +196,19 @@ impl Router {
 
     /// The most specific handler for this type, or None when this worker does not route it.
     pub fn route(&self, event_type: Option<&str>) -> Option<&Arc<dyn Handler>> {
+        self.best(event_type).map(|(_, _, h)| h)
+    }
+
+    /// The target name of the route `route` picks (the `route` label of the metrics).
+    pub(crate) fn target(&self, event_type: Option<&str>) -> Option<&str> {
+        self.best(event_type).map(|(_, t, _)| t.as_str())
+    }
+
+    fn best(&self, event_type: Option<&str>) -> Option<&(Pattern, String, Arc<dyn Handler>)> {
         self.routes
             .iter()
             .filter(|(p, _, _)| p.matches(event_type))
             .max_by_key(|(p, _, _)| p.rank())
-            .map(|(_, _, h)| h)
     }
 
     /// The routes (`pattern=target`) whose target is named `target`.

@@ -35,6 +35,7 @@ mod connect;
 mod dsn;
 mod error;
 mod handler;
+mod metrics;
 mod protocol;
 mod sink;
 mod store;

@@ -10,6 +10,11 @@
 //! child → supervisor, on the report pipe (the child's fd `REPORT_FD`)
 //!   {"type":"ready"}                               start-up succeeded (connected, checked)
 //!   {"type":"fatal","code":4,"message":"…"}        the error the child exits with
+//!   {"type":"counters","claims":3,"claimed":25,"db-errors":0,"in-flight":2,
+//!    "routes":[{"route":"stdout","delivered":20,"retried":1,"dead":0,"released":2,
+//!               "deferred":0,"duration-us":5310,"buckets":[18,3,0,…]}]}
+//!                          about every second and once at exit: the worker's counts since it
+//!                          started (`metrics::counts`; buckets per `counts::BUCKETS`, then +Inf)
 //!   {"type":"<anything else>",…}                   a report this build does not know: ignored
 //! ```
 //! The configuration carries the resolved flags (the DSN with its password: it travels on a
@@ -21,9 +26,9 @@
 //! carries whatever a compiled-in handler prints, and a partial line there (an `eprint!`
 //! without a newline) would swallow the report written after it; a report pipe that is close
 //! on exec in the child cannot be written, nor held open, by the programs `exec:` targets
-//! run, so its EOF comes with the child's exit; and periodic reports (a `counters` report for
-//! the supervisor's metrics is the next one planned) do not mix with the log lines the
-//! supervisor forwards untouched. Unknown report types decode to `Report::Other` and are
+//! run, so its EOF comes with the child's exit; and the periodic `counters` report (summed by
+//! the supervisor for `/metrics`) does not mix with the log lines the supervisor forwards
+//! untouched. Unknown report types decode to `Report::Other` and are
 //! ignored, so a new report does not break a supervisor that does not know it.
 //!
 //! Invariant: the supervisor learns about a child only through these values and the child's
@@ -32,6 +37,7 @@
 use crate::cli::RawArgs;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::counts::Counts;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -57,6 +63,8 @@ pub(crate) enum Report {
     Ready,
     /// The error the child is about to exit with, and that exit code.
     Fatal { code: u8, message: String },
+    /// The worker's counts since it started (cumulative, except the in-flight gauge).
+    Counters(Box<Counts>),
     /// A report of a type this build does not know (its type name): ignored.
     Other(String),
 }
@@ -97,6 +105,7 @@ impl Report {
                 m.insert("message".into(), message.as_str().into());
                 tagged("fatal", m)
             }
+            Report::Counters(c) => tagged("counters", c.to_json()),
             Report::Other(kind) => tagged(kind, Map::new()),
         }
     }
@@ -118,6 +127,9 @@ impl Report {
                     .to_string();
                 Ok(Report::Fatal { code, message })
             }
+            "counters" => Counts::from_json(&m)
+                .map(|c| Report::Counters(Box::new(c)))
+                .ok_or_else(|| Error::Other("counters report of the wrong shape".into())),
             _ => Ok(Report::Other(kind)),
         }
     }
@@ -323,15 +335,19 @@ mod tests {
             code: 4,
             message: "line one\nline \"two\"\u{1}".into(),
         };
-        for r in [Report::Ready, fatal] {
+        let mut counts = Counts::default();
+        counts.count("stdout", crate::metrics::counts::Outcome::Delivered);
+        counts.claims = 3;
+        for r in [Report::Ready, fatal, Report::Counters(Box::new(counts))] {
             let line = r.encode();
             assert!(!line.contains('\n'), "{line}");
             assert_eq!(Report::decode(&line).unwrap(), r);
         }
         assert_eq!(
-            Report::decode(r#"{"type":"counters","claimed":3}"#).unwrap(),
-            Report::Other("counters".into())
+            Report::decode(r#"{"type":"progress","claimed":3}"#).unwrap(),
+            Report::Other("progress".into())
         );
+        assert!(Report::decode(r#"{"type":"counters","claimed":"3"}"#).is_err());
         assert!(Report::decode(r#"{"type":"fatal","code":300}"#).is_err());
         assert!(Report::decode(r#"{"code":3}"#).is_err());
         assert!(Report::decode("2026-01-01T00:00:00.000Z ERROR    [worker 0] x").is_err());

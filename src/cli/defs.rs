@@ -299,6 +299,16 @@ pub const LOG_FORMAT: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const METRICS_ADDR: Flag = Flag {
+    key: "--metrics-addr",
+    short: None,
+    value: Some("HOST:PORT"),
+    default: None,
+    help: "serve /metrics (Prometheus), /healthz and /readyz over HTTP here",
+    note: Some("off unless given; e.g. 127.0.0.1:9187"),
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),
@@ -340,6 +350,7 @@ pub const FLAGS: &[Flag] = &[
     CONNECT_TIMEOUT,
     LOG_LEVEL,
     LOG_FORMAT,
+    METRICS_ADDR,
     HELP,
     VERSION,
 ];
@@ -419,6 +430,7 @@ mod tests {
                 "connect-timeout",
                 "log-level",
                 "log-format",
+                "metrics-addr",
             ]
         );
     }

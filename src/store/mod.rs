@@ -1,6 +1,7 @@
 //! Every SQL statement Dispatchbox runs, in one module, with the index that serves it; one
 //! file per role: `claim` (the hot path: claim, complete, extend, release), `schema`
-//! (migrate, the start-up table check), `report` (counts for stats, start-up and drain).
+//! (migrate, the start-up table check), `report` (counts for stats, start-up and drain),
+//! `backlog` (the metrics' backlog query).
 //! This file holds what they share: placeholders, statuses, session settings.
 //!
 //! Invariants kept here:
@@ -12,10 +13,12 @@
 //! - one statement per batch (arrays + unnest), never one per event;
 //! - the table name is always a quoted identifier; every value is a bind parameter.
 
+mod backlog;
 mod claim;
 mod report;
 mod schema;
 
+pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
 pub use schema::{check_table, migrate};

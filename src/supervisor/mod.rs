@@ -28,6 +28,7 @@ mod verdict;
 
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
+use crate::metrics::board::Board;
 use crate::protocol::{Control, Setup, REPORT_FD};
 use crate::{info, warn};
 use policy::{Decision, Ending, Exit};
@@ -36,6 +37,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use verdict::Ended;
 
@@ -81,12 +83,17 @@ struct Supervisor<'a> {
     fatal: Option<(u8, String)>,
     /// systemd's notification socket, when we run as a `Type=notify` service.
     notifier: Option<notify::Notifier>,
+    /// What the children report, for `--metrics-addr`.
+    board: Arc<Board>,
 }
 
 pub fn run(cfg: &Config) -> Result<u8> {
     // Signals first, before any thread or child exists.
     let signals = listen_for_signals()?;
     let mut sup = Supervisor::new(cfg)?;
+    if let Some(addr) = &cfg.metrics_addr {
+        crate::metrics::start(cfg, addr, &sup.board)?;
+    }
     info!(
         "starting {} worker process(es) for table {} on {}",
         cfg.processes,
@@ -164,6 +171,7 @@ impl Supervisor<'_> {
             time_limit_hit: false,
             fatal: None,
             notifier: notify::Notifier::from_env(),
+            board: Board::new(cfg.processes as usize),
         })
     }
 
@@ -189,6 +197,7 @@ impl Supervisor<'_> {
                 slot.index,
                 &self.setup_line,
                 self.log_copy.as_ref(),
+                self.board.tap(i),
             ) {
                 Ok(running) => self.slots[i].state = State::Running(Box::new(running)),
                 // e.g. EAGAIN: try again later, like a crash at start-up.
@@ -426,6 +435,7 @@ impl Supervisor<'_> {
     }
 
     fn tell_all(&mut self, what: Control) {
+        self.board.stopping();
         for slot in &mut self.slots {
             match &mut slot.state {
                 State::Running(running) => running.tell(what),

@@ -4,14 +4,15 @@
 //! A child gets: stdin, a pipe carrying its configuration then control messages
 //! (`protocol::Setup`, `protocol::Control`); stderr, a pipe whose lines are copied to ours
 //! untouched except for escaping (never interpreted; with JSON logs, a line that is not one
-//! is wrapped); `protocol::REPORT_FD`, the write end of
-//! its report pipe; `protocol::LOG_FD`, a copy of our own stderr. Invariant: no secret in
-//! argv or the environment (the DSN travels on stdin; DISPATCHBOX_DSN and PGPASSWORD are
+//! is wrapped); `protocol::REPORT_FD`, the write end of its report pipe (its `counters`
+//! reports go on to the metrics board); `protocol::LOG_FD`, a copy of our own stderr.
+//! Invariant: no secret in argv or the environment (the DSN travels on stdin; DISPATCHBOX_DSN and PGPASSWORD are
 //! removed), and every descriptor we open is close on exec, so a child holds only its own
 //! pipes (a report pipe's EOF then means that child is gone).
 
 use crate::error::{Error, Result};
 use crate::info;
+use crate::metrics::board::Tap;
 use crate::protocol::{Control, Report, LOG_FD, REPORT_FD};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -157,12 +158,13 @@ pub(super) fn stderr_copy() -> Option<OwnedFd> {
     dup_high(2).ok()
 }
 
-/// Starts worker `index` and writes its configuration line.
+/// Starts worker `index` and writes its configuration line; its reports go to `tap` too.
 pub(super) fn spawn(
     exe: &Path,
     index: u32,
     setup_line: &str,
     log_copy: Option<&OwnedFd>,
+    tap: Tap,
 ) -> Result<Running> {
     let cannot = |e: std::io::Error| Error::Other(format!("cannot start worker {index}: {e}"));
     let (report_rx, low) = std::io::pipe().map_err(cannot)?;
@@ -224,7 +226,9 @@ pub(super) fn spawn(
         }));
     }
     let h = Arc::clone(&heard);
-    listeners.push(std::thread::spawn(move || read_reports(report_rx, &h)));
+    listeners.push(std::thread::spawn(move || {
+        read_reports(report_rx, &h, &tap)
+    }));
     info!("started worker {index} (pid {})", child.id());
     Ok(Running {
         child,
@@ -251,11 +255,16 @@ fn forward_logs(stderr: std::process::ChildStderr, process: &str, pid: u32) {
     }
 }
 
-fn read_reports(pipe: std::io::PipeReader, heard: &Heard) {
+/// Until the pipe closes (the child is gone; `tap` is then dropped, which tells the board).
+fn read_reports(pipe: std::io::PipeReader, heard: &Heard, tap: &Tap) {
     for line in BufReader::new(pipe).split(b'\n') {
         let Ok(line) = line else { return };
         match Report::decode(&String::from_utf8_lossy(&line)) {
-            Ok(Report::Ready) => heard.ready.store(true, Ordering::SeqCst),
+            Ok(Report::Ready) => {
+                heard.ready.store(true, Ordering::SeqCst);
+                tap.ready();
+            }
+            Ok(Report::Counters(counts)) => tap.counts(&counts),
             Ok(Report::Fatal { message, .. }) => {
                 if let Ok(mut m) = heard.fatal.lock() {
                     *m = Some(message.trim().to_string());

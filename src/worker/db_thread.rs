@@ -3,12 +3,13 @@
 //! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message.
 //! The books are the ledger's, the connection is the link's, the statements are in
 //! `round_trips`: this file only sequences them, one short function per phase, and logs what
-//! happened.
+//! happened (and tells `counters` how each claim ended).
 //!
 //! Invariant: the loop only ends with every result and release written, except when it
 //! abandons handlers still running at the shutdown deadline (or after a fatal error) — then it
 //! says so and returns `Ended::Abandoned` for `worker::run` to act on.
 
+use super::counters::{self, Counters};
 use super::drain::DrainWatch;
 use super::lease_clock::LeaseClock;
 use super::ledger::{Finished, Ledger, Limits};
@@ -18,9 +19,10 @@ use super::{Ended, Msg};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
+use crate::protocol::Report;
 use crate::{debug, error, info, warn};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The DB thread's state: the rooms it sequences. Its round trips are in `round_trips`.
 pub(super) struct DbThread<'a> {
@@ -33,6 +35,7 @@ pub(super) struct DbThread<'a> {
     pub(super) ledger: Ledger<'a>,
     pub(super) pool: Pool<'a>,
     pub(super) drain: DrainWatch,
+    pub(super) counters: Counters<'a>,
     /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
     failure: Option<String>,
 }
@@ -57,8 +60,22 @@ impl<'a> DbThread<'a> {
             ledger: Ledger::new(Limits::of(cfg), clock, Instant::now()),
             pool,
             drain: DrainWatch::default(),
+            counters: Counters::new(Instant::now()),
             failure: None,
         }
+    }
+
+    /// Sends the `counters` reports through `send`.
+    pub fn reporting(mut self, send: fn(Report)) -> DbThread<'a> {
+        self.counters.send_to(send);
+        self
+    }
+
+    /// Reports the counts when due (`force`: now, as at exit).
+    pub fn report_counters(&mut self, force: bool) {
+        let (in_flight, errors) = (self.ledger.in_flight(), self.link.errors());
+        self.counters
+            .report(Instant::now(), in_flight, errors, force);
     }
 
     /// Runs until drained, stopped, abandoned or failed. A failure first gives back what it
@@ -83,6 +100,7 @@ impl<'a> DbThread<'a> {
             if let Some(ended) = self.step()? {
                 return Ok(ended);
             }
+            self.report_counters(false);
             self.wait();
         }
     }
@@ -91,6 +109,7 @@ impl<'a> DbThread<'a> {
     fn wait(&mut self) {
         let now = Instant::now();
         let wake = self.ledger.next_wake(now, self.link.blocked_until(now));
+        let wake = wake.map(|t| t.min(self.counters.report_at()));
         match wake.map(|t| t.saturating_duration_since(Instant::now())) {
             Some(d) if d.is_zero() => {}
             Some(d) => match self.inbox.recv_timeout(d) {
@@ -110,13 +129,18 @@ impl<'a> DbThread<'a> {
 
     fn absorb(&mut self, msg: Msg) {
         match msg {
-            Msg::Done { id, token, outcome } => self.finished(id, token, outcome),
+            Msg::Done {
+                id,
+                token,
+                outcome,
+                took,
+            } => self.finished(id, token, outcome, took),
             Msg::Unstarted { id, token } => {
-                self.ledger.give_back(id, token);
+                self.give_back(id, token);
             }
             Msg::Stale { id, token, why } => {
                 // Fenced: the release is a no-op when another worker holds it now.
-                if self.ledger.give_back(id, token) {
+                if self.give_back(id, token) {
                     warn!("event {id} (attempt {token}) not started: {why}; giving it back");
                 }
             }
@@ -131,8 +155,18 @@ impl<'a> DbThread<'a> {
         }
     }
 
-    fn finished(&mut self, id: i64, token: i32, outcome: Outcome) {
-        match self.ledger.finished(id, token, outcome, Instant::now()) {
+    /// The ledger's `give_back`, counted.
+    fn give_back(&mut self, id: i64, token: i32) -> bool {
+        let held = self.ledger.give_back(id, token);
+        self.counters.given_back(id, token, held);
+        held
+    }
+
+    fn finished(&mut self, id: i64, token: i32, outcome: Outcome, took: Duration) {
+        let verdict = counters::label(&outcome, token, self.cfg.max_attempts);
+        let finished = self.ledger.finished(id, token, outcome, Instant::now());
+        self.counters.finished(id, token, verdict, &finished, took);
+        match finished {
             Finished::Void | Finished::Recorded => {}
             Finished::LeaseLost => info!(
                 "event {id} (attempt {token}) finished after another worker took its lease \
@@ -166,7 +200,7 @@ impl<'a> DbThread<'a> {
         );
         self.ledger.stop(Instant::now() + self.cfg.shutdown_timeout);
         for (id, token) in self.pool.close() {
-            self.ledger.give_back(id, token);
+            self.give_back(id, token);
         }
     }
 
@@ -229,7 +263,7 @@ impl<'a> DbThread<'a> {
     /// is returned.
     fn fail_stop(&mut self, e: Error) -> Result<Ended> {
         for (id, token) in self.pool.close() {
-            self.ledger.give_back(id, token);
+            self.give_back(id, token);
         }
         if !self.ledger.to_release().is_empty() {
             let delays = self.ledger.release_delays();

@@ -56,6 +56,8 @@ pub(super) struct Link<'a> {
     statement_failures: u32,
     /// After a statement-level failure: no statement before this.
     retry_at: Option<Instant>,
+    /// Statements and connection attempts that failed, for the metrics.
+    errors: u64,
     rng: fastrand::Rng,
 }
 
@@ -71,8 +73,14 @@ impl<'a> Link<'a> {
             failures: 0,
             statement_failures: 0,
             retry_at: None,
+            errors: 0,
             rng: fastrand::Rng::new(),
         }
+    }
+
+    /// Statements and connection attempts that failed so far.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     pub fn connected(&self) -> bool {
@@ -110,7 +118,11 @@ impl<'a> Link<'a> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(None);
         };
-        match op(conn) {
+        let result = op(conn);
+        if result.is_err() {
+            self.errors += 1;
+        }
+        match result {
             Ok(v) => {
                 self.failures = 0;
                 self.statement_failures = 0;
@@ -197,6 +209,7 @@ impl<'a> Link<'a> {
             },
         };
         self.connecting_since = None;
+        self.errors += 1;
         self.lost(&why, unwritten);
         let outage = self.outage_since.map(|t| t.elapsed()).unwrap_or_default();
         if self.cfg.drain && outage > self.cfg.connect_timeout {

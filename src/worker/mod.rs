@@ -17,7 +17,7 @@
 //! `link` (the connection: reconnect, transient vs fatal), `round_trips` (one function per
 //! statement: complete, release, extend, claim) and `drain` (when `--drain` is done).
 //! `complete` batches results, `lease_clock` tells handler threads whether a lease is still
-//! theirs, `defer` keeps the books on deferred events.
+//! theirs, `defer` keeps the books on deferred events, `counters` counts for the metrics.
 //!
 //! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
 //! point maps to an exit code, with one exception. A scope joins its threads when it ends, and
@@ -30,6 +30,7 @@
 //! path) for the sake of the one path on which the process ends anyway.
 
 mod complete;
+mod counters;
 mod db_thread;
 mod defer;
 mod drain;
@@ -44,6 +45,7 @@ use crate::config::Config;
 use crate::connect::{connect_until, Connector};
 use crate::error::{describe_pg, is_read_only, is_transient, read_only_message, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
+use crate::protocol::Report;
 use crate::store::{self, Conn};
 use crate::{debug, info, warn};
 use db_thread::DbThread;
@@ -61,6 +63,8 @@ pub(crate) enum Msg {
         id: i64,
         token: i32,
         outcome: Outcome,
+        /// How long the handler ran.
+        took: Duration,
     },
     /// A claimed event that no handler started before shutdown.
     Unstarted { id: i64, token: i32 },
@@ -208,8 +212,9 @@ fn start(
 }
 
 /// Runs one worker until it drains (`--drain`) or is told to stop through `inbox`.
-/// `tx` is a sender of the same channel, handed to the handler threads. `on_ready` is called
-/// once start-up succeeded (connected, table checked, statements prepared). `exit` ends the
+/// `tx` is a sender of the same channel, handed to the handler threads. `report` sends a
+/// report to the supervisor: `ready` once start-up succeeded (connected, table checked,
+/// statements prepared), then `counters` about every second and at the end. `exit` ends the
 /// process when handlers are abandoned while still running (see the module header); every
 /// other ending is returned.
 pub(crate) fn run(
@@ -218,7 +223,7 @@ pub(crate) fn run(
     index: u32,
     tx: Sender<Msg>,
     inbox: Receiver<Msg>,
-    on_ready: &mut dyn FnMut(),
+    report: fn(Report),
     exit: fn(&Ended) -> !,
 ) -> Result<Ended> {
     let mut connector = cfg.dsn.connector()?;
@@ -236,7 +241,7 @@ pub(crate) fn run(
         cfg.threads,
         cfg.lease.as_secs_f64()
     );
-    on_ready();
+    report(Report::Ready);
 
     let (jobs, shared) = pool::channel(LeaseClock::new(cfg.lease));
     std::thread::scope(|s| {
@@ -244,8 +249,10 @@ pub(crate) fn run(
         drop(tx);
         let link = Link::new(cfg, connector, conn);
         let pool = Pool::new(jobs, &shared);
-        let mut db = DbThread::new(cfg, router, owner, inbox, link, pool, &shared.clock);
+        let mut db =
+            DbThread::new(cfg, router, owner, inbox, link, pool, &shared.clock).reporting(report);
         let ended = db.run();
+        db.report_counters(true);
         if let Ok(abandoned @ Ended::Abandoned { .. }) = &ended {
             if db.handlers_running() {
                 // Leaving the scope would wait for them, maybe for ever.

@@ -122,8 +122,18 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
             let _ = tx.send(Msg::Stale { id, token, why });
             continue;
         }
+        let started = Instant::now();
         let outcome = run_handler(&job);
-        if tx.send(Msg::Done { id, token, outcome }).is_err() {
+        let took = started.elapsed();
+        if tx
+            .send(Msg::Done {
+                id,
+                token,
+                outcome,
+                took,
+            })
+            .is_err()
+        {
             return;
         }
     }

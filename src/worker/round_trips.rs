@@ -160,6 +160,7 @@ impl DbThread<'_> {
             return Ok(None);
         };
         let count = claimed.len();
+        self.counters.claimed(count);
         if count > 0 {
             self.drain.work_found();
         }
@@ -174,7 +175,9 @@ impl DbThread<'_> {
     }
 
     fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
+        let route = self.router.target(c.event.event_type.as_deref());
         if c.exhausted {
+            self.counters.dead_at_claim(route.unwrap_or("-"));
             warn!(
                 "event {} ({}) is dead: {}",
                 c.event.id,
@@ -190,6 +193,7 @@ impl DbThread<'_> {
             return;
         };
         self.ledger.dispatched(id, token, Instant::now());
+        self.counters.dispatched(id, token, route.unwrap_or("-"));
         let job = Job {
             token,
             event: c.event,

@@ -8,6 +8,7 @@ mod exec;
 mod faults;
 mod lifecycle;
 mod logging;
+mod metrics;
 mod migrate;
 mod reliability;
 mod samples;

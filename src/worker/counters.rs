@@ -1,0 +1,263 @@
+//! The worker's side of the metrics: what the DB thread tells it (claims, each claim's route,
+//! how each ended and how long its handler ran) summed into a `metrics::counts::Counts`, sent
+//! to the supervisor as a `counters` report about every second and once at exit.
+//!
+//! An event is counted once per claim, when the DB thread learns how the claim ended: the
+//! handler's result (delivered, retried, dead; counted when recorded, before it is written),
+//! or a give-back (released, deferred), or dead at claim time (the lease of its last attempt
+//! expired). A result that is void (another claim of the event is held now) or whose lease
+//! was lost is not counted: the claim that holds the event counts it.
+//!
+//! Invariant: the numbers only grow (see `Counts`). The DB thread never waits on the
+//! supervisor for a periodic report: it leaves the latest counts in an outbox that a thread
+//! of their own writes to the report pipe (a supervisor that is stopped, SIGSTOP, and lets
+//! the pipe fill up blocks only that thread; a newer report replaces one not written yet).
+//! Only the report at exit is written by the DB thread itself, so that it is out before the
+//! process ends.
+
+use super::ledger::Finished;
+use crate::handler::Outcome as Verdict;
+use crate::metrics::counts::{Counts, Outcome};
+use crate::protocol::Report;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the counts are reported.
+pub(super) const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) struct Counters<'a> {
+    counts: Counts,
+    /// The route of each claim in flight: id → (token, route target).
+    routes: HashMap<i64, (i32, &'a str)>,
+    next_report: Instant,
+    /// Where reports go (none: counted, not sent).
+    send: Option<fn(Report)>,
+    /// The periodic reports' way out (none: sent on the DB thread, if no thread could start).
+    outbox: Option<Arc<Outbox>>,
+}
+
+/// The latest counts not written yet, for the reporting thread.
+#[derive(Default)]
+struct Outbox {
+    latest: Mutex<Option<Counts>>,
+    posted: Condvar,
+}
+
+impl Outbox {
+    fn post(&self, c: Counts) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        self.posted.notify_one();
+    }
+
+    /// The reporting thread: writes whatever is latest, for the rest of the process's life.
+    fn run(&self, send: fn(Report)) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(c) = latest.take() {
+                drop(latest);
+                send(Report::Counters(Box::new(c)));
+                latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            latest = self.posted.wait(latest).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The outcome label of a handler's verdict on attempt `token`, by the rule the completer
+/// applies (`complete::Completer::push`): a failure on the last allowed attempt is dead.
+pub(super) fn label(v: &Verdict, token: i32, max_attempts: i32) -> Outcome {
+    match v {
+        Verdict::Delivered => Outcome::Delivered,
+        Verdict::Permanent(_) => Outcome::Dead,
+        _ if token >= max_attempts => Outcome::Dead,
+        Verdict::Defer(_) => Outcome::Deferred,
+        Verdict::Abort(_) => Outcome::Released,
+        Verdict::Retry(_) | Verdict::RetryAfter(..) => Outcome::Retried,
+    }
+}
+
+impl<'a> Counters<'a> {
+    pub fn new(now: Instant) -> Counters<'a> {
+        Counters {
+            counts: Counts::default(),
+            routes: HashMap::new(),
+            next_report: now,
+            send: None,
+            outbox: None,
+        }
+    }
+
+    /// Reports go to `send` from now on.
+    pub fn send_to(&mut self, send: fn(Report)) {
+        self.send = Some(send);
+        let outbox = Arc::new(Outbox::default());
+        let o = Arc::clone(&outbox);
+        let started = std::thread::Builder::new()
+            .name("reports".into())
+            .spawn(move || o.run(send));
+        // Without a thread (EAGAIN), the DB thread writes them itself.
+        self.outbox = started.is_ok().then_some(outbox);
+    }
+
+    /// A claim statement ran and returned `n` events.
+    pub fn claimed(&mut self, n: usize) {
+        self.counts.claims += 1;
+        self.counts.claimed += n as u64;
+    }
+
+    /// A claimed event goes to a handler of `route`.
+    pub fn dispatched(&mut self, id: i64, token: i32, route: &'a str) {
+        self.routes.insert(id, (token, route));
+    }
+
+    /// The claim found the event's attempts used up (dead without a handler run).
+    pub fn dead_at_claim(&mut self, route: &str) {
+        self.counts.count(route, Outcome::Dead);
+    }
+
+    /// A handler finished the claim (id, token) after `took`; `verdict` is `label`'s answer
+    /// and `f` what the ledger made of it.
+    pub fn finished(
+        &mut self,
+        id: i64,
+        token: i32,
+        verdict: Outcome,
+        f: &Finished,
+        took: Duration,
+    ) {
+        let Some(route) = self.take(id, token) else {
+            return;
+        };
+        self.counts.observe(route, took);
+        let outcome = match f {
+            Finished::Recorded => verdict,
+            Finished::Aborted(_) => Outcome::Released,
+            Finished::Deferred { .. } => Outcome::Deferred,
+            Finished::Void | Finished::LeaseLost => return,
+        };
+        self.counts.count(route, outcome);
+    }
+
+    /// The claim (id, token) was given back unstarted; `held`: it was the claim held.
+    pub fn given_back(&mut self, id: i64, token: i32, held: bool) {
+        if let Some(route) = self.take(id, token) {
+            if held {
+                self.counts.count(route, Outcome::Released);
+            }
+        }
+    }
+
+    fn take(&mut self, id: i64, token: i32) -> Option<&'a str> {
+        match self.routes.get(&id) {
+            Some((t, route)) if *t == token => {
+                let route = *route;
+                self.routes.remove(&id);
+                Some(route)
+            }
+            _ => None,
+        }
+    }
+
+    /// When the next report is due.
+    pub fn report_at(&self) -> Instant {
+        self.next_report
+    }
+
+    /// Sends the counts if a report is due (`force`: at exit, whenever).
+    pub fn report(&mut self, now: Instant, in_flight: usize, db_errors: u64, force: bool) {
+        if !force && now < self.next_report {
+            return;
+        }
+        self.next_report = now + REPORT_EVERY;
+        self.counts.in_flight = in_flight as u64;
+        self.counts.db_errors = db_errors;
+        let counts = self.counts.clone();
+        match (&self.outbox, self.send) {
+            (Some(outbox), _) if !force => outbox.post(counts),
+            (_, Some(send)) => send(Report::Counters(Box::new(counts))),
+            (_, None) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::Backoff;
+    use crate::store::Status;
+
+    #[test]
+    fn labels_follow_the_completers_rule() {
+        let backoff = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        };
+        let verdicts = [
+            Verdict::Delivered,
+            Verdict::Retry("x".into()),
+            Verdict::RetryAfter("x".into(), Duration::from_secs(3)),
+            Verdict::Permanent("x".into()),
+        ];
+        for token in [1, 2, 3] {
+            for v in &verdicts {
+                let mut c = super::super::complete::Completer::new(3, backoff);
+                c.push(1, token, v.clone());
+                let want = match c.batch()[0].status {
+                    Status::Done => Outcome::Delivered,
+                    Status::Retry => Outcome::Retried,
+                    Status::Dead => Outcome::Dead,
+                };
+                assert_eq!(label(v, token, 3), want, "{v:?} at attempt {token}");
+            }
+        }
+        assert_eq!(label(&Verdict::Defer("x".into()), 1, 3), Outcome::Deferred);
+        assert_eq!(label(&Verdict::Abort("x".into()), 1, 3), Outcome::Released);
+    }
+
+    static SENT: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+
+    fn sent() -> Vec<Report> {
+        SENT.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn each_claim_is_counted_once_by_its_token() {
+        let t0 = Instant::now();
+        let mut c = Counters::new(t0);
+        c.send_to(|r| SENT.lock().unwrap().push(r));
+        c.claimed(3);
+        c.dispatched(1, 1, "stdout");
+        c.dispatched(2, 1, "stdout");
+        c.dispatched(3, 4, "exec:x");
+        let ms = Duration::from_millis(2);
+        c.finished(1, 1, Outcome::Delivered, &Finished::Recorded, ms);
+        c.finished(1, 1, Outcome::Delivered, &Finished::Recorded, ms); // twice: void
+        c.finished(2, 9, Outcome::Delivered, &Finished::Void, ms); // another token
+        c.given_back(2, 1, true);
+        c.finished(3, 4, Outcome::Dead, &Finished::LeaseLost, ms);
+        c.dead_at_claim("exec:x");
+        c.report(t0, 0, 2, false); // by the reporting thread
+        c.report(t0, 0, 2, false); // not due again yet
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.report(t0, 0, 2, true); // at exit: at once, on this thread
+        let sent = sent();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0], sent[1]);
+        let Report::Counters(counts) = &sent[0] else {
+            panic!("{sent:?}")
+        };
+        let stdout = &counts.routes["stdout"];
+        assert_eq!(stdout.count(Outcome::Delivered), 1);
+        assert_eq!(stdout.count(Outcome::Released), 1);
+        assert_eq!(stdout.runs(), 1);
+        let exec = &counts.routes["exec:x"];
+        assert_eq!(exec.count(Outcome::Dead), 1, "only the one dead at claim");
+        assert_eq!(exec.runs(), 1, "its handler did run");
+        assert_eq!((counts.claims, counts.claimed, counts.db_errors), (1, 3, 2));
+    }
+}
