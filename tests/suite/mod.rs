@@ -9,6 +9,7 @@ mod faults;
 mod lifecycle;
 mod logging;
 mod migrate;
+mod pipe;
 mod reliability;
 mod samples;
 mod sinks;

@@ -50,6 +50,9 @@ pub struct Pipe {
     timeout: Duration,
     idle: Mutex<Vec<Process>>,
     pacing: Mutex<Pacing>,
+    /// Set once the command proved broken (it exits at start-up): every later event gets
+    /// the same `Abort` at once, while the worker stops.
+    broken: Mutex<Option<String>>,
 }
 
 /// Restart pacing shared by the route's processes: failures in a row and when the next
@@ -102,10 +105,14 @@ impl Pipe {
                 not_before: None,
                 rng: fastrand::Rng::new(),
             }),
+            broken: Mutex::new(None),
         })
     }
 
     fn deliver(&self, event: &Event) -> Outcome {
+        if let Some(why) = lock(&self.broken).clone() {
+            return Outcome::Abort(why);
+        }
         let mut line = event.to_json_line().into_bytes();
         line.push(b'\n');
         let mut proc = match self.checkout() {
@@ -155,12 +162,16 @@ impl Pipe {
         }
     }
 
-    /// Starts a process after the restart pause, if one is due.
+    /// Starts a process after the route's restart pause, if one is due.
     fn start(&self) -> std::result::Result<Process, Outcome> {
         let not_before = lock(&self.pacing).not_before;
         if let Some(t) = not_before {
             std::thread::sleep(t.saturating_duration_since(Instant::now()));
         }
+        self.spawn()
+    }
+
+    fn spawn(&self) -> std::result::Result<Process, Outcome> {
         match Process::start(&self.program, &self.args) {
             Ok(p) => {
                 debug!("pipe {}: started process {}", self.program, p.pid());
@@ -181,11 +192,18 @@ impl Pipe {
     }
 
     /// Replacements for a process that exited before answering anything, until one stays up
-    /// for [`PROBATION`]; after [`STARTUP_TRIES`] the command is broken (`Abort`).
+    /// for [`PROBATION`]; after [`STARTUP_TRIES`] the command is broken (`Abort`). The pauses
+    /// between them are this call's own (100 ms doubling, about 1.5 s in all), so that a
+    /// broken command is recognised in seconds whatever else failed on the route.
     fn start_on_probation(&self) -> std::result::Result<Process, Outcome> {
         let mut last = String::new();
-        for _ in 0..STARTUP_TRIES {
-            let mut p = self.start()?;
+        let mut rng = fastrand::Rng::new();
+        for n in 1..=STARTUP_TRIES {
+            std::thread::sleep(reconnect_delay(n, RESTART_CAP, &mut rng));
+            if let Some(why) = lock(&self.broken).clone() {
+                return Err(Outcome::Abort(why));
+            }
+            let mut p = self.spawn()?;
             if !p.wait_exit(Instant::now() + PROBATION) {
                 return Ok(p);
             }
@@ -198,13 +216,15 @@ impl Pipe {
                 self.program
             );
         }
-        Err(Outcome::Abort(format!(
+        let why = format!(
             "pipe {}: the command exits at start-up ({} processes in a row exited before \
              answering any event; last: {last}); check the command, its arguments and its \
              environment",
             self.program,
             STARTUP_TRIES + 1
-        )))
+        );
+        *lock(&self.broken) = Some(why.clone());
+        Err(Outcome::Abort(why))
     }
 
     /// Stops a failed process, logs why (WARNING) and paces the next start. Returns the
