@@ -66,7 +66,9 @@ fn acks_deliver_every_event_once_through_one_process_per_thread() {
         300,
         "{out}"
     );
-    let ids = logged(&dir, "delivered").into_iter().map(|s| s.parse().unwrap());
+    let ids = logged(&dir, "delivered")
+        .into_iter()
+        .map(|s| s.parse().unwrap());
     assert_exactly_once(300, ids);
     let starts = logged(&dir, "start");
     assert!(
@@ -98,7 +100,10 @@ fn retry_answers_store_the_reason_and_honour_after() {
     );
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(row(&db, 1), ("retry".into(), 1, Some("broker busy".into())));
-    assert_eq!(row(&db, 2), ("retry".into(), 1, Some("rate limited".into())));
+    assert_eq!(
+        row(&db, 2),
+        ("retry".into(), 1, Some("rate limited".into()))
+    );
     // Backoff 1 s for the plain retries; at least the 600 s asked for the others.
     assert_eq!(
         db.count(
@@ -127,7 +132,10 @@ fn dead_answers_make_the_event_dead_at_once() {
     let publisher = script(&dir, "publisher.sh", &body);
     let out = drain(&db, &["--route", &route(&publisher)]);
     assert_eq!(out.code, Some(0), "{out}");
-    assert_eq!(row(&db, 2), ("dead".into(), 1, Some("schema mismatch".into())));
+    assert_eq!(
+        row(&db, 2),
+        ("dead".into(), 1, Some("schema mismatch".into()))
+    );
     assert_eq!(row(&db, 1).0, "done");
     assert_eq!(row(&db, 3).0, "done");
 }
@@ -144,7 +152,14 @@ fn a_process_that_crashes_mid_stream_is_restarted_and_its_event_retried() {
     let publisher = script(&dir, "publisher.sh", &body);
     let out = drain(
         &db,
-        &["--route", &route(&publisher), "--threads", "2", "--retry-backoff", "0"],
+        &[
+            "--route",
+            &route(&publisher),
+            "--threads",
+            "2",
+            "--retry-backoff",
+            "0",
+        ],
     );
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(
@@ -152,10 +167,15 @@ fn a_process_that_crashes_mid_stream_is_restarted_and_its_event_retried() {
         20,
         "{out}"
     );
-    let ids = logged(&dir, "delivered").into_iter().map(|s| s.parse().unwrap());
+    let ids = logged(&dir, "delivered")
+        .into_iter()
+        .map(|s| s.parse().unwrap());
     assert_exactly_once(20, ids);
     let starts = logged(&dir, "start").len();
-    assert!(starts >= 7, "{starts} starts for 20 events, 3 per process\n{out}");
+    assert!(
+        starts >= 7,
+        "{starts} starts for 20 events, 3 per process\n{out}"
+    );
     // The events a crash hit took another attempt; the others one.
     let crashed = db.count("SELECT count(*) FROM outbox_event WHERE attempts > 1");
     assert!(crashed >= 1, "{out}");
@@ -168,7 +188,10 @@ fn a_process_that_crashes_mid_stream_is_restarted_and_its_event_retried() {
     let errors = db.count(
         "SELECT count(*) FROM outbox_event WHERE last_error LIKE '%stderr: crashing on purpose at%'",
     );
-    assert_eq!(errors, crashed, "the stderr tail is each retried event's error\n{out}");
+    assert_eq!(
+        errors, crashed,
+        "the stderr tail is each retried event's error\n{out}"
+    );
 }
 
 #[test]
@@ -209,7 +232,8 @@ fn a_process_that_hangs_is_killed_at_the_timeout_and_its_event_retried() {
         "{out}"
     );
     assert!(
-        out.stderr.contains("no answer for event 2 within 1s (--pipe-timeout); killed"),
+        out.stderr
+            .contains("no answer for event 2 within 1s (--pipe-timeout); killed"),
         "{out}"
     );
     assert_eq!(logged(&dir, "start").len(), 2, "{out}");
@@ -305,7 +329,9 @@ fn garbage_on_stdout_is_a_protocol_error_the_process_is_restarted() {
         ],
     );
     assert_eq!(out.code, Some(0), "{out}");
-    let ids = logged(&dir, "delivered").into_iter().map(|s| s.parse().unwrap());
+    let ids = logged(&dir, "delivered")
+        .into_iter()
+        .map(|s| s.parse().unwrap());
     assert_exactly_once(10, ids);
     assert_eq!(logged(&dir, "start").len(), 3, "{out}");
     assert!(

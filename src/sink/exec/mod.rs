@@ -23,7 +23,9 @@ mod child;
 mod program;
 mod words;
 
-pub(crate) use child::{has_exited, kill_running, pidfd_open, register, set_nonblocking, unregister};
+pub(crate) use child::{
+    has_exited, kill_running, pidfd_open, register, set_nonblocking, unregister,
+};
 pub(crate) use program::check_program;
 pub(crate) use words::split_words;
 

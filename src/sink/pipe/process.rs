@@ -83,7 +83,8 @@ impl Process {
             .spawn()?;
         let pid = child.id() as libc::pid_t;
         register(pid);
-        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let p = Process {
             child,
             pid,
@@ -101,9 +102,14 @@ impl Process {
             answered: 0,
             registered: true,
         };
-        let all_nonblocking = p.stdin.as_ref().is_some_and(|s| set_nonblocking(s.as_raw_fd()))
+        let all_nonblocking = p
+            .stdin
+            .as_ref()
+            .is_some_and(|s| set_nonblocking(s.as_raw_fd()))
             && set_nonblocking(p.stdout.as_raw_fd())
-            && p.stderr.as_ref().is_some_and(|s| set_nonblocking(s.as_raw_fd()));
+            && p.stderr
+                .as_ref()
+                .is_some_and(|s| set_nonblocking(s.as_raw_fd()));
         if !all_nonblocking {
             // Dropping `p` kills and reaps it.
             return Err(std::io::Error::other("cannot make its pipes non-blocking"));
@@ -268,7 +274,11 @@ impl Process {
                 revents: 0,
             })
         };
-        let stdin_fd = self.stdin.as_ref().filter(|_| want.stdin).map(|s| s.as_raw_fd());
+        let stdin_fd = self
+            .stdin
+            .as_ref()
+            .filter(|_| want.stdin)
+            .map(|s| s.as_raw_fd());
         let stdout_fd = Some(self.stdout.as_raw_fd()).filter(|_| want.stdout);
         let stderr_fd = self.stderr.as_ref().map(|s| s.as_raw_fd());
         let pidfd = self.pidfd.as_ref().map(|p| p.as_raw_fd());
