@@ -1,6 +1,7 @@
 //! The `pipe:` target with small publisher scripts: acknowledgements, retries, dead events, a
 //! process that crashes mid-stream, one that hangs, one that exits at start-up, one that
-//! writes garbage, and a missing program.
+//! writes garbage, a missing program, and how processes are stopped (EOF, SIGTERM after the
+//! grace, SIGKILL when the worker gives up waiting).
 
 use super::{assert_exactly_once, db_with_events, drain};
 use crate::common::{self, TempDir};
@@ -370,5 +371,57 @@ fn a_missing_pipe_program_is_a_usage_error_at_start_up() {
     assert_eq!(
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0"),
         1
+    );
+}
+
+#[test]
+fn a_process_that_ignores_the_end_of_its_input_gets_sigterm_after_the_grace() {
+    let db = db_with_events(3, "x");
+    let dir = TempDir::new("pipe-grace");
+    // After EOF it lingers; SIGTERM (2 s after the EOF) is what ends it.
+    let body = format!(
+        "{READ}\n  echo \"ok $id\"\ndone\necho \"eof $$\" >> \"$dir/log\"\n\
+         trap 'echo \"term $$\" >> \"$dir/log\"; exit 0' TERM\nsleep 30 & wait"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let started = Instant::now();
+    let out = drain(&db, &["--route", &route(&publisher), "--threads", "1"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{out}");
+    let pid = &logged(&dir, "start")[0];
+    assert_eq!(logged(&dir, "eof"), vec![pid.clone()], "{out}");
+    assert_eq!(logged(&dir, "term"), vec![pid.clone()], "{out}");
+    let group: i32 = pid.parse().unwrap();
+    common::wait_until(
+        Duration::from_secs(5),
+        &format!("group {group} is gone"),
+        || live_members(group).is_empty(),
+    );
+}
+
+#[test]
+fn processes_still_running_when_the_worker_gives_up_waiting_are_killed() {
+    let db = db_with_events(1, "x");
+    let dir = TempDir::new("pipe-abandon");
+    let body = format!("{READ}\n  echo \"busy $$\" >> \"$dir/log\"\n  sleep 60\ndone");
+    let publisher = script(&dir, "publisher.sh", &body);
+    let mut cmd = common::dispatchbox();
+    cmd.args(["--dsn", &db.dsn, "--route", &route(&publisher)])
+        .args(["--shutdown-timeout", "1", "--poll-interval", "0.05"]);
+    let supervisor = common::spawn(&mut cmd);
+    common::wait_until(Duration::from_secs(30), "the process has the event", || {
+        !logged(&dir, "busy").is_empty()
+    });
+    let group: i32 = logged(&dir, "busy")[0].parse().unwrap();
+    supervisor.signal("TERM");
+    let out = supervisor.wait(Duration::from_secs(30));
+    common::wait_until(
+        Duration::from_secs(5),
+        &format!("group {group} is gone after the worker exited\n{out}"),
+        || live_members(group).is_empty(),
+    );
+    assert!(
+        out.stderr.contains("`pipe:` process(es) still running"),
+        "{out}"
     );
 }

@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 
 /// Processes started after one that exited before answering anything, each given
 /// [`PROBATION`] to show it stays up, before the command counts as broken.
-pub const STARTUP_TRIES: u32 = 4;
+const STARTUP_TRIES: u32 = 4;
 /// How long a replacement must stay up, without input, before it gets the event.
 const PROBATION: Duration = Duration::from_millis(500);
 /// The longest pause before a restart.
 const RESTART_CAP: Duration = Duration::from_secs(5);
 /// At a graceful stop: how long a process has to exit after EOF on stdin, then after SIGTERM.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const TERM_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Pipe {
@@ -113,7 +113,7 @@ impl Pipe {
         if let Some(why) = lock(&self.broken).clone() {
             return Outcome::Abort(why);
         }
-        let mut line = event.to_json_line().into_bytes();
+        let mut line = one_line(event.to_json_line()).into_bytes();
         line.push(b'\n');
         let mut proc = match self.checkout() {
             Ok(p) => p,
@@ -235,6 +235,7 @@ impl Pipe {
         self.failed();
         let on = event.map(|id| format!(" event {id}")).unwrap_or_default();
         let what = match failure {
+            Failure::Died if event.is_none() => format!("exited ({status}) between events"),
             Failure::Died => format!("exited ({status}) without answering{on}"),
             Failure::TimedOut => format!(
                 "no answer for{on} within {}s (--pipe-timeout); killed",
@@ -261,6 +262,17 @@ impl Pipe {
             p.failures = 0;
             p.not_before = None;
         }
+    }
+}
+
+/// The event as exactly one line. A `json` (not `jsonb`) payload column keeps the text as
+/// written, which may be pretty-printed; in valid JSON a raw line break can only be white
+/// space between tokens (inside strings it is escaped), so a space replaces it.
+fn one_line(json: String) -> String {
+    if json.contains(['\n', '\r']) {
+        json.replace(['\n', '\r'], " ")
+    } else {
+        json
     }
 }
 
@@ -323,6 +335,12 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_sent_as_one_line() {
+        assert_eq!(one_line("{\"a\":\n  1\r\n}".into()), "{\"a\":   1  }");
+        assert_eq!(one_line("{\"a\":\"x\\ny\"}".into()), "{\"a\":\"x\\ny\"}");
+    }
 
     #[test]
     fn only_a_first_unanswered_death_gets_a_probation_restart() {
