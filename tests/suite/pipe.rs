@@ -425,3 +425,22 @@ fn processes_still_running_when_the_worker_gives_up_waiting_are_killed() {
         "{out}"
     );
 }
+
+#[test]
+fn the_example_publisher_delivers_every_event() {
+    let db = db_with_events(50, "order.created");
+    let dir = TempDir::new("pipe-example");
+    let out_file = dir.join("published");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pipe-publisher-example.sh");
+    let mut cmd = common::dispatchbox();
+    cmd.env("PIPE_EXAMPLE_OUT", &out_file);
+    let out = super::drain_cmd(cmd, &db, &["--route", &route(&example), "--threads", "3"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
+        50,
+        "{out}"
+    );
+    let published = std::fs::read_to_string(&out_file).unwrap();
+    assert_exactly_once(50, super::delivered_ids(&published));
+}
