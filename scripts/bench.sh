@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark: Dispatchbox's drain rate, SIGTERM latency and orphaned-worker exit beside the SQL ceiling that
-# PostgreSQL itself allows on this machine, all measured in the same run. The method, the figures
-# and the original tool's baseline are in README.md, "Performance".
+# Benchmark: Dispatchbox's drain rate (stdout, pipe:, exec:), SIGTERM latency and orphaned-worker
+# exit beside the SQL ceiling that PostgreSQL itself allows on this machine, all measured in the
+# same run. The method, the figures and the original tool's baseline are in README.md, "Performance".
 #
 #   scripts/bench.sh [--quick]
 #
@@ -280,6 +280,78 @@ printf '  start-up: --drain on an empty table (1 process) takes %.1f ms (median 
     "$startup_median" "$runs"
 
 # ---------------------------------------------------------------------------------------
+# pipe: deliveries/s, beside exec: (a process per event), with --processes 1, --batch-size 100.
+# Self-contained: sets pipe_rows (summary table lines) and nothing else.
+pipe_rows=()
+bench_pipe() {
+    local ack=$tmp/pipe-ack.sh threads rates r rc t0 t1 elapsed ok n label route what spec
+    # The publisher: acks each event at once (bash builtins only, no fork per event).
+    cat >"$ack" <<'SH'
+#!/usr/bin/env bash
+while IFS= read -r line; do
+    [[ $line =~ ^\{\"id\":([0-9]+), ]] || exit 1
+    echo "ok ${BASH_REMATCH[1]}"
+done
+SH
+    chmod +x "$ack"
+    # The same in perl (buffered reads, where bash reads a pipe a byte at a time): what the
+    # pipe: side itself costs, with a cheaper publisher.
+    local perl_ack=$tmp/pipe-ack.pl specs=("pipe:1" "pipe:10")
+    if command -v perl >/dev/null; then
+        printf '%s\n' '#!/usr/bin/env perl' '$| = 1;' \
+            'while (<STDIN>) { /^\{"id":(\d+),/ or exit 1; print "ok $1\n"; }' >"$perl_ack"
+        chmod +x "$perl_ack"
+        specs+=("perl:1" "perl:10")
+    fi
+    specs+=("exec:10")
+    # exec: costs a fork and exec per event: a tenth of the events is enough.
+    local exec_events=$(((events + 9) / 10))
+    say "pipe: and exec: deliveries, --processes 1, --batch-size 100, median of $runs"
+    echo "(pipe: a bash read loop answering \`ok ID\` at once, one process per handler thread;"
+    echo " perl: the same loop in perl; exec: \`true\` run once per event, on $exec_events events)"
+    for spec in "${specs[@]}"; do
+        label=${spec%%:*}
+        threads=${spec##*:}
+        case $label in
+        pipe) n=$events; route="*=pipe:$ack" ;;
+        perl) n=$events; route="*=pipe:$perl_ack" ;;
+        *) n=$exec_events; route='*=exec:true' ;;
+        esac
+        rates=()
+        for r in $(seq 1 "$runs"); do
+            load_events "$n"
+            rc=0
+            t0=$EPOCHREALTIME
+            "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --threads "$threads" \
+                --route "$route" --poll-interval 0.05 --log-level warning >/dev/null 2>"$tmp/pipe.err" || rc=$?
+            t1=$EPOCHREALTIME
+            elapsed=$(calc "$t1 - $t0")
+            rate=$(calc "$n / $elapsed")
+            rates+=("$rate")
+            ok=$(psql_q -c "SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1")
+            printf '  %-4s --threads %2d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s of %s, exit %s)\n' \
+                "$label" "$threads" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$n" "$rc"
+            if [[ $rc != 0 || $ok != "$n" ]]; then
+                warn "$label threads $threads run $r: expected exit 0 and all $n events done with attempts = 1"
+            fi
+            if [[ -s $tmp/pipe.err ]]; then
+                warn "$label threads $threads run $r: output on stderr at --log-level warning; first lines:"
+                head -n 5 "$tmp/pipe.err" | sed 's/^/    /'
+            fi
+        done
+        rate=$(median "${rates[@]}")
+        echo "  => $label, --threads $threads: median $(fmt_int "$rate") events/s"
+        case $label in
+        pipe) what="\`pipe:\` (bash loop acking at once)" ;;
+        perl) what="\`pipe:\` (perl loop acking at once)" ;;
+        *) what="\`exec:true\` (a process per event)" ;;
+        esac
+        pipe_rows+=("| Dispatchbox --drain to $what, $n events, --threads $threads | 1 | 100 | $(fmt_int "$rate") events/s | $(calc "$rate / ${ceiling[two_100]}" | awk '{ printf "%.2f", $1 }') | - |")
+    done
+}
+bench_pipe
+
+# ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
 echo "(SIGTERM goes to the supervisor a spread 0.1-0.9 s after its worker logged \"worker ready\","
 echo " so it lands at different points of the 1 s idle poll; measured until the supervisor exits)"
@@ -395,6 +467,7 @@ for pb in 1:10 2:10 1:100 2:100; do
         echo "| the same, BENCH_COMPARE binary (interleaved runs) | $p | $b | $(fmt_int "${drain_cmp[${p}_$b]}") events/s | $(ratio "${drain_cmp[${p}_$b]}" "${ceiling[two_$b]}") | - |"
     fi
 done
+for row in "${pipe_rows[@]}"; do echo "$row"; done
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

@@ -118,6 +118,7 @@ pub struct Config {
     /// Where the routes came from, for error messages: `--route` or `DISPATCHBOX_ROUTE`.
     pub route_source: &'static str,
     pub exec_timeout: Duration,
+    pub pipe_timeout: Duration,
     pub drain: bool,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
@@ -386,6 +387,7 @@ impl Config {
         }
         let lease = src.secs(&defs::LEASE)?.unwrap_or_default();
         let exec_timeout = src.secs(&defs::EXEC_TIMEOUT)?.unwrap_or_default();
+        let pipe_timeout = src.secs(&defs::PIPE_TIMEOUT)?.unwrap_or_default();
         let max_runtime = src.secs(&defs::MAX_RUNTIME)?;
         let shutdown_timeout = src.secs(&defs::SHUTDOWN_TIMEOUT)?.unwrap_or_default();
         let connect_timeout = src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default();
@@ -406,6 +408,7 @@ impl Config {
             routes,
             route_source,
             exec_timeout,
+            pipe_timeout,
             drain,
             max_runtime,
             shutdown_timeout,

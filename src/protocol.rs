@@ -206,6 +206,7 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     m.insert("retry-backoff-max".into(), d(cfg.backoff.max));
     m.insert("lease".into(), d(cfg.lease));
     m.insert("exec-timeout".into(), d(cfg.exec_timeout));
+    m.insert("pipe-timeout".into(), d(cfg.pipe_timeout));
     if let Some(r) = cfg.max_runtime {
         m.insert("max-runtime".into(), d(r));
     }

@@ -222,8 +222,8 @@ pub const ROUTE: Flag = Flag {
     default: Some("*=stdout"),
     help: "send event types matching PATTERN to TARGET",
     note: Some(
-        "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout` or \
-         `exec:COMMAND ARGS...`. Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
+        "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout`, \
+         `exec:COMMAND ARGS...` or `pipe:COMMAND ARGS...`. Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
          several separated by `;`",
     ),
     kind: Kind::Routes,
@@ -236,6 +236,16 @@ pub const EXEC_TIMEOUT: Flag = Flag {
     default: Some("30"),
     help: "kill an exec target that runs longer",
     note: None,
+    kind: secs(0.001, DAY),
+};
+
+pub const PIPE_TIMEOUT: Flag = Flag {
+    key: "--pipe-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "restart a pipe target process that has not answered an event for this long",
+    note: Some("the event is retried"),
     kind: secs(0.001, DAY),
 };
 
@@ -344,6 +354,7 @@ pub const FLAGS: &[Flag] = &[
     TABLE,
     ROUTE,
     EXEC_TIMEOUT,
+    PIPE_TIMEOUT,
     DRAIN,
     MAX_RUNTIME,
     SHUTDOWN_TIMEOUT,
@@ -425,6 +436,7 @@ mod tests {
                 "lease",
                 "table",
                 "exec-timeout",
+                "pipe-timeout",
                 "max-runtime",
                 "shutdown-timeout",
                 "connect-timeout",

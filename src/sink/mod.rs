@@ -1,10 +1,12 @@
 //! The built-in targets. A route maps an event-type pattern to a target (`--route
 //! PATTERN=TARGET`); a target is built as a [`Handler`]. Built in: `stdout` (one JSON line per
-//! event) and `exec:COMMAND ARGS...` (run a program per event). The HTTP webhook target will
+//! event), `exec:COMMAND ARGS...` (run a program per event) and `pipe:COMMAND ARGS...` (a
+//! long-running process that acknowledges each event). The HTTP webhook target will
 //! live here too. Compiled-in handlers are the other kind of target (see `lib.rs`);
 //! `build_router` joins the `--route`s to the compiled-in routes.
 
 pub mod exec;
+pub mod pipe;
 pub mod stdout;
 
 use crate::config::Config;
@@ -17,6 +19,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct SinkOptions {
     pub exec_timeout: Duration,
+    pub pipe_timeout: Duration,
     /// See `Config::stdout_lock`.
     pub stdout_lock: Option<std::path::PathBuf>,
 }
@@ -29,8 +32,11 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
     if let Some(cmd) = target.strip_prefix("exec:") {
         return Ok(Arc::new(exec::Exec::new(cmd, opts.exec_timeout)?));
     }
+    if let Some(cmd) = target.strip_prefix("pipe:") {
+        return Ok(Arc::new(pipe::Pipe::new(cmd, opts.pipe_timeout)?));
+    }
     Err(Error::Usage(format!(
-        "unknown route target `{target}` (expected `stdout` or `exec:COMMAND ARGS...`)"
+        "unknown route target `{target}` (expected `stdout`, `exec:COMMAND ARGS...` or `pipe:COMMAND ARGS...`)"
     )))
 }
 
@@ -38,6 +44,7 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
 pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let opts = SinkOptions {
         exec_timeout: cfg.exec_timeout,
+        pipe_timeout: cfg.pipe_timeout,
         stdout_lock: cfg.stdout_lock.clone(),
     };
     let mut router = compiled.clone();

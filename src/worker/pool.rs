@@ -170,6 +170,6 @@ fn run_handler(job: &Job) -> Outcome {
 pub(super) fn kill_exec_commands() {
     let n = crate::sink::exec::kill_running();
     if n > 0 {
-        warn!("killed {n} `exec:` command(s) still running (with their process groups)");
+        warn!("killed {n} `exec:` command(s) and `pipe:` process(es) still running (with their process groups)");
     }
 }

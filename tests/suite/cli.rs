@@ -25,6 +25,7 @@ fn help_and_version() {
         "--route",
         "--drain",
         "--exec-timeout",
+        "--pipe-timeout",
         "--max-runtime",
         "--shutdown-timeout",
         "--connect-timeout",

@@ -1,6 +1,7 @@
 //! One started `exec:` program: feeding its stdin, keeping the tail of its stderr, learning
 //! its exit with `poll` (on a pidfd where the kernel has them), killing its process group;
-//! and the registry of the process groups running now, for [`kill_running`].
+//! and the registry of the process groups running now, for [`kill_running`] (shared with the
+//! `pipe:` target's long-running processes, which register through [`register`]).
 //!
 //! Invariant: a program is in the registry from its start until just before it is reaped, so
 //! a group killed through the registry is never a recycled pid; an unexpected path (an I/O
@@ -25,11 +26,8 @@ fn running() -> MutexGuard<'static, Vec<libc::pid_t>> {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Kills (SIGKILL) the process group of every `exec:` command still running, and returns
-/// how many. For a worker that exits without waiting for its handlers: what it started must
-/// not outlive it, or the event's next delivery would run next to the old one.
-/// Kills (SIGKILL) the process group of every `exec:` command still running, and returns
-/// how many. For a worker that exits without waiting for its handlers: what it started must
+/// Kills (SIGKILL) the process group of every `exec:` command and `pipe:` process still
+/// running, and returns how many. For a worker that exits without waiting for its handlers: what it started must
 /// not outlive it, or the event's next delivery would run next to the old one.
 pub(crate) fn kill_running() -> usize {
     let groups = running();
@@ -38,6 +36,16 @@ pub(crate) fn kill_running() -> usize {
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
     }
     groups.len()
+}
+
+/// Adds a started process (the leader of its own group) to the registry [`kill_running`] uses.
+pub(crate) fn register(pid: libc::pid_t) {
+    running().push(pid);
+}
+
+/// Takes a process out of the registry; call it before reaping the process.
+pub(crate) fn unregister(pid: libc::pid_t) {
+    running().retain(|&p| p != pid);
 }
 
 /// One started program: its pipes, its pidfd, and its registration in [`RUNNING`].
@@ -58,7 +66,7 @@ pub(super) struct Running {
 impl Running {
     pub(super) fn new(mut child: Child, line: Vec<u8>) -> Running {
         let pid = child.id() as libc::pid_t;
-        running().push(pid);
+        register(pid);
         // A pipe we cannot make non-blocking is closed instead: the program sees the end of
         // its input, or loses its stderr. (fcntl on a fresh pipe does not fail in practice.)
         let stdin = child
@@ -104,20 +112,7 @@ impl Running {
 
     /// True once the program has exited; it stays unreaped (a zombie) until [`Running::reap`].
     fn has_exited(&self) -> std::io::Result<bool> {
-        // SAFETY: waitid writes into the zeroed siginfo we own.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let r = libc::waitid(
-                libc::P_PID,
-                self.pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            );
-            if r != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(info.si_pid() != 0)
-        }
+        has_exited(self.pid)
     }
 
     /// Waits up to `wait` for stdin to take more, stderr to have more, or the pidfd to say
@@ -223,7 +218,7 @@ impl Running {
         self.stdin = None;
         self.pidfd = None;
         if self.registered {
-            running().retain(|&p| p != self.pid);
+            unregister(self.pid);
             self.registered = false;
         }
         self.child.wait()
@@ -255,7 +250,25 @@ impl Drop for Running {
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> bool {
+/// True once the child `pid` has exited; it stays unreaped (a zombie) until it is waited for.
+pub(crate) fn has_exited(pid: libc::pid_t) -> std::io::Result<bool> {
+    // SAFETY: waitid writes into the zeroed siginfo we own.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(info.si_pid() != 0)
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> bool {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
@@ -265,7 +278,7 @@ fn set_nonblocking(fd: RawFd) -> bool {
 
 /// A descriptor that becomes readable when the process exits (close-on-exec), or None on
 /// kernels without pidfd_open (before 5.3) or when out of descriptors: then the exit is polled.
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;

@@ -23,7 +23,9 @@ mod child;
 mod program;
 mod words;
 
-pub(crate) use child::kill_running;
+pub(crate) use child::{
+    has_exited, kill_running, pidfd_open, register, set_nonblocking, unregister,
+};
 pub(crate) use program::check_program;
 pub(crate) use words::split_words;
 
@@ -144,7 +146,7 @@ impl Handler for Exec {
 }
 
 /// Out of file descriptors, processes or memory: this machine's problem, not the event's.
-fn is_local_shortage(e: &std::io::Error) -> bool {
+pub(crate) fn is_local_shortage(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
