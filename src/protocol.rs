@@ -13,7 +13,8 @@
 //!   {"type":"<anything else>",…}                   a report this build does not know: ignored
 //! ```
 //! The configuration carries the resolved flags (the DSN with its password: it travels on a
-//! pipe, never in argv) plus the child-only settings `stdout-lock` and `log-fd`; the child
+//! pipe, never in argv) plus the child-only settings `stdout-lock` and `log-fd`, and
+//! `webhook-secret` (DISPATCHBOX_WEBHOOK_SECRET, which the child's environment lacks); the child
 //! validates it with the same `Config::from_raw` as the supervisor did.
 //!
 //! Reports have a pipe of their own rather than sharing the child's stderr: stderr also
@@ -193,6 +194,16 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     m.insert("retry-backoff-max".into(), d(cfg.backoff.max));
     m.insert("lease".into(), d(cfg.lease));
     m.insert("exec-timeout".into(), d(cfg.exec_timeout));
+    if let Some(p) = &cfg.webhook_config {
+        m.insert(
+            "webhook-config".into(),
+            p.to_string_lossy().into_owned().into(),
+        );
+    }
+    m.insert("webhook-timeout".into(), d(cfg.webhook_timeout));
+    if let Some(s) = &cfg.webhook_secret {
+        m.insert("webhook-secret".into(), s.expose().into());
+    }
     if let Some(r) = cfg.max_runtime {
         m.insert("max-runtime".into(), d(r));
     }
@@ -238,6 +249,10 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
         .get("stdout-lock")
         .and_then(|v| v.as_str())
         .map(std::path::PathBuf::from);
+    cfg.webhook_secret = obj
+        .get("webhook-secret")
+        .and_then(|v| v.as_str())
+        .map(|s| crate::config::SecretText::new(s.to_string()));
     cfg.log_fd = obj
         .get("log-fd")
         .and_then(|v| v.as_i64())
@@ -262,7 +277,13 @@ mod tests {
         }
         r.routes = vec!["order.*=exec:sh -c 'cat > /dev/null'".into()];
         r.drain = true;
-        let mut c = Config::from_raw(&r, &|_| None).unwrap();
+        r.values
+            .push(("webhook-config", "/etc/dispatchbox/hooks.json".into()));
+        r.values.push(("webhook-timeout", "2.5".into()));
+        let mut c = Config::from_raw(&r, &|v| {
+            (v == "DISPATCHBOX_WEBHOOK_SECRET").then(|| "whsec_x y".to_string())
+        })
+        .unwrap();
         c.stdout_lock = Some("/proc/1/fd/12".into());
         c.log_fd = Some(LOG_FD);
         let line = Setup::encode(&c, Some(REPORT_FD));
@@ -278,6 +299,10 @@ mod tests {
         assert!(back.drain);
         assert_eq!(back.stdout_lock, c.stdout_lock);
         assert_eq!(back.log_fd, Some(LOG_FD));
+        assert_eq!(back.webhook_config, c.webhook_config);
+        assert_eq!(back.webhook_timeout, Duration::from_millis(2500));
+        assert_eq!(back.webhook_secret.as_ref().unwrap().expose(), "whsec_x y");
+        assert!(!format!("{back:?}").contains("whsec_x"));
         let without = Setup::decode(&Setup::encode(&c, None)).unwrap();
         assert_eq!(without.report_fd(), None);
     }

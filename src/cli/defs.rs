@@ -209,8 +209,8 @@ pub const ROUTE: Flag = Flag {
     default: Some("*=stdout"),
     help: "send event types matching PATTERN to TARGET",
     note: Some(
-        "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout` or \
-         `exec:COMMAND ARGS...`. Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
+        "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout`, \
+         `exec:COMMAND ARGS...` or an http:// or https:// URL (a webhook). Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
          several separated by `;`",
     ),
     kind: Kind::Routes,
@@ -223,6 +223,36 @@ pub const EXEC_TIMEOUT: Flag = Flag {
     default: Some("30"),
     help: "kill an exec target that runs longer",
     note: None,
+    kind: secs(0.001, DAY),
+};
+
+pub const WEBHOOK_CONFIG: Flag = Flag {
+    key: "--webhook-config",
+    short: None,
+    value: Some("FILE"),
+    default: None,
+    help: "per-route webhook secrets, headers, timeouts and CA files (JSON)",
+    note: Some(
+        "readable by its owner only (or 0640 owned by root). DISPATCHBOX_WEBHOOK_SECRET (a \
+         `whsec_…` secret, environment only) signs the webhook routes without their own",
+    ),
+    kind: Kind::Text,
+};
+
+/// The signing secret of webhook routes without their own: environment only, never a flag
+/// (argv is visible to every local user).
+pub const WEBHOOK_SECRET_VAR: &str = "DISPATCHBOX_WEBHOOK_SECRET";
+
+pub const WEBHOOK_TIMEOUT: Flag = Flag {
+    key: "--webhook-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "give up on a webhook request after this long",
+    note: Some(
+        "connecting (TLS handshake included) gets at most 10 s of it; per route in \
+         --webhook-config",
+    ),
     kind: secs(0.001, DAY),
 };
 
@@ -310,6 +340,8 @@ pub const FLAGS: &[Flag] = &[
     TABLE,
     ROUTE,
     EXEC_TIMEOUT,
+    WEBHOOK_CONFIG,
+    WEBHOOK_TIMEOUT,
     DRAIN,
     MAX_RUNTIME,
     SHUTDOWN_TIMEOUT,
@@ -388,6 +420,8 @@ mod tests {
                 "lease",
                 "table",
                 "exec-timeout",
+                "webhook-config",
+                "webhook-timeout",
                 "max-runtime",
                 "shutdown-timeout",
                 "connect-timeout",

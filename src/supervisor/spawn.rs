@@ -5,8 +5,8 @@
 //! (`protocol::Setup`, `protocol::Control`); stderr, a pipe whose lines are copied to ours
 //! untouched except for escaping (never interpreted); `protocol::REPORT_FD`, the write end of
 //! its report pipe; `protocol::LOG_FD`, a copy of our own stderr. Invariant: no secret in
-//! argv or the environment (the DSN travels on stdin; DISPATCHBOX_DSN and PGPASSWORD are
-//! removed), and every descriptor we open is close on exec, so a child holds only its own
+//! argv or the environment (the DSN and the webhook secret travel on stdin; DISPATCHBOX_DSN,
+//! PGPASSWORD and DISPATCHBOX_WEBHOOK_SECRET are removed), and every descriptor we open is close on exec, so a child holds only its own
 //! pipes (a report pipe's EOF then means that child is gone).
 
 use crate::error::{Error, Result};
@@ -197,6 +197,7 @@ pub(super) fn spawn(
         .arg(index.to_string())
         .env_remove("DISPATCHBOX_DSN")
         .env_remove("PGPASSWORD")
+        .env_remove(crate::cli::defs::WEBHOOK_SECRET_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
