@@ -15,6 +15,7 @@ mod sinks;
 mod stdout;
 mod supervisor;
 mod tls;
+mod webhook;
 
 use crate::common::{self, Run, TestDb};
 use std::process::Command;
