@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: Dispatchbox's drain rate, SIGTERM latency and orphaned-worker exit beside the SQL ceiling that
+# Benchmark: Dispatchbox's drain rate (to stdout and to a local webhook receiver), SIGTERM latency and orphaned-worker exit beside the SQL ceiling that
 # PostgreSQL itself allows on this machine, all measured in the same run. The method, the figures
 # and the original tool's baseline are in README.md, "Performance".
 #
@@ -51,6 +51,8 @@ pg_clients=2
 
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh # (the working directory is the repository root)
+# shellcheck source=scripts/lib/bench_webhook.sh
+source scripts/lib/bench_webhook.sh
 
 say() { printf '\n== %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*"; }
@@ -89,7 +91,9 @@ pgbench=$bindir/pgbench
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-bench.XXXXXX")
 data=$tmp/data
 live_pid= # a dispatchbox supervisor this script started and has not yet seen exit
+receiver_pid= # the webhook receiver (scripts/lib/bench_webhook.sh), while it runs
 cleanup() {
+    [[ -n $receiver_pid ]] && kill -TERM "$receiver_pid" 2>/dev/null || true
     if [[ -n $live_pid ]] && kill -0 "$live_pid" 2>/dev/null; then
         kill -TERM "$live_pid" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$live_pid" 2>/dev/null || break; sleep 0.1; done
@@ -280,6 +284,9 @@ printf '  start-up: --drain on an empty table (1 process) takes %.1f ms (median 
     "$startup_median" "$runs"
 
 # ---------------------------------------------------------------------------------------
+bench_webhook
+
+# ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
 echo "(SIGTERM goes to the supervisor a spread 0.1-0.9 s after its worker logged \"worker ready\","
 echo " so it lands at different points of the 1 s idle poll; measured until the supervisor exits)"
@@ -395,6 +402,7 @@ for pb in 1:10 2:10 1:100 2:100; do
         echo "| the same, BENCH_COMPARE binary (interleaved runs) | $p | $b | $(fmt_int "${drain_cmp[${p}_$b]}") events/s | $(ratio "${drain_cmp[${p}_$b]}" "${ceiling[two_$b]}") | - |"
     fi
 done
+webhook_summary_rows
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"
