@@ -42,7 +42,7 @@ webhook_receiver_stats() {
 
 # One drain of $events fresh events to the receiver; processes $1, batch $2, run $3; sets $rate.
 webhook_drain_once() {
-    local p=$1 b=$2 r=$3 err=$tmp/webhook.err rc=0 t0 t1 elapsed ok not_done before after posts unique
+    local p=$1 b=$2 r=$3 err=$tmp/webhook.err rc=0 t0 t1 elapsed ok not_done before after posts unique conns
     load_events "$events"
     before=$(webhook_receiver_stats)
     t0=$EPOCHREALTIME
@@ -59,8 +59,10 @@ webhook_drain_once() {
     # webhook-ids repeat across runs (the table restarts at id 1): compare differences.
     posts=$(($(awk '{ print $2 }' <<<"$after") - $(awk '{ print $2 }' <<<"$before")))
     unique=$(awk '{ print $4 }' <<<"$after")
-    printf '  processes %d, batch %3d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s, POSTs received: %s, distinct ids so far: %s, connections so far: %s, exit %s)\n' \
-        "$p" "$b" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$posts" "$unique" "$(awk '{ print $6 }' <<<"$after")" "$rc"
+    # Connections this run opened: the difference less the one that asked for `after`.
+    conns=$(($(awk '{ print $6 }' <<<"$after") - $(awk '{ print $6 }' <<<"$before") - 1))
+    printf '  processes %d, batch %3d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s, POSTs received: %s, distinct ids so far: %s, connections: %s, exit %s)\n' \
+        "$p" "$b" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$posts" "$unique" "$conns" "$rc"
     if [[ $rc != 0 || $ok != "$events" || $not_done != 0 || $posts != "$events" ]]; then
         warn "webhook processes $p batch $b run $r: expected exit 0, all $events events done with attempts = 1 and one POST each" \
             "(not done: $not_done, POSTs: $posts, exit: $rc)"

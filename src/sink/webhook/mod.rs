@@ -209,6 +209,14 @@ fn check_url(url: &str) -> Result<String> {
                 .into(),
         ));
     }
+    // `http` keeps a port that does not fit 16 bits in the text but gives no number for it.
+    let text = auth.as_str();
+    let after_host = &text[text.rfind(']').map_or(0, |i| i + 1)..];
+    if after_host.contains(':') && auth.port_u16().is_none() {
+        return Err(Error::Usage(
+            "the URL's port is not a number up to 65535".into(),
+        ));
+    }
     Ok(format!(
         "{}://{}{}",
         uri.scheme_str().unwrap_or_default(),
@@ -296,6 +304,7 @@ mod tests {
             ("https://user:pw@h/x", "credentials"),
             ("https:///x", "not a valid URL"),
             ("https://h/a b", "not a valid URL"),
+            ("http://h:99999/", "port"),
         ] {
             let e = check_url(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
