@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark: Dispatchbox's drain rate (stdout, pipe:, exec:), SIGTERM latency and orphaned-worker
-# exit beside the SQL ceiling that PostgreSQL itself allows on this machine, all measured in the
-# same run. The method, the figures and the original tool's baseline are in README.md, "Performance".
+# Benchmark: Dispatchbox's drain rate (stdout, pipe:, exec:, a local webhook receiver), SIGTERM
+# latency and orphaned-worker exit beside the SQL ceiling that PostgreSQL itself allows on this
+# machine, all measured in the same run. The method, the figures and the original tool's
+# baseline are in README.md, "Performance".
 #
 #   scripts/bench.sh [--quick]
 #
@@ -51,6 +52,8 @@ pg_clients=2
 
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh # (the working directory is the repository root)
+# shellcheck source=scripts/lib/bench_webhook.sh
+source scripts/lib/bench_webhook.sh
 
 say() { printf '\n== %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*"; }
@@ -89,7 +92,9 @@ pgbench=$bindir/pgbench
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-bench.XXXXXX")
 data=$tmp/data
 live_pid= # a dispatchbox supervisor this script started and has not yet seen exit
+receiver_pid= # the webhook receiver (scripts/lib/bench_webhook.sh), while it runs
 cleanup() {
+    [[ -n $receiver_pid ]] && kill -TERM "$receiver_pid" 2>/dev/null || true
     if [[ -n $live_pid ]] && kill -0 "$live_pid" 2>/dev/null; then
         kill -TERM "$live_pid" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$live_pid" 2>/dev/null || break; sleep 0.1; done
@@ -350,6 +355,7 @@ SH
     done
 }
 bench_pipe
+bench_webhook
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
@@ -468,6 +474,7 @@ for pb in 1:10 2:10 1:100 2:100; do
     fi
 done
 for row in "${pipe_rows[@]}"; do echo "$row"; done
+webhook_summary_rows
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

@@ -102,6 +102,26 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Text that must not be printed (a secret from the environment): `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(String);
+
+impl SecretText {
+    pub fn new(text: String) -> SecretText {
+        SecretText(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(…)")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub dsn: Dsn,
@@ -119,6 +139,12 @@ pub struct Config {
     pub route_source: &'static str,
     pub exec_timeout: Duration,
     pub pipe_timeout: Duration,
+    /// `--webhook-config`: read (and checked) where the routes are built.
+    pub webhook_config: Option<std::path::PathBuf>,
+    pub webhook_timeout: Duration,
+    /// `DISPATCHBOX_WEBHOOK_SECRET`, checked where the routes are built. Environment only;
+    /// a worker gets it on its configuration pipe (the variable is not passed on).
+    pub webhook_secret: Option<SecretText>,
     pub drain: bool,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
@@ -388,6 +414,12 @@ impl Config {
         let lease = src.secs(&defs::LEASE)?.unwrap_or_default();
         let exec_timeout = src.secs(&defs::EXEC_TIMEOUT)?.unwrap_or_default();
         let pipe_timeout = src.secs(&defs::PIPE_TIMEOUT)?.unwrap_or_default();
+        let webhook_timeout = src.secs(&defs::WEBHOOK_TIMEOUT)?.unwrap_or_default();
+        let webhook_config = src
+            .get(&defs::WEBHOOK_CONFIG)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from);
         let max_runtime = src.secs(&defs::MAX_RUNTIME)?;
         let shutdown_timeout = src.secs(&defs::SHUTDOWN_TIMEOUT)?.unwrap_or_default();
         let connect_timeout = src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default();
@@ -409,6 +441,9 @@ impl Config {
             route_source,
             exec_timeout,
             pipe_timeout,
+            webhook_config,
+            webhook_timeout,
+            webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
             drain,
             max_runtime,
             shutdown_timeout,
@@ -447,6 +482,7 @@ pub fn unknown_env_vars<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String>
             !(n.starts_with("DISPATCHBOX_EVENT_")
                 || n.starts_with("DISPATCHBOX_AGGREGATE_")
                 || *n == "DISPATCHBOX_ATTEMPT"
+                || *n == defs::WEBHOOK_SECRET_VAR
                 || n.starts_with("DISPATCHBOX_TEST_"))
         })
         .map(String::from)

@@ -19,7 +19,8 @@
 //! ```
 //! The configuration carries the resolved flags (the DSN with its password: it travels on a
 //! pipe, never in argv; `--dsn-file` is read by the supervisor and never sent) plus the
-//! child-only settings `stdout-lock`, `log-fd` and `log-journal`; the child
+//! child-only settings `stdout-lock`, `log-fd` and `log-journal`, and `webhook-secret`
+//! (DISPATCHBOX_WEBHOOK_SECRET, which the child's environment lacks); the child
 //! validates it with the same `Config::from_raw` as the supervisor did.
 //!
 //! Reports have a pipe of their own rather than sharing the child's stderr: stderr also
@@ -207,6 +208,16 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     m.insert("lease".into(), d(cfg.lease));
     m.insert("exec-timeout".into(), d(cfg.exec_timeout));
     m.insert("pipe-timeout".into(), d(cfg.pipe_timeout));
+    if let Some(p) = &cfg.webhook_config {
+        m.insert(
+            "webhook-config".into(),
+            p.to_string_lossy().into_owned().into(),
+        );
+    }
+    m.insert("webhook-timeout".into(), d(cfg.webhook_timeout));
+    if let Some(s) = &cfg.webhook_secret {
+        m.insert("webhook-secret".into(), s.expose().into());
+    }
     if let Some(r) = cfg.max_runtime {
         m.insert("max-runtime".into(), d(r));
     }
@@ -256,6 +267,10 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
         .get("stdout-lock")
         .and_then(|v| v.as_str())
         .map(std::path::PathBuf::from);
+    cfg.webhook_secret = obj
+        .get("webhook-secret")
+        .and_then(|v| v.as_str())
+        .map(|s| crate::config::SecretText::new(s.to_string()));
     cfg.log_fd = obj
         .get("log-fd")
         .and_then(|v| v.as_i64())
@@ -285,7 +300,13 @@ mod tests {
         }
         r.routes = vec!["order.*=exec:sh -c 'cat > /dev/null'".into()];
         r.drain = true;
-        let mut c = Config::from_raw(&r, &|_| None).unwrap();
+        r.values
+            .push(("webhook-config", "/etc/dispatchbox/hooks.json".into()));
+        r.values.push(("webhook-timeout", "2.5".into()));
+        let mut c = Config::from_raw(&r, &|v| {
+            (v == "DISPATCHBOX_WEBHOOK_SECRET").then(|| "whsec_x y".to_string())
+        })
+        .unwrap();
         c.stdout_lock = Some("/proc/1/fd/12".into());
         c.log_fd = Some(LOG_FD);
         c.log_journal = true;
@@ -304,6 +325,10 @@ mod tests {
         assert_eq!(back.log_fd, Some(LOG_FD));
         assert_eq!(back.log_format, crate::log::Format::Json);
         assert!(back.log_journal);
+        assert_eq!(back.webhook_config, c.webhook_config);
+        assert_eq!(back.webhook_timeout, Duration::from_millis(2500));
+        assert_eq!(back.webhook_secret.as_ref().unwrap().expose(), "whsec_x y");
+        assert!(!format!("{back:?}").contains("whsec_x"));
         let without = Setup::decode(&Setup::encode(&c, None)).unwrap();
         assert_eq!(without.report_fd(), None);
     }

@@ -223,7 +223,7 @@ pub const ROUTE: Flag = Flag {
     help: "send event types matching PATTERN to TARGET",
     note: Some(
         "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout`, \
-         `exec:COMMAND ARGS...` or `pipe:COMMAND ARGS...`. Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
+         `exec:COMMAND ARGS...`, `pipe:COMMAND ARGS...` or an http:// or https:// URL (a webhook). Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
          several separated by `;`",
     ),
     kind: Kind::Routes,
@@ -246,6 +246,36 @@ pub const PIPE_TIMEOUT: Flag = Flag {
     default: Some("30"),
     help: "restart a pipe target process that has not answered an event for this long",
     note: Some("the event is retried"),
+    kind: secs(0.001, DAY),
+};
+
+pub const WEBHOOK_CONFIG: Flag = Flag {
+    key: "--webhook-config",
+    short: None,
+    value: Some("FILE"),
+    default: None,
+    help: "per-route webhook secrets, headers, timeouts and CA files (JSON)",
+    note: Some(
+        "readable by its owner only (or 0640 owned by root). DISPATCHBOX_WEBHOOK_SECRET (a \
+         `whsec_…` secret, environment only) signs the webhook routes without their own",
+    ),
+    kind: Kind::Text,
+};
+
+/// The signing secret of webhook routes without their own: environment only, never a flag
+/// (argv is visible to every local user).
+pub const WEBHOOK_SECRET_VAR: &str = "DISPATCHBOX_WEBHOOK_SECRET";
+
+pub const WEBHOOK_TIMEOUT: Flag = Flag {
+    key: "--webhook-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "give up on a webhook request after this long",
+    note: Some(
+        "connecting (TLS handshake included) gets at most 10 s of it; per route in \
+         --webhook-config",
+    ),
     kind: secs(0.001, DAY),
 };
 
@@ -355,6 +385,8 @@ pub const FLAGS: &[Flag] = &[
     ROUTE,
     EXEC_TIMEOUT,
     PIPE_TIMEOUT,
+    WEBHOOK_CONFIG,
+    WEBHOOK_TIMEOUT,
     DRAIN,
     MAX_RUNTIME,
     SHUTDOWN_TIMEOUT,
@@ -437,6 +469,8 @@ mod tests {
                 "table",
                 "exec-timeout",
                 "pipe-timeout",
+                "webhook-config",
+                "webhook-timeout",
                 "max-runtime",
                 "shutdown-timeout",
                 "connect-timeout",

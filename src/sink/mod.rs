@@ -1,13 +1,14 @@
 //! The built-in targets. A route maps an event-type pattern to a target (`--route
 //! PATTERN=TARGET`); a target is built as a [`Handler`]. Built in: `stdout` (one JSON line per
-//! event), `exec:COMMAND ARGS...` (run a program per event) and `pipe:COMMAND ARGS...` (a
-//! long-running process that acknowledges each event). The HTTP webhook target will
-//! live here too. Compiled-in handlers are the other kind of target (see `lib.rs`);
+//! event), `exec:COMMAND ARGS...` (run a program per event), `pipe:COMMAND ARGS...` (a
+//! long-running process that acknowledges each event) and `http://…` / `https://…` (a Standard
+//! Webhooks POST per event). Compiled-in handlers are the other kind of target (see `lib.rs`);
 //! `build_router` joins the `--route`s to the compiled-in routes.
 
 pub mod exec;
 pub mod pipe;
 pub mod stdout;
+pub mod webhook;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -22,6 +23,9 @@ pub struct SinkOptions {
     pub pipe_timeout: Duration,
     /// See `Config::stdout_lock`.
     pub stdout_lock: Option<std::path::PathBuf>,
+    pub webhook: webhook::WebhookDefaults,
+    /// `--webhook-config`, read and checked.
+    pub webhook_file: Option<webhook::SettingsFile>,
 }
 
 /// Builds the handler a `--route` target names, or says what is wrong with it (a usage error).
@@ -35,8 +39,13 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
     if let Some(cmd) = target.strip_prefix("pipe:") {
         return Ok(Arc::new(pipe::Pipe::new(cmd, opts.pipe_timeout)?));
     }
+    if webhook::is_webhook(target) {
+        let own = opts.webhook_file.as_ref().and_then(|f| f.get(target));
+        return Ok(Arc::new(webhook::Webhook::new(target, &opts.webhook, own)?));
+    }
     Err(Error::Usage(format!(
-        "unknown route target `{target}` (expected `stdout`, `exec:COMMAND ARGS...` or `pipe:COMMAND ARGS...`)"
+        "unknown route target `{target}` (expected `stdout`, `exec:COMMAND ARGS...`, \
+         `pipe:COMMAND ARGS...` or an http:// or https:// URL)"
     )))
 }
 
@@ -46,6 +55,11 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
         exec_timeout: cfg.exec_timeout,
         pipe_timeout: cfg.pipe_timeout,
         stdout_lock: cfg.stdout_lock.clone(),
+        webhook: webhook_defaults(cfg)?,
+        webhook_file: match &cfg.webhook_config {
+            Some(path) => Some(webhook::SettingsFile::load(path)?),
+            None => None,
+        },
     };
     let mut router = compiled.clone();
     let mut routes = cfg.routes.clone();
@@ -65,5 +79,25 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
             .map_err(|e| Error::Usage(format!("{from} {pattern}={target}: {e}")))?;
         router.add(p, target.clone(), h);
     }
+    if let Some(file) = &opts.webhook_file {
+        let targets: Vec<&str> = routes.iter().map(|(_, t)| t.as_str()).collect();
+        file.check_used(&targets)?;
+    }
     Ok(router)
+}
+
+/// The settings every webhook route starts from: the flags, and the secret from the
+/// environment (checked here, so that a bad one is a usage error even without a route).
+fn webhook_defaults(cfg: &Config) -> Result<webhook::WebhookDefaults> {
+    let secrets = match &cfg.webhook_secret {
+        Some(s) => webhook::Secret::parse_list(s.expose())
+            .map_err(|e| Error::Usage(format!("{}: {e}", crate::cli::defs::WEBHOOK_SECRET_VAR)))?,
+        None => Vec::new(),
+    };
+    Ok(webhook::WebhookDefaults {
+        secrets,
+        timeout: cfg.webhook_timeout,
+        connect_timeout: cfg.webhook_timeout.min(webhook::CONNECT_TIMEOUT),
+        threads: cfg.threads,
+    })
 }

@@ -6,7 +6,8 @@
 //! untouched except for escaping (never interpreted; with JSON logs, a line that is not one
 //! is wrapped); `protocol::REPORT_FD`, the write end of its report pipe (its `counters`
 //! reports go on to the metrics board); `protocol::LOG_FD`, a copy of our own stderr.
-//! Invariant: no secret in argv or the environment (the DSN travels on stdin; DISPATCHBOX_DSN and PGPASSWORD are
+//! Invariant: no secret in argv or the environment (the DSN and the webhook secret travel on
+//! stdin; DISPATCHBOX_DSN, PGPASSWORD and DISPATCHBOX_WEBHOOK_SECRET are
 //! removed), and every descriptor we open is close on exec, so a child holds only its own
 //! pipes (a report pipe's EOF then means that child is gone).
 
@@ -204,6 +205,7 @@ pub(super) fn spawn(
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env_remove(crate::cli::defs::WEBHOOK_SECRET_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())

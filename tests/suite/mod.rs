@@ -18,6 +18,7 @@ mod sinks;
 mod stdout;
 mod supervisor;
 mod tls;
+mod webhook;
 
 use crate::common::{self, Run, TestDb};
 use std::process::Command;

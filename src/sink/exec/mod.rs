@@ -77,6 +77,7 @@ impl Exec {
             .env("DISPATCHBOX_ATTEMPT", event.attempt.to_string())
             .env_remove("DISPATCHBOX_DSN")
             .env_remove("PGPASSWORD")
+            .env_remove(crate::cli::defs::WEBHOOK_SECRET_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
