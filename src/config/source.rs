@@ -1,0 +1,235 @@
+//! Where each setting comes from: the flag, else its `DISPATCHBOX_*` variable (else the
+//! default), parsed and range-checked with an error that names the flag or variable to blame
+//! and never echoes a DSN.
+
+use super::Table;
+use crate::cli::defs::{self, Flag, Kind};
+use crate::cli::RawArgs;
+use crate::dsn::Dsn;
+use crate::error::{Error, Result};
+use crate::log::{Format, Level};
+use std::time::Duration;
+
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(super) struct Source<'a> {
+    pub(super) raw: &'a RawArgs,
+    pub(super) env: Env<'a>,
+}
+
+impl Source<'_> {
+    /// The flag's value, else its environment variable's; with the name to blame.
+    pub(super) fn get(&self, flag: &Flag) -> Option<(String, String)> {
+        if let Some(v) = self.raw.get(flag.name()) {
+            return Some((flag.key.to_string(), v.to_string()));
+        }
+        let var = flag.env_var()?;
+        (self.env)(var).map(|v| (var.to_string(), v))
+    }
+
+    /// The flag's value, else its variable's, else its default (blamed on the flag).
+    pub(super) fn get_or_default(&self, flag: &Flag) -> Option<(String, String)> {
+        self.get(flag)
+            .or_else(|| flag.default.map(|d| (flag.key.to_string(), d.to_string())))
+    }
+
+    /// A whole number in the flag's range, as `T` (which holds the whole range).
+    pub(super) fn whole<T>(&self, flag: &Flag) -> Result<T>
+    where
+        T: std::str::FromStr + std::fmt::Display + Copy + TryInto<i64>,
+    {
+        let Kind::Whole { min, max } = flag.kind else {
+            return Err(Error::Other(format!("{} is not a whole number", flag.key)));
+        };
+        let Some((who, v)) = self.get_or_default(flag) else {
+            return Err(Error::Other(format!("{} has no default", flag.key)));
+        };
+        let v = v.trim();
+        let n: T = v.parse().map_err(|_| {
+            // A whole number that does not fit the type is out of range, not malformed.
+            if v.parse::<i128>().is_ok() {
+                Error::Usage(format!("{who}: {v} is out of range ({min} to {max})"))
+            } else {
+                Error::Usage(format!("{who}: `{v}` is not a whole number"))
+            }
+        })?;
+        match n.try_into() {
+            Ok(i) if (min..=max).contains(&i) => Ok(n),
+            _ => Err(Error::Usage(format!(
+                "{who}: {n} is out of range ({min} to {max})"
+            ))),
+        }
+    }
+
+    /// Seconds in the flag's range; None when not given and without a default.
+    pub(super) fn secs(&self, flag: &Flag) -> Result<Option<Duration>> {
+        let Kind::Secs { min, max } = flag.kind else {
+            return Err(Error::Other(format!("{} is not in seconds", flag.key)));
+        };
+        let Some((who, v)) = self.get_or_default(flag) else {
+            return Ok(None);
+        };
+        let n: f64 = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite())
+            .ok_or_else(|| {
+                Error::Usage(format!("{who}: `{}` is not a number of seconds", v.trim()))
+            })?;
+        if n < min || n > max {
+            return Err(Error::Usage(format!(
+                "{who}: {n} is out of range ({min} to {max} seconds)"
+            )));
+        }
+        Ok(Some(Duration::from_secs_f64(n)))
+    }
+
+    /// The `(pattern, target)` pairs of `--route` (or else the variable), and which of the
+    /// two they came from.
+    pub(super) fn routes(&self) -> Result<(Vec<(String, String)>, &'static str)> {
+        let mut texts = self.raw.routes.clone();
+        let mut source = defs::ROUTE.key;
+        if let Some(var) = defs::ROUTE.env_var().filter(|_| texts.is_empty()) {
+            if let Some(v) = (self.env)(var) {
+                source = var;
+                texts = v
+                    .split([';', '\n'])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+            }
+        }
+        let mut routes: Vec<(String, String)> = Vec::new();
+        let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
+        for r in &texts {
+            let (pattern, target) = r.split_once('=').ok_or_else(|| {
+                Error::Usage(format!(
+                    "{source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                ))
+            })?;
+            let p = crate::handler::Pattern::parse(pattern)
+                .map_err(|e| Error::Usage(format!("{source}: {e}")))?;
+            // The router keeps one route per pattern: a second one would be dropped silently.
+            if patterns.contains(&p) {
+                return Err(Error::Usage(format!(
+                    "{source}: pattern `{p}` is given twice; give each pattern one target"
+                )));
+            }
+            patterns.push(p);
+            routes.push((pattern.trim().to_string(), target.trim().to_string()));
+        }
+        Ok((routes, source))
+    }
+
+    pub(super) fn drain(&self) -> Result<bool> {
+        if self.raw.drain {
+            return Ok(true);
+        }
+        let Some(var) = defs::DRAIN.env_var() else {
+            return Ok(false);
+        };
+        match (self.env)(var) {
+            None => Ok(false),
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{var}: `{v}` is not a boolean (1/0, true/false, yes/no)"
+                ))
+            }),
+        }
+    }
+
+    /// The DSN's text: `--dsn`, or the contents of `--dsn-file`, or their variables (a flag
+    /// wins over a variable; the two flags, or the two variables, together are an error).
+    pub(super) fn dsn_text(&self) -> Result<String> {
+        let is_flag = |who: &(String, String)| who.0.starts_with("--");
+        let (dsn, file) = (self.get(&defs::DSN), self.get(&defs::DSN_FILE));
+        let file = match (&dsn, file) {
+            (Some(d), Some(f)) if is_flag(d) == is_flag(&f) => {
+                return Err(Error::Usage(format!(
+                    "{} and {} are both given; give one",
+                    d.0, f.0
+                )))
+            }
+            // `--dsn` wins over DISPATCHBOX_DSN_FILE (and `--dsn-file` over DISPATCHBOX_DSN).
+            (Some(d), Some(_)) if is_flag(d) => None,
+            (_, f) => f,
+        };
+        let Some((who, path)) = file else {
+            return Ok(dsn.map(|(_, v)| v).unwrap_or_default());
+        };
+        // The path may be shown; the contents never are.
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Usage(format!("{who}: cannot read {path}: {e}")))?;
+        let text = text.trim_end();
+        if text.trim().is_empty() {
+            return Err(Error::Usage(format!("{who}: {path} is empty")));
+        }
+        Ok(text.to_string())
+    }
+
+    pub(super) fn dsn(&self) -> Result<Dsn> {
+        let text = self.dsn_text()?;
+        if text.trim().is_empty()
+            && !["PGHOST", "PGHOSTADDR", "PGDATABASE", "PGUSER"]
+                .iter()
+                .any(|v| (self.env)(v).is_some())
+        {
+            return Err(Error::Usage(
+                "no database given: use --dsn, --dsn-file, DISPATCHBOX_DSN or the libpq variables (PGHOST, PGDATABASE, ...)"
+                    .into(),
+            ));
+        }
+        Dsn::resolve(&text, self.env)
+    }
+
+    pub(super) fn table(&self) -> Result<Table> {
+        let v = self.get_or_default(&defs::TABLE).map(|(_, v)| v);
+        Table::parse(v.unwrap_or_default().trim())
+    }
+
+    pub(super) fn log_format(&self) -> Result<Format> {
+        match self.get_or_default(&defs::LOG_FORMAT) {
+            None => Ok(Format::Text),
+            Some((who, v)) => Format::parse(v.trim())
+                .ok_or_else(|| Error::Usage(format!("{who}: `{}` is not text or json", v.trim()))),
+        }
+    }
+
+    /// `HOST:PORT`, checked for its shape here; the host is resolved when it is bound.
+    pub(super) fn metrics_addr(&self) -> Result<Option<String>> {
+        let Some((who, v)) = self.get(&defs::METRICS_ADDR) else {
+            return Ok(None);
+        };
+        let v = v.trim();
+        match v.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Some(v.to_string()))
+            }
+            _ => Err(Error::Usage(format!(
+                "{who}: `{v}` is not HOST:PORT (e.g. 127.0.0.1:9187 or [::1]:9187)"
+            ))),
+        }
+    }
+
+    pub(super) fn log_level(&self) -> Result<Level> {
+        match self.get_or_default(&defs::LOG_LEVEL) {
+            None => Ok(Level::Info),
+            Some((who, v)) => Level::parse(v.trim()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{who}: `{}` is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+                    v.trim()
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
