@@ -119,6 +119,8 @@ pub struct Config {
     pub route_source: &'static str,
     pub exec_timeout: Duration,
     pub drain: bool,
+    /// `--fail-on-dead`: the supervisor exits 6 when a worker saw an event go dead.
+    pub fail_on_dead: bool,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -253,10 +255,15 @@ impl Source<'_> {
     }
 
     fn drain(&self) -> Result<bool> {
-        if self.raw.drain {
+        self.switch(&defs::DRAIN, self.raw.drain)
+    }
+
+    /// A switch: given, or else its variable as a boolean.
+    fn switch(&self, flag: &Flag, given: bool) -> Result<bool> {
+        if given {
             return Ok(true);
         }
-        let Some(var) = defs::DRAIN.env_var() else {
+        let Some(var) = flag.env_var() else {
             return Ok(false);
         };
         match (self.env)(var) {
@@ -330,6 +337,7 @@ impl Config {
 
         let (routes, route_source) = src.routes()?;
         let drain = src.drain()?;
+        let fail_on_dead = src.switch(&defs::FAIL_ON_DEAD, raw.has(defs::FAIL_ON_DEAD.name()))?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -345,6 +353,7 @@ impl Config {
             route_source,
             exec_timeout,
             drain,
+            fail_on_dead,
             max_runtime,
             shutdown_timeout,
             connect_timeout,

@@ -203,6 +203,15 @@ impl Router {
             .map(|(_, _, h)| h)
     }
 
+    /// The target's name (`stdout`, `exec:...`) of the route this type goes to, for logs.
+    pub(crate) fn target(&self, event_type: Option<&str>) -> Option<&str> {
+        self.routes
+            .iter()
+            .filter(|(p, _, _)| p.matches(event_type))
+            .max_by_key(|(p, _, _)| p.rank())
+            .map(|(_, t, _)| t.as_str())
+    }
+
     /// The routes (`pattern=target`) whose target is named `target`.
     pub(crate) fn routes_to(&self, target: &str) -> Vec<String> {
         self.routes

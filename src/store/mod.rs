@@ -1,6 +1,7 @@
 //! Every SQL statement Dispatchbox runs, in one module, with the index that serves it; one
 //! file per role: `claim` (the hot path: claim, complete, extend, release), `schema`
-//! (migrate, the start-up table check), `report` (counts for stats, start-up and drain).
+//! (migrate, the start-up table check), `report` (counts for stats, start-up and drain),
+//! `ops` (the operators' commands: status, dead, prune).
 //! This file holds what they share: placeholders, statuses, session settings.
 //!
 //! Invariants kept here:
@@ -13,12 +14,13 @@
 //! - the table name is always a quoted identifier; every value is a bind parameter.
 
 mod claim;
+pub mod ops;
 mod report;
 mod schema;
 
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
-pub use schema::{check_table, migrate};
+pub use schema::{check_table, migrate, needs_migration, schema_for};
 
 use crate::config::Table;
 use postgres::Client;

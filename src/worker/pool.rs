@@ -123,7 +123,14 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
             continue;
         }
         let outcome = run_handler(&job);
-        if tx.send(Msg::Done { id, token, outcome }).is_err() {
+        let event_type = job.event.event_type;
+        let done = Msg::Done {
+            id,
+            token,
+            event_type,
+            outcome,
+        };
+        if tx.send(done).is_err() {
             return;
         }
     }
