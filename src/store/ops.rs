@@ -241,11 +241,7 @@ pub type Column = (String, Option<String>);
 
 /// The whole row of one event, every column as text (NULL as None), in table order: for
 /// `dead show` (the table may carry columns of its own, of any type). A primary-key lookup.
-pub fn event(
-    client: &mut Client,
-    table: &Table,
-    id: i64,
-) -> Result<Option<Vec<Column>>> {
+pub fn event(client: &mut Client, table: &Table, id: i64) -> Result<Option<Vec<Column>>> {
     let names = columns(client, table)?.unwrap_or_default();
     let select: Vec<String> = names
         .iter()
