@@ -24,6 +24,15 @@ pub mod exit {
     pub const DATABASE: u8 = 4;
     /// `--max-runtime` elapsed in `--drain` mode before every due event was processed.
     pub const TIME_LIMIT: u8 = 5;
+    /// `--fail-on-dead`: the run ended cleanly, but events went dead during it. A worker
+    /// ending cleanly exits with this code whenever it saw an event go dead; the supervisor
+    /// passes it on only with `--fail-on-dead` (see `supervisor::policy::run_code`).
+    pub const DEAD_EVENTS: u8 = 6;
+    /// `status` with thresholds: at least one (`--max-lag`, `--max-dead`, `--max-due`) was
+    /// exceeded.
+    pub const THRESHOLD: u8 = 7;
+    /// `migrate --check`: the table is missing, lacks columns or lacks the claim index.
+    pub const MIGRATION_NEEDED: u8 = 8;
 }
 
 #[derive(Debug)]

@@ -199,7 +199,8 @@ impl Router {
         self.best(event_type).map(|(_, _, h)| h)
     }
 
-    /// The target name of the route `route` picks (the `route` label of the metrics).
+    /// The target name (`stdout`, `exec:...`) of the route `route` picks: for log lines and
+    /// the `route` label of the metrics.
     pub(crate) fn target(&self, event_type: Option<&str>) -> Option<&str> {
         self.best(event_type).map(|(_, t, _)| t.as_str())
     }

@@ -82,7 +82,7 @@ pub fn main_with(compiled: Router) -> ExitCode {
             let _ = std::io::stdout().write_all(version().as_bytes());
             ExitCode::from(error::exit::OK)
         }
-        cli::Mode::Migrate | cli::Mode::Stats => run_admin(mode, &raw),
+        cli::Mode::Admin(command) => run_admin(command, &raw),
         cli::Mode::Worker(index) => run_worker(index, &compiled),
         cli::Mode::Run => run_supervisor(&raw, &compiled),
     }
@@ -104,22 +104,16 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-/// `migrate` or `stats`.
-fn run_admin(mode: cli::Mode, raw: &cli::RawArgs) -> ExitCode {
+/// An admin command (`migrate`, `status`, `dead ...`, `prune`, `stats`).
+fn run_admin(command: cli::Command, raw: &cli::RawArgs) -> ExitCode {
     let cfg = match config::AdminConfig::from_raw(raw, &env) {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
     log::set_level(cfg.log_level);
     log::set_format(cfg.log_format);
-    let migrate = mode == cli::Mode::Migrate;
-    log::set_process(if migrate { "migrate" } else { "stats" });
-    let r = if migrate {
-        admin::migrate(&cfg)
-    } else {
-        admin::stats(&cfg)
-    };
-    finish(r.map(|_| error::exit::OK))
+    log::set_process(command.name());
+    finish(admin::run(command, &cfg, raw))
 }
 
 /// A worker child (`--worker-index N`, started by the supervisor).

@@ -27,6 +27,12 @@ pub enum Kind {
     Switch,
     /// Answered at once (`--help`, `--version`); no variable.
     Info,
+    /// A value for an admin command (`status --max-lag 60`), checked by that command; command
+    /// line only, no variable: a threshold or a selection must be visible where it is used.
+    Arg,
+    /// A switch of an admin command (`--json`, `--yes`); command line only, no variable (a
+    /// `DISPATCHBOX_YES` left in an environment must never confirm a purge).
+    ArgSwitch,
 }
 
 /// One flag.
@@ -57,8 +63,13 @@ impl Flag {
     pub const fn takes_one_value(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text
+            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text | Kind::Arg
         )
+    }
+
+    /// Whether it belongs to an admin command (no variable, not accepted when running).
+    pub const fn is_command_option(&self) -> bool {
+        matches!(self.kind, Kind::Arg | Kind::ArgSwitch)
     }
 
     /// `DISPATCHBOX_BATCH_SIZE` for `--batch-size`; None for `--help` and `--version`.
@@ -68,7 +79,7 @@ impl Flag {
             .get_or_init(|| {
                 FLAGS
                     .iter()
-                    .filter(|f| f.kind != Kind::Info)
+                    .filter(|f| f.kind != Kind::Info && !f.is_command_option())
                     .map(|f| (f.key, env_name(f.name())))
                     .collect()
             })
@@ -349,6 +360,16 @@ pub const METRICS_ADDR: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const FAIL_ON_DEAD: Flag = Flag {
+    key: "--fail-on-dead",
+    short: None,
+    value: None,
+    default: None,
+    help: "exit 6 instead of 0 when an event went dead during the run (for cron)",
+    note: None,
+    kind: Kind::Switch,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),
@@ -394,9 +415,113 @@ pub const FLAGS: &[Flag] = &[
     LOG_LEVEL,
     LOG_FORMAT,
     METRICS_ADDR,
+    FAIL_ON_DEAD,
     HELP,
     VERSION,
+    JSON,
+    EXACT,
+    MAX_LAG,
+    MAX_DEAD,
+    MAX_DUE,
+    TYPE,
+    AGGREGATE,
+    SINCE,
+    LIMIT,
+    ALL,
+    DRY_RUN,
+    YES,
+    OLDER_THAN,
+    ARCHIVE,
+    CHECK,
+    PRINT_SQL,
 ];
+
+const fn arg(key: &'static str, value: &'static str, help: &'static str) -> Flag {
+    Flag {
+        key,
+        short: None,
+        value: Some(value),
+        default: None,
+        help,
+        note: None,
+        kind: Kind::Arg,
+    }
+}
+
+const fn arg_switch(key: &'static str, help: &'static str) -> Flag {
+    Flag {
+        key,
+        short: None,
+        value: None,
+        default: None,
+        help,
+        note: None,
+        kind: Kind::ArgSwitch,
+    }
+}
+
+// The admin commands' options (command line only; `cli::COMMAND_OPTIONS` says which command
+// takes which).
+pub const JSON: Flag = arg_switch("--json", "status, dead list, dead show: one JSON document");
+pub const EXACT: Flag = arg_switch(
+    "--exact",
+    "status: count done and dead rows exactly (a full scan) instead of estimating",
+);
+pub const MAX_LAG: Flag = arg(
+    "--max-lag",
+    "SECS",
+    "status: exit 7 when the oldest due event has waited longer",
+);
+pub const MAX_DEAD: Flag = arg(
+    "--max-dead",
+    "N",
+    "status: exit 7 when more events are dead (counted exactly)",
+);
+pub const MAX_DUE: Flag = arg(
+    "--max-due",
+    "N",
+    "status: exit 7 when more events are due now",
+);
+pub const TYPE: Flag = arg(
+    "--type",
+    "TYPE",
+    "dead: only this event type (exact, or a prefix as `order.*`)",
+);
+pub const AGGREGATE: Flag = arg(
+    "--aggregate",
+    "TYPE[:ID]",
+    "dead: only this aggregate type (and id)",
+);
+pub const SINCE: Flag = arg(
+    "--since",
+    "DURATION",
+    "dead: only events created within DURATION (30s, 15m, 12h, 7d)",
+);
+pub const LIMIT: Flag = arg("--limit", "N", "dead list: at most N events [default: 50]");
+pub const ALL: Flag = arg_switch("--all", "dead retry/purge: every dead event");
+pub const DRY_RUN: Flag = arg_switch(
+    "--dry-run",
+    "dead retry/purge, prune: say how many, change nothing",
+);
+pub const YES: Flag = arg_switch("--yes", "dead purge: really delete");
+pub const OLDER_THAN: Flag = arg(
+    "--older-than",
+    "DURATION",
+    "prune: done events delivered longer ago than this (30s, 15m, 12h, 7d)",
+);
+pub const ARCHIVE: Flag = arg(
+    "--archive",
+    "TABLE",
+    "prune: move the rows into this existing table of the same shape",
+);
+pub const CHECK: Flag = arg_switch(
+    "--check",
+    "migrate: change nothing; exit 8 when the table needs `migrate`",
+);
+pub const PRINT_SQL: Flag = arg_switch(
+    "--print-sql",
+    "migrate: print the SQL migrate runs, run nothing",
+);
 
 const fn value_flag_count() -> usize {
     let mut n = 0;
@@ -477,8 +602,20 @@ mod tests {
                 "log-level",
                 "log-format",
                 "metrics-addr",
+                "max-lag",
+                "max-dead",
+                "max-due",
+                "type",
+                "aggregate",
+                "since",
+                "limit",
+                "older-than",
+                "archive",
             ]
         );
+        assert_eq!(JSON.env_var(), None);
+        assert_eq!(YES.env_var(), None);
+        assert_eq!(FAIL_ON_DEAD.env_var(), Some("DISPATCHBOX_FAIL_ON_DEAD"));
     }
 
     #[test]

@@ -9,7 +9,11 @@ dispatchbox — deliver transactional-outbox events from PostgreSQL, at least on
 USAGE:
     dispatchbox [OPTIONS]              run the supervisor and its worker processes
     dispatchbox migrate [OPTIONS]      create or upgrade the outbox table (idempotent)
-    dispatchbox stats [OPTIONS]        print the number of events per status
+    dispatchbox stats [OPTIONS]        print the number of events per status (exact, a full scan)
+    dispatchbox status [OPTIONS]       counts, due backlog, lag, in flight, per type; a check
+    dispatchbox dead list|show ID|retry [ID...]|purge [ID...] [OPTIONS]
+                                       look at dead events; requeue (attempts reset) or delete
+    dispatchbox prune --older-than 7d  delete (or --archive) done events, in batches
     dispatchbox help                   print this help (like --help)
 ";
 
@@ -25,7 +29,9 @@ const EXIT_CODES: &str = "
 EXIT CODES:
     0 drained or stopped cleanly   2 bad flags/environment/DSN   3 database unreachable
     4 database refused (auth, missing table: run `dispatchbox migrate`)   5 --max-runtime hit
-    1 anything else
+    6 events went dead during the run (only with --fail-on-dead)
+    7 status: a --max-lag/--max-dead/--max-due threshold exceeded
+    8 migrate --check: the table needs `dispatchbox migrate`        1 anything else
 ";
 
 /// Where the explanations start.
@@ -41,7 +47,11 @@ pub fn render() -> String {
         "\nOPTIONS (each also read from DISPATCHBOX_<NAME>, e.g. {example}; flags win):\n"
     ));
     let column = FLAGS.iter().map(|f| left(f).len()).max().unwrap_or(0) + 2;
-    for f in FLAGS {
+    for f in FLAGS.iter().filter(|f| !f.is_command_option()) {
+        render_flag(&mut out, f, column);
+    }
+    out.push_str("\nCOMMAND OPTIONS (command line only, no variable):\n");
+    for f in FLAGS.iter().filter(|f| f.is_command_option()) {
         render_flag(&mut out, f, column);
     }
     out.push_str(EXEC_CONTRACT);

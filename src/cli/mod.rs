@@ -21,12 +21,65 @@ const WORKER_INDEX: &str = "--worker-index";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Run,
-    Migrate,
-    Stats,
+    /// An admin command (`migrate`, `status`, `dead list`, ...).
+    Admin(Command),
     /// A worker child started by the supervisor; its configuration arrives on stdin.
     Worker(u32),
     Help,
     Version,
+}
+
+/// The admin commands (same binary, same connection options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Migrate,
+    Stats,
+    Status,
+    DeadList,
+    DeadShow,
+    DeadRetry,
+    DeadPurge,
+    Prune,
+}
+
+impl Command {
+    /// As typed: `dead retry`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Migrate => "migrate",
+            Command::Stats => "stats",
+            Command::Status => "status",
+            Command::DeadList => "dead list",
+            Command::DeadShow => "dead show",
+            Command::DeadRetry => "dead retry",
+            Command::DeadPurge => "dead purge",
+            Command::Prune => "prune",
+        }
+    }
+
+    /// The command options (`Kind::Arg`, `Kind::ArgSwitch`) it takes.
+    fn options(self) -> &'static [&'static Flag] {
+        use defs::*;
+        const SELECT: &[&Flag] = &[&TYPE, &AGGREGATE, &SINCE, &ALL, &DRY_RUN];
+        match self {
+            Command::Migrate => &[&CHECK, &PRINT_SQL],
+            Command::Stats => &[],
+            Command::Status => &[&JSON, &EXACT, &MAX_LAG, &MAX_DEAD, &MAX_DUE],
+            Command::DeadList => &[&JSON, &TYPE, &AGGREGATE, &SINCE, &LIMIT],
+            Command::DeadShow => &[&JSON],
+            Command::DeadRetry => SELECT,
+            Command::DeadPurge => &[&TYPE, &AGGREGATE, &SINCE, &ALL, &DRY_RUN, &YES],
+            Command::Prune => &[&OLDER_THAN, &ARCHIVE, &DRY_RUN],
+        }
+    }
+
+    /// Whether it takes positional arguments (event ids).
+    fn takes_ids(self) -> bool {
+        matches!(
+            self,
+            Command::DeadShow | Command::DeadRetry | Command::DeadPurge
+        )
+    }
 }
 
 /// Flag values exactly as given (None = not given).
@@ -36,6 +89,10 @@ pub struct RawArgs {
     pub values: Vec<(&'static str, String)>,
     pub routes: Vec<String>,
     pub drain: bool,
+    /// The names of the other switches given (`fail-on-dead`, `json`, ...).
+    pub switches: Vec<&'static str>,
+    /// An admin command's positional arguments (`dead retry 17 18`).
+    pub args: Vec<String>,
 }
 
 impl RawArgs {
@@ -44,6 +101,18 @@ impl RawArgs {
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the switch `name` (without dashes) was given.
+    pub fn has(&self, name: &str) -> bool {
+        self.switches.contains(&name)
+    }
+
+    /// The command options given (by key), in table order.
+    fn command_options(&self) -> impl Iterator<Item = &'static Flag> + '_ {
+        FLAGS.iter().filter(|f| {
+            f.is_command_option() && (self.get(f.name()).is_some() || self.has(f.name()))
+        })
     }
 }
 
@@ -66,23 +135,88 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
         Some(i) => Mode::Worker(i),
         None => Mode::Run,
     };
-    let raw = read_flags(&mut p)?;
+    let mut raw = read_flags(&mut p)?;
     if mode == Mode::Run {
-        match p.subcommand().map_err(|e| usage(e.to_string()))?.as_deref() {
+        match command(&mut p)? {
+            Some(Named::Admin(c)) => mode = Mode::Admin(c),
+            Some(Named::Help) => mode = Mode::Help,
             None => {}
-            Some("migrate") => mode = Mode::Migrate,
-            Some("stats") => mode = Mode::Stats,
-            Some("help") => mode = Mode::Help,
-            // Not echoed: a misplaced DSN or password must not reach a terminal or a log.
-            Some(_) => return Err(usage(
-                "unexpected argument: commands are `migrate` and `stats`; the DSN goes in --dsn"
-                    .into(),
-            )),
         }
     }
-    match p.finish().first() {
-        Some(first) => Err(leftover(&first.to_string_lossy())),
-        None => Ok((mode, raw)),
+    let rest = p.finish();
+    match mode {
+        Mode::Admin(c) if c.takes_ids() => {
+            // Ids only: anything else (a flag we do not know) is reported as a leftover.
+            for a in rest {
+                let a = a.to_string_lossy();
+                if a.starts_with('-') || a.parse::<i64>().is_err() {
+                    return Err(leftover(&a));
+                }
+                raw.args.push(a.into_owned());
+            }
+        }
+        _ => {
+            if let Some(first) = rest.first() {
+                return Err(leftover(&first.to_string_lossy()));
+            }
+        }
+    }
+    check_command_options(mode, &raw)?;
+    Ok((mode, raw))
+}
+
+/// What the first positional arguments name: `help`, or an admin command.
+enum Named {
+    Help,
+    Admin(Command),
+}
+
+/// The command named by the first positional arguments, if any.
+fn command(p: &mut pico_args::Arguments) -> Result<Option<Named>> {
+    let mut next = || p.subcommand().map_err(|e| usage(e.to_string()));
+    let c = match next()?.as_deref() {
+        None => return Ok(None),
+        Some("help") => return Ok(Some(Named::Help)),
+        Some("migrate") => Command::Migrate,
+        Some("stats") => Command::Stats,
+        Some("status") => Command::Status,
+        Some("prune") => Command::Prune,
+        Some("dead") => match next()?.as_deref() {
+            Some("list") => Command::DeadList,
+            Some("show") => Command::DeadShow,
+            Some("retry") => Command::DeadRetry,
+            Some("purge") => Command::DeadPurge,
+            _ => {
+                return Err(usage(
+                    "`dead` needs one of: list, show, retry, purge".into(),
+                ))
+            }
+        },
+        // Not echoed: a misplaced DSN or password must not reach a terminal or a log.
+        Some(_) => return Err(usage(
+            "unexpected argument: commands are migrate, stats, status, dead, prune, help; the DSN \
+             goes in --dsn"
+                .into(),
+        )),
+    };
+    Ok(Some(Named::Admin(c)))
+}
+
+/// A command option given to the wrong command (or to none) is an error, not ignored.
+fn check_command_options(mode: Mode, raw: &RawArgs) -> Result<()> {
+    let allowed: &[&Flag] = match mode {
+        Mode::Admin(c) => c.options(),
+        _ => &[],
+    };
+    match raw
+        .command_options()
+        .find(|f| !allowed.iter().any(|a| a.key == f.key))
+    {
+        None => Ok(()),
+        Some(f) => Err(usage(match mode {
+            Mode::Admin(c) => format!("{} is not an option of `{}`", f.key, c.name()),
+            _ => format!("{} is an option of an admin command ({})", f.key, f.help),
+        })),
     }
 }
 
@@ -111,8 +245,16 @@ fn read_flags(p: &mut pico_args::Arguments) -> Result<RawArgs> {
             .values_from_str(f.key)
             .map_err(|e| usage(describe(e, f.key)))?;
     }
-    // `--drain` is the only switch; `RawArgs` has a field for it.
+    // `--drain` has a field of its own; the other switches are listed by name.
     raw.drain = p.contains(DRAIN.key);
+    for f in FLAGS
+        .iter()
+        .filter(|f| matches!(f.kind, Kind::Switch | Kind::ArgSwitch) && f.key != DRAIN.key)
+    {
+        if p.contains(f.key) {
+            raw.switches.push(f.name());
+        }
+    }
     Ok(raw)
 }
 
@@ -129,7 +271,9 @@ fn leftover(s: &str) -> Error {
         .find(|f| f.key == shown || f.short == Some(shown.as_str()));
     // A flag we know is left over only when it was given again (pico-args takes the first
     // occurrence), or, for a switch, given a value.
-    if let Some(f) = flag.filter(|f| f.kind == Kind::Switch && s.contains('=')) {
+    if let Some(f) =
+        flag.filter(|f| matches!(f.kind, Kind::Switch | Kind::ArgSwitch) && s.contains('='))
+    {
         return usage(format!("{} takes no value", f.key));
     }
     if flag.is_some() || shown == WORKER_INDEX {
@@ -174,12 +318,47 @@ mod tests {
         assert!(r.drain);
         assert_eq!(
             parse(args(&["migrate", "--dsn", "x"])).unwrap().0,
-            Mode::Migrate
+            Mode::Admin(Command::Migrate)
         );
         assert_eq!(
             parse(args(&["--worker-index", "3"])).unwrap().0,
             Mode::Worker(3)
         );
+    }
+
+    #[test]
+    fn admin_commands_take_their_options_and_ids() {
+        let (m, r) = parse(args(&["dead", "retry", "17", "18", "--dry-run", "--dsn=x"])).unwrap();
+        assert_eq!(m, Mode::Admin(Command::DeadRetry));
+        assert_eq!(r.args, vec!["17", "18"]);
+        assert!(r.has("dry-run") && !r.has("yes"));
+        let (m, r) = parse(args(&["status", "--json", "--max-lag", "60"])).unwrap();
+        assert_eq!(m, Mode::Admin(Command::Status));
+        assert!(r.has("json"));
+        assert_eq!(r.get("max-lag"), Some("60"));
+        let (m, r) = parse(args(&["--fail-on-dead", "--drain"])).unwrap();
+        assert_eq!(m, Mode::Run);
+        assert!(r.has("fail-on-dead") && r.drain);
+        for (a, expect) in [
+            (&["--json"][..], "--json is an option of an admin command"),
+            (
+                &["status", "--yes"][..],
+                "--yes is not an option of `status`",
+            ),
+            (&["dead"][..], "`dead` needs one of"),
+            (
+                &["dead", "list", "17"][..],
+                "unexpected argument: a positional",
+            ),
+            (
+                &["dead", "retry", "x"][..],
+                "unexpected argument: a positional",
+            ),
+            (&["prune", "--bogus"][..], "unexpected argument: --bogus"),
+        ] {
+            let e = parse(args(a)).unwrap_err().to_string();
+            assert!(e.starts_with(expect), "{a:?}: {e}");
+        }
     }
 
     #[test]

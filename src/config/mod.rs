@@ -17,7 +17,7 @@ mod source;
 mod table;
 
 use source::{Env, Source};
-pub use table::Table;
+pub use table::{quote_ident, Table};
 
 /// Text that must not be printed (a secret from the environment): `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]
@@ -63,6 +63,8 @@ pub struct Config {
     /// a worker gets it on its configuration pipe (the variable is not passed on).
     pub webhook_secret: Option<SecretText>,
     pub drain: bool,
+    /// `--fail-on-dead`: the supervisor exits 6 when a worker saw an event go dead.
+    pub fail_on_dead: bool,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -127,6 +129,7 @@ impl Config {
 
         let (routes, route_source) = src.routes()?;
         let drain = src.drain()?;
+        let fail_on_dead = src.switch(&defs::FAIL_ON_DEAD, raw.has(defs::FAIL_ON_DEAD.name()))?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -146,6 +149,7 @@ impl Config {
             webhook_timeout,
             webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
             drain,
+            fail_on_dead,
             max_runtime,
             shutdown_timeout,
             connect_timeout,

@@ -124,10 +124,15 @@ impl Source<'_> {
     }
 
     pub(super) fn drain(&self) -> Result<bool> {
-        if self.raw.drain {
+        self.switch(&defs::DRAIN, self.raw.drain)
+    }
+
+    /// A switch: given, or else its variable as a boolean.
+    pub(super) fn switch(&self, flag: &Flag, given: bool) -> Result<bool> {
+        if given {
             return Ok(true);
         }
-        let Some(var) = defs::DRAIN.env_var() else {
+        let Some(var) = flag.env_var() else {
             return Ok(false);
         };
         match (self.env)(var) {

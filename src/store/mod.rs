@@ -1,7 +1,8 @@
 //! Every SQL statement Dispatchbox runs, in one module, with the index that serves it; one
 //! file per role: `claim` (the hot path: claim, complete, extend, release), `schema`
 //! (migrate, the start-up table check), `report` (counts for stats, start-up and drain),
-//! `backlog` (the metrics' backlog query).
+//! `backlog` (the metrics' backlog query), `ops` (the operators' commands: status, dead,
+//! prune).
 //! This file holds what they share: placeholders, statuses, session settings.
 //!
 //! Invariants kept here:
@@ -15,13 +16,14 @@
 
 mod backlog;
 mod claim;
+pub mod ops;
 mod report;
 mod schema;
 
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
-pub use schema::{check_table, migrate};
+pub use schema::{check_table, migrate, needs_migration, schema_for};
 
 use crate::config::Table;
 use postgres::Client;

@@ -133,6 +133,23 @@ fn inspect(client: &mut impl postgres::GenericClient, table: &Table) -> Result<T
     })
 }
 
+/// What `migrate` would change (None: the table is up to date), in one line for people.
+pub fn needs_migration(client: &mut Client, table: &Table) -> Result<Option<String>> {
+    Ok(match inspect(client, table)? {
+        TableState::Missing { database } => Some(format!(
+            "table {table} does not exist in database {database}"
+        )),
+        TableState::LacksColumns(missing) => Some(format!(
+            "table {table} lacks column(s) {}",
+            missing.join(", ")
+        )),
+        TableState::NoClaimIndex => Some(format!(
+            "table {table} has no valid claim index on (next_run_at) for pending/retry rows"
+        )),
+        TableState::Ready => None,
+    })
+}
+
 /// Checks that the table exists and has every column the worker needs, with an error a user
 /// can act on. A missing claim index is only a warning: claims work, but slowly.
 pub fn check_table(client: &mut Client, table: &Table) -> Result<()> {

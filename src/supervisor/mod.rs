@@ -361,19 +361,23 @@ impl Supervisor<'_> {
                 _ => Error::Other(msg),
             }));
         }
-        let failed = self
-            .slots
-            .iter()
-            .any(|s| matches!(s.state, State::Exited(c) if c != 0));
+        let codes = self.slots.iter().filter_map(|s| match s.state {
+            State::Exited(c) => Some(c),
+            _ => None,
+        });
+        let code = policy::run_code(codes, self.cfg.fail_on_dead);
         if self.time_limit_hit && self.cfg.drain {
             info!("--max-runtime reached before the drain finished");
             return Some(Ok(exit::TIME_LIMIT));
         }
-        if failed {
-            return Some(Ok(exit::FAILURE));
+        if code == exit::DEAD_EVENTS {
+            warn!(
+                "all workers finished; events went dead during this run (--fail-on-dead): exit 6"
+            );
+        } else if code == exit::OK {
+            info!("all workers finished; exiting");
         }
-        info!("all workers finished; exiting");
-        Some(Ok(exit::OK))
+        Some(Ok(code))
     }
 
     /// Each round: tell systemd (if it asked) how many workers are ready, that we stop, and

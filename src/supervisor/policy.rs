@@ -1,7 +1,8 @@
 //! The restart policy: what happens to a slot whose child ended. Pure code: the supervisor
 //! gathers the facts, this decides, the supervisor carries the decision out (and logs it).
 //!
-//! - A child that was told to stop, or drained (exit 0 with `--drain`), is done.
+//! - A child that was told to stop, or drained (exit 0 with `--drain`, or 6: drained, and
+//!   some event went dead meanwhile), is done.
 //! - Bad configuration (exit 2) and a database that refuses us (exit 4: authentication, a
 //!   read-only server, a missing table) fail the same way next time: everything stops.
 //! - An unreachable database (exit 3) is an outage to ride out once some worker has been
@@ -90,9 +91,30 @@ pub(crate) enum Fatal {
     CrashLoop(u32),
 }
 
+/// A worker's code for a clean end: 0, or 6 when it saw an event go dead meanwhile.
+pub(crate) fn clean(code: u8) -> bool {
+    code == exit::OK || code == exit::DEAD_EVENTS
+}
+
+/// The run's exit code from the codes its slots ended with, when nothing else decided it (a
+/// fatal error, the time limit of a drain): 1 when a worker failed; else 6 when one saw an
+/// event go dead and `--fail-on-dead` asks for it; else 0.
+pub(crate) fn run_code(codes: impl IntoIterator<Item = u8>, fail_on_dead: bool) -> u8 {
+    let mut code = exit::OK;
+    for c in codes {
+        if !clean(c) {
+            return exit::FAILURE;
+        }
+        if c == exit::DEAD_EVENTS && fail_on_dead {
+            code = exit::DEAD_EVENTS;
+        }
+    }
+    code
+}
+
 pub(crate) fn decide(exit: &Exit, ctx: &Context) -> Decision {
     match exit.ending {
-        Ending::Code(c) if ctx.stopping || (c == exit::OK && ctx.drain) => Decision::Exited(c),
+        Ending::Code(c) if ctx.stopping || (clean(c) && ctx.drain) => Decision::Exited(c),
         Ending::Killed | Ending::Crashed | Ending::NotStarted if ctx.stopping => {
             Decision::Exited(exit::FAILURE)
         }
@@ -339,6 +361,22 @@ mod tests {
             ..drain()
         };
         assert_eq!(decide(&cannot_start, &own), refused(exit::UNREACHABLE));
+    }
+
+    #[test]
+    fn dead_events_fail_the_run_only_when_asked() {
+        assert_eq!(run_code([0, 0], true), exit::OK);
+        assert_eq!(run_code([0, 6], false), exit::OK);
+        assert_eq!(run_code([6, 0], true), exit::DEAD_EVENTS);
+        assert_eq!(run_code([6, 6], true), exit::DEAD_EVENTS);
+        assert_eq!(run_code([6, 1], true), exit::FAILURE, "a failure wins");
+        assert_eq!(run_code([3, 6], false), exit::FAILURE);
+        assert_eq!(run_code([], true), exit::OK);
+        // A worker that drained and saw deaths is done, like one that drained without.
+        assert_eq!(
+            decide(&ended(Ending::Code(6), SOON, true), &drain()),
+            Decision::Exited(6)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::lease_clock::LeaseClock;
 use super::ledger::{Finished, Ledger, Limits};
 use super::link::Link;
 use super::pool::{kill_exec_commands, Pool};
+use super::tally::{self, DeadEvent, Tally};
 use super::{Ended, Msg};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
@@ -36,6 +37,7 @@ pub(super) struct DbThread<'a> {
     pub(super) pool: Pool<'a>,
     pub(super) drain: DrainWatch,
     pub(super) counters: Counters<'a>,
+    pub(super) tally: Tally<'static>,
     /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
     failure: Option<String>,
 }
@@ -61,6 +63,7 @@ impl<'a> DbThread<'a> {
             pool,
             drain: DrainWatch::default(),
             counters: Counters::new(Instant::now()),
+            tally: Tally::new(&tally::COUNTS, Instant::now()),
             failure: None,
         }
     }
@@ -132,9 +135,10 @@ impl<'a> DbThread<'a> {
             Msg::Done {
                 id,
                 token,
+                event_type,
                 outcome,
                 took,
-            } => self.finished(id, token, outcome, took),
+            } => self.finished(id, token, event_type.as_deref(), outcome, took),
             Msg::Unstarted { id, token } => {
                 self.give_back(id, token);
             }
@@ -162,12 +166,20 @@ impl<'a> DbThread<'a> {
         held
     }
 
-    fn finished(&mut self, id: i64, token: i32, outcome: Outcome, took: Duration) {
+    fn finished(
+        &mut self,
+        id: i64,
+        token: i32,
+        event_type: Option<&str>,
+        outcome: Outcome,
+        took: Duration,
+    ) {
         let verdict = counters::label(&outcome, token, self.cfg.max_attempts);
         let finished = self.ledger.finished(id, token, outcome, Instant::now());
         self.counters.finished(id, token, verdict, &finished, took);
         match finished {
-            Finished::Void | Finished::Recorded => {}
+            Finished::Void => {}
+            Finished::Recorded => self.recorded(id, event_type),
             Finished::LeaseLost => info!(
                 "event {id} (attempt {token}) finished after another worker took its lease \
                  over; its result is not written (the other claim decides)"
@@ -186,6 +198,26 @@ impl<'a> DbThread<'a> {
             Finished::Deferred { why, warn: false } => {
                 debug!("event {id}: {why}; given back without using an attempt")
             }
+        }
+    }
+
+    /// Counts the verdict just queued for event `id`; one WARN line if it is dead.
+    fn recorded(&mut self, id: i64, event_type: Option<&str>) {
+        let Some(c) = self.ledger.results().batch().last().filter(|c| c.id == id) else {
+            return;
+        };
+        if self.tally.recorded(c) {
+            warn!(
+                "{}",
+                tally::dead_line(&DeadEvent {
+                    id,
+                    event_type,
+                    route: self.router.target(event_type),
+                    attempts: c.token,
+                    max_attempts: self.cfg.max_attempts,
+                    reason: c.error.as_deref().unwrap_or("-"),
+                })
+            );
         }
     }
 
@@ -223,6 +255,9 @@ impl<'a> DbThread<'a> {
             if self.link.usable(now) && self.ledger.extend_due(now) {
                 self.extend()?;
             }
+        }
+        if let Some(line) = self.tally.periodic(now) {
+            info!("{line}");
         }
         if self.ledger.stopping() {
             return self.stop_check(now);

@@ -66,14 +66,12 @@ impl DrainWatch {
         }
         if work.leased > 0 {
             info!(
-                "drained: nothing is due any more ({claimed_total} events claimed by this worker); \
+                "nothing is due any more ({claimed_total} events claimed by this worker); \
                  {} event(s) still leased by other workers are left to them",
                 work.leased
             );
         } else {
-            info!(
-                "drained: nothing is due any more ({claimed_total} events claimed by this worker)"
-            );
+            info!("nothing is due any more ({claimed_total} events claimed by this worker)");
         }
         true
     }

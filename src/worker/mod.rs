@@ -17,7 +17,8 @@
 //! `link` (the connection: reconnect, transient vs fatal), `round_trips` (one function per
 //! statement: complete, release, extend, claim) and `drain` (when `--drain` is done).
 //! `complete` batches results, `lease_clock` tells handler threads whether a lease is still
-//! theirs, `defer` keeps the books on deferred events, `counters` counts for the metrics.
+//! theirs, `defer` keeps the books on deferred events, `counters` counts for the metrics,
+//! `tally` counts what became of them (the dead-event warnings and the summaries).
 //!
 //! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
 //! point maps to an exit code, with one exception. A scope joins its threads when it ends, and
@@ -39,6 +40,7 @@ mod ledger;
 mod link;
 mod pool;
 mod round_trips;
+pub(crate) mod tally;
 
 use crate::backoff::reconnect_delay;
 use crate::config::Config;
@@ -58,10 +60,11 @@ use std::time::{Duration, Instant};
 /// Everything the DB thread waits for arrives here.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// A handler finished an event.
+    /// A handler finished an event (its type: for the log line should it be dead).
     Done {
         id: i64,
         token: i32,
+        event_type: Option<String>,
         outcome: Outcome,
         /// How long the handler ran.
         took: Duration,

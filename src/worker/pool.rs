@@ -125,15 +125,15 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
         let started = Instant::now();
         let outcome = run_handler(&job);
         let took = started.elapsed();
-        if tx
-            .send(Msg::Done {
-                id,
-                token,
-                outcome,
-                took,
-            })
-            .is_err()
-        {
+        let event_type = job.event.event_type;
+        let done = Msg::Done {
+            id,
+            token,
+            event_type,
+            outcome,
+            took,
+        };
+        if tx.send(done).is_err() {
             return;
         }
     }

@@ -10,6 +10,7 @@
 use super::db_thread::DbThread;
 use super::drain::DrainLimits;
 use super::pool::Job;
+use super::tally::{self, DeadEvent};
 use super::Ended;
 use crate::error::Result;
 use crate::store::{self, ClaimArgs, Claimed};
@@ -82,6 +83,11 @@ impl DbThread<'_> {
 
     pub(super) fn released(&mut self, n: u64, delays: &[f64]) {
         let deferred = delays.iter().filter(|d| **d > 0.0).count();
+        // Counted as asked; a release the fence dropped (lease lost) is not ours to count.
+        let given_back = (n as usize).min(delays.len());
+        let released_now = given_back.saturating_sub(deferred);
+        self.tally
+            .released(released_now as u64, given_back.min(deferred) as u64);
         if deferred == 0 {
             info!("released {n} unstarted event(s): claimable again at once");
         } else {
@@ -178,11 +184,18 @@ impl DbThread<'_> {
         let route = self.router.target(c.event.event_type.as_deref());
         if c.exhausted {
             self.counters.dead_at_claim(route.unwrap_or("-"));
+            self.tally.exhausted();
+            let event_type = c.event.event_type.as_deref();
             warn!(
-                "event {} ({}) is dead: {}",
-                c.event.id,
-                c.event.event_type.as_deref().unwrap_or("-"),
-                c.dead_reason.as_deref().unwrap_or("attempts exhausted")
+                "{}",
+                tally::dead_line(&DeadEvent {
+                    id: c.event.id,
+                    event_type,
+                    route: self.router.target(event_type),
+                    attempts: c.token,
+                    max_attempts: self.cfg.max_attempts,
+                    reason: c.dead_reason.as_deref().unwrap_or("attempts exhausted"),
+                })
             );
             return;
         }
@@ -225,6 +238,9 @@ impl DbThread<'_> {
         let done = self
             .drain
             .finished(&work, now, limits, self.ledger.claimed_total());
+        if done {
+            info!("{}", self.tally.drained(Instant::now()));
+        }
         Ok(done.then_some(Ended::Drained))
     }
 }

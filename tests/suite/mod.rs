@@ -1,6 +1,7 @@
 //! The integration tests, one module per area. Each test gets its own database on the shared
 //! throwaway server (or its own cluster when it restarts the server).
 
+mod admin;
 mod cli;
 mod concurrency;
 mod connect;

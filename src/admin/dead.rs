@@ -1,0 +1,217 @@
+//! `dispatchbox dead list | show ID | retry [ID...] | purge [ID...]`: look at dead events and
+//! requeue or delete them.
+//!
+//! `retry` puts an event back as if new — `pending`, attempts 0, due now, no lease — and keeps
+//! `last_error` for history: requeueing without resetting attempts would have the next claim
+//! mark it dead again at once. `retry` and `purge` select by ids or by filter (`--type`,
+//! `--aggregate`, `--since`) or take every dead event (`--all`, never implied), work in
+//! batches of [`BATCH`] rows (one short transaction each: safe while workers run), and report
+//! how many; `--dry-run` only counts; `purge` needs `--yes`.
+
+use super::{connect, parse_count, parse_duration};
+use crate::cli::{Command, RawArgs};
+use crate::config::AdminConfig;
+use crate::error::{exit, Error, Result};
+use crate::info;
+use crate::store::{self, ops};
+use serde_json::json;
+use std::io::Write;
+
+/// Rows per statement (and transaction) of `retry` and `purge`.
+const BATCH: i64 = 1000;
+/// `dead list` shows this many unless `--limit` says otherwise.
+const DEFAULT_LIMIT: i64 = 50;
+
+pub fn run(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
+    let sel = selection(cmd, raw)?;
+    let mut client = connect(cfg)?;
+    store::check_table(&mut client, &cfg.table)?;
+    match cmd {
+        Command::DeadList => list(&mut client, cfg, raw, &sel),
+        Command::DeadShow => show(&mut client, cfg, raw, &sel),
+        _ => change(cmd, &mut client, cfg, raw, &sel),
+    }
+}
+
+/// The ids and filters as given, checked before connecting.
+fn selection(cmd: Command, raw: &RawArgs) -> Result<ops::Selection> {
+    let mut ids: Vec<i64> = raw.args.iter().filter_map(|a| a.parse().ok()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (aggregate_type, aggregate_id) = match raw.get("aggregate") {
+        None => (None, None),
+        Some(a) => match a.split_once(':') {
+            Some((t, id)) => (Some(t.to_string()), Some(id.to_string())),
+            None => (Some(a.to_string()), None),
+        },
+    };
+    let sel = ops::Selection {
+        ids: (!ids.is_empty()).then_some(ids),
+        event_type: raw.get("type").map(String::from),
+        aggregate_type,
+        aggregate_id,
+        since: raw
+            .get("since")
+            .map(|v| parse_duration("--since", v))
+            .transpose()?,
+    };
+    let filtered = sel.event_type.is_some() || sel.aggregate_type.is_some() || sel.since.is_some();
+    let all = raw.has("all");
+    let usage = |m: &str| Err(Error::Usage(format!("{}: {m}", cmd.name())));
+    match cmd {
+        Command::DeadShow if sel.ids.as_ref().is_none_or(|i| i.len() != 1) => {
+            usage("give one event id")
+        }
+        Command::DeadRetry | Command::DeadPurge => {
+            if all && (filtered || sel.ids.is_some()) {
+                return usage("--all takes every dead event: give it without ids or filters");
+            }
+            if !all && !filtered && sel.ids.is_none() {
+                return usage("give event ids, a filter (--type, --aggregate, --since) or --all");
+            }
+            if cmd == Command::DeadPurge && !raw.has("yes") && !raw.has("dry-run") {
+                return usage("deleting events needs --yes (or --dry-run to count them)");
+            }
+            Ok(sel)
+        }
+        _ => Ok(sel),
+    }
+}
+
+fn list(
+    client: &mut postgres::Client,
+    cfg: &AdminConfig,
+    raw: &RawArgs,
+    sel: &ops::Selection,
+) -> Result<u8> {
+    let limit = raw
+        .get("limit")
+        .map(|v| parse_count("--limit", v, 1))
+        .transpose()?
+        .unwrap_or(DEFAULT_LIMIT);
+    let rows = ops::dead_list(client, &cfg.table, sel, limit)?;
+    let mut out = std::io::stdout().lock();
+    if raw.has("json") {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id, "event_type": r.event_type, "aggregate_type": r.aggregate_type,
+                    "aggregate_id": r.aggregate_id, "attempts": r.attempts,
+                    "created_at": r.created_at, "last_error": r.last_error,
+                })
+            })
+            .collect();
+        writeln!(out, "{:#}", serde_json::Value::from(v))?;
+        return Ok(exit::OK);
+    }
+    let esc =
+        |v: &Option<String>| crate::log::escape_controls(v.as_deref().unwrap_or("-")).into_owned();
+    for r in &rows {
+        writeln!(
+            out,
+            "{}\t{}\t{}:{}\tattempts {}\t{}\t{}",
+            r.id,
+            esc(&r.event_type),
+            esc(&r.aggregate_type),
+            esc(&r.aggregate_id),
+            r.attempts.unwrap_or(0),
+            r.created_at.as_deref().unwrap_or("-"),
+            esc(&r.last_error),
+        )?;
+    }
+    if rows.len() as i64 == limit {
+        info!("showing the newest {limit}; --limit shows more");
+    }
+    Ok(exit::OK)
+}
+
+fn show(
+    client: &mut postgres::Client,
+    cfg: &AdminConfig,
+    raw: &RawArgs,
+    sel: &ops::Selection,
+) -> Result<u8> {
+    let id = sel
+        .ids
+        .as_ref()
+        .and_then(|i| i.first())
+        .copied()
+        .unwrap_or(0);
+    let Some(row) = ops::event(client, &cfg.table, id)? else {
+        return Err(Error::Other(format!(
+            "no event {id} in table {}",
+            cfg.table
+        )));
+    };
+    let mut out = std::io::stdout().lock();
+    if raw.has("json") {
+        let mut m = serde_json::Map::new();
+        for (k, v) in row {
+            // The payload as JSON, the rest as text.
+            let v = match (k.as_str(), v) {
+                ("payload", Some(p)) => serde_json::from_str(&p).unwrap_or(json!(p)),
+                (_, v) => json!(v),
+            };
+            m.insert(k, v);
+        }
+        writeln!(out, "{:#}", serde_json::Value::Object(m))?;
+        return Ok(exit::OK);
+    }
+    for (k, v) in row {
+        let v = match (k.as_str(), v) {
+            ("payload", Some(p)) => serde_json::from_str::<serde_json::Value>(&p)
+                .map(|j| format!("{j:#}"))
+                .unwrap_or(p),
+            (_, v) => v.unwrap_or_else(|| "NULL".into()),
+        };
+        writeln!(out, "{k}: {v}")?;
+    }
+    Ok(exit::OK)
+}
+
+/// `retry` or `purge`, in batches; prints how many.
+fn change(
+    cmd: Command,
+    client: &mut postgres::Client,
+    cfg: &AdminConfig,
+    raw: &RawArgs,
+    sel: &ops::Selection,
+) -> Result<u8> {
+    let verb = if cmd == Command::DeadRetry {
+        "requeued"
+    } else {
+        "deleted"
+    };
+    let mut out = std::io::stdout().lock();
+    if raw.has("dry-run") {
+        let n = ops::selected_count(client, &cfg.table, sel)?;
+        writeln!(out, "{n} dead event(s) would be {verb} (dry run)")?;
+        return Ok(exit::OK);
+    }
+    ops::batch_settings(client)?;
+    let (mut total, mut after) = (0i64, 0i64);
+    loop {
+        let batch = if cmd == Command::DeadRetry {
+            ops::dead_retry_batch(client, &cfg.table, sel, after, BATCH)?
+        } else {
+            ops::dead_purge_batch(client, &cfg.table, sel, after, BATCH)?
+        };
+        total += batch.rows;
+        match batch.last_id {
+            Some(last) if batch.rows == BATCH => after = last,
+            _ => break,
+        }
+    }
+    writeln!(out, "{total} dead event(s) {verb}")?;
+    if let Some(ids) = &sel.ids {
+        let missing = ids.len() as i64 - total;
+        if missing > 0 {
+            info!(
+                "{missing} of the {} id(s) given were not dead events",
+                ids.len()
+            );
+        }
+    }
+    Ok(exit::OK)
+}

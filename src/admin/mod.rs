@@ -1,0 +1,138 @@
+//! The admin commands, one file each: `migrate` (and `--check`, `--print-sql`), `status` (and
+//! `stats`), `dead` (list, show, retry, purge), `prune`. This file connects and hands each
+//! command its options; every statement they run is in `store`.
+//!
+//! Their connections are bounded like a worker's (`--connect-timeout`, one attempt in flight)
+//! and run without a statement timeout whatever the role says: `migrate` may build an index.
+//! Each command returns its exit code; errors map to theirs at the entry point.
+
+mod dead;
+mod migrate;
+mod prune;
+mod status;
+
+use crate::cli::{Command, RawArgs};
+use crate::config::AdminConfig;
+use crate::connect::connect_until;
+use crate::error::{Error, Result};
+use crate::store;
+use std::time::Instant;
+
+/// Runs `cmd`; returns the exit code.
+pub fn run(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
+    match cmd {
+        Command::Migrate => migrate::run(cfg, raw),
+        Command::Stats => status::stats(cfg),
+        Command::Status => status::run(cfg, raw),
+        Command::DeadList | Command::DeadShow | Command::DeadRetry | Command::DeadPurge => {
+            dead::run(cmd, cfg, raw)
+        }
+        Command::Prune => prune::run(cfg, raw),
+    }
+}
+
+fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
+    let mut connector = cfg.dsn.connector()?;
+    connector.cap_attempt_timeout(cfg.connect_timeout);
+    let what = format!("cannot connect to {}", cfg.dsn.redacted());
+    let sleep = &mut |d| {
+        std::thread::sleep(d);
+        false
+    };
+    connect_until(
+        &connector,
+        Instant::now() + cfg.connect_timeout,
+        &what,
+        sleep,
+    )?
+    .ok_or_else(|| Error::Unreachable(what))
+    .and_then(|mut client| {
+        store::admin_session_settings(&mut client)?;
+        Ok(client)
+    })
+}
+
+/// `30s`, `15m`, `12h`, `7d` (or plain seconds) as seconds; `who` names the flag in errors.
+pub(crate) fn parse_duration(who: &str, s: &str) -> Result<f64> {
+    let s = s.trim();
+    let bad = || {
+        Error::Usage(format!(
+            "{who}: `{s}` is not a duration (e.g. 30s, 15m, 12h, 7d)"
+        ))
+    };
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        Some(_) => (s, 's'),
+        None => return Err(bad()),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86_400.0,
+        'w' => 7.0 * 86_400.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 || n * scale > 100.0 * 365.0 * 86_400.0 {
+        return Err(bad());
+    }
+    Ok(n * scale)
+}
+
+/// A whole number `>= min` given to `who`.
+pub(crate) fn parse_count(who: &str, s: &str, min: i64) -> Result<i64> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(Error::Usage(format!(
+            "{who}: `{}` is not a whole number of at least {min}",
+            s.trim()
+        ))),
+    }
+}
+
+/// Seconds as people read them: `12.3 s`, `4 min 2 s`, `3 h 20 min`, `2 d 4 h`.
+pub(crate) fn human_secs(secs: f64) -> String {
+    if !secs.is_finite() {
+        return "for ever".into();
+    }
+    let s = secs.max(0.0);
+    let whole = s as u64;
+    match whole {
+        0..60 => format!("{s:.1} s"),
+        60..3600 => format!("{} min {} s", whole / 60, whole % 60),
+        3600..86_400 => format!("{} h {} min", whole / 3600, whole % 3600 / 60),
+        _ => format!("{} d {} h", whole / 86_400, whole % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("--x", "30s").unwrap(), 30.0);
+        assert_eq!(parse_duration("--x", "15m").unwrap(), 900.0);
+        assert_eq!(parse_duration("--x", "12h").unwrap(), 43_200.0);
+        assert_eq!(parse_duration("--x", "7d").unwrap(), 604_800.0);
+        assert_eq!(parse_duration("--x", "1.5h").unwrap(), 5400.0);
+        assert_eq!(parse_duration("--x", "90").unwrap(), 90.0);
+        for bad in ["", "d", "7x", "-1d", "NaNs", "1e300d", "7 days"] {
+            let e = parse_duration("--older-than", bad).unwrap_err().to_string();
+            assert!(e.starts_with("--older-than: `"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_and_human_times() {
+        assert_eq!(parse_count("--limit", "5", 1).unwrap(), 5);
+        assert!(parse_count("--limit", "0", 1).is_err());
+        assert!(parse_count("--limit", "x", 0).is_err());
+        assert_eq!(human_secs(12.34), "12.3 s");
+        assert_eq!(human_secs(242.0), "4 min 2 s");
+        assert_eq!(human_secs(12_000.0), "3 h 20 min");
+        assert_eq!(human_secs(187_200.0), "2 d 4 h");
+        assert_eq!(human_secs(f64::INFINITY), "for ever");
+    }
+}
