@@ -437,16 +437,4 @@ impl Supervisor<'_> {
             }
         }
     }
-
-    fn tell_all(&mut self, what: Control) {
-        self.board.stopping();
-        for slot in &mut self.slots {
-            match &mut slot.state {
-                State::Running(running) => running.tell(what),
-                // A child waiting to be restarted is simply not restarted.
-                State::Restarting { .. } | State::Parked(_) => slot.state = State::Exited(exit::OK),
-                State::Exited(_) => {}
-            }
-        }
-    }
 }

@@ -6,6 +6,7 @@ use super::policy::{Decision, Ending, Exit, Fatal, QUICK_DEATH};
 use super::{State, Supervisor};
 use crate::backoff::reconnect_delay;
 use crate::error::exit;
+use crate::protocol::Control;
 use crate::{info, warn};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -56,6 +57,19 @@ impl Ended {
 }
 
 impl Supervisor<'_> {
+    /// Tells every running worker to stop (or to stop now); a slot waiting to be restarted
+    /// is simply not restarted.
+    pub(super) fn tell_all(&mut self, what: Control) {
+        self.board.stopping();
+        for slot in &mut self.slots {
+            match &mut slot.state {
+                State::Running(running) => running.tell(what),
+                State::Restarting { .. } | State::Parked(_) => slot.state = State::Exited(exit::OK),
+                State::Exited(_) => {}
+            }
+        }
+    }
+
     /// Carries out `decision` for slot `i`, whose child ended as `ended`.
     pub(super) fn apply(&mut self, i: usize, decision: Decision, ended: Ended) {
         let index = self.slots[i].index;

@@ -1,0 +1,274 @@
+//! Every flag, defined once (the model is ripgrep's `flags/defs.rs`).
+//!
+//! A [`Flag`] says how it is typed, whether it takes a value, its default, its `--help` text
+//! and how its value is checked. Everything else is derived from [`FLAGS`]: the OPTIONS
+//! section of `--help`, the `DISPATCHBOX_*` variable names, the list of variables that
+//! configure something (the "unknown variable" warning), the flags `cli` accepts and
+//! [`VALUE_FLAGS`]. `config.rs` reads values through these definitions, so a range or a
+//! default exists in one place only.
+//!
+//! Invariant: a flag's key is `--` + its name; its variable is `DISPATCHBOX_` + the name
+//! upper-cased with `-` as `_` (none for `--help` and `--version`).
+
+use std::sync::OnceLock;
+
+/// How a flag's value is read and checked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// A whole number in `min..=max`.
+    Whole { min: i64, max: i64 },
+    /// A number of seconds (a float) in `min..=max`.
+    Secs { min: f64, max: f64 },
+    /// Text checked by its own parser in `config.rs` (the DSN, the table, the log level).
+    Text,
+    /// `PATTERN=TARGET`, repeatable; the variable takes several, separated by `;` or newlines.
+    Routes,
+    /// On when given (no value); the variable takes a boolean (1/0, true/false, yes/no).
+    Switch,
+    /// Answered at once (`--help`, `--version`); no variable.
+    Info,
+    /// A value for an admin command (`status --max-lag 60`), checked by that command; command
+    /// line only, no variable: a threshold or a selection must be visible where it is used.
+    Arg,
+    /// A switch of an admin command (`--json`, `--yes`); command line only, no variable (a
+    /// `DISPATCHBOX_YES` left in an environment must never confirm a purge).
+    ArgSwitch,
+}
+
+/// One flag.
+#[derive(Clone, Copy, Debug)]
+pub struct Flag {
+    /// As typed: `--batch-size` (pico-args wants `&'static str` keys).
+    pub key: &'static str,
+    /// The short form, if any: `-h`.
+    pub short: Option<&'static str>,
+    /// What the value looks like in `--help` (`N`, `SECS`); None when it takes none.
+    pub value: Option<&'static str>,
+    /// Used when neither the flag nor its variable is given, and shown in `--help`.
+    pub default: Option<&'static str>,
+    /// One line for `--help`.
+    pub help: &'static str,
+    /// More, continuing the help line after a `;` (the two are then wrapped together).
+    pub note: Option<&'static str>,
+    pub kind: Kind,
+}
+
+impl Flag {
+    /// The name without the dashes: `batch-size`.
+    pub const fn name(&self) -> &'static str {
+        self.key.split_at(2).1
+    }
+
+    /// Whether it is given as `--flag VALUE` once (not a switch, not repeatable).
+    pub const fn takes_one_value(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text | Kind::Arg
+        )
+    }
+
+    /// Whether it belongs to an admin command (no variable, not accepted when running).
+    pub const fn is_command_option(&self) -> bool {
+        matches!(self.kind, Kind::Arg | Kind::ArgSwitch)
+    }
+
+    /// `DISPATCHBOX_BATCH_SIZE` for `--batch-size`; None for `--help` and `--version`.
+    pub fn env_var(&self) -> Option<&'static str> {
+        static NAMES: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
+        NAMES
+            .get_or_init(|| {
+                FLAGS
+                    .iter()
+                    .filter(|f| f.kind != Kind::Info && !f.is_command_option())
+                    .map(|f| (f.key, env_name(f.name())))
+                    .collect()
+            })
+            .iter()
+            .find(|(k, _)| *k == self.key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `DISPATCHBOX_` + `name` upper-cased with `-` as `_`.
+pub fn env_name(name: &str) -> String {
+    format!(
+        "DISPATCHBOX_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+pub(super) const DAY: f64 = 86_400.0;
+
+pub(super) const fn whole(min: i64, max: i64) -> Kind {
+    Kind::Whole { min, max }
+}
+
+pub(super) const fn secs(min: f64, max: f64) -> Kind {
+    Kind::Secs { min, max }
+}
+
+mod commands;
+mod run;
+
+pub use commands::*;
+pub use run::*;
+
+/// Every flag, in the order `--help` lists them.
+pub const FLAGS: &[Flag] = &[
+    DSN,
+    DSN_FILE,
+    PROCESSES,
+    THREADS,
+    BATCH_SIZE,
+    POLL_INTERVAL,
+    MAX_ATTEMPTS,
+    RETRY_BACKOFF,
+    RETRY_BACKOFF_MAX,
+    LEASE,
+    TABLE,
+    ROUTE,
+    EXEC_TIMEOUT,
+    PIPE_TIMEOUT,
+    WEBHOOK_CONFIG,
+    WEBHOOK_TIMEOUT,
+    DRAIN,
+    MAX_RUNTIME,
+    SHUTDOWN_TIMEOUT,
+    CONNECT_TIMEOUT,
+    LOG_LEVEL,
+    LOG_FORMAT,
+    METRICS_ADDR,
+    FAIL_ON_DEAD,
+    HELP,
+    VERSION,
+    JSON,
+    EXACT,
+    MAX_LAG,
+    MAX_DEAD,
+    MAX_DUE,
+    TYPE,
+    AGGREGATE,
+    SINCE,
+    LIMIT,
+    ALL,
+    DRY_RUN,
+    YES,
+    OLDER_THAN,
+    ARCHIVE,
+    CHECK,
+    PRINT_SQL,
+];
+
+const fn value_flag_count() -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < FLAGS.len() {
+        if FLAGS[i].takes_one_value() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+const VALUE_FLAG_NAMES: [&str; value_flag_count()] = {
+    let mut names = [""; value_flag_count()];
+    let (mut i, mut j) = (0, 0);
+    while i < FLAGS.len() {
+        if FLAGS[i].takes_one_value() {
+            names[j] = FLAGS[i].name();
+            j += 1;
+        }
+        i += 1;
+    }
+    names
+};
+
+/// The names (`batch-size`) of the flags that take one value, in `--help` order.
+pub const VALUE_FLAGS: &[&str] = &VALUE_FLAG_NAMES;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_names_and_variables_are_derived() {
+        assert_eq!(BATCH_SIZE.name(), "batch-size");
+        assert_eq!(BATCH_SIZE.env_var(), Some("DISPATCHBOX_BATCH_SIZE"));
+        assert_eq!(DSN.env_var(), Some("DISPATCHBOX_DSN"));
+        assert_eq!(ROUTE.env_var(), Some("DISPATCHBOX_ROUTE"));
+        assert_eq!(HELP.env_var(), None);
+        for f in FLAGS {
+            assert!(
+                f.key.starts_with("--") && !f.name().contains(['_', ' ']),
+                "{f:?}"
+            );
+            assert_eq!(
+                f.value.is_some(),
+                f.takes_one_value() || f.kind == Kind::Routes
+            );
+            assert_eq!(
+                FLAGS.iter().filter(|g| g.key == f.key).count(),
+                1,
+                "{} twice",
+                f.key
+            );
+        }
+        assert_eq!(
+            VALUE_FLAGS,
+            [
+                "dsn",
+                "dsn-file",
+                "processes",
+                "threads",
+                "batch-size",
+                "poll-interval",
+                "max-attempts",
+                "retry-backoff",
+                "retry-backoff-max",
+                "lease",
+                "table",
+                "exec-timeout",
+                "pipe-timeout",
+                "webhook-config",
+                "webhook-timeout",
+                "max-runtime",
+                "shutdown-timeout",
+                "connect-timeout",
+                "log-level",
+                "log-format",
+                "metrics-addr",
+                "max-lag",
+                "max-dead",
+                "max-due",
+                "type",
+                "aggregate",
+                "since",
+                "limit",
+                "older-than",
+                "archive",
+            ]
+        );
+        assert_eq!(JSON.env_var(), None);
+        assert_eq!(YES.env_var(), None);
+        assert_eq!(FAIL_ON_DEAD.env_var(), Some("DISPATCHBOX_FAIL_ON_DEAD"));
+    }
+
+    #[test]
+    fn defaults_are_in_range() {
+        for f in FLAGS {
+            let Some(d) = f.default else { continue };
+            match f.kind {
+                Kind::Whole { min, max } => {
+                    let n: i64 = d.parse().unwrap();
+                    assert!(min <= n && n <= max, "{}", f.key);
+                }
+                Kind::Secs { min, max } => {
+                    let n: f64 = d.parse().unwrap();
+                    assert!(min <= n && n <= max, "{}", f.key);
+                }
+                _ => {}
+            }
+        }
+    }
+}

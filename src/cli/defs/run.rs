@@ -1,0 +1,287 @@
+//! The flags of a run (the supervisor and its workers), in `--help` order; the shared ones
+//! (`--dsn`, `--table`, `--log-level`, ...) serve the admin commands too.
+
+use super::{secs, whole, Flag, Kind, DAY};
+
+pub const DSN: Flag = Flag {
+    key: "--dsn",
+    short: None,
+    value: Some("DSN"),
+    default: None,
+    help: "libpq key=value string or postgres:// URI",
+    note: Some(
+        "also DISPATCHBOX_DSN, or the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, \
+         PGDATABASE (and ~/.pgpass) when neither is given. sslmode: disable, prefer, require, \
+         verify-ca, verify-full (with sslrootcert=FILE|system)",
+    ),
+    kind: Kind::Text,
+};
+
+pub const DSN_FILE: Flag = Flag {
+    key: "--dsn-file",
+    short: None,
+    value: Some("FILE"),
+    default: None,
+    help: "read the DSN from FILE instead of --dsn",
+    note: Some(
+        "e.g. a systemd credential: `--dsn-file %d/dsn`; read by the supervisor at start-up, \
+         trailing whitespace ignored",
+    ),
+    kind: Kind::Text,
+};
+
+pub const PROCESSES: Flag = Flag {
+    key: "--processes",
+    short: None,
+    value: Some("N"),
+    default: Some("1"),
+    help: "worker processes",
+    note: None,
+    kind: whole(1, 1024),
+};
+
+pub const THREADS: Flag = Flag {
+    key: "--threads",
+    short: None,
+    value: Some("N"),
+    default: Some("10"),
+    help: "handler threads per process",
+    note: None,
+    kind: whole(1, 4096),
+};
+
+pub const BATCH_SIZE: Flag = Flag {
+    key: "--batch-size",
+    short: None,
+    value: Some("N"),
+    default: Some("10"),
+    help: "events claimed per round trip",
+    note: None,
+    kind: whole(1, 100_000),
+};
+
+pub const POLL_INTERVAL: Flag = Flag {
+    key: "--poll-interval",
+    short: None,
+    value: Some("SECS"),
+    default: Some("1.0"),
+    help: "sleep when nothing is due",
+    note: None,
+    kind: secs(0.001, DAY),
+};
+
+pub const MAX_ATTEMPTS: Flag = Flag {
+    key: "--max-attempts",
+    short: None,
+    value: Some("N"),
+    default: Some("5"),
+    help: "attempts before an event is dead",
+    note: None,
+    kind: whole(1, 1_000_000),
+};
+
+pub const RETRY_BACKOFF: Flag = Flag {
+    key: "--retry-backoff",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "first retry delay; doubles per attempt, ±25 % jitter",
+    note: None,
+    kind: secs(0.0, 30.0 * DAY),
+};
+
+pub const RETRY_BACKOFF_MAX: Flag = Flag {
+    key: "--retry-backoff-max",
+    short: None,
+    value: Some("SECS"),
+    default: Some("3600"),
+    help: "cap on the retry delay",
+    note: None,
+    kind: secs(0.0, 365.0 * DAY),
+};
+
+pub const LEASE: Flag = Flag {
+    key: "--lease",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "how long a claim is held before another worker may take the event over",
+    note: Some("extended while its handler runs"),
+    kind: secs(1.0, DAY),
+};
+
+pub const TABLE: Flag = Flag {
+    key: "--table",
+    short: None,
+    value: Some("NAME"),
+    default: Some("outbox_event"),
+    help: "outbox table, optionally schema.table",
+    note: None,
+    kind: Kind::Text,
+};
+
+pub const ROUTE: Flag = Flag {
+    key: "--route",
+    short: None,
+    value: Some("PATTERN=TARGET"),
+    // Applied where the router is built, and only when no route is compiled in either:
+    // `Config::routes` stays empty.
+    default: Some("*=stdout"),
+    help: "send event types matching PATTERN to TARGET",
+    note: Some(
+        "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout`, \
+         `exec:COMMAND ARGS...`, `pipe:COMMAND ARGS...` or an http:// or https:// URL (a webhook). Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
+         several separated by `;`",
+    ),
+    kind: Kind::Routes,
+};
+
+pub const EXEC_TIMEOUT: Flag = Flag {
+    key: "--exec-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "kill an exec target that runs longer",
+    note: None,
+    kind: secs(0.001, DAY),
+};
+
+pub const PIPE_TIMEOUT: Flag = Flag {
+    key: "--pipe-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "restart a pipe target process that has not answered an event for this long",
+    note: Some("the event is retried"),
+    kind: secs(0.001, DAY),
+};
+
+pub const WEBHOOK_CONFIG: Flag = Flag {
+    key: "--webhook-config",
+    short: None,
+    value: Some("FILE"),
+    default: None,
+    help: "per-route webhook secrets, headers, timeouts and CA files (JSON)",
+    note: Some(
+        "readable by its owner only (or 0640 owned by root). DISPATCHBOX_WEBHOOK_SECRET (a \
+         `whsec_…` secret, environment only) signs the webhook routes without their own",
+    ),
+    kind: Kind::Text,
+};
+
+/// The signing secret of webhook routes without their own: environment only, never a flag
+/// (argv is visible to every local user).
+pub const WEBHOOK_SECRET_VAR: &str = "DISPATCHBOX_WEBHOOK_SECRET";
+
+pub const WEBHOOK_TIMEOUT: Flag = Flag {
+    key: "--webhook-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "give up on a webhook request after this long",
+    note: Some(
+        "connecting (TLS handshake included) gets at most 10 s of it; per route in \
+         --webhook-config",
+    ),
+    kind: secs(0.001, DAY),
+};
+
+pub const DRAIN: Flag = Flag {
+    key: "--drain",
+    short: None,
+    value: None,
+    default: None,
+    help: "exit 0 once no event is due (for cron)",
+    note: None,
+    kind: Kind::Switch,
+};
+
+pub const MAX_RUNTIME: Flag = Flag {
+    key: "--max-runtime",
+    short: None,
+    value: Some("SECS"),
+    default: None,
+    help: "stop gracefully after this long (exit 5 if --drain had not finished)",
+    note: None,
+    kind: secs(0.001, 365.0 * DAY),
+};
+
+pub const SHUTDOWN_TIMEOUT: Flag = Flag {
+    key: "--shutdown-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "on SIGTERM, wait this long for running handlers",
+    note: None,
+    kind: secs(0.0, DAY),
+};
+
+pub const CONNECT_TIMEOUT: Flag = Flag {
+    key: "--connect-timeout",
+    short: None,
+    value: Some("SECS"),
+    default: Some("30"),
+    help: "keep retrying an unreachable database at start-up this long",
+    note: None,
+    kind: secs(0.0, DAY),
+};
+
+pub const LOG_LEVEL: Flag = Flag {
+    key: "--log-level",
+    short: None,
+    value: Some("LEVEL"),
+    default: Some("INFO"),
+    help: "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    note: None,
+    kind: Kind::Text,
+};
+
+pub const LOG_FORMAT: Flag = Flag {
+    key: "--log-format",
+    short: None,
+    value: Some("FORMAT"),
+    default: Some("text"),
+    help: "text or json",
+    note: Some("json: one object per line with the fields ts, level, process, pid, msg"),
+    kind: Kind::Text,
+};
+
+pub const METRICS_ADDR: Flag = Flag {
+    key: "--metrics-addr",
+    short: None,
+    value: Some("HOST:PORT"),
+    default: None,
+    help: "serve /metrics (Prometheus), /healthz and /readyz over HTTP here",
+    note: Some("off unless given; e.g. 127.0.0.1:9187"),
+    kind: Kind::Text,
+};
+
+pub const FAIL_ON_DEAD: Flag = Flag {
+    key: "--fail-on-dead",
+    short: None,
+    value: None,
+    default: None,
+    help: "exit 6 instead of 0 when an event went dead during the run (for cron)",
+    note: None,
+    kind: Kind::Switch,
+};
+
+pub const HELP: Flag = Flag {
+    key: "--help",
+    short: Some("-h"),
+    value: None,
+    default: None,
+    help: "print this help",
+    note: None,
+    kind: Kind::Info,
+};
+
+pub const VERSION: Flag = Flag {
+    key: "--version",
+    short: Some("-V"),
+    value: None,
+    default: None,
+    help: "print the version",
+    note: None,
+    kind: Kind::Info,
+};
