@@ -11,6 +11,8 @@
 #   BENCH_SECONDS    duration of each pgbench run (default 5; 2 with --quick)
 #   BENCH_COMPARE    another dispatchbox binary (e.g. an older build): its drains run
 #                    interleaved with this build's, and the summary shows both
+#   BENCH_BIG_DONE   done rows in the big-table drain (default 1000000; a fifth as many
+#                    later retries are added; see scripts/lib/bench_scale.sh)
 #
 # Prints figures and never asserts timings: it exits 0 unless something could not run at
 # all. Correctness checks (every event done with attempts = 1, each id delivered once, no
@@ -30,7 +32,7 @@ for var in $(compgen -e); do
 done
 
 usage() {
-    sed -n '5,9s/^# \{0,1\}//p' "$0" >&2
+    sed -n '7,15s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -54,6 +56,8 @@ pg_clients=2
 source scripts/lib/pg.sh # (the working directory is the repository root)
 # shellcheck source=scripts/lib/bench_webhook.sh
 source scripts/lib/bench_webhook.sh
+# shellcheck source=scripts/lib/bench_scale.sh
+source scripts/lib/bench_scale.sh
 
 say() { printf '\n== %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*"; }
@@ -163,11 +167,11 @@ EOF
 }
 
 declare -A ceiling # ceiling[one_10] = median rows/s
-for b in 10 100; do
+for b in 10 100 1000; do
     write_scripts "$b"
     for kind in one two; do
         rates=()
-        rows=$ceiling_rows # grows (and stays grown for the next runs) when a run ran dry
+        rows=$((b >= 1000 ? ceiling_rows * 4 : ceiling_rows)) # grows (and stays grown for the next runs) when a run ran dry
         for r in $(seq 1 "$runs"); do
             while :; do
                 load_events "$rows"
@@ -356,6 +360,9 @@ SH
 }
 bench_pipe
 bench_webhook
+bench_batch1000
+bench_big_table
+bench_rss
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
@@ -458,7 +465,7 @@ echo
 ratio() { calc "$1 / $2" | awk '{ printf "%.2f", $1 }'; }
 echo "| measurement | processes / clients | batch | median | vs two-statement ceiling | excl. start-up (estimate) |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-for b in 10 100; do
+for b in 10 100 1000; do
     echo "| SQL ceiling, one statement (claim + done) | $pg_clients clients | $b | $(fmt_int "${ceiling[one_$b]}") rows/s | $(ratio "${ceiling[one_$b]}" "${ceiling[two_$b]}") | - |"
     echo "| SQL ceiling, two statements (claim, then done) | $pg_clients clients | $b | $(fmt_int "${ceiling[two_$b]}") rows/s | 1.00 | - |"
 done
@@ -475,6 +482,7 @@ for pb in 1:10 2:10 1:100 2:100; do
 done
 for row in "${pipe_rows[@]}"; do echo "$row"; done
 webhook_summary_rows
+scale_summary_rows
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"
