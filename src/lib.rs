@@ -114,6 +114,9 @@ fn run_admin(mode: cli::Mode, raw: &cli::RawArgs) -> ExitCode {
     log::set_format(cfg.log_format);
     let migrate = mode == cli::Mode::Migrate;
     log::set_process(if migrate { "migrate" } else { "stats" });
+    if let Some(w) = dsn::cert_env_warning(&env) {
+        warn!("{w}");
+    }
     let r = if migrate {
         admin::migrate(&cfg)
     } else {
@@ -156,6 +159,9 @@ fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
         .collect();
     for name in config::unknown_env_vars(names.iter().map(String::as_str)) {
         warn!("ignoring unknown environment variable {name} (see --help)");
+    }
+    if let Some(w) = dsn::cert_env_warning(&env) {
+        warn!("{w}");
     }
     // The routes: a bad `exec:` target is a usage error, not a crash loop.
     let router = match sink::build_router(&cfg, compiled) {
