@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Smoke test for the one-file binary (scripts/build-static.sh): against a throwaway
-# PostgreSQL with TLS on (its own CA and server certificate, made with openssl), the binary
-# migrates, loads nothing itself (psql loads N sample events), drains them to stdout over
-# `sslmode=verify-full` with the test CA as `sslrootcert`, and the counts must be exact: N
-# lines printed, N events done, none left. It must also refuse the server when told to trust
-# only the system's roots (which do not hold the test CA).
+# PostgreSQL that accepts TCP only over TLS (its own CA and server certificate, made with
+# openssl), the binary migrates, psql loads N sample events, the binary drains them to stdout
+# over `sslmode=verify-full` with the test CA as `sslrootcert` (2 worker processes), and the
+# counts must be exact: N lines printed, N distinct ids, N events done, none left, nothing
+# logged above INFO. It must also refuse the server when told to trust only the system's
+# roots (which do not hold the test CA), and say one WARNING line for a missing SSL_CERT_FILE.
 #
 #   scripts/smoke-static.sh [BINARY] [N]    # default: the static build's path, 200 events
 #
@@ -112,5 +113,13 @@ if "$bin" stats --dsn "$tls sslmode=verify-full sslrootcert=system connect_timeo
     fail "connected although the system's roots do not hold the test CA"
 fi
 grep -i "certificate" "$tmp/refused.log" || { cat "$tmp/refused.log" >&2; fail "not a certificate error"; }
+
+say "SSL_CERT_FILE naming a missing file: one WARNING line, and it still works"
+SSL_CERT_FILE=$tmp/missing.pem "$bin" stats --dsn "$dsn" >/dev/null 2>"$tmp/warn.log" ||
+    { cat "$tmp/warn.log" >&2; fail "stats with a missing SSL_CERT_FILE"; }
+cat "$tmp/warn.log"
+[[ $(grep -c WARNING "$tmp/warn.log") == 1 ]] &&
+    grep -q "SSL_CERT_FILE=$tmp/missing.pem does not exist" "$tmp/warn.log" ||
+    fail "expected one WARNING line naming SSL_CERT_FILE"
 
 say "ok: $count events over verify-full, exact counts"

@@ -169,8 +169,9 @@ pub(crate) fn cert_env_warning(env: &dyn Fn(&str) -> Option<String>) -> Option<S
     if missing.is_empty() {
         return None;
     }
+    let verb = if missing.len() == 1 { "does" } else { "do" };
     Some(format!(
-        "{} does not exist: ignored, the system's CA certificates are used instead \
+        "{} {verb} not exist: ignored; the usual system CA bundle paths are tried instead \
          (README, \"CA certificates\")",
         missing.join(" and ")
     ))
@@ -214,7 +215,9 @@ mod tests {
         let w = cert_env_warning(&vars("/nonexistent/ca.pem", "-")).unwrap();
         assert!(w.starts_with("SSL_CERT_FILE=/nonexistent/ca.pem does not exist: ignored"));
         let w = cert_env_warning(&vars("/nonexistent/ca.pem", "/no/a:/no/b")).unwrap();
-        assert!(w.starts_with("SSL_CERT_FILE=/nonexistent/ca.pem and SSL_CERT_DIR=/no/a:/no/b"));
+        assert!(w.starts_with(
+            "SSL_CERT_FILE=/nonexistent/ca.pem and SSL_CERT_DIR=/no/a:/no/b do not exist"
+        ));
         assert!(!w.contains('\n'));
     }
 
