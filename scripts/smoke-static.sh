@@ -89,11 +89,10 @@ scripts/generate_outbox_sql.sh "$count" | psql >/dev/null
 [[ $(psql -c "SELECT count(*) FROM outbox_event") == "$count" ]] || fail "loading $count events"
 
 say "drain (verify-full, --processes 2)"
+rc=0
 "$bin" --dsn "$dsn" --drain --processes 2 --route '*=stdout' --poll-interval 0.2 \
-    --log-level warning >"$tmp/out.jsonl" 2>"$tmp/err.log" || {
-    cat "$tmp/err.log" >&2
-    fail "drain exited with $?"
-}
+    --log-level warning >"$tmp/out.jsonl" 2>"$tmp/err.log" || rc=$?
+((rc == 0)) || { cat "$tmp/err.log" >&2; fail "the drain exited with $rc"; }
 lines=$(wc -l <"$tmp/out.jsonl")
 done=$(psql -c "SELECT count(*) FROM outbox_event WHERE status = 'done'")
 left=$(psql -c "SELECT count(*) FROM outbox_event WHERE status <> 'done' OR locked_by IS NOT NULL")
