@@ -7,8 +7,8 @@
 #   scripts/build-static.sh            # then copy the printed binary anywhere and run it
 #
 # Installs what is missing first (saying what): the Rust target x86_64-unknown-linux-musl
-# (rustup), and musl-gcc, perl and make (openssl-src compiles OpenSSL with them) through
-# apt-get, dnf or apk when run as root; otherwise it prints the command to run. Building
+# (rustup), and musl-gcc, perl and make (openssl-src compiles OpenSSL with them) and `file`
+# through apt-get, dnf or apk when run as root; otherwise it prints the command to run. Building
 # OpenSSL takes a few minutes on a small machine; later builds reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,7 @@ missing_packages() {
     [[ $pm == apk ]] && ! [[ -e /usr/include/linux/mman.h ]] && echo linux-headers
     command -v perl >/dev/null || { [[ $pm == dnf ]] && echo perl-core || echo perl; }
     command -v make >/dev/null || echo make
+    command -v file >/dev/null || echo file
     command -v cc >/dev/null || case $pm in
         apt-get) echo gcc libc6-dev ;;
         apk) echo gcc musl-dev ;;
@@ -95,10 +96,13 @@ kind=$(file -b "$bin")
 echo "file: $kind" >&2
 [[ $kind == *"statically linked"* || $kind == *"static-pie linked"* ]] ||
     die "$bin is not statically linked"
-if ldd_out=$(ldd "$bin" 2>&1) && [[ $ldd_out == *"=>"* ]]; then
-    die "$bin loads shared libraries: $ldd_out"
+if command -v ldd >/dev/null; then
+    # glibc's ldd says "statically linked" or "not a dynamic executable"; a library is "=>".
+    if ldd_out=$(ldd "$bin" 2>&1) && [[ $ldd_out == *"=>"* ]]; then
+        die "$bin loads shared libraries: $ldd_out"
+    fi
+    echo "ldd: $(head -n 1 <<<"$ldd_out" | sed 's/^[[:space:]]*//')" >&2
 fi
-echo "ldd: $(head -n 1 <<<"$ldd_out" | sed 's/^[[:space:]]*//')" >&2
 "$bin" --version >&2
 
 say "package"
