@@ -52,8 +52,10 @@ for candidate in apt-get dnf apk; do
     command -v "$candidate" >/dev/null && { pm=$candidate; break; }
 done
 if [[ -z $pm ]]; then
-    command -v musl-gcc >/dev/null && command -v perl >/dev/null && command -v make >/dev/null ||
-        die "missing musl-gcc, perl or make, and no apt-get, dnf or apk to install them with"
+    for tool in musl-gcc perl make file; do
+        command -v "$tool" >/dev/null ||
+            die "missing $tool, and no apt-get, dnf or apk to install it with"
+    done
 else
     mapfile -t pkgs < <(missing_packages "$pm" | tr ' ' '\n')
     if ((${#pkgs[@]})); then
