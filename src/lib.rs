@@ -113,6 +113,9 @@ fn run_admin(command: cli::Command, raw: &cli::RawArgs) -> ExitCode {
     log::set_level(cfg.log_level);
     log::set_format(cfg.log_format);
     log::set_process(command.name());
+    if let Some(w) = dsn::cert_env_warning(&env) {
+        warn!("{w}");
+    }
     finish(admin::run(command, &cfg, raw))
 }
 
@@ -150,6 +153,9 @@ fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
         .collect();
     for name in config::unknown_env_vars(names.iter().map(String::as_str)) {
         warn!("ignoring unknown environment variable {name} (see --help)");
+    }
+    if let Some(w) = dsn::cert_env_warning(&env) {
+        warn!("{w}");
     }
     // The routes: a bad `exec:` target is a usage error, not a crash loop.
     let router = match sink::build_router(&cfg, compiled) {

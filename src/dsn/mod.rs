@@ -13,6 +13,7 @@ mod env;
 mod syntax;
 mod tls;
 
+pub(crate) use tls::cert_env_warning;
 pub use tls::SslMode;
 
 use crate::error::{Error, Result};

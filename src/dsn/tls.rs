@@ -4,6 +4,14 @@
 //! `~/.postgresql/root.crt`), client certificates (`sslcert` + `sslkey`), and the
 //! [`Connector`] a DSN makes.
 //!
+//! The system's roots (`sslrootcert=system`, `verify-*` without a root file, webhooks) are
+//! found by native-tls (its `openssl-probe`): `SSL_CERT_FILE`, else the first bundle of
+//! Debian/RHEL/SUSE/Alpine that exists, plus `SSL_CERT_DIR` and `/etc/ssl/certs`,
+//! `/etc/pki/tls/certs`; and OpenSSL's own default paths. So a static binary with OpenSSL
+//! built in (whose default paths point into its build's `/usr/local/ssl`) finds them too.
+//! A variable naming a path that does not exist is skipped silently by both:
+//! [`cert_env_warning`] says so at start-up.
+//!
 //! Invariant: certificate files are read, and a bad one reported, before any connection.
 
 use super::Dsn;
@@ -144,6 +152,31 @@ fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// The start-up warning when `SSL_CERT_FILE` or `SSL_CERT_DIR` is set to a path that does not
+/// exist (for `SSL_CERT_DIR`, OpenSSL's `:`-separated list: when none of its entries does);
+/// None when both are unset, empty or fine. One line for both.
+pub(crate) fn cert_env_warning(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    let mut missing = Vec::new();
+    if let Some(file) = env("SSL_CERT_FILE").filter(|f| !f.is_empty() && !exists(f)) {
+        missing.push(format!("SSL_CERT_FILE={file}"));
+    }
+    if let Some(dir) = env("SSL_CERT_DIR").filter(|d| !d.is_empty()) {
+        if !dir.split(':').any(|d| !d.is_empty() && exists(d)) {
+            missing.push(format!("SSL_CERT_DIR={dir}"));
+        }
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let verb = if missing.len() == 1 { "does" } else { "do" };
+    Some(format!(
+        "{} {verb} not exist: ignored; the usual system CA bundle paths are tried instead \
+         (README, \"CA certificates\")",
+        missing.join(" and ")
+    ))
+}
+
 fn home_file(rel: &str) -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(rel))
 }
@@ -159,6 +192,33 @@ mod tests {
         assert_eq!(d.ssl_mode().unwrap(), SslMode::VerifyCa);
         let d = Dsn::parse("host=h").unwrap();
         assert_eq!(d.ssl_mode().unwrap(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn cert_env_warning_names_only_paths_that_do_not_exist() {
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap().to_string();
+        let vars = |file: &str, certs: &str| {
+            let (file, certs) = (file.to_string(), certs.to_string());
+            move |k: &str| match k {
+                "SSL_CERT_FILE" => Some(file.clone()).filter(|v| v != "-"),
+                "SSL_CERT_DIR" => Some(certs.clone()).filter(|v| v != "-"),
+                _ => None,
+            }
+        };
+        assert_eq!(cert_env_warning(&vars("-", "-")), None);
+        assert_eq!(cert_env_warning(&vars("", "")), None);
+        assert_eq!(cert_env_warning(&vars(&dir, &dir)), None);
+        // A `:` list is fine when one entry exists.
+        let list = format!("/nonexistent/a:{dir}");
+        assert_eq!(cert_env_warning(&vars("-", &list)), None);
+        let w = cert_env_warning(&vars("/nonexistent/ca.pem", "-")).unwrap();
+        assert!(w.starts_with("SSL_CERT_FILE=/nonexistent/ca.pem does not exist: ignored"));
+        let w = cert_env_warning(&vars("/nonexistent/ca.pem", "/no/a:/no/b")).unwrap();
+        assert!(w.starts_with(
+            "SSL_CERT_FILE=/nonexistent/ca.pem and SSL_CERT_DIR=/no/a:/no/b do not exist"
+        ));
+        assert!(!w.contains('\n'));
     }
 
     #[test]
