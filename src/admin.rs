@@ -42,7 +42,7 @@ pub fn migrate(cfg: &AdminConfig) -> Result<()> {
             cfg.dsn.redacted()
         ))));
     }
-    let changed = store::migrate(&mut client, &cfg.table)?;
+    let changed = store::migrate(&mut client, &cfg.table, cfg.notify)?;
     store::check_table(&mut client, &cfg.table)?;
     if changed {
         info!("table {} is ready (created or upgraded)", cfg.table);

@@ -289,6 +289,19 @@ pub const DRAIN: Flag = Flag {
     kind: Kind::Switch,
 };
 
+pub const NO_NOTIFY: Flag = Flag {
+    key: "--no-notify",
+    short: None,
+    value: None,
+    default: None,
+    help: "wake only by polling: workers do not LISTEN, `migrate` drops the insert trigger",
+    note: Some(
+        "for a transaction-pooling PgBouncer (LISTEN needs a session), or when producers \
+         must not pay for the trigger",
+    ),
+    kind: Kind::Switch,
+};
+
 pub const MAX_RUNTIME: Flag = Flag {
     key: "--max-runtime",
     short: None,
@@ -388,6 +401,7 @@ pub const FLAGS: &[Flag] = &[
     WEBHOOK_CONFIG,
     WEBHOOK_TIMEOUT,
     DRAIN,
+    NO_NOTIFY,
     MAX_RUNTIME,
     SHUTDOWN_TIMEOUT,
     CONNECT_TIMEOUT,

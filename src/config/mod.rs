@@ -63,6 +63,8 @@ pub struct Config {
     /// a worker gets it on its configuration pipe (the variable is not passed on).
     pub webhook_secret: Option<SecretText>,
     pub drain: bool,
+    /// Wake on the table's notifications (LISTEN) as well as by polling (`--no-notify`: off).
+    pub notify: bool,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -89,6 +91,8 @@ pub struct AdminConfig {
     pub log_level: Level,
     pub log_format: Format,
     pub connect_timeout: Duration,
+    /// `migrate` installs the notify trigger (`--no-notify`: drops it).
+    pub notify: bool,
 }
 
 impl Config {
@@ -127,6 +131,7 @@ impl Config {
 
         let (routes, route_source) = src.routes()?;
         let drain = src.drain()?;
+        let notify = !src.no_notify()?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -146,6 +151,7 @@ impl Config {
             webhook_timeout,
             webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
             drain,
+            notify,
             max_runtime,
             shutdown_timeout,
             connect_timeout,
@@ -166,6 +172,7 @@ impl AdminConfig {
             log_level: src.log_level()?,
             log_format: src.log_format()?,
             connect_timeout: src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default(),
+            notify: !src.no_notify()?,
             dsn: src.dsn()?,
             table: src.table()?,
         })

@@ -124,10 +124,19 @@ impl Source<'_> {
     }
 
     pub(super) fn drain(&self) -> Result<bool> {
-        if self.raw.drain {
+        self.switch(&defs::DRAIN, self.raw.drain)
+    }
+
+    pub(super) fn no_notify(&self) -> Result<bool> {
+        self.switch(&defs::NO_NOTIFY, self.raw.no_notify)
+    }
+
+    /// A switch: on when `given`, else its variable's boolean.
+    fn switch(&self, flag: &Flag, given: bool) -> Result<bool> {
+        if given {
             return Ok(true);
         }
-        let Some(var) = defs::DRAIN.env_var() else {
+        let Some(var) = flag.env_var() else {
             return Ok(false);
         };
         match (self.env)(var) {

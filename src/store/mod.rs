@@ -1,7 +1,7 @@
 //! Every SQL statement Dispatchbox runs, in one module, with the index that serves it; one
 //! file per role: `claim` (the hot path: claim, complete, extend, release), `schema`
 //! (migrate, the start-up table check), `report` (counts for stats, start-up and drain),
-//! `backlog` (the metrics' backlog query).
+//! `backlog` (the metrics' backlog query), `notify` (LISTEN for the trigger's wake-ups).
 //! This file holds what they share: placeholders, statuses, session settings.
 //!
 //! Invariants kept here:
@@ -15,11 +15,13 @@
 
 mod backlog;
 mod claim;
+mod notify;
 mod report;
 mod schema;
 
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
+pub use notify::{channel as notify_channel, has_trigger as has_notify_trigger, listen};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
 pub use schema::{check_table, migrate};
 
