@@ -16,9 +16,16 @@ pub fn channel(table: &Table) -> String {
 }
 
 /// Subscribes the session to the table's channel. Notifications then arrive between
-/// statements (and while idle) for as long as the session lives.
+/// statements (and while idle) for as long as the session lives, which is meant to be long:
+/// an `idle_session_timeout` from the role or database (PostgreSQL 14+; unknown before,
+/// hence the guard) would end it every few minutes.
 pub fn listen(client: &mut postgres::Client, table: &Table) -> Result<(), postgres::Error> {
-    client.batch_execute(&format!("LISTEN {}", table.quoted_derived(NOTIFY_SUFFIX)))
+    client.batch_execute(&format!(
+        "DO $$BEGIN PERFORM set_config('idle_session_timeout', '0', false);
+         EXCEPTION WHEN undefined_object THEN NULL; END$$;
+         LISTEN {}",
+        table.quoted_derived(NOTIFY_SUFFIX)
+    ))
 }
 
 /// True when the table has the notify trigger (looked up by name, as `migrate` installs it).

@@ -144,6 +144,7 @@ impl<'a> DbThread<'a> {
                     warn!("event {id} (attempt {token}) not started: {why}; giving it back");
                 }
             }
+            Msg::Woken => self.ledger.woken(),
             Msg::Stop => self.begin_stop(),
             Msg::StopNow => {
                 if !self.ledger.stopping() {

@@ -163,9 +163,17 @@ impl<'a> Ledger<'a> {
         }
     }
 
-    /// A claim found nothing due: do not look again before the poll interval.
+    /// A claim found nothing due: do not look again before the poll interval (plus up to
+    /// 10 % jitter, so that workers started together do not poll in step), unless woken.
     pub fn nothing_due(&mut self, now: Instant) {
-        self.idle_until = Some(now + self.limits.poll_interval);
+        let jitter = self.limits.poll_interval.mul_f64(self.rng.f64() * 0.1);
+        self.idle_until = Some(now + self.limits.poll_interval + jitter);
+    }
+
+    /// A notification says events were inserted: the idle wait is over (a claim is made as
+    /// soon as a whole batch fits and claims are not paused).
+    pub fn woken(&mut self) {
+        self.idle_until = None;
     }
 
     /// A claimed event goes to the handler threads.

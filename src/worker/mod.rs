@@ -16,8 +16,9 @@
 //! sequences `ledger` (the books: in flight, to release, to complete, to extend; pure),
 //! `link` (the connection: reconnect, transient vs fatal), `round_trips` (one function per
 //! statement: complete, release, extend, claim) and `drain` (when `--drain` is done).
-//! `complete` batches results, `lease_clock` tells handler threads whether a lease is still
-//! theirs, `defer` keeps the books on deferred events, `counters` counts for the metrics.
+//! `listen` forwards the table's notifications to the DB thread (claim at once, not at the
+//! next poll), `complete` batches results, `lease_clock` tells handler threads whether a
+//! lease is still theirs, `defer` keeps the books on deferred events, `counters` counts for the metrics.
 //!
 //! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
 //! point maps to an exit code, with one exception. A scope joins its threads when it ends, and
@@ -37,6 +38,7 @@ mod drain;
 mod lease_clock;
 mod ledger;
 mod link;
+mod listen;
 mod pool;
 mod round_trips;
 
@@ -74,6 +76,8 @@ pub(crate) enum Msg {
     Stop,
     /// Stop waiting for running handlers.
     StopNow,
+    /// A notification: events were inserted (see `listen`). Claim now if a batch fits.
+    Woken,
 }
 
 /// How a worker ended (the process exit code follows from it).
@@ -169,6 +173,14 @@ fn start_up(
         ),
         Err(e) => debug!("could not count events without next_run_at: {e}"),
     }
+    if cfg.notify && !store::has_notify_trigger(&mut client, &cfg.table).unwrap_or(true) {
+        warn!(
+            "table {} has no notify trigger: workers wake only by polling (every {}s); run \
+             `dispatchbox migrate` to install it, or pass --no-notify to stop listening",
+            cfg.table,
+            cfg.poll_interval.as_secs_f64()
+        );
+    }
     Ok(Some(link::prepare(client, cfg)?))
 }
 
@@ -243,6 +255,12 @@ pub(crate) fn run(
     );
     report(Report::Ready);
 
+    // Not joined: dropped at the end of `run`, it ends at its next look at the stop flag.
+    let _listener = if cfg.notify {
+        listen::spawn(cfg, tx.clone())
+    } else {
+        None
+    };
     let (jobs, shared) = pool::channel(LeaseClock::new(cfg.lease));
     std::thread::scope(|s| {
         pool::spawn(s, &shared, cfg.threads, &tx)?;
