@@ -233,6 +233,11 @@ impl<'a> DbThread<'a> {
                 if let Some(ended) = self.drain_check(now)? {
                     return Ok(Some(ended));
                 }
+                // Waiting for other workers: look again soon, not a poll interval later.
+                if let Some(d) = self.drain.recheck_in(self.cfg.poll_interval) {
+                    self.ledger.idle_for(now, d);
+                    return Ok(None);
+                }
             }
             self.ledger.nothing_due(now);
         }

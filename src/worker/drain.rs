@@ -5,6 +5,13 @@
 //! capped at this worker's own `--lease` (a poison row leased until 'infinity', or a year, must
 //! not hold a cron run), so live workers extending theirs cannot keep it alive.
 //!
+//! While it waits (for foreign leases or row-locked due rows), it looks again every
+//! [`DrainWatch::recheck_in`] — a few tens of ms, not a poll interval — so that a drain ends
+//! within about that long of the other workers' last completion. Completions send no
+//! notification (a trigger on every completion would cost every event), and this wait only
+//! happens at the very end of a drain, so short re-checks are the cheap honest way. Their
+//! cost is bounded: the interval is at least 20 times what the last check took.
+//!
 //! Pure: the caller asks the database (`store::remaining_work`) and passes the answer and the
 //! time. Each thing waited for is said once, not per poll.
 
@@ -14,6 +21,11 @@ use std::time::{Duration, Instant};
 
 /// A locked-rows wait is said again this often.
 const LOCKED_REPORT_EVERY: Duration = Duration::from_secs(30);
+/// While waiting, look again this often at the least...
+const RECHECK_MIN: Duration = Duration::from_millis(20);
+/// ...and at least this many times as long as the last look took (≤ 5 % of a busy server
+/// connection).
+const RECHECK_COST_FACTOR: u32 = 20;
 
 #[derive(Debug, Default)]
 pub(super) struct DrainWatch {
@@ -22,6 +34,8 @@ pub(super) struct DrainWatch {
     /// Due rows have been seen unclaimable (row-locked) since then.
     locked_since: Option<Instant>,
     locked_reported_at: Option<Instant>,
+    /// Waiting (the last `finished` said no): how long the look took.
+    waiting: Option<Duration>,
 }
 
 /// What the worker is configured with that the decision needs.
@@ -35,6 +49,28 @@ impl DrainWatch {
     /// Work turned up: a later "nothing due" starts a fresh wait for leases.
     pub fn work_found(&mut self) {
         self.wait_until = None;
+        self.waiting = None;
+    }
+
+    /// While waiting for other workers' leases or locked rows: when to look again (at most
+    /// `poll`). None: not waiting.
+    pub fn recheck_in(&self, poll: Duration) -> Option<Duration> {
+        self.waiting
+            .map(|took| (took * RECHECK_COST_FACTOR).max(RECHECK_MIN).min(poll))
+    }
+
+    /// Like `finished`, noting how long the look at the remaining work took (`took`).
+    pub fn finished_after(
+        &mut self,
+        work: &RemainingWork,
+        took: Duration,
+        now: Instant,
+        limits: DrainLimits,
+        claimed_total: u64,
+    ) -> bool {
+        let done = self.finished(work, now, limits, claimed_total);
+        self.waiting = (!done).then_some(took);
+        done
     }
 
     /// True when the drain is over, given what is left (`claimed_total`: for the last line).
@@ -139,6 +175,28 @@ mod tests {
     fn nothing_left_is_drained() {
         let mut d = DrainWatch::default();
         assert!(d.finished(&work(0, 0, None), Instant::now(), LIMITS, 5));
+    }
+
+    #[test]
+    fn a_waiting_drain_looks_again_soon_but_not_costly_often() {
+        let mut d = DrainWatch::default();
+        let t = Instant::now();
+        let poll = Duration::from_secs(1);
+        assert_eq!(d.recheck_in(poll), None);
+        assert!(!d.finished_after(&work(0, 2, Some(10.0)), ms(1), t, LIMITS, 0));
+        assert_eq!(d.recheck_in(poll), Some(ms(20)));
+        assert!(!d.finished_after(&work(0, 2, Some(10.0)), ms(5), t, LIMITS, 0));
+        assert_eq!(d.recheck_in(poll), Some(ms(100)));
+        assert_eq!(d.recheck_in(ms(50)), Some(ms(50)), "never later than a poll");
+        assert!(d.finished_after(&work(0, 0, None), ms(1), t, LIMITS, 0));
+        assert_eq!(d.recheck_in(poll), None);
+        assert!(!d.finished_after(&work(1, 0, None), ms(1), t, LIMITS, 0));
+        d.work_found();
+        assert_eq!(d.recheck_in(poll), None);
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]

@@ -170,6 +170,11 @@ impl<'a> Ledger<'a> {
         self.idle_until = Some(now + self.limits.poll_interval + jitter);
     }
 
+    /// Do not claim again before `now + d` (unless woken).
+    pub fn idle_for(&mut self, now: Instant, d: Duration) {
+        self.idle_until = Some(now + d);
+    }
+
     /// A notification says events were inserted: the idle wait is over (a claim is made as
     /// soon as a whole batch fits and claims are not paused).
     pub fn woken(&mut self) {
@@ -463,7 +468,11 @@ mod tests {
 
         // Nothing due: idle for the poll interval.
         l.nothing_due(t);
-        assert!(!l.can_claim(t) && l.can_claim(t + POLL));
+        assert!(!l.can_claim(t + POLL - ms(1)) && l.can_claim(t + POLL + POLL / 10));
+        // A notification ends the idle wait.
+        l.woken();
+        assert!(l.can_claim(t));
+        l.nothing_due(t);
         // A stop ends claiming for good.
         l.stop(t + Duration::from_secs(10));
         assert!(!l.can_claim(t + POLL));
@@ -603,11 +612,12 @@ mod tests {
         assert_eq!(l.next_wake(t, None), Some(t), "a claim is due");
         assert_eq!(l.next_wake(t, Some(t + ms(70))), Some(t + ms(70)));
         l.nothing_due(t);
-        assert_eq!(l.next_wake(t, None), Some(t + POLL));
+        let idle = l.next_wake(t, None).unwrap();
+        assert!(idle >= t + POLL && idle <= t + POLL + POLL / 10, "jitter: up to 10 %");
         l.dispatched(1, 1, t);
         l.dispatched(2, 1, t);
         l.dispatched(3, 1, t);
-        assert_eq!(l.next_wake(t, None), Some(t + POLL));
+        assert_eq!(l.next_wake(t, None), Some(idle));
         l.finished(1, 1, Outcome::Delivered, t);
         let due = l.results().due_at().unwrap();
         assert_eq!(l.next_wake(t, None), Some(due));

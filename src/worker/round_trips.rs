@@ -212,6 +212,7 @@ impl DbThread<'_> {
             return Ok(None);
         }
         let (table, filter) = (&self.cfg.table, &self.filter);
+        let sent = Instant::now();
         let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
             store::remaining_work(&mut c.client, table, filter)
         })?
@@ -222,9 +223,10 @@ impl DbThread<'_> {
             lease: self.cfg.lease,
             poll_interval: self.cfg.poll_interval,
         };
-        let done = self
-            .drain
-            .finished(&work, now, limits, self.ledger.claimed_total());
+        let took = sent.elapsed();
+        let done =
+            self.drain
+                .finished_after(&work, took, now, limits, self.ledger.claimed_total());
         Ok(done.then_some(Ended::Drained))
     }
 }
