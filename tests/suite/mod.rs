@@ -10,6 +10,7 @@ mod lifecycle;
 mod logging;
 mod metrics;
 mod migrate;
+mod notify;
 mod pipe;
 mod reliability;
 mod samples;
