@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of the notify trigger and of wake-ups by notification, on a throwaway cluster:
 #  1. what the trigger costs producers: one-row INSERT transactions/s (pgbench, -M prepared)
-#     with 1 and 8 client connections, without the trigger (`migrate --no-notify`), with it
+#     with 1 and 8 client connections, without the trigger (`migrate --notify off`), with it
 #     and nobody listening, and with it while an idle worker LISTENs (and claims, finding
 #     nothing of the inserted type, on every wake-up);
 #  2. the wake-up rows bench.sh also prints (scripts/lib/bench_latency.sh): commit-to-handler
@@ -110,8 +110,8 @@ modes="none trigger listened"
 insert_once() {
     local mode=$1 c=$2 log=$tmp/insert.log listener=
     case $mode in
-    none) "$bin" migrate --dsn "$DSN" --no-notify --log-level warning ;;
-    *) "$bin" migrate --dsn "$DSN" --log-level warning ;;
+    none) "$bin" migrate --dsn "$DSN" --notify off --log-level warning ;;
+    *) "$bin" migrate --dsn "$DSN" --notify on --log-level warning ;;
     esac
     psql_q -c "TRUNCATE outbox_event RESTART IDENTITY" -c "CHECKPOINT" >/dev/null
     if [[ $mode == listened ]]; then
@@ -145,7 +145,6 @@ for c in 1 8; do
     done
     unset got
 done
-"$bin" migrate --dsn "$DSN" --log-level warning
 
 # ---------------------------------------------------------------------------------------
 bench_latency
@@ -157,7 +156,7 @@ $quick && echo "(--quick: one run each: a smoke check, not figures to quote)"
 echo
 echo "| one-row INSERT transactions/s | 1 client | 8 clients |"
 echo "| --- | ---: | ---: |"
-label_none="no trigger (\`migrate --no-notify\`)"
+label_none="no trigger (\`migrate --notify off\`)"
 label_trigger="notify trigger, nobody listening"
 label_listened="notify trigger, an idle worker listening"
 for mode in $modes; do

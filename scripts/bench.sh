@@ -54,6 +54,8 @@ pg_clients=2
 source scripts/lib/pg.sh # (the working directory is the repository root)
 # shellcheck source=scripts/lib/bench_webhook.sh
 source scripts/lib/bench_webhook.sh
+# shellcheck source=scripts/lib/bench_latency.sh
+source scripts/lib/bench_latency.sh
 
 say() { printf '\n== %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*"; }
@@ -356,6 +358,7 @@ SH
 }
 bench_pipe
 bench_webhook
+bench_latency
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
@@ -475,6 +478,7 @@ for pb in 1:10 2:10 1:100 2:100; do
 done
 for row in "${pipe_rows[@]}"; do echo "$row"; done
 webhook_summary_rows
+latency_summary_rows
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

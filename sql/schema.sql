@@ -47,10 +47,12 @@ BEGIN
 END
 $migrate$;
 
--- ---- notify: `migrate --no-notify` leaves this section out (and drops the trigger) ----
+-- ---- notify: `migrate` runs this section only with `--notify on` (`off` drops the trigger) ----
 -- Wake-ups: one notification per inserting statement (not per row; PostgreSQL also folds
 -- identical notifications of one transaction into one) on the channel outbox_event_notify,
--- which workers LISTEN on so that they claim at once instead of at their next poll. The
+-- which workers LISTEN on so that they claim at once instead of at their next poll. Not a
+-- default: NOTIFY serializes the commits of all notifying transactions (a cluster-wide lock
+-- held through the commit's WAL flush), which costs concurrent producers dearly. The
 -- function goes into the table's schema (by string concatenation, not format(): a `%` in
 -- the table name must stay literal). CREATE TRIGGER is guarded by a look at pg_trigger
 -- rather than CREATE OR REPLACE TRIGGER, which needs PostgreSQL 14.

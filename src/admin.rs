@@ -3,7 +3,7 @@
 //! Their connections are bounded like a worker's (`--connect-timeout`, one attempt in flight)
 //! and run without a statement timeout whatever the role says: `migrate` may build an index.
 
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, Notify};
 use crate::connect::connect_until;
 use crate::error::{read_only_message, Result};
 use crate::info;
@@ -42,7 +42,12 @@ pub fn migrate(cfg: &AdminConfig) -> Result<()> {
             cfg.dsn.redacted()
         ))));
     }
-    let changed = store::migrate(&mut client, &cfg.table, cfg.notify)?;
+    let notify = match cfg.notify {
+        Notify::Auto => None,
+        Notify::On => Some(true),
+        Notify::Off => Some(false),
+    };
+    let changed = store::migrate(&mut client, &cfg.table, notify)?;
     store::check_table(&mut client, &cfg.table)?;
     if changed {
         info!("table {} is ready (created or upgraded)", cfg.table);

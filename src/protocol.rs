@@ -228,7 +228,7 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     let routes: Vec<String> = cfg.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
     m.insert("routes".into(), routes.into());
     m.insert("drain".into(), cfg.drain.into());
-    m.insert("no-notify".into(), (!cfg.notify).into());
+    m.insert("notify".into(), cfg.notify.as_str().into());
     if let Some(p) = &cfg.stdout_lock {
         m.insert(
             "stdout-lock".into(),
@@ -262,10 +262,6 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
         })
         .unwrap_or_default();
     raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
-    raw.no_notify = obj
-        .get("no-notify")
-        .and_then(|d| d.as_bool())
-        .unwrap_or(false);
     // Everything is resolved already: no environment lookups on this side.
     let mut cfg = Config::from_raw(&raw, &|_| None)?;
     cfg.stdout_lock = obj
@@ -305,7 +301,7 @@ mod tests {
         }
         r.routes = vec!["order.*=exec:sh -c 'cat > /dev/null'".into()];
         r.drain = true;
-        r.no_notify = true;
+        r.values.push(("notify", "off".into()));
         r.values
             .push(("webhook-config", "/etc/dispatchbox/hooks.json".into()));
         r.values.push(("webhook-timeout", "2.5".into()));
@@ -327,7 +323,7 @@ mod tests {
         assert_eq!(back.max_runtime, Some(Duration::from_secs(9)));
         assert_eq!(back.routes, c.routes);
         assert!(back.drain);
-        assert!(!back.notify);
+        assert_eq!(back.notify, crate::config::Notify::Off);
         assert_eq!(back.stdout_lock, c.stdout_lock);
         assert_eq!(back.log_fd, Some(LOG_FD));
         assert_eq!(back.log_format, crate::log::Format::Json);

@@ -289,17 +289,19 @@ pub const DRAIN: Flag = Flag {
     kind: Kind::Switch,
 };
 
-pub const NO_NOTIFY: Flag = Flag {
-    key: "--no-notify",
+pub const NOTIFY: Flag = Flag {
+    key: "--notify",
     short: None,
-    value: None,
-    default: None,
-    help: "wake only by polling: workers do not LISTEN, `migrate` drops the insert trigger",
+    value: Some("MODE"),
+    default: Some("auto"),
+    help: "wake-ups by notification (LISTEN) besides polling: auto, on or off",
     note: Some(
-        "for a transaction-pooling PgBouncer (LISTEN needs a session), or when producers \
-         must not pay for the trigger",
+        "workers: auto listens when the table has the insert trigger, on always, off never \
+         (off behind a transaction-pooling PgBouncer: LISTEN needs a session). `migrate`: on \
+         installs the trigger, off drops it, auto leaves it as it is. The trigger serializes \
+         the commits of inserting transactions (README, \"Wake-ups by notification\")",
     ),
-    kind: Kind::Switch,
+    kind: Kind::Text,
 };
 
 pub const MAX_RUNTIME: Flag = Flag {
@@ -401,7 +403,7 @@ pub const FLAGS: &[Flag] = &[
     WEBHOOK_CONFIG,
     WEBHOOK_TIMEOUT,
     DRAIN,
-    NO_NOTIFY,
+    NOTIFY,
     MAX_RUNTIME,
     SHUTDOWN_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -485,6 +487,7 @@ mod tests {
                 "pipe-timeout",
                 "webhook-config",
                 "webhook-timeout",
+                "notify",
                 "max-runtime",
                 "shutdown-timeout",
                 "connect-timeout",

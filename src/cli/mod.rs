@@ -6,7 +6,7 @@ pub(crate) mod defs;
 mod help;
 
 pub use defs::VALUE_FLAGS;
-use defs::{Flag, Kind, DRAIN, FLAGS, NO_NOTIFY};
+use defs::{Flag, Kind, DRAIN, FLAGS};
 
 use crate::error::{Error, Result};
 use std::ffi::OsString;
@@ -36,7 +36,6 @@ pub struct RawArgs {
     pub values: Vec<(&'static str, String)>,
     pub routes: Vec<String>,
     pub drain: bool,
-    pub no_notify: bool,
 }
 
 impl RawArgs {
@@ -112,9 +111,8 @@ fn read_flags(p: &mut pico_args::Arguments) -> Result<RawArgs> {
             .values_from_str(f.key)
             .map_err(|e| usage(describe(e, f.key)))?;
     }
-    // The switches (`--drain`, `--no-notify`): `RawArgs` has a field for each.
+    // `--drain` is the only switch; `RawArgs` has a field for it.
     raw.drain = p.contains(DRAIN.key);
-    raw.no_notify = p.contains(NO_NOTIFY.key);
     Ok(raw)
 }
 

@@ -63,8 +63,8 @@ pub struct Config {
     /// a worker gets it on its configuration pipe (the variable is not passed on).
     pub webhook_secret: Option<SecretText>,
     pub drain: bool,
-    /// Wake on the table's notifications (LISTEN) as well as by polling (`--no-notify`: off).
-    pub notify: bool,
+    /// `--notify`: whether the worker LISTENs (auto: when the table has the trigger).
+    pub notify: Notify,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -84,6 +84,36 @@ pub struct Config {
     pub log_fd: Option<i32>,
 }
 
+/// `--notify`: wake-ups by notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// Workers LISTEN when the table has the trigger; `migrate` leaves the trigger as it is.
+    Auto,
+    /// Workers LISTEN; `migrate` installs the trigger.
+    On,
+    /// Workers only poll; `migrate` drops the trigger.
+    Off,
+}
+
+impl Notify {
+    pub fn parse(s: &str) -> Option<Notify> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(Notify::Auto),
+            "on" => Some(Notify::On),
+            "off" => Some(Notify::Off),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notify::Auto => "auto",
+            Notify::On => "on",
+            Notify::Off => "off",
+        }
+    }
+}
+
 /// What `migrate` and `stats` need: no worker settings.
 pub struct AdminConfig {
     pub dsn: Dsn,
@@ -91,8 +121,8 @@ pub struct AdminConfig {
     pub log_level: Level,
     pub log_format: Format,
     pub connect_timeout: Duration,
-    /// `migrate` installs the notify trigger (`--no-notify`: drops it).
-    pub notify: bool,
+    /// `--notify`: `migrate` installs the trigger (on), drops it (off) or leaves it (auto).
+    pub notify: Notify,
 }
 
 impl Config {
@@ -131,7 +161,7 @@ impl Config {
 
         let (routes, route_source) = src.routes()?;
         let drain = src.drain()?;
-        let notify = !src.no_notify()?;
+        let notify = src.notify()?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -172,7 +202,7 @@ impl AdminConfig {
             log_level: src.log_level()?,
             log_format: src.log_format()?,
             connect_timeout: src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default(),
-            notify: !src.no_notify()?,
+            notify: src.notify()?,
             dsn: src.dsn()?,
             table: src.table()?,
         })

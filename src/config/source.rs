@@ -124,19 +124,10 @@ impl Source<'_> {
     }
 
     pub(super) fn drain(&self) -> Result<bool> {
-        self.switch(&defs::DRAIN, self.raw.drain)
-    }
-
-    pub(super) fn no_notify(&self) -> Result<bool> {
-        self.switch(&defs::NO_NOTIFY, self.raw.no_notify)
-    }
-
-    /// A switch: on when `given`, else its variable's boolean.
-    fn switch(&self, flag: &Flag, given: bool) -> Result<bool> {
-        if given {
+        if self.raw.drain {
             return Ok(true);
         }
-        let Some(var) = flag.env_var() else {
+        let Some(var) = defs::DRAIN.env_var() else {
             return Ok(false);
         };
         match (self.env)(var) {
@@ -196,6 +187,14 @@ impl Source<'_> {
     pub(super) fn table(&self) -> Result<Table> {
         let v = self.get_or_default(&defs::TABLE).map(|(_, v)| v);
         Table::parse(v.unwrap_or_default().trim())
+    }
+
+    pub(super) fn notify(&self) -> Result<super::Notify> {
+        match self.get_or_default(&defs::NOTIFY) {
+            None => Ok(super::Notify::Auto),
+            Some((who, v)) => super::Notify::parse(v.trim())
+                .ok_or_else(|| Error::Usage(format!("{who}: `{}` is not auto, on or off", v.trim()))),
+        }
     }
 
     pub(super) fn log_format(&self) -> Result<Format> {

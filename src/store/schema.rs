@@ -3,7 +3,7 @@
 //!
 //! Invariant: `migrate` changes nothing on an up-to-date table (no exclusive lock that would
 //! stall the workers), and several `migrate` runs at once are serialized. "Up to date"
-//! includes the notify trigger being there (or, with `--no-notify`, not being there).
+//! includes the notify trigger being there (`--notify on`) or not (`--notify off`).
 
 use crate::config::Table;
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ pub fn schema_for(table: &Table) -> String {
 /// Where the notify section of `sql/schema.sql` begins (the rest of the file).
 const NOTIFY_SECTION: &str = "-- ---- notify:";
 
-/// What `migrate --no-notify` runs instead of the notify section: drops the trigger and
+/// What `migrate --notify off` runs instead of the notify section: drops the trigger and
 /// its function, if there (the function found through the trigger, wherever it lives).
 const DROP_NOTIFY_SQL: &str = "
 DO $no_notify$
@@ -56,10 +56,14 @@ END
 $no_notify$;
 ";
 
-/// `sql/schema.sql` for `table` without its notify section, dropping the trigger instead.
-pub fn schema_without_notify(table: &Table) -> String {
+/// `sql/schema.sql` for `table` without its notify section (`drop`: dropping the trigger).
+pub fn schema_without_notify(table: &Table, drop: bool) -> String {
     let end = SCHEMA_SQL.find(NOTIFY_SECTION).unwrap_or(SCHEMA_SQL.len());
-    substitute(&SCHEMA_SQL[..end], table) + &substitute(DROP_NOTIFY_SQL, table)
+    let mut sql = substitute(&SCHEMA_SQL[..end], table);
+    if drop {
+        sql += &substitute(DROP_NOTIFY_SQL, table);
+    }
+    sql
 }
 
 /// `text` with every `outbox_event` replaced by the quoted table name and every
@@ -95,25 +99,28 @@ fn substitute(text: &str, table: &Table) -> String {
 /// with an advisory lock so that several `migrate` runs at once do not trip over each other.
 /// An up-to-date table is left alone: `ALTER TABLE ... IF NOT EXISTS` would still take an
 /// exclusive lock and stall every worker behind it. `notify`: install the notify trigger
-/// (false: drop it if there).
-pub fn migrate(client: &mut Client, table: &Table, notify: bool) -> Result<bool> {
+/// (`Some(false)`: drop it if there; `None`: leave it as it is).
+pub fn migrate(client: &mut Client, table: &Table, notify: Option<bool>) -> Result<bool> {
     let mut tx = client.transaction()?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))",
         &[],
     )?;
-    if inspect(&mut tx, table)? == TableState::Ready
-        && super::notify::has_trigger(&mut tx, table)? == notify
-    {
+    let ready = inspect(&mut tx, table)? == TableState::Ready;
+    let trigger_ok = match notify {
+        None => true,
+        Some(want) => ready && super::notify::has_trigger(&mut tx, table)? == want,
+    };
+    if ready && trigger_ok {
         return Ok(false);
     }
     // Waiting behind a long reader would queue every claim behind us: give up instead.
     tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
-    if notify {
-        tx.batch_execute(&schema_for(table))?;
-    } else {
-        tx.batch_execute(&schema_without_notify(table))?;
-    }
+    tx.batch_execute(&match notify {
+        Some(true) => schema_for(table),
+        Some(false) => schema_without_notify(table, true),
+        None => schema_without_notify(table, false),
+    })?;
     tx.commit()?;
     Ok(true)
 }
@@ -215,7 +222,8 @@ mod tests {
     #[test]
     fn without_notify_the_trigger_is_dropped_not_created() {
         let t = Table::parse("ops.Events").unwrap();
-        let s = schema_without_notify(&t);
+        assert!(!schema_without_notify(&t, false).contains("TRIGGER"));
+        let s = schema_without_notify(&t, true);
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
         assert!(!s.contains("CREATE TRIGGER") && !s.contains("NOTIFY "), "{s}");
         assert!(s.contains("DROP TRIGGER \"Events_notify\" ON \"ops\".\"Events\";"));

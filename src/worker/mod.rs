@@ -43,7 +43,7 @@ mod pool;
 mod round_trips;
 
 use crate::backoff::reconnect_delay;
-use crate::config::Config;
+use crate::config::{Config, Notify};
 use crate::connect::{connect_until, Connector};
 use crate::error::{describe_pg, is_read_only, is_transient, read_only_message, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
@@ -129,7 +129,8 @@ fn stop_requested(inbox: &Receiver<Msg>, d: Duration) -> bool {
     }
 }
 
-/// Connects, checks the table, reports unrouted types, prepares the statements.
+/// Connects, checks the table, reports unrouted types, prepares the statements; says
+/// whether to LISTEN (`--notify`, and for `auto` whether the table has the trigger).
 /// `Ok(None)`: told to stop meanwhile.
 fn start_up(
     cfg: &Config,
@@ -137,7 +138,7 @@ fn start_up(
     deadline: Instant,
     filter: &TypeFilter,
     inbox: &Receiver<Msg>,
-) -> Result<Option<Conn>> {
+) -> Result<Option<(Conn, bool)>> {
     let Some(mut client) = connect_until(
         connector,
         deadline,
@@ -173,15 +174,22 @@ fn start_up(
         ),
         Err(e) => debug!("could not count events without next_run_at: {e}"),
     }
-    if cfg.notify && !store::has_notify_trigger(&mut client, &cfg.table).unwrap_or(true) {
-        warn!(
-            "table {} has no notify trigger: workers wake only by polling (every {}s); run \
-             `dispatchbox migrate` to install it, or pass --no-notify to stop listening",
-            cfg.table,
-            cfg.poll_interval.as_secs_f64()
-        );
-    }
-    Ok(Some(link::prepare(client, cfg)?))
+    let listen = match cfg.notify {
+        Notify::Off => false,
+        Notify::Auto => store::has_notify_trigger(&mut client, &cfg.table).unwrap_or(false),
+        Notify::On => {
+            if !store::has_notify_trigger(&mut client, &cfg.table).unwrap_or(true) {
+                warn!(
+                    "--notify on, but table {} has no notify trigger: only NOTIFYs sent by \
+                     producers themselves wake this worker; `dispatchbox migrate --notify on` \
+                     installs the trigger",
+                    cfg.table
+                );
+            }
+            true
+        }
+    };
+    Ok(Some((link::prepare(client, cfg)?, listen)))
 }
 
 /// Start-up, retried: a connection lost during start-up (server restarting, backend
@@ -192,7 +200,7 @@ fn start(
     connector: &Connector,
     filter: &TypeFilter,
     inbox: &Receiver<Msg>,
-) -> Result<Option<Conn>> {
+) -> Result<Option<(Conn, bool)>> {
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut rng = fastrand::Rng::new();
     let mut failures = 0;
@@ -240,23 +248,26 @@ pub(crate) fn run(
 ) -> Result<Ended> {
     let mut connector = cfg.dsn.connector()?;
     connector.cap_attempt_timeout(cfg.connect_timeout);
-    let Some(conn) = start(cfg, &connector, &router.type_filter(), &inbox)? else {
+    let Some((conn, listen)) = start(cfg, &connector, &router.type_filter(), &inbox)? else {
         info!("stopped during start-up");
         return Ok(Ended::Stopped);
     };
     let owner = owner_id(index);
     info!(
-        "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, owner {owner}",
+        "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, poll {}s{}, \
+         owner {owner}",
         cfg.table,
         router.describe(),
         cfg.batch_size,
         cfg.threads,
-        cfg.lease.as_secs_f64()
+        cfg.lease.as_secs_f64(),
+        cfg.poll_interval.as_secs_f64(),
+        if listen { " + notifications" } else { "" }
     );
     report(Report::Ready);
 
     // Not joined: dropped at the end of `run`, it ends at its next look at the stop flag.
-    let _listener = if cfg.notify {
+    let _listener = if listen {
         listen::spawn(cfg, tx.clone())
     } else {
         None

@@ -1,7 +1,8 @@
-//! Wake-ups by notification: `migrate` installs the insert trigger (and `--no-notify` leaves
-//! it out), an idle worker is woken long before its poll interval, `--no-notify` workers do
-//! not LISTEN, a terminated LISTEN connection is re-established, and a two-process drain
-//! ends. No timing assertions: only deadlines far above what is expected.
+//! Wake-ups by notification: `migrate --notify on` installs the insert trigger (`off` drops
+//! it, plain `migrate` leaves it as it is), an idle worker is woken long before its poll
+//! interval, workers do not LISTEN with `--notify off` or (auto) without the trigger, a
+//! terminated LISTEN connection is re-established, and a two-process drain ends. No timing
+//! assertions: only deadlines far above what is expected.
 
 use super::{assert_exactly_once, delivered_ids};
 use crate::common::{self, Spawned, TestDb};
@@ -59,11 +60,22 @@ fn stop(w: Spawned) -> common::Run {
     out
 }
 
+/// A migrated database with the notify trigger.
+fn notify_db() -> TestDb {
+    let db = common::test_db();
+    let out = common::run(
+        common::dispatchbox().args(["migrate", "--dsn", &db.dsn, "--notify", "on"]),
+        DEADLINE,
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    db
+}
+
 #[test]
-fn migrate_installs_the_trigger_and_no_notify_drops_it() {
+fn migrate_installs_the_trigger_only_when_asked_and_drops_it_when_asked() {
     let db = common::test_db();
     db.migrate();
-    assert_eq!((trigger_count(&db), function_count(&db)), (1, 1));
+    assert_eq!((trigger_count(&db), function_count(&db)), (0, 0), "not a default");
     let migrate = |args: &[&str]| {
         let out = common::run(
             common::dispatchbox()
@@ -74,20 +86,26 @@ fn migrate_installs_the_trigger_and_no_notify_drops_it() {
         assert_eq!(out.code, Some(0), "{out}");
         out
     };
-    let out = migrate(&["--no-notify"]);
+    let out = migrate(&["--notify", "on"]);
+    assert!(out.stderr.contains("is ready"), "{out}");
+    assert_eq!((trigger_count(&db), function_count(&db)), (1, 1));
+    // auto (the default) leaves it as it is.
+    let out = migrate(&[]);
+    assert!(out.stderr.contains("already up to date"), "{out}");
+    assert_eq!(trigger_count(&db), 1);
+    let out = migrate(&["--notify", "off"]);
     assert!(out.stderr.contains("is ready"), "{out}");
     assert_eq!((trigger_count(&db), function_count(&db)), (0, 0));
-    let out = migrate(&["--no-notify"]);
+    let out = migrate(&["--notify", "off"]);
     assert!(out.stderr.contains("already up to date"), "{out}");
     // The variable is derived from the flag.
     let out = common::run(
         common::dispatchbox()
             .args(["migrate", "--dsn", &db.dsn])
-            .env("DISPATCHBOX_NO_NOTIFY", "1"),
+            .env("DISPATCHBOX_NOTIFY", "on"),
         DEADLINE,
     );
-    assert!(out.stderr.contains("already up to date"), "{out}");
-    migrate(&[]);
+    assert!(out.stderr.contains("is ready"), "{out}");
     assert_eq!((trigger_count(&db), function_count(&db)), (1, 1));
     // One notification per inserting statement (not per row).
     let mut c = db.client();
@@ -104,8 +122,7 @@ fn migrate_installs_the_trigger_and_no_notify_drops_it() {
 
 #[test]
 fn a_notification_wakes_an_idle_worker_long_before_its_poll() {
-    let db = common::test_db();
-    db.migrate();
+    let db = notify_db();
     let w = idle_worker(&db, &[]);
     common::wait_until(DEADLINE, "the worker LISTENs", || listeners(&db).len() == 1);
     insert_one(&db);
@@ -117,23 +134,15 @@ fn a_notification_wakes_an_idle_worker_long_before_its_poll() {
 }
 
 #[test]
-fn with_no_notify_a_worker_does_not_listen_and_waits_for_its_poll() {
-    let db = common::test_db();
-    db.migrate();
-    let w = idle_worker(&db, &["--no-notify"]);
+fn with_notify_off_a_worker_does_not_listen_and_waits_for_its_poll() {
+    let db = notify_db();
+    let w = idle_worker(&db, &["--notify", "off"]);
     insert_one(&db);
     // Absence can only be shown by waiting a while: far less than the 60 s poll, far more
     // than a notified worker takes.
     std::thread::sleep(Duration::from_secs(2));
     assert!(listeners(&db).is_empty());
-    assert_eq!(
-        db.count(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'dispatchbox'"
-        ),
-        1,
-        "one connection per worker without LISTEN"
-    );
+    assert_eq!(sessions(&db), 1, "one connection per worker without LISTEN");
     assert_eq!(w.stdout_so_far(), "", "delivered before the poll");
     let out = stop(w);
     assert_eq!(
@@ -143,10 +152,31 @@ fn with_no_notify_a_worker_does_not_listen_and_waits_for_its_poll() {
     );
 }
 
+fn sessions(db: &TestDb) -> i64 {
+    db.count(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'dispatchbox'",
+    )
+}
+
 #[test]
-fn a_worker_survives_its_listen_connection_being_terminated() {
+fn without_the_trigger_a_worker_does_not_listen_unless_told_to() {
     let db = common::test_db();
     db.migrate();
+    let w = idle_worker(&db, &[]);
+    assert!(w.stderr_so_far().contains("poll 60s, owner"), "{}", w.stderr_so_far());
+    assert_eq!(sessions(&db), 1);
+    stop(w);
+    let w = idle_worker(&db, &["--notify", "on"]);
+    common::wait_until(DEADLINE, "the worker LISTENs", || listeners(&db).len() == 1);
+    let out = stop(w);
+    assert!(out.stderr.contains("has no notify trigger"), "{out}");
+    assert!(out.stderr.contains("poll 60s + notifications"), "{out}");
+}
+
+#[test]
+fn a_worker_survives_its_listen_connection_being_terminated() {
+    let db = notify_db();
     let w = idle_worker(&db, &[]);
     common::wait_until(DEADLINE, "the worker LISTENs", || listeners(&db).len() == 1);
     let first = listeners(&db)[0];
