@@ -192,8 +192,9 @@ impl Source<'_> {
     pub(super) fn notify(&self) -> Result<super::Notify> {
         match self.get_or_default(&defs::NOTIFY) {
             None => Ok(super::Notify::Auto),
-            Some((who, v)) => super::Notify::parse(v.trim())
-                .ok_or_else(|| Error::Usage(format!("{who}: `{}` is not auto, on or off", v.trim()))),
+            Some((who, v)) => super::Notify::parse(v.trim()).ok_or_else(|| {
+                Error::Usage(format!("{who}: `{}` is not auto, on or off", v.trim()))
+            }),
         }
     }
 

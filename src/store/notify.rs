@@ -29,7 +29,10 @@ pub fn listen(client: &mut postgres::Client, table: &Table) -> Result<(), postgr
 }
 
 /// True when the table has the notify trigger (looked up by name, as `migrate` installs it).
-pub fn has_trigger(client: &mut impl GenericClient, table: &Table) -> Result<bool, postgres::Error> {
+pub fn has_trigger(
+    client: &mut impl GenericClient,
+    table: &Table,
+) -> Result<bool, postgres::Error> {
     let row = client.query_one(
         "SELECT EXISTS (SELECT 1 FROM pg_trigger
             WHERE tgrelid = to_regclass($1) AND tgname = $2 AND NOT tgisinternal)",

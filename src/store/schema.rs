@@ -216,7 +216,9 @@ mod tests {
         );
         assert!(s.contains("'\"outbox_event\"'::regclass"));
         assert!(s.contains("NOTIFY \"outbox_event_notify\";"));
-        assert!(s.contains("CREATE TRIGGER \"outbox_event_notify\" AFTER INSERT ON \"outbox_event\""));
+        assert!(
+            s.contains("CREATE TRIGGER \"outbox_event_notify\" AFTER INSERT ON \"outbox_event\"")
+        );
     }
 
     #[test]
@@ -225,7 +227,10 @@ mod tests {
         assert!(!schema_without_notify(&t, false).contains("TRIGGER"));
         let s = schema_without_notify(&t, true);
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
-        assert!(!s.contains("CREATE TRIGGER") && !s.contains("NOTIFY "), "{s}");
+        assert!(
+            !s.contains("CREATE TRIGGER") && !s.contains("NOTIFY "),
+            "{s}"
+        );
         assert!(s.contains("DROP TRIGGER \"Events_notify\" ON \"ops\".\"Events\";"));
         assert!(schema_for(&t).contains("NOTIFY \"Events_notify\";"));
     }

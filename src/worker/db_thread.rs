@@ -1,6 +1,7 @@
 //! The DB thread's loop: absorb what arrived on the inbox, keep the link, write what waits
 //! (complete, release, extend), then either check the stop or claim the next batch (and, with
-//! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message.
+//! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message
+//! (a handler's result, a stop, or `Woken` from the LISTEN thread: one wait for all of them).
 //! The books are the ledger's, the connection is the link's, the statements are in
 //! `round_trips`: this file only sequences them, one short function per phase, and logs what
 //! happened (and tells `counters` how each claim ended).

@@ -187,7 +187,11 @@ mod tests {
         assert_eq!(d.recheck_in(poll), Some(ms(20)));
         assert!(!d.finished_after(&work(0, 2, Some(10.0)), ms(5), t, LIMITS, 0));
         assert_eq!(d.recheck_in(poll), Some(ms(100)));
-        assert_eq!(d.recheck_in(ms(50)), Some(ms(50)), "never later than a poll");
+        assert_eq!(
+            d.recheck_in(ms(50)),
+            Some(ms(50)),
+            "never later than a poll"
+        );
         assert!(d.finished_after(&work(0, 0, None), ms(1), t, LIMITS, 0));
         assert_eq!(d.recheck_in(poll), None);
         assert!(!d.finished_after(&work(1, 0, None), ms(1), t, LIMITS, 0));

@@ -613,7 +613,10 @@ mod tests {
         assert_eq!(l.next_wake(t, Some(t + ms(70))), Some(t + ms(70)));
         l.nothing_due(t);
         let idle = l.next_wake(t, None).unwrap();
-        assert!(idle >= t + POLL && idle <= t + POLL + POLL / 10, "jitter: up to 10 %");
+        assert!(
+            idle >= t + POLL && idle <= t + POLL + POLL / 10,
+            "jitter: up to 10 %"
+        );
         l.dispatched(1, 1, t);
         l.dispatched(2, 1, t);
         l.dispatched(3, 1, t);

@@ -108,7 +108,10 @@ impl Run {
                     if was_lost {
                         info!("LISTEN connection re-established: waking on notifications again");
                     } else {
-                        debug!("listening on channel {}", store::notify_channel(&self.table));
+                        debug!(
+                            "listening on channel {}",
+                            store::notify_channel(&self.table)
+                        );
                     }
                     failures = 0;
                     // Whatever was inserted while nobody listened.

@@ -224,9 +224,9 @@ impl DbThread<'_> {
             poll_interval: self.cfg.poll_interval,
         };
         let took = sent.elapsed();
-        let done =
-            self.drain
-                .finished_after(&work, took, now, limits, self.ledger.claimed_total());
+        let done = self
+            .drain
+            .finished_after(&work, took, now, limits, self.ledger.claimed_total());
         Ok(done.then_some(Ended::Drained))
     }
 }

@@ -44,7 +44,14 @@ fn insert_one(db: &TestDb) {
 fn idle_worker(db: &TestDb, extra: &[&str]) -> Spawned {
     let w = common::spawn(
         common::dispatchbox()
-            .args(["--dsn", &db.dsn, "--poll-interval", "60", "--route", "*=stdout"])
+            .args([
+                "--dsn",
+                &db.dsn,
+                "--poll-interval",
+                "60",
+                "--route",
+                "*=stdout",
+            ])
             .args(extra),
     );
     common::wait_until(DEADLINE, "the worker is ready", || {
@@ -75,7 +82,11 @@ fn notify_db() -> TestDb {
 fn migrate_installs_the_trigger_only_when_asked_and_drops_it_when_asked() {
     let db = common::test_db();
     db.migrate();
-    assert_eq!((trigger_count(&db), function_count(&db)), (0, 0), "not a default");
+    assert_eq!(
+        (trigger_count(&db), function_count(&db)),
+        (0, 0),
+        "not a default"
+    );
     let migrate = |args: &[&str]| {
         let out = common::run(
             common::dispatchbox()
@@ -164,7 +175,11 @@ fn without_the_trigger_a_worker_does_not_listen_unless_told_to() {
     let db = common::test_db();
     db.migrate();
     let w = idle_worker(&db, &[]);
-    assert!(w.stderr_so_far().contains("poll 60s, owner"), "{}", w.stderr_so_far());
+    assert!(
+        w.stderr_so_far().contains("poll 60s, owner"),
+        "{}",
+        w.stderr_so_far()
+    );
     assert_eq!(sessions(&db), 1);
     stop(w);
     let w = idle_worker(&db, &["--notify", "on"]);
@@ -193,7 +208,10 @@ fn a_worker_survives_its_listen_connection_being_terminated() {
     });
     let out = stop(w);
     assert!(out.stderr.contains("LISTEN connection lost"), "{out}");
-    assert!(out.stderr.contains("LISTEN connection re-established"), "{out}");
+    assert!(
+        out.stderr.contains("LISTEN connection re-established"),
+        "{out}"
+    );
 }
 
 #[test]
