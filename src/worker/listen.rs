@@ -20,7 +20,7 @@
 use super::Msg;
 use crate::backoff::reconnect_delay;
 use crate::config::{Config, Table};
-use crate::connect::{Attempt, Connector};
+use crate::connect::{no_answer, Attempt, Connector};
 use crate::error::describe_pg;
 use crate::store;
 use crate::{debug, info, warn};
@@ -144,11 +144,14 @@ impl Run {
     /// Connects and LISTENs.
     fn open(&self) -> Result<postgres::Client, String> {
         let limit = self.connector.attempt_limit();
+        let started = std::time::Instant::now();
         let mut client = loop {
             match self.connector.poll(STOP_CHECK.min(limit)) {
                 Attempt::Done(Ok(c)) => break c,
                 Attempt::Done(Err(e)) => return Err(describe_pg(&e)),
                 Attempt::Pending if self.stopping() => return Err("stopping".into()),
+                // The attempt stays in flight; the next call waits for it again.
+                Attempt::Pending if started.elapsed() >= limit => return Err(no_answer(limit)),
                 Attempt::Pending => {}
             }
         };

@@ -252,6 +252,9 @@ pub(crate) fn run(
         info!("stopped during start-up");
         return Ok(Ended::Stopped);
     };
+    // A drain does not listen: it ends when nothing is due, and it looks again promptly
+    // while other workers' leases run out (see `drain`).
+    let listen = listen && !cfg.drain;
     let owner = owner_id(index);
     info!(
         "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, poll {}s{}, \
