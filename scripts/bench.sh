@@ -58,6 +58,8 @@ source scripts/lib/pg.sh # (the working directory is the repository root)
 source scripts/lib/bench_webhook.sh
 # shellcheck source=scripts/lib/bench_scale.sh
 source scripts/lib/bench_scale.sh
+# shellcheck source=scripts/lib/bench_latency.sh
+source scripts/lib/bench_latency.sh
 
 say() { printf '\n== %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*"; }
@@ -363,6 +365,7 @@ bench_webhook
 bench_batch1000
 bench_big_table
 bench_rss
+bench_latency
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
@@ -483,6 +486,7 @@ done
 for row in "${pipe_rows[@]}"; do echo "$row"; done
 webhook_summary_rows
 scale_summary_rows
+latency_summary_rows
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

@@ -228,6 +228,7 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     let routes: Vec<String> = cfg.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
     m.insert("routes".into(), routes.into());
     m.insert("drain".into(), cfg.drain.into());
+    m.insert("notify".into(), cfg.notify.as_str().into());
     if let Some(p) = &cfg.stdout_lock {
         m.insert(
             "stdout-lock".into(),
@@ -300,6 +301,7 @@ mod tests {
         }
         r.routes = vec!["order.*=exec:sh -c 'cat > /dev/null'".into()];
         r.drain = true;
+        r.values.push(("notify", "off".into()));
         r.values
             .push(("webhook-config", "/etc/dispatchbox/hooks.json".into()));
         r.values.push(("webhook-timeout", "2.5".into()));
@@ -321,6 +323,7 @@ mod tests {
         assert_eq!(back.max_runtime, Some(Duration::from_secs(9)));
         assert_eq!(back.routes, c.routes);
         assert!(back.drain);
+        assert_eq!(back.notify, crate::config::Notify::Off);
         assert_eq!(back.stdout_lock, c.stdout_lock);
         assert_eq!(back.log_fd, Some(LOG_FD));
         assert_eq!(back.log_format, crate::log::Format::Json);

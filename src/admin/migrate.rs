@@ -4,7 +4,7 @@
 
 use super::connect;
 use crate::cli::RawArgs;
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, Notify};
 use crate::error::{exit, read_only_message, Result};
 use crate::{info, store, warn};
 use std::io::Write;
@@ -20,7 +20,7 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
              migrate')) with lock_timeout 10s\n",
             cfg.table
         )?;
-        out.write_all(store::schema_for(&cfg.table).as_bytes())?;
+        out.write_all(store::migration_sql(&cfg.table, notify_choice(cfg)).as_bytes())?;
         return Ok(exit::OK);
     }
     let mut client = connect(cfg)?;
@@ -43,7 +43,7 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
             cfg.dsn.redacted()
         ))));
     }
-    let changed = store::migrate(&mut client, &cfg.table)?;
+    let changed = store::migrate(&mut client, &cfg.table, notify_choice(cfg))?;
     store::check_table(&mut client, &cfg.table)?;
     if changed {
         info!("table {} is ready (created or upgraded)", cfg.table);
@@ -51,4 +51,14 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
         info!("table {} is already up to date", cfg.table);
     }
     Ok(exit::OK)
+}
+
+/// `--notify` for `migrate`: `on` installs the wake-up trigger, `off` drops it, `auto` leaves
+/// it as it is.
+fn notify_choice(cfg: &AdminConfig) -> Option<bool> {
+    match cfg.notify {
+        Notify::Auto => None,
+        Notify::On => Some(true),
+        Notify::Off => Some(false),
+    }
 }

@@ -65,6 +65,8 @@ pub struct Config {
     pub drain: bool,
     /// `--fail-on-dead`: the supervisor exits 6 when a worker saw an event go dead.
     pub fail_on_dead: bool,
+    /// `--notify`: whether the worker LISTENs (auto: when the table has the trigger).
+    pub notify: Notify,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -84,6 +86,36 @@ pub struct Config {
     pub log_fd: Option<i32>,
 }
 
+/// `--notify`: wake-ups by notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// Workers LISTEN when the table has the trigger; `migrate` leaves the trigger as it is.
+    Auto,
+    /// Workers LISTEN; `migrate` installs the trigger.
+    On,
+    /// Workers only poll; `migrate` drops the trigger.
+    Off,
+}
+
+impl Notify {
+    pub fn parse(s: &str) -> Option<Notify> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(Notify::Auto),
+            "on" => Some(Notify::On),
+            "off" => Some(Notify::Off),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notify::Auto => "auto",
+            Notify::On => "on",
+            Notify::Off => "off",
+        }
+    }
+}
+
 /// What `migrate` and `stats` need: no worker settings.
 pub struct AdminConfig {
     pub dsn: Dsn,
@@ -91,6 +123,8 @@ pub struct AdminConfig {
     pub log_level: Level,
     pub log_format: Format,
     pub connect_timeout: Duration,
+    /// `--notify`: `migrate` installs the trigger (on), drops it (off) or leaves it (auto).
+    pub notify: Notify,
 }
 
 impl Config {
@@ -130,6 +164,7 @@ impl Config {
         let (routes, route_source) = src.routes()?;
         let drain = src.drain()?;
         let fail_on_dead = src.switch(&defs::FAIL_ON_DEAD, raw.has(defs::FAIL_ON_DEAD.name()))?;
+        let notify = src.notify()?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -150,6 +185,7 @@ impl Config {
             webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
             drain,
             fail_on_dead,
+            notify,
             max_runtime,
             shutdown_timeout,
             connect_timeout,
@@ -170,6 +206,7 @@ impl AdminConfig {
             log_level: src.log_level()?,
             log_format: src.log_format()?,
             connect_timeout: src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default(),
+            notify: src.notify()?,
             dsn: src.dsn()?,
             table: src.table()?,
         })

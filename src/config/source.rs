@@ -194,6 +194,15 @@ impl Source<'_> {
         Table::parse(v.unwrap_or_default().trim())
     }
 
+    pub(super) fn notify(&self) -> Result<super::Notify> {
+        match self.get_or_default(&defs::NOTIFY) {
+            None => Ok(super::Notify::Auto),
+            Some((who, v)) => super::Notify::parse(v.trim()).ok_or_else(|| {
+                Error::Usage(format!("{who}: `{}` is not auto, on or off", v.trim()))
+            }),
+        }
+    }
+
     pub(super) fn log_format(&self) -> Result<Format> {
         match self.get_or_default(&defs::LOG_FORMAT) {
             None => Ok(Format::Text),

@@ -1,8 +1,8 @@
 //! Every SQL statement Dispatchbox runs, in one module, with the index that serves it; one
 //! file per role: `claim` (the hot path: claim, complete, extend, release), `schema`
 //! (migrate, the start-up table check), `report` (counts for stats, start-up and drain),
-//! `backlog` (the metrics' backlog query), `ops` (the operators' commands: status, dead,
-//! prune).
+//! `backlog` (the metrics' backlog query), `notify` (LISTEN for the trigger's wake-ups), `ops`
+//! (the operators' commands: status, dead, prune).
 //! This file holds what they share: placeholders, statuses, session settings.
 //!
 //! Invariants kept here:
@@ -16,14 +16,16 @@
 
 mod backlog;
 mod claim;
+mod notify;
 pub mod ops;
 mod report;
 mod schema;
 
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
+pub use notify::{channel as notify_channel, has_trigger as has_notify_trigger, listen};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
-pub use schema::{check_table, migrate, needs_migration, schema_for};
+pub use schema::{check_table, migrate, migration_sql, needs_migration};
 
 use crate::config::Table;
 use postgres::Client;

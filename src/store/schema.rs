@@ -1,8 +1,9 @@
-//! The table's shape: `sql/schema.sql` for any table name, `migrate`, and the start-up
-//! check that the table has what the worker needs.
+//! The table's shape: `sql/schema.sql` for any table name, `migrate` (with or without the
+//! notify trigger), and the start-up check that the table has what the worker needs.
 //!
 //! Invariant: `migrate` changes nothing on an up-to-date table (no exclusive lock that would
-//! stall the workers), and several `migrate` runs at once are serialized.
+//! stall the workers), and several `migrate` runs at once are serialized. "Up to date"
+//! includes the notify trigger being there (`--notify on`) or not (`--notify off`).
 
 use crate::config::Table;
 use crate::error::{Error, Result};
@@ -32,10 +33,46 @@ const REQUIRED_COLUMNS: &[&str] = &[
 /// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`, shortened with
 /// a hash of the name when it would pass 63 bytes (`Table::derived_name`).
 pub fn schema_for(table: &Table) -> String {
+    substitute(SCHEMA_SQL, table)
+}
+
+/// Where the notify section of `sql/schema.sql` begins (the rest of the file).
+const NOTIFY_SECTION: &str = "-- ---- notify:";
+
+/// What `migrate --notify off` runs instead of the notify section: drops the trigger and
+/// its function, if there (the function found through the trigger, wherever it lives).
+const DROP_NOTIFY_SQL: &str = "
+DO $no_notify$
+DECLARE
+    f regprocedure := (SELECT tgfoid::regprocedure FROM pg_trigger
+                       WHERE tgrelid = 'outbox_event'::regclass
+                         AND tgname = (parse_ident('outbox_event_notify'))[1]);
+BEGIN
+    IF f IS NOT NULL THEN
+        DROP TRIGGER outbox_event_notify ON outbox_event;
+        EXECUTE 'DROP FUNCTION IF EXISTS ' || f::text;
+    END IF;
+END
+$no_notify$;
+";
+
+/// `sql/schema.sql` for `table` without its notify section (`drop`: dropping the trigger).
+pub fn schema_without_notify(table: &Table, drop: bool) -> String {
+    let end = SCHEMA_SQL.find(NOTIFY_SECTION).unwrap_or(SCHEMA_SQL.len());
+    let mut sql = substitute(&SCHEMA_SQL[..end], table);
+    if drop {
+        sql += &substitute(DROP_NOTIFY_SQL, table);
+    }
+    sql
+}
+
+/// `text` with every `outbox_event` replaced by the quoted table name and every
+/// `outbox_event_suffix` by the quoted derived name.
+fn substitute(text: &str, table: &Table) -> String {
     const NAME: &str = "outbox_event";
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut out = String::with_capacity(SCHEMA_SQL.len() + 256);
-    let mut rest = SCHEMA_SQL;
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut rest = text;
     while let Some(pos) = rest.find(NAME) {
         let before_ok = rest[..pos].chars().next_back().is_none_or(|c| !is_ident(c));
         out.push_str(&rest[..pos]);
@@ -58,22 +95,37 @@ pub fn schema_for(table: &Table) -> String {
     out
 }
 
+/// The text `migrate` runs for `table` (see `migrate` for `notify`).
+pub fn migration_sql(table: &Table, notify: Option<bool>) -> String {
+    match notify {
+        Some(true) => schema_for(table),
+        Some(false) => schema_without_notify(table, true),
+        None => schema_without_notify(table, false),
+    }
+}
+
 /// Creates or upgrades the table; returns false when it was already up to date. Serialized
 /// with an advisory lock so that several `migrate` runs at once do not trip over each other.
 /// An up-to-date table is left alone: `ALTER TABLE ... IF NOT EXISTS` would still take an
-/// exclusive lock and stall every worker behind it.
-pub fn migrate(client: &mut Client, table: &Table) -> Result<bool> {
+/// exclusive lock and stall every worker behind it. `notify`: install the notify trigger
+/// (`Some(false)`: drop it if there; `None`: leave it as it is).
+pub fn migrate(client: &mut Client, table: &Table, notify: Option<bool>) -> Result<bool> {
     let mut tx = client.transaction()?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))",
         &[],
     )?;
-    if inspect(&mut tx, table)? == TableState::Ready {
+    let ready = inspect(&mut tx, table)? == TableState::Ready;
+    let trigger_ok = match notify {
+        None => true,
+        Some(want) => ready && super::notify::has_trigger(&mut tx, table)? == want,
+    };
+    if ready && trigger_ok {
         return Ok(false);
     }
     // Waiting behind a long reader would queue every claim behind us: give up instead.
     tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
-    tx.batch_execute(&schema_for(table))?;
+    tx.batch_execute(&migration_sql(table, notify))?;
     tx.commit()?;
     Ok(true)
 }
@@ -185,6 +237,24 @@ mod tests {
             s.contains("CREATE INDEX IF NOT EXISTS \"outbox_event_due_idx\" ON \"outbox_event\"")
         );
         assert!(s.contains("'\"outbox_event\"'::regclass"));
+        assert!(s.contains("NOTIFY \"outbox_event_notify\";"));
+        assert!(
+            s.contains("CREATE TRIGGER \"outbox_event_notify\" AFTER INSERT ON \"outbox_event\"")
+        );
+    }
+
+    #[test]
+    fn without_notify_the_trigger_is_dropped_not_created() {
+        let t = Table::parse("ops.Events").unwrap();
+        assert!(!schema_without_notify(&t, false).contains("TRIGGER"));
+        let s = schema_without_notify(&t, true);
+        assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
+        assert!(
+            !s.contains("CREATE TRIGGER") && !s.contains("NOTIFY "),
+            "{s}"
+        );
+        assert!(s.contains("DROP TRIGGER \"Events_notify\" ON \"ops\".\"Events\";"));
+        assert!(schema_for(&t).contains("NOTIFY \"Events_notify\";"));
     }
 
     #[test]

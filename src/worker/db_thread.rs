@@ -1,6 +1,7 @@
 //! The DB thread's loop: absorb what arrived on the inbox, keep the link, write what waits
 //! (complete, release, extend), then either check the stop or claim the next batch (and, with
-//! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message.
+//! `--drain`, decide whether the worker is done); then sleep until the next wake-up or message
+//! (a handler's result, a stop, or `Woken` from the LISTEN thread: one wait for all of them).
 //! The books are the ledger's, the connection is the link's, the statements are in
 //! `round_trips`: this file only sequences them, one short function per phase, and logs what
 //! happened (and tells `counters` how each claim ended).
@@ -148,6 +149,7 @@ impl<'a> DbThread<'a> {
                     warn!("event {id} (attempt {token}) not started: {why}; giving it back");
                 }
             }
+            Msg::Woken => self.ledger.woken(),
             Msg::Stop => self.begin_stop(),
             Msg::StopNow => {
                 if !self.ledger.stopping() {
@@ -266,6 +268,11 @@ impl<'a> DbThread<'a> {
             if self.cfg.drain && self.ledger.holds_nothing() {
                 if let Some(ended) = self.drain_check(now)? {
                     return Ok(Some(ended));
+                }
+                // Waiting for other workers: look again soon, not a poll interval later.
+                if let Some(d) = self.drain.recheck_in(self.cfg.poll_interval) {
+                    self.ledger.idle_for(now, d);
+                    return Ok(None);
                 }
             }
             self.ledger.nothing_due(now);

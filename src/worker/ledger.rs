@@ -163,9 +163,22 @@ impl<'a> Ledger<'a> {
         }
     }
 
-    /// A claim found nothing due: do not look again before the poll interval.
+    /// A claim found nothing due: do not look again before the poll interval (plus up to
+    /// 10 % jitter, so that workers started together do not poll in step), unless woken.
     pub fn nothing_due(&mut self, now: Instant) {
-        self.idle_until = Some(now + self.limits.poll_interval);
+        let jitter = self.limits.poll_interval.mul_f64(self.rng.f64() * 0.1);
+        self.idle_until = Some(now + self.limits.poll_interval + jitter);
+    }
+
+    /// Do not claim again before `now + d` (unless woken).
+    pub fn idle_for(&mut self, now: Instant, d: Duration) {
+        self.idle_until = Some(now + d);
+    }
+
+    /// A notification says events were inserted: the idle wait is over (a claim is made as
+    /// soon as a whole batch fits and claims are not paused).
+    pub fn woken(&mut self) {
+        self.idle_until = None;
     }
 
     /// A claimed event goes to the handler threads.
@@ -455,7 +468,11 @@ mod tests {
 
         // Nothing due: idle for the poll interval.
         l.nothing_due(t);
-        assert!(!l.can_claim(t) && l.can_claim(t + POLL));
+        assert!(!l.can_claim(t + POLL - ms(1)) && l.can_claim(t + POLL + POLL / 10));
+        // A notification ends the idle wait.
+        l.woken();
+        assert!(l.can_claim(t));
+        l.nothing_due(t);
         // A stop ends claiming for good.
         l.stop(t + Duration::from_secs(10));
         assert!(!l.can_claim(t + POLL));
@@ -595,11 +612,15 @@ mod tests {
         assert_eq!(l.next_wake(t, None), Some(t), "a claim is due");
         assert_eq!(l.next_wake(t, Some(t + ms(70))), Some(t + ms(70)));
         l.nothing_due(t);
-        assert_eq!(l.next_wake(t, None), Some(t + POLL));
+        let idle = l.next_wake(t, None).unwrap();
+        assert!(
+            idle >= t + POLL && idle <= t + POLL + POLL / 10,
+            "jitter: up to 10 %"
+        );
         l.dispatched(1, 1, t);
         l.dispatched(2, 1, t);
         l.dispatched(3, 1, t);
-        assert_eq!(l.next_wake(t, None), Some(t + POLL));
+        assert_eq!(l.next_wake(t, None), Some(idle));
         l.finished(1, 1, Outcome::Delivered, t);
         let due = l.results().due_at().unwrap();
         assert_eq!(l.next_wake(t, None), Some(due));

@@ -16,9 +16,10 @@
 //! sequences `ledger` (the books: in flight, to release, to complete, to extend; pure),
 //! `link` (the connection: reconnect, transient vs fatal), `round_trips` (one function per
 //! statement: complete, release, extend, claim) and `drain` (when `--drain` is done).
-//! `complete` batches results, `lease_clock` tells handler threads whether a lease is still
-//! theirs, `defer` keeps the books on deferred events, `counters` counts for the metrics,
-//! `tally` counts what became of them (the dead-event warnings and the summaries).
+//! `listen` forwards the table's notifications to the DB thread (claim at once, not at the
+//! next poll), `complete` batches results, `lease_clock` tells handler threads whether a
+//! lease is still theirs, `defer` keeps the books on deferred events, `counters` counts for
+//! the metrics, `tally` counts what became of them (the dead-event warnings and the summaries).
 //!
 //! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
 //! point maps to an exit code, with one exception. A scope joins its threads when it ends, and
@@ -38,12 +39,13 @@ mod drain;
 mod lease_clock;
 mod ledger;
 mod link;
+mod listen;
 mod pool;
 mod round_trips;
 pub(crate) mod tally;
 
 use crate::backoff::reconnect_delay;
-use crate::config::Config;
+use crate::config::{Config, Notify};
 use crate::connect::{connect_until, Connector};
 use crate::error::{describe_pg, is_read_only, is_transient, read_only_message, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
@@ -77,6 +79,8 @@ pub(crate) enum Msg {
     Stop,
     /// Stop waiting for running handlers.
     StopNow,
+    /// A notification: events were inserted (see `listen`). Claim now if a batch fits.
+    Woken,
 }
 
 /// How a worker ended (the process exit code follows from it).
@@ -128,7 +132,8 @@ fn stop_requested(inbox: &Receiver<Msg>, d: Duration) -> bool {
     }
 }
 
-/// Connects, checks the table, reports unrouted types, prepares the statements.
+/// Connects, checks the table, reports unrouted types, prepares the statements; says
+/// whether to LISTEN (`--notify`, and for `auto` whether the table has the trigger).
 /// `Ok(None)`: told to stop meanwhile.
 fn start_up(
     cfg: &Config,
@@ -136,7 +141,7 @@ fn start_up(
     deadline: Instant,
     filter: &TypeFilter,
     inbox: &Receiver<Msg>,
-) -> Result<Option<Conn>> {
+) -> Result<Option<(Conn, bool)>> {
     let Some(mut client) = connect_until(
         connector,
         deadline,
@@ -172,7 +177,22 @@ fn start_up(
         ),
         Err(e) => debug!("could not count events without next_run_at: {e}"),
     }
-    Ok(Some(link::prepare(client, cfg)?))
+    let listen = match cfg.notify {
+        Notify::Off => false,
+        Notify::Auto => store::has_notify_trigger(&mut client, &cfg.table).unwrap_or(false),
+        Notify::On => {
+            if !store::has_notify_trigger(&mut client, &cfg.table).unwrap_or(true) {
+                warn!(
+                    "--notify on, but table {} has no notify trigger: only NOTIFYs sent by \
+                     producers themselves wake this worker; `dispatchbox migrate --notify on` \
+                     installs the trigger",
+                    cfg.table
+                );
+            }
+            true
+        }
+    };
+    Ok(Some((link::prepare(client, cfg)?, listen)))
 }
 
 /// Start-up, retried: a connection lost during start-up (server restarting, backend
@@ -183,7 +203,7 @@ fn start(
     connector: &Connector,
     filter: &TypeFilter,
     inbox: &Receiver<Msg>,
-) -> Result<Option<Conn>> {
+) -> Result<Option<(Conn, bool)>> {
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut rng = fastrand::Rng::new();
     let mut failures = 0;
@@ -231,21 +251,33 @@ pub(crate) fn run(
 ) -> Result<Ended> {
     let mut connector = cfg.dsn.connector()?;
     connector.cap_attempt_timeout(cfg.connect_timeout);
-    let Some(conn) = start(cfg, &connector, &router.type_filter(), &inbox)? else {
+    let Some((conn, listen)) = start(cfg, &connector, &router.type_filter(), &inbox)? else {
         info!("stopped during start-up");
         return Ok(Ended::Stopped);
     };
+    // A drain does not listen: it ends when nothing is due, and it looks again promptly
+    // while other workers' leases run out (see `drain`).
+    let listen = listen && !cfg.drain;
     let owner = owner_id(index);
     info!(
-        "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, owner {owner}",
+        "worker ready: table {}, routes {}, batch {}, threads {}, lease {}s, poll {}s{}, \
+         owner {owner}",
         cfg.table,
         router.describe(),
         cfg.batch_size,
         cfg.threads,
-        cfg.lease.as_secs_f64()
+        cfg.lease.as_secs_f64(),
+        cfg.poll_interval.as_secs_f64(),
+        if listen { " + notifications" } else { "" }
     );
     report(Report::Ready);
 
+    // Not joined: dropped at the end of `run`, it ends at its next look at the stop flag.
+    let _listener = if listen {
+        listen::spawn(cfg, tx.clone())
+    } else {
+        None
+    };
     let (jobs, shared) = pool::channel(LeaseClock::new(cfg.lease));
     std::thread::scope(|s| {
         pool::spawn(s, &shared, cfg.threads, &tx)?;

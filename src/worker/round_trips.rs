@@ -225,6 +225,7 @@ impl DbThread<'_> {
             return Ok(None);
         }
         let (table, filter) = (&self.cfg.table, &self.filter);
+        let sent = Instant::now();
         let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
             store::remaining_work(&mut c.client, table, filter)
         })?
@@ -235,9 +236,10 @@ impl DbThread<'_> {
             lease: self.cfg.lease,
             poll_interval: self.cfg.poll_interval,
         };
+        let took = sent.elapsed();
         let done = self
             .drain
-            .finished(&work, now, limits, self.ledger.claimed_total());
+            .finished_after(&work, took, now, limits, self.ledger.claimed_total());
         if done {
             info!("{}", self.tally.drained(Instant::now()));
         }

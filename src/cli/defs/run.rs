@@ -196,6 +196,21 @@ pub const DRAIN: Flag = Flag {
     kind: Kind::Switch,
 };
 
+pub const NOTIFY: Flag = Flag {
+    key: "--notify",
+    short: None,
+    value: Some("MODE"),
+    default: Some("auto"),
+    help: "wake-ups by notification (LISTEN) besides polling: auto, on or off",
+    note: Some(
+        "workers: auto listens when the table has the insert trigger, on always, off never \
+         (off behind a transaction-pooling PgBouncer: LISTEN needs a session). `migrate`: on \
+         installs the trigger, off drops it, auto leaves it as it is. The trigger serializes \
+         the commits of inserting transactions (README, \"Wake-ups by notification\")",
+    ),
+    kind: Kind::Text,
+};
+
 pub const MAX_RUNTIME: Flag = Flag {
     key: "--max-runtime",
     short: None,
