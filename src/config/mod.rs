@@ -65,6 +65,8 @@ pub struct Config {
     pub drain: bool,
     /// `--fail-on-dead`: the supervisor exits 6 when a worker saw an event go dead.
     pub fail_on_dead: bool,
+    /// `--ordered`, `--ordered-dead`.
+    pub order: Order,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -84,6 +86,14 @@ pub struct Config {
     pub log_fd: Option<i32>,
 }
 
+/// `--ordered`: whether the events of one `(aggregate_type, aggregate_id)` are handed out one
+/// at a time in id order, and (`--ordered-dead`) whether a dead one holds back the later ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Unordered,
+    ByAggregate { dead_blocks: bool },
+}
+
 /// What `migrate` and `stats` need: no worker settings.
 pub struct AdminConfig {
     pub dsn: Dsn,
@@ -91,6 +101,8 @@ pub struct AdminConfig {
     pub log_level: Level,
     pub log_format: Format,
     pub connect_timeout: Duration,
+    /// `--ordered` (or its variable): `migrate` also builds the index ordered claims use.
+    pub ordered: bool,
 }
 
 impl Config {
@@ -130,6 +142,7 @@ impl Config {
         let (routes, route_source) = src.routes()?;
         let drain = src.drain()?;
         let fail_on_dead = src.switch(&defs::FAIL_ON_DEAD, raw.has(defs::FAIL_ON_DEAD.name()))?;
+        let order = src.order(raw.has(defs::ORDERED.name()))?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -150,6 +163,7 @@ impl Config {
             webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
             drain,
             fail_on_dead,
+            order,
             max_runtime,
             shutdown_timeout,
             connect_timeout,
@@ -172,6 +186,7 @@ impl AdminConfig {
             connect_timeout: src.secs(&defs::CONNECT_TIMEOUT)?.unwrap_or_default(),
             dsn: src.dsn()?,
             table: src.table()?,
+            ordered: src.switch(&defs::ORDERED, raw.has(defs::ORDERED.name()))?,
         })
     }
 }

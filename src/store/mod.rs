@@ -23,7 +23,10 @@ mod schema;
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use report::{never_due, remaining_work, stats, unrouted, RemainingWork};
-pub use schema::{check_table, migrate, needs_migration, schema_for};
+pub use schema::{
+    check_table, has_ordered_index, migrate, migrate_ordered, needs_migration, ordered_schema_for,
+    schema_for,
+};
 
 use crate::config::Table;
 use postgres::Client;

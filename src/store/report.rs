@@ -2,7 +2,7 @@
 //! event types no route takes, events that can never become due, and what a drain still
 //! waits for. None of them runs on the claim path.
 
-use crate::config::Table;
+use crate::config::{Order, Table};
 use crate::error::Result;
 use crate::handler::TypeFilter;
 use postgres::Client;
@@ -60,20 +60,29 @@ pub struct RemainingWork {
     pub leased_for: Option<f64>,
 }
 
+/// Ordered (`order`), a due event held back by an earlier one of its aggregate is not work
+/// this drain waits for: its predecessor is leased (counted), not due yet, or dead.
 pub fn remaining_work(
     client: &mut Client,
     table: &Table,
     f: &TypeFilter,
+    order: Order,
 ) -> Result<RemainingWork, postgres::Error> {
+    let free = match order {
+        Order::Unordered => "true".to_string(),
+        Order::ByAggregate { dead_blocks } => {
+            super::claim::predecessor_guard("e", dead_blocks).replace("{t}", &table.quoted())
+        }
+    };
     // Served by the claim index (status predicate); runs only when a claim found nothing.
     // date_part, not a timestamp subtraction: an infinite next_run_at gives Infinity, not an
     // error.
     let sql = format!(
-        "SELECT count(*) FILTER (WHERE next_run_at <= now()),
+        "SELECT count(*) FILTER (WHERE next_run_at <= now() AND {free}),
                 count(*) FILTER (WHERE locked_by IS NOT NULL AND next_run_at > now()),
                 max(date_part('epoch', next_run_at)) FILTER (WHERE locked_by IS NOT NULL AND next_run_at > now())
                     - date_part('epoch', now())
-         FROM {} WHERE status IN ('pending', 'retry')
+         FROM {} AS e WHERE status IN ('pending', 'retry')
            AND (next_run_at <= now() OR locked_by IS NOT NULL)
            AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[]))",
         table.quoted()

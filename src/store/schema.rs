@@ -11,6 +11,9 @@ use postgres::Client;
 /// The schema, compiled in from `sql/schema.sql`: `migrate` and the file cannot drift apart.
 pub const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
 
+/// The index ordered claims use, compiled in from `sql/ordered.sql` (`migrate --ordered`).
+pub const ORDERED_SQL: &str = include_str!("../../sql/ordered.sql");
+
 /// Columns the worker needs; a table missing any of them needs `dispatchbox migrate`.
 const REQUIRED_COLUMNS: &[&str] = &[
     "id",
@@ -32,10 +35,19 @@ const REQUIRED_COLUMNS: &[&str] = &[
 /// and every `outbox_event_suffix` (index names) the quoted `<name>_suffix`, shortened with
 /// a hash of the name when it would pass 63 bytes (`Table::derived_name`).
 pub fn schema_for(table: &Table) -> String {
+    for_table(SCHEMA_SQL, table)
+}
+
+/// `sql/ordered.sql` for `table`, renamed as [`schema_for`] does.
+pub fn ordered_schema_for(table: &Table) -> String {
+    for_table(ORDERED_SQL, table)
+}
+
+fn for_table(sql: &str, table: &Table) -> String {
     const NAME: &str = "outbox_event";
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut out = String::with_capacity(SCHEMA_SQL.len() + 256);
-    let mut rest = SCHEMA_SQL;
+    let mut out = String::with_capacity(sql.len() + 256);
+    let mut rest = sql;
     while let Some(pos) = rest.find(NAME) {
         let before_ok = rest[..pos].chars().next_back().is_none_or(|c| !is_ident(c));
         out.push_str(&rest[..pos]);
@@ -76,6 +88,46 @@ pub fn migrate(client: &mut Client, table: &Table) -> Result<bool> {
     tx.batch_execute(&schema_for(table))?;
     tx.commit()?;
     Ok(true)
+}
+
+/// Builds the index ordered claims use when no valid index leads with (aggregate_type,
+/// aggregate_id) yet; returns false when there was one. Serialized like [`migrate`].
+pub fn migrate_ordered(client: &mut Client, table: &Table) -> Result<bool> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))",
+        &[],
+    )?;
+    if has_ordered_index(&mut tx, table)? {
+        return Ok(false);
+    }
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
+    tx.batch_execute(&ordered_schema_for(table))?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Whether a valid index on `table` leads with (aggregate_type, aggregate_id, id) and keeps
+/// the waiting rows (its predicate, if any, names pending and retry).
+pub fn has_ordered_index(
+    client: &mut impl postgres::GenericClient,
+    table: &Table,
+) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+                WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND i.indisready
+                  AND i.indnatts >= 3
+                  AND (SELECT array_agg(a.attname::text ORDER BY k.n)
+                       FROM unnest(i.indkey[0:2]) WITH ORDINALITY AS k(attnum, n)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
+                      = ARRAY['aggregate_type', 'aggregate_id', 'id']
+                  AND (i.indpred IS NULL
+                       OR (pg_get_expr(i.indpred, i.indrelid) LIKE '%pending%'
+                           AND pg_get_expr(i.indpred, i.indrelid) LIKE '%retry%')))",
+            &[&table.quoted()],
+        )?
+        .get(0))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -194,5 +246,8 @@ mod tests {
         assert!(!s.contains("outbox_event"), "{s}");
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
         assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
+        let o = ordered_schema_for(&t);
+        assert!(!o.contains("outbox_event"), "{o}");
+        assert!(o.contains("\"Events_aggregate_idx\"\n    ON \"ops\".\"Events\""), "{o}");
     }
 }

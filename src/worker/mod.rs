@@ -152,6 +152,15 @@ fn start_up(
         &format!("database {}", cfg.dsn.redacted()),
     )?;
     store::check_table(&mut client, &cfg.table)?;
+    if cfg.order != crate::config::Order::Unordered
+        && !store::has_ordered_index(&mut client, &cfg.table)?
+    {
+        warn!(
+            "--ordered: table {} has no index on (aggregate_type, aggregate_id, id): every \
+             claim scans for earlier events; run `dispatchbox migrate --ordered`",
+            cfg.table
+        );
+    }
     match store::unrouted(&mut client, &cfg.table, filter) {
         Ok(list) if !list.is_empty() => {
             let shown: Vec<String> = list.iter().map(|(t, n)| format!("{t} ({n})")).collect();

@@ -12,6 +12,7 @@ use super::drain::DrainLimits;
 use super::pool::Job;
 use super::tally::{self, DeadEvent};
 use super::Ended;
+use crate::config::Order;
 use crate::error::Result;
 use crate::store::{self, ClaimArgs, Claimed};
 use crate::{debug, info, warn};
@@ -136,7 +137,8 @@ impl DbThread<'_> {
     // ---- claim ----
 
     /// Claims the next batch; pending results ride along in the same statement. `None`: the
-    /// statement did not run or failed in a way worth retrying.
+    /// statement did not run or failed in a way worth retrying (or, ordered, claimed nothing
+    /// but wrote results: claim again at once).
     pub(super) fn claim(&mut self) -> Result<Option<usize>> {
         let args = ClaimArgs {
             n: self.cfg.batch_size,
@@ -160,6 +162,11 @@ impl DbThread<'_> {
                 return Ok(None);
             };
             self.written(written, n)?;
+            // Ordered: results just written may have freed later events of their aggregates,
+            // which this statement's snapshot could not see: claim again at once, not idle.
+            if claimed.is_empty() && written > 0 && self.cfg.order != Order::Unordered {
+                return Ok(None);
+            }
             Some(claimed)
         };
         let Some(claimed) = claimed else {
@@ -224,9 +231,9 @@ impl DbThread<'_> {
         if self.ledger.drain_must_wait(now) {
             return Ok(None);
         }
-        let (table, filter) = (&self.cfg.table, &self.filter);
+        let (table, filter, order) = (&self.cfg.table, &self.filter, self.cfg.order);
         let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
-            store::remaining_work(&mut c.client, table, filter)
+            store::remaining_work(&mut c.client, table, filter, order)
         })?
         else {
             return Ok(None);

@@ -266,6 +266,31 @@ pub const FAIL_ON_DEAD: Flag = Flag {
     kind: Kind::Switch,
 };
 
+pub const ORDERED: Flag = Flag {
+    key: "--ordered",
+    short: None,
+    value: None,
+    default: None,
+    help: "per-aggregate order: never hand out an event while an earlier one (lower id) of its \
+           (aggregate_type, aggregate_id) is pending, retrying or in flight",
+    note: Some(
+        "events without an aggregate are not ordered; `migrate --ordered` builds the index it \
+         uses; see README \"Ordered delivery\"",
+    ),
+    kind: Kind::Switch,
+};
+
+pub const ORDERED_DEAD: Flag = Flag {
+    key: "--ordered-dead",
+    short: None,
+    value: Some("block|skip"),
+    default: Some("block"),
+    help: "with --ordered: a dead event holds back the later events of its aggregate (block) \
+           until `dead retry` or `dead purge`, or does not (skip)",
+    note: None,
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),
