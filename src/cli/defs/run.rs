@@ -283,9 +283,9 @@ pub const ORDERED: Flag = Flag {
 pub const ORDERED_DEAD: Flag = Flag {
     key: "--ordered-dead",
     short: None,
-    value: Some("block|skip"),
+    value: Some("MODE"),
     default: Some("block"),
-    help: "with --ordered: a dead event holds back the later events of its aggregate (block) \
+    help: "block or skip; with --ordered: a dead event holds back the later events of its aggregate (block) \
            until `dead retry` or `dead purge`, or does not (skip)",
     note: None,
     kind: Kind::Text,
