@@ -271,11 +271,11 @@ pub const ORDERED: Flag = Flag {
     short: None,
     value: None,
     default: None,
-    help: "per-aggregate order: never hand out an event while an earlier one (lower id) of its \
-           (aggregate_type, aggregate_id) is pending, retrying or in flight",
+    help: "deliver the events of one aggregate one at a time, in id order",
     note: Some(
-        "events without an aggregate are not ordered; `migrate --ordered` builds the index it \
-         uses; see README \"Ordered delivery\"",
+        "no event is handed out while an earlier one (lower id) of its (aggregate_type, \
+         aggregate_id) is pending, retrying or in flight; events without an aggregate are not \
+         ordered; `migrate --ordered` builds its index; see README \"Ordered delivery\"",
     ),
     kind: Kind::Switch,
 };
@@ -285,9 +285,11 @@ pub const ORDERED_DEAD: Flag = Flag {
     short: None,
     value: Some("MODE"),
     default: Some("block"),
-    help: "block or skip; with --ordered: a dead event holds back the later events of its aggregate (block) \
-           until `dead retry` or `dead purge`, or does not (skip)",
-    note: None,
+    help: "with --ordered: whether a dead event holds back its aggregate",
+    note: Some(
+        "block: the later events of its aggregate wait until `dead retry` or `dead purge`; \
+         skip: they go on",
+    ),
     kind: Kind::Text,
 };
 
