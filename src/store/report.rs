@@ -104,3 +104,38 @@ pub fn never_due(client: &mut Client, table: &Table) -> Result<i64, postgres::Er
     );
     Ok(client.query_one(&sql, &[])?.get(0))
 }
+
+/// Aggregates held back by a dead event (`--ordered`, `--ordered-dead block`): how many, and
+/// the first `limit` as (aggregate_type, aggregate_id, the dead event's id, events waiting).
+/// Reads the dead rows (the ordered index holds them) and probes their aggregates.
+pub fn held_back(
+    client: &mut Client,
+    table: &Table,
+    limit: i64,
+) -> Result<(i64, Vec<(String, String, i64, i64)>), postgres::Error> {
+    let sql = format!(
+        "WITH h AS (
+             SELECT d.aggregate_type, d.aggregate_id, min(d.id) AS dead_id
+             FROM {t} AS d
+             WHERE d.status = 'dead' AND d.aggregate_type IS NOT NULL
+               AND d.aggregate_id IS NOT NULL
+               AND EXISTS (SELECT 1 FROM {t} AS s
+                           WHERE s.aggregate_type = d.aggregate_type
+                             AND s.aggregate_id = d.aggregate_id
+                             AND s.id > d.id AND s.status IN ('pending', 'retry'))
+             GROUP BY 1, 2)
+         SELECT count(*) OVER (), h.aggregate_type::text, h.aggregate_id::text, h.dead_id::bigint,
+                (SELECT count(*) FROM {t} AS s
+                 WHERE s.aggregate_type = h.aggregate_type AND s.aggregate_id = h.aggregate_id
+                   AND s.id > h.dead_id AND s.status IN ('pending', 'retry'))
+         FROM h ORDER BY h.dead_id LIMIT $1",
+        t = table.quoted()
+    );
+    let rows = client.query(&sql, &[&limit])?;
+    let count = rows.first().map_or(0, |r| r.get(0));
+    let first = rows
+        .iter()
+        .map(|r| (r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    Ok((count, first))
+}

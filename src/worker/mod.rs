@@ -161,6 +161,12 @@ fn start_up(
             cfg.table
         );
     }
+    if cfg.order == (crate::config::Order::ByAggregate { dead_blocks: true }) {
+        let (n, first) = store::held_back(&mut client, &cfg.table, 3)?;
+        if let Some(line) = round_trips::held_back_line(n, &first) {
+            warn!("{line}");
+        }
+    }
     match store::unrouted(&mut client, &cfg.table, filter) {
         Ok(list) if !list.is_empty() => {
             let shown: Vec<String> = list.iter().map(|(t, n)| format!("{t} ({n})")).collect();

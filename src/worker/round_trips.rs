@@ -226,6 +226,22 @@ impl DbThread<'_> {
         }
     }
 
+    /// `--ordered-dead block`: one WARN line naming the aggregates a dead event holds back
+    /// (called at start-up, with the periodic summary and at the end of a drain).
+    pub(super) fn warn_held_back(&mut self) -> Result<()> {
+        if self.cfg.order != (Order::ByAggregate { dead_blocks: true }) {
+            return Ok(());
+        }
+        let table = &self.cfg.table;
+        let found = self.link.with(self.ledger.unwritten(), |c| {
+            store::held_back(&mut c.client, table, 3)
+        })?;
+        if let Some(line) = found.and_then(|(n, first)| held_back_line(n, &first)) {
+            warn!("{line}");
+        }
+        Ok(())
+    }
+
     /// `--drain` claimed nothing and holds nothing: asks what is left (see `drain`).
     pub(super) fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
         if self.ledger.drain_must_wait(now) {
@@ -246,8 +262,28 @@ impl DbThread<'_> {
             .drain
             .finished(&work, now, limits, self.ledger.claimed_total());
         if done {
+            self.warn_held_back()?;
             info!("{}", self.tally.drained(Instant::now()));
         }
         Ok(done.then_some(Ended::Drained))
     }
+}
+
+/// `2 aggregate(s) held back by a dead event: order:17 (3 waiting behind dead event 40), ...`
+pub(super) fn held_back_line(n: i64, first: &[(String, String, i64, i64)]) -> Option<String> {
+    if n == 0 {
+        return None;
+    }
+    let shown: Vec<String> = first
+        .iter()
+        .map(|(t, id, dead, waiting)| {
+            format!("{t}:{id} ({waiting} waiting behind dead event {dead})")
+        })
+        .collect();
+    Some(format!(
+        "--ordered: {n} aggregate(s) held back by a dead event: {}{}; `dispatchbox dead retry` \
+         or `dead purge` the dead event to let them go",
+        shown.join(", "),
+        if n > first.len() as i64 { ", ..." } else { "" }
+    ))
 }

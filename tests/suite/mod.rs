@@ -11,6 +11,7 @@ mod lifecycle;
 mod logging;
 mod metrics;
 mod migrate;
+mod ordered;
 mod pipe;
 mod reliability;
 mod samples;
