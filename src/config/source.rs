@@ -210,7 +210,9 @@ impl Source<'_> {
                 "block" => true,
                 "skip" => false,
                 other => {
-                    return Err(Error::Usage(format!("{who}: `{other}` is not block or skip")))
+                    return Err(Error::Usage(format!(
+                        "{who}: `{other}` is not block or skip"
+                    )))
                 }
             },
         };

@@ -22,7 +22,7 @@ mod schema;
 
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
-pub use report::{held_back, never_due, remaining_work, stats, unrouted, RemainingWork};
+pub use report::{held_back, never_due, remaining_work, stats, unrouted, HeldBack, RemainingWork};
 pub use schema::{
     check_table, has_ordered_index, migrate, migrate_ordered, needs_migration, ordered_schema_for,
     schema_for,

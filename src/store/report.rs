@@ -105,6 +105,10 @@ pub fn never_due(client: &mut Client, table: &Table) -> Result<i64, postgres::Er
     Ok(client.query_one(&sql, &[])?.get(0))
 }
 
+/// An aggregate held back by a dead event: (aggregate_type, aggregate_id, the dead event's
+/// id, events waiting behind it).
+pub type HeldBack = (String, String, i64, i64);
+
 /// Aggregates held back by a dead event (`--ordered`, `--ordered-dead block`): how many, and
 /// the first `limit` as (aggregate_type, aggregate_id, the dead event's id, events waiting).
 /// Reads the dead rows (the ordered index holds them) and probes their aggregates.
@@ -112,7 +116,7 @@ pub fn held_back(
     client: &mut Client,
     table: &Table,
     limit: i64,
-) -> Result<(i64, Vec<(String, String, i64, i64)>), postgres::Error> {
+) -> Result<(i64, Vec<HeldBack>), postgres::Error> {
     let sql = format!(
         "WITH h AS (
              SELECT d.aggregate_type, d.aggregate_id, min(d.id) AS dead_id

@@ -109,10 +109,7 @@ pub fn migrate_ordered(client: &mut Client, table: &Table) -> Result<bool> {
 
 /// Whether a valid index on `table` leads with (aggregate_type, aggregate_id, id) and keeps
 /// the waiting rows (its predicate, if any, names pending and retry).
-pub fn has_ordered_index(
-    client: &mut impl postgres::GenericClient,
-    table: &Table,
-) -> Result<bool> {
+pub fn has_ordered_index(client: &mut impl postgres::GenericClient, table: &Table) -> Result<bool> {
     Ok(client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index i
@@ -248,6 +245,9 @@ mod tests {
         assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
         let o = ordered_schema_for(&t);
         assert!(!o.contains("outbox_event"), "{o}");
-        assert!(o.contains("\"Events_aggregate_idx\"\n    ON \"ops\".\"Events\""), "{o}");
+        assert!(
+            o.contains("\"Events_aggregate_idx\"\n    ON \"ops\".\"Events\""),
+            "{o}"
+        );
     }
 }

@@ -270,7 +270,7 @@ impl DbThread<'_> {
 }
 
 /// `2 aggregate(s) held back by a dead event: order:17 (3 waiting behind dead event 40), ...`
-pub(super) fn held_back_line(n: i64, first: &[(String, String, i64, i64)]) -> Option<String> {
+pub(super) fn held_back_line(n: i64, first: &[store::HeldBack]) -> Option<String> {
     if n == 0 {
         return None;
     }

@@ -3,9 +3,9 @@
 
 use super::{assert_exactly_once, db_with_events, delivered_ids};
 use crate::common;
-use dispatchbox::internals::{Order, Table};
 use dispatchbox::internals::TypeFilter;
 use dispatchbox::internals::{ClaimArgs, Claimed, Completion, Conn, Status};
+use dispatchbox::internals::{Order, Table};
 use std::time::Duration;
 
 #[test]

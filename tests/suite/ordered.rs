@@ -85,7 +85,10 @@ fn assert_ordered(lines: &[(String, String, i64)]) -> Vec<i64> {
                     panic!("aggregate {agg}: {id} started while {other} was in flight");
                 }
                 if let Some(prev) = last_done.get(agg.as_str()) {
-                    assert!(id > prev, "aggregate {agg}: {id} started after {prev} was done");
+                    assert!(
+                        id > prev,
+                        "aggregate {agg}: {id} started after {prev} was done"
+                    );
                 }
             }
             _ => {
@@ -133,8 +136,10 @@ fn two_supervisors_of_two_processes_keep_every_aggregate_in_order() {
     let mut x: u64 = 42;
     let fail: Vec<String> = (1..=n)
         .filter(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) % 4 == 0
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33).is_multiple_of(4)
         })
         .map(|i| i.to_string())
         .collect();
@@ -283,11 +288,22 @@ fn take(c: &mut Conn, owner: &str) -> Vec<(i64, i32)> {
 fn the_claim_takes_one_event_per_aggregate_and_none_behind_a_leased_one() {
     let (a, b) = (Some("a"), Some("b"));
     // 1 a, 2 a, 3 b, 4 -, 5 -, 6 b
-    let db = db_with(&[(a, "x"), (a, "x"), (b, "x"), (None, "x"), (None, "x"), (b, "x")]);
+    let db = db_with(&[
+        (a, "x"),
+        (a, "x"),
+        (b, "x"),
+        (None, "x"),
+        (None, "x"),
+        (b, "x"),
+    ]);
     let (mut w1, mut w2) = (conn(&db), conn(&db));
     let got = take(&mut w1, "w1");
     let ids: HashSet<i64> = got.iter().map(|g| g.0).collect();
-    assert_eq!(ids, HashSet::from([1, 3, 4, 5]), "one per aggregate; none-aggregate free");
+    assert_eq!(
+        ids,
+        HashSet::from([1, 3, 4, 5]),
+        "one per aggregate; none-aggregate free"
+    );
     // 2 and 6 wait behind 1 and 3, leased by w1.
     assert!(take(&mut w2, "w2").is_empty());
     let done = |id: i64, status: Status| Completion {
