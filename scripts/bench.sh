@@ -60,6 +60,8 @@ source scripts/lib/bench_webhook.sh
 source scripts/lib/bench_scale.sh
 # shellcheck source=scripts/lib/bench_latency.sh
 source scripts/lib/bench_latency.sh
+# shellcheck source=scripts/lib/bench_ordered.sh
+source scripts/lib/bench_ordered.sh
 
 say() { printf '\n== %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*"; }
@@ -364,6 +366,8 @@ bench_pipe
 bench_webhook
 bench_batch1000
 bench_big_table
+say "Ordered delivery: --ordered beside the same drain without it, $events events, median of $runs"
+bench_ordered
 bench_rss
 bench_latency
 
@@ -487,6 +491,7 @@ for row in "${pipe_rows[@]}"; do echo "$row"; done
 webhook_summary_rows
 scale_summary_rows
 latency_summary_rows
+ordered_summary_rows
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

@@ -49,7 +49,7 @@ pub use handler::{Event, Handler, Outcome, Pattern, Router};
 /// directly): not part of the API, no stability promised.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::config::Table;
+    pub use crate::config::{Order, Table};
     pub use crate::dsn::Dsn;
     pub use crate::handler::TypeFilter;
     pub use crate::store::{ClaimArgs, Claimed, Completion, Conn, Status};

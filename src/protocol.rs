@@ -229,6 +229,11 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     m.insert("routes".into(), routes.into());
     m.insert("drain".into(), cfg.drain.into());
     m.insert("notify".into(), cfg.notify.as_str().into());
+    if let crate::config::Order::ByAggregate { dead_blocks } = cfg.order {
+        m.insert("ordered".into(), true.into());
+        let dead = if dead_blocks { "block" } else { "skip" };
+        m.insert("ordered-dead".into(), dead.into());
+    }
     if let Some(p) = &cfg.stdout_lock {
         m.insert(
             "stdout-lock".into(),
@@ -262,6 +267,9 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
         })
         .unwrap_or_default();
     raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
+    if obj.get("ordered").and_then(Value::as_bool) == Some(true) {
+        raw.switches.push(crate::cli::defs::ORDERED.name());
+    }
     // Everything is resolved already: no environment lookups on this side.
     let mut cfg = Config::from_raw(&raw, &|_| None)?;
     cfg.stdout_lock = obj

@@ -1,6 +1,7 @@
 //! `dispatchbox migrate`: create or upgrade the table (idempotent; `sql/schema.sql` is the text
 //! it runs). `--check` changes nothing and exits 8 when the table needs it; `--print-sql`
-//! prints that text for the configured table without connecting.
+//! prints that text for the configured table without connecting. With `--ordered` (or
+//! DISPATCHBOX_ORDERED) it also builds the index ordered claims use (`sql/ordered.sql`).
 
 use super::connect;
 use crate::cli::RawArgs;
@@ -21,6 +22,10 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
             cfg.table
         )?;
         out.write_all(store::migration_sql(&cfg.table, notify_choice(cfg)).as_bytes())?;
+        if cfg.ordered {
+            writeln!(out, "\n-- and, for --ordered (separately, same lock):\n")?;
+            out.write_all(store::ordered_schema_for(&cfg.table).as_bytes())?;
+        }
         return Ok(exit::OK);
     }
     let mut client = connect(cfg)?;
@@ -43,8 +48,12 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
             cfg.dsn.redacted()
         ))));
     }
-    let changed = store::migrate(&mut client, &cfg.table, notify_choice(cfg))?;
+    let mut changed = store::migrate(&mut client, &cfg.table, notify_choice(cfg))?;
     store::check_table(&mut client, &cfg.table)?;
+    if cfg.ordered && store::migrate_ordered(&mut client, &cfg.table)? {
+        info!("built the index of --ordered claims on {}", cfg.table);
+        changed = true;
+    }
     if changed {
         info!("table {} is ready (created or upgraded)", cfg.table);
     } else {

@@ -81,6 +81,9 @@ struct Report {
     in_flight: i64,
     holders: Vec<ops::Holder>,
     types: Vec<TypeLine>,
+    /// `--ordered`: aggregates whose later events wait behind a dead one (None: the table has
+    /// no ordered index, so it is not counted — that would read every dead row).
+    held_back: Option<i64>,
 }
 
 impl Report {
@@ -190,6 +193,11 @@ fn gather(
         in_flight: sum(|t| t.in_flight),
         holders: ops::holders(client, table)?,
         types,
+        held_back: if store::has_ordered_index(client, table)? {
+            Some(store::held_back(client, table, 1)?.0)
+        } else {
+            None
+        },
     })
 }
 
@@ -244,6 +252,7 @@ fn to_json(r: &Report, checks: &[Check]) -> Value {
         "due": r.due,
         "lag_seconds": r.lag,
         "in_flight": r.in_flight,
+        "held_back_aggregates": r.held_back,
         "holders": r.holders.iter().map(|h| json!({
             "locked_by": h.locked_by,
             "events": h.events,
@@ -281,6 +290,12 @@ fn render(r: &Report, checks: &[Check]) -> String {
     );
     out.push_str(&format!("{:<10}{} ({lag})\n", "due", r.due));
     out.push_str(&format!("{:<10}{}\n", "in flight", r.in_flight));
+    if let Some(n) = r.held_back {
+        out.push_str(&format!(
+            "{:<10}{n} aggregate(s) behind a dead event (--ordered)\n",
+            "held back"
+        ));
+    }
     for h in &r.holders {
         out.push_str(&format!(
             "  {}: {} event(s), oldest claimed {} ago, last lease ends in {}\n",
@@ -332,6 +347,7 @@ mod tests {
             in_flight: 0,
             holders: Vec::new(),
             types: Vec::new(),
+            held_back: None,
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Config {
     pub fail_on_dead: bool,
     /// `--notify`: whether the worker LISTENs (auto: when the table has the trigger).
     pub notify: Notify,
+    /// `--ordered`, `--ordered-dead`.
+    pub order: Order,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -116,6 +118,14 @@ impl Notify {
     }
 }
 
+/// `--ordered`: whether the events of one `(aggregate_type, aggregate_id)` are handed out one
+/// at a time in id order, and (`--ordered-dead`) whether a dead one holds back the later ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Unordered,
+    ByAggregate { dead_blocks: bool },
+}
+
 /// What `migrate` and `stats` need: no worker settings.
 pub struct AdminConfig {
     pub dsn: Dsn,
@@ -125,6 +135,8 @@ pub struct AdminConfig {
     pub connect_timeout: Duration,
     /// `--notify`: `migrate` installs the trigger (on), drops it (off) or leaves it (auto).
     pub notify: Notify,
+    /// `--ordered` (or its variable): `migrate` also builds the index ordered claims use.
+    pub ordered: bool,
 }
 
 impl Config {
@@ -165,6 +177,7 @@ impl Config {
         let drain = src.drain()?;
         let fail_on_dead = src.switch(&defs::FAIL_ON_DEAD, raw.has(defs::FAIL_ON_DEAD.name()))?;
         let notify = src.notify()?;
+        let order = src.order(raw.has(defs::ORDERED.name()))?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -186,6 +199,7 @@ impl Config {
             drain,
             fail_on_dead,
             notify,
+            order,
             max_runtime,
             shutdown_timeout,
             connect_timeout,
@@ -209,6 +223,7 @@ impl AdminConfig {
             notify: src.notify()?,
             dsn: src.dsn()?,
             table: src.table()?,
+            ordered: src.switch(&defs::ORDERED, raw.has(defs::ORDERED.name()))?,
         })
     }
 }

@@ -211,6 +211,27 @@ impl Source<'_> {
         }
     }
 
+    /// `--ordered` (given: the switch was on the command line) and `--ordered-dead`.
+    pub(super) fn order(&self, given: bool) -> Result<super::Order> {
+        let dead_blocks = match self.get_or_default(&defs::ORDERED_DEAD) {
+            None => true,
+            Some((who, v)) => match v.trim() {
+                "block" => true,
+                "skip" => false,
+                other => {
+                    return Err(Error::Usage(format!(
+                        "{who}: `{other}` is not block or skip"
+                    )))
+                }
+            },
+        };
+        Ok(if self.switch(&defs::ORDERED, given)? {
+            super::Order::ByAggregate { dead_blocks }
+        } else {
+            super::Order::Unordered
+        })
+    }
+
     /// `HOST:PORT`, checked for its shape here; the host is resolved when it is bound.
     pub(super) fn metrics_addr(&self) -> Result<Option<String>> {
         let Some((who, v)) = self.get(&defs::METRICS_ADDR) else {

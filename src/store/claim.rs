@@ -6,7 +6,7 @@
 //! per batch (arrays + unnest), never one per event.
 
 use super::{bind, session_settings, Status};
-use crate::config::Table;
+use crate::config::{Order, Table};
 use crate::handler::{Event, TypeFilter};
 use postgres::{Client, Statement};
 use std::time::Duration;
@@ -49,6 +49,50 @@ const DUE: &str = "
     ORDER BY next_run_at
     LIMIT @n
     FOR UPDATE SKIP LOCKED";
+
+/// `DUE` for `--ordered`: a due row is a candidate only when no earlier event (lower id) of
+/// its aggregate is waiting (pending or retry, which includes leased: a leased event keeps
+/// its status) or, with `--ordered-dead block`, dead; see [`predecessor_guard`]. Within one
+/// snapshot at most one event per aggregate passes that test (the lowest waiting one), so a
+/// batch never holds two events of one aggregate without DISTINCT or a window (which
+/// PostgreSQL refuses beside FOR UPDATE). The guard is an index probe per candidate on the
+/// `(aggregate_type, aggregate_id, id)` index `migrate --ordered` builds.
+const DUE_ORDERED: &str = "
+    SELECT id FROM {t} AS e
+    WHERE status IN ('pending', 'retry') AND next_run_at <= now()
+      AND (@all::bool OR event_type = ANY(@exact::text[]) OR event_type LIKE ANY(@like::text[]))
+      AND {guard}
+    ORDER BY next_run_at
+    LIMIT @n
+    FOR UPDATE SKIP LOCKED";
+
+/// "No earlier event of `{e}`'s aggregate holds it back", for rows of `{t}` aliased `e`.
+/// Plain `=` (not IS NOT DISTINCT FROM, which no index serves): an event whose
+/// aggregate_type or aggregate_id is NULL has no aggregate and is never held back, nor holds
+/// any back.
+pub(super) fn predecessor_guard(e: &str, dead_blocks: bool) -> String {
+    let held = if dead_blocks {
+        "'pending', 'retry', 'dead'"
+    } else {
+        "'pending', 'retry'"
+    };
+    format!(
+        "NOT EXISTS (SELECT 1 FROM {{t}} AS p
+                     WHERE p.aggregate_type = {e}.aggregate_type
+                       AND p.aggregate_id = {e}.aggregate_id
+                       AND p.id < {e}.id AND p.status IN ({held}))"
+    )
+}
+
+/// The `due` CTE's text for `order`.
+fn due_for(order: Order) -> String {
+    match order {
+        Order::Unordered => DUE.to_string(),
+        Order::ByAggregate { dead_blocks } => {
+            DUE_ORDERED.replace("{guard}", &predecessor_guard("e", dead_blocks))
+        }
+    }
+}
 
 /// Leases the `due` rows: attempts + 1 (the fencing token), next_run_at = lease expiry,
 /// locked_by = this worker. An event whose attempts are used up is marked dead instead: its
@@ -144,10 +188,12 @@ impl Conn {
         mut client: Client,
         table: &Table,
         lease: Duration,
+        order: Order,
     ) -> Result<Conn, postgres::Error> {
         session_settings(&mut client, lease)?;
+        let due = due_for(order);
         let claim = client.prepare(&bind(
-            &format!("WITH due AS ({DUE}) {LEASE}"),
+            &format!("WITH due AS ({due}) {LEASE}"),
             table,
             CLAIM_PARAMS,
         ))?;
@@ -156,12 +202,14 @@ impl Conn {
         // The completed rows are leased by us (next_run_at in the future), so `due` does not
         // see them. Should a result arrive after its own lease expired, the row may match both
         // updates; PostgreSQL then applies only the first and the other skips the row — either
-        // the result is written, or the event is claimed again: nothing is lost.
+        // the result is written, or the event is claimed again: nothing is lost. Ordered: all
+        // parts see one snapshot, so `due` still sees the events completed here as waiting
+        // and holds their successors back until the next claim (never early).
         let mut names: Vec<&str> = COMPLETE_PARAMS.to_vec();
         names.extend(CLAIM_PARAMS.iter().filter(|n| !COMPLETE_PARAMS.contains(n)));
         let complete_and_claim = client.prepare(&bind(
             &format!(
-                "WITH done AS ({COMPLETE} RETURNING 1), due AS ({DUE}), claimed AS ({LEASE})
+                "WITH done AS ({COMPLETE} RETURNING 1), due AS ({due}), claimed AS ({LEASE})
                  SELECT w.n, c.* FROM (SELECT count(*) AS n FROM done) AS w
                  LEFT JOIN claimed AS c ON true"
             ),

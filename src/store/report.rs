@@ -2,7 +2,7 @@
 //! event types no route takes, events that can never become due, and what a drain still
 //! waits for. None of them runs on the claim path.
 
-use crate::config::Table;
+use crate::config::{Order, Table};
 use crate::error::Result;
 use crate::handler::TypeFilter;
 use postgres::Client;
@@ -60,20 +60,29 @@ pub struct RemainingWork {
     pub leased_for: Option<f64>,
 }
 
+/// Ordered (`order`), a due event held back by an earlier one of its aggregate is not work
+/// this drain waits for: its predecessor is leased (counted), not due yet, or dead.
 pub fn remaining_work(
     client: &mut Client,
     table: &Table,
     f: &TypeFilter,
+    order: Order,
 ) -> Result<RemainingWork, postgres::Error> {
+    let free = match order {
+        Order::Unordered => "true".to_string(),
+        Order::ByAggregate { dead_blocks } => {
+            super::claim::predecessor_guard("e", dead_blocks).replace("{t}", &table.quoted())
+        }
+    };
     // Served by the claim index (status predicate); runs only when a claim found nothing.
     // date_part, not a timestamp subtraction: an infinite next_run_at gives Infinity, not an
     // error.
     let sql = format!(
-        "SELECT count(*) FILTER (WHERE next_run_at <= now()),
+        "SELECT count(*) FILTER (WHERE next_run_at <= now() AND {free}),
                 count(*) FILTER (WHERE locked_by IS NOT NULL AND next_run_at > now()),
                 max(date_part('epoch', next_run_at)) FILTER (WHERE locked_by IS NOT NULL AND next_run_at > now())
                     - date_part('epoch', now())
-         FROM {} WHERE status IN ('pending', 'retry')
+         FROM {} AS e WHERE status IN ('pending', 'retry')
            AND (next_run_at <= now() OR locked_by IS NOT NULL)
            AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[]))",
         table.quoted()
@@ -94,4 +103,43 @@ pub fn never_due(client: &mut Client, table: &Table) -> Result<i64, postgres::Er
         table.quoted()
     );
     Ok(client.query_one(&sql, &[])?.get(0))
+}
+
+/// An aggregate held back by a dead event: (aggregate_type, aggregate_id, the dead event's
+/// id, events waiting behind it).
+pub type HeldBack = (String, String, i64, i64);
+
+/// Aggregates held back by a dead event (`--ordered`, `--ordered-dead block`): how many, and
+/// the first `limit` as (aggregate_type, aggregate_id, the dead event's id, events waiting).
+/// Reads the dead rows (the ordered index holds them) and probes their aggregates.
+pub fn held_back(
+    client: &mut Client,
+    table: &Table,
+    limit: i64,
+) -> Result<(i64, Vec<HeldBack>), postgres::Error> {
+    let sql = format!(
+        "WITH h AS (
+             SELECT d.aggregate_type, d.aggregate_id, min(d.id) AS dead_id
+             FROM {t} AS d
+             WHERE d.status = 'dead' AND d.aggregate_type IS NOT NULL
+               AND d.aggregate_id IS NOT NULL
+               AND EXISTS (SELECT 1 FROM {t} AS s
+                           WHERE s.aggregate_type = d.aggregate_type
+                             AND s.aggregate_id = d.aggregate_id
+                             AND s.id > d.id AND s.status IN ('pending', 'retry'))
+             GROUP BY 1, 2)
+         SELECT count(*) OVER (), h.aggregate_type::text, h.aggregate_id::text, h.dead_id::bigint,
+                (SELECT count(*) FROM {t} AS s
+                 WHERE s.aggregate_type = h.aggregate_type AND s.aggregate_id = h.aggregate_id
+                   AND s.id > h.dead_id AND s.status IN ('pending', 'retry'))
+         FROM h ORDER BY h.dead_id LIMIT $1",
+        t = table.quoted()
+    );
+    let rows = client.query(&sql, &[&limit])?;
+    let count = rows.first().map_or(0, |r| r.get(0));
+    let first = rows
+        .iter()
+        .map(|r| (r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    Ok((count, first))
 }

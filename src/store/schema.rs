@@ -12,6 +12,9 @@ use postgres::Client;
 /// The schema, compiled in from `sql/schema.sql`: `migrate` and the file cannot drift apart.
 pub const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
 
+/// The index ordered claims use, compiled in from `sql/ordered.sql` (`migrate --ordered`).
+pub const ORDERED_SQL: &str = include_str!("../../sql/ordered.sql");
+
 /// Columns the worker needs; a table missing any of them needs `dispatchbox migrate`.
 const REQUIRED_COLUMNS: &[&str] = &[
     "id",
@@ -34,6 +37,11 @@ const REQUIRED_COLUMNS: &[&str] = &[
 /// a hash of the name when it would pass 63 bytes (`Table::derived_name`).
 pub fn schema_for(table: &Table) -> String {
     substitute(SCHEMA_SQL, table)
+}
+
+/// `sql/ordered.sql` for `table`, renamed as [`schema_for`] does.
+pub fn ordered_schema_for(table: &Table) -> String {
+    substitute(ORDERED_SQL, table)
 }
 
 /// Where the notify section of `sql/schema.sql` begins (the rest of the file).
@@ -128,6 +136,43 @@ pub fn migrate(client: &mut Client, table: &Table, notify: Option<bool>) -> Resu
     tx.batch_execute(&migration_sql(table, notify))?;
     tx.commit()?;
     Ok(true)
+}
+
+/// Builds the index ordered claims use when no valid index leads with (aggregate_type,
+/// aggregate_id) yet; returns false when there was one. Serialized like [`migrate`].
+pub fn migrate_ordered(client: &mut Client, table: &Table) -> Result<bool> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('dispatchbox migrate'))",
+        &[],
+    )?;
+    if has_ordered_index(&mut tx, table)? {
+        return Ok(false);
+    }
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")?;
+    tx.batch_execute(&ordered_schema_for(table))?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Whether a valid index on `table` leads with (aggregate_type, aggregate_id, id) and keeps
+/// the waiting rows (its predicate, if any, names pending and retry).
+pub fn has_ordered_index(client: &mut impl postgres::GenericClient, table: &Table) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+                WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND i.indisready
+                  AND i.indnatts >= 3
+                  AND (SELECT array_agg(a.attname::text ORDER BY k.n)
+                       FROM unnest(i.indkey[0:2]) WITH ORDINALITY AS k(attnum, n)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
+                      = ARRAY['aggregate_type', 'aggregate_id', 'id']
+                  AND (i.indpred IS NULL
+                       OR (pg_get_expr(i.indpred, i.indrelid) LIKE '%pending%'
+                           AND pg_get_expr(i.indpred, i.indrelid) LIKE '%retry%')))",
+            &[&table.quoted()],
+        )?
+        .get(0))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -264,5 +309,11 @@ mod tests {
         assert!(!s.contains("outbox_event"), "{s}");
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
         assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
+        let o = ordered_schema_for(&t);
+        assert!(!o.contains("outbox_event"), "{o}");
+        assert!(
+            o.contains("\"Events_aggregate_idx\"\n    ON \"ops\".\"Events\""),
+            "{o}"
+        );
     }
 }

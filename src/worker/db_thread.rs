@@ -260,6 +260,9 @@ impl<'a> DbThread<'a> {
         }
         if let Some(line) = self.tally.periodic(now) {
             info!("{line}");
+            if self.link.usable(now) {
+                self.warn_held_back()?;
+            }
         }
         if self.ledger.stopping() {
             return self.stop_check(now);

@@ -157,6 +157,21 @@ fn start_up(
         &format!("database {}", cfg.dsn.redacted()),
     )?;
     store::check_table(&mut client, &cfg.table)?;
+    if cfg.order != crate::config::Order::Unordered
+        && !store::has_ordered_index(&mut client, &cfg.table)?
+    {
+        warn!(
+            "--ordered: table {} has no index on (aggregate_type, aggregate_id, id): every \
+             claim scans for earlier events; run `dispatchbox migrate --ordered`",
+            cfg.table
+        );
+    }
+    if cfg.order == (crate::config::Order::ByAggregate { dead_blocks: true }) {
+        let (n, first) = store::held_back(&mut client, &cfg.table, 3)?;
+        if let Some(line) = round_trips::held_back_line(n, &first) {
+            warn!("{line}");
+        }
+    }
     match store::unrouted(&mut client, &cfg.table, filter) {
         Ok(list) if !list.is_empty() => {
             let shown: Vec<String> = list.iter().map(|(t, n)| format!("{t} ({n})")).collect();

@@ -12,6 +12,7 @@ use super::drain::DrainLimits;
 use super::pool::Job;
 use super::tally::{self, DeadEvent};
 use super::Ended;
+use crate::config::Order;
 use crate::error::Result;
 use crate::store::{self, ClaimArgs, Claimed};
 use crate::{debug, info, warn};
@@ -136,7 +137,8 @@ impl DbThread<'_> {
     // ---- claim ----
 
     /// Claims the next batch; pending results ride along in the same statement. `None`: the
-    /// statement did not run or failed in a way worth retrying.
+    /// statement did not run or failed in a way worth retrying (or, ordered, claimed nothing
+    /// but wrote results: claim again at once).
     pub(super) fn claim(&mut self) -> Result<Option<usize>> {
         let args = ClaimArgs {
             n: self.cfg.batch_size,
@@ -160,6 +162,11 @@ impl DbThread<'_> {
                 return Ok(None);
             };
             self.written(written, n)?;
+            // Ordered: results just written may have freed later events of their aggregates,
+            // which this statement's snapshot could not see: claim again at once, not idle.
+            if claimed.is_empty() && written > 0 && self.cfg.order != Order::Unordered {
+                return Ok(None);
+            }
             Some(claimed)
         };
         let Some(claimed) = claimed else {
@@ -219,15 +226,31 @@ impl DbThread<'_> {
         }
     }
 
+    /// `--ordered-dead block`: one WARN line naming the aggregates a dead event holds back
+    /// (called at start-up, with the periodic summary and at the end of a drain).
+    pub(super) fn warn_held_back(&mut self) -> Result<()> {
+        if self.cfg.order != (Order::ByAggregate { dead_blocks: true }) {
+            return Ok(());
+        }
+        let table = &self.cfg.table;
+        let found = self.link.with(self.ledger.unwritten(), |c| {
+            store::held_back(&mut c.client, table, 3)
+        })?;
+        if let Some(line) = found.and_then(|(n, first)| held_back_line(n, &first)) {
+            warn!("{line}");
+        }
+        Ok(())
+    }
+
     /// `--drain` claimed nothing and holds nothing: asks what is left (see `drain`).
     pub(super) fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
         if self.ledger.drain_must_wait(now) {
             return Ok(None);
         }
-        let (table, filter) = (&self.cfg.table, &self.filter);
+        let (table, filter, order) = (&self.cfg.table, &self.filter, self.cfg.order);
         let sent = Instant::now();
         let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
-            store::remaining_work(&mut c.client, table, filter)
+            store::remaining_work(&mut c.client, table, filter, order)
         })?
         else {
             return Ok(None);
@@ -241,8 +264,28 @@ impl DbThread<'_> {
             .drain
             .finished_after(&work, took, now, limits, self.ledger.claimed_total());
         if done {
+            self.warn_held_back()?;
             info!("{}", self.tally.drained(Instant::now()));
         }
         Ok(done.then_some(Ended::Drained))
     }
+}
+
+/// `2 aggregate(s) held back by a dead event: order:17 (3 waiting behind dead event 40), ...`
+pub(super) fn held_back_line(n: i64, first: &[store::HeldBack]) -> Option<String> {
+    if n == 0 {
+        return None;
+    }
+    let shown: Vec<String> = first
+        .iter()
+        .map(|(t, id, dead, waiting)| {
+            format!("{t}:{id} ({waiting} waiting behind dead event {dead})")
+        })
+        .collect();
+    Some(format!(
+        "--ordered: {n} aggregate(s) held back by a dead event: {}{}; `dispatchbox dead retry` \
+         or `dead purge` the dead event to let them go",
+        shown.join(", "),
+        if n > first.len() as i64 { ", ..." } else { "" }
+    ))
 }

@@ -3,9 +3,9 @@
 
 use super::{assert_exactly_once, db_with_events, delivered_ids};
 use crate::common;
-use dispatchbox::internals::Table;
 use dispatchbox::internals::TypeFilter;
 use dispatchbox::internals::{ClaimArgs, Claimed, Completion, Conn, Status};
+use dispatchbox::internals::{Order, Table};
 use std::time::Duration;
 
 #[test]
@@ -89,6 +89,7 @@ fn conn(db: &common::TestDb) -> Conn {
         db.client(),
         &Table::parse("outbox_event").unwrap(),
         Duration::from_secs(30),
+        Order::Unordered,
     )
     .unwrap()
 }

@@ -12,6 +12,7 @@ mod logging;
 mod metrics;
 mod migrate;
 mod notify;
+mod ordered;
 mod pipe;
 mod reliability;
 mod samples;

@@ -281,6 +281,33 @@ pub const FAIL_ON_DEAD: Flag = Flag {
     kind: Kind::Switch,
 };
 
+pub const ORDERED: Flag = Flag {
+    key: "--ordered",
+    short: None,
+    value: None,
+    default: None,
+    help: "deliver the events of one aggregate one at a time, in id order",
+    note: Some(
+        "no event is handed out while an earlier one (lower id) of its (aggregate_type, \
+         aggregate_id) is pending, retrying or in flight; events without an aggregate are not \
+         ordered; `migrate --ordered` builds its index; see README \"Ordered delivery\"",
+    ),
+    kind: Kind::Switch,
+};
+
+pub const ORDERED_DEAD: Flag = Flag {
+    key: "--ordered-dead",
+    short: None,
+    value: Some("MODE"),
+    default: Some("block"),
+    help: "with --ordered: whether a dead event holds back its aggregate",
+    note: Some(
+        "block: the later events of its aggregate wait until `dead retry` or `dead purge`; \
+         skip: they go on",
+    ),
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),
