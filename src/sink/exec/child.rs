@@ -14,7 +14,34 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How much of the program's stderr is kept for the error message.
-const STDERR_TAIL: usize = 1500;
+pub(crate) const STDERR_TAIL: usize = 1500;
+
+/// Reads what a non-blocking stderr pipe has now (a bounded number of reads, so a chatty
+/// program cannot hold the caller past a deadline), keeping at most about the last
+/// `2 × STDERR_TAIL` bytes in `tail`; at end of file or on an error the pipe is dropped.
+pub(crate) fn read_tail(stderr: &mut Option<ChildStderr>, tail: &mut Vec<u8>) {
+    let Some(pipe) = stderr.as_mut() else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match pipe.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * STDERR_TAIL {
+                    tail.drain(..tail.len() - STDERR_TAIL);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            // End of file or a read error.
+            _ => {
+                *stderr = None;
+                return;
+            }
+        }
+    }
+}
 /// Without a pidfd the exit is polled: first after 1 ms, doubling up to this.
 const MAX_EXIT_POLL: Duration = Duration::from_millis(20);
 
@@ -180,29 +207,7 @@ impl Running {
 
     /// Reads what is there (a bounded amount per call), keeping the tail.
     fn read_stderr(&mut self) {
-        let Some(stderr) = self.stderr.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        // A bounded number of reads per call, so a chatty program cannot hold us past a
-        // deadline; what is left is read on the next call.
-        for _ in 0..16 {
-            match stderr.read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    self.tail.extend_from_slice(&buf[..n]);
-                    if self.tail.len() > 2 * STDERR_TAIL {
-                        self.tail.drain(..self.tail.len() - STDERR_TAIL);
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                // End of file or a read error.
-                _ => {
-                    self.stderr = None;
-                    return;
-                }
-            }
-        }
+        read_tail(&mut self.stderr, &mut self.tail);
     }
 
     /// Kills the program's whole process group (and the program itself, should it have left

@@ -11,7 +11,9 @@
 //! `exec:` commands (`kill_running`); an unexpected path (an I/O error, a panic) kills and
 //! reaps it on drop.
 
-use crate::sink::exec::{has_exited, pidfd_open, register, set_nonblocking, unregister};
+use crate::sink::exec::{
+    has_exited, pidfd_open, read_tail, register, set_nonblocking, unregister, STDERR_TAIL,
+};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -19,7 +21,6 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitSta
 use std::time::{Duration, Instant};
 
 /// How much of the process's stderr is kept for messages.
-const STDERR_TAIL: usize = 1500;
 /// An answer line longer than this is a protocol error (and the buffer stays bounded).
 const MAX_LINE: usize = 64 * 1024;
 /// Without a pidfd the exit is polled this often.
@@ -355,26 +356,7 @@ impl Process {
 
     /// Reads what stderr has now (a bounded amount per call), keeping the tail.
     fn read_stderr(&mut self) {
-        let Some(stderr) = self.stderr.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        for _ in 0..16 {
-            match stderr.read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    self.tail.extend_from_slice(&buf[..n]);
-                    if self.tail.len() > 2 * STDERR_TAIL {
-                        self.tail.drain(..self.tail.len() - STDERR_TAIL);
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                _ => {
-                    self.stderr = None;
-                    return;
-                }
-            }
-        }
+        read_tail(&mut self.stderr, &mut self.tail);
     }
 
     /// What its stderr said, read until EOF or `until`; the pipe is closed afterwards.
