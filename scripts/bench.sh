@@ -97,35 +97,8 @@ bindir=$(find_bindir)
 pgbench=$bindir/pgbench
 [[ -x $pgbench ]] || pgbench=$(command -v pgbench) ||
     { echo "pgbench not found (Debian/Ubuntu: apt-get install -y postgresql-contrib)" >&2; exit 1; }
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-bench.XXXXXX")
-data=$tmp/data
-live_pid= # a dispatchbox supervisor this script started and has not yet seen exit
-receiver_pid= # the webhook receiver (scripts/lib/bench_webhook.sh), while it runs
-cleanup() {
-    [[ -n $receiver_pid ]] && kill -TERM "$receiver_pid" 2>/dev/null || true
-    if [[ -n $live_pid ]] && kill -0 "$live_pid" 2>/dev/null; then
-        kill -TERM "$live_pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$live_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$live_pid" 2>/dev/null || true
-    fi
-    if [[ -f $data/postmaster.pid ]]; then
-        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$data" stop -m fast -w >/dev/null 2>&1) || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-pg_start "$tmp" trust <<EOF
-# dispatchbox bench: stock durable settings, TCP on 127.0.0.1 only
-fsync = on
-synchronous_commit = on
-full_page_writes = on
-EOF
-
-DSN="host=127.0.0.1 port=$port dbname=bench user=postgres"
+bench_cluster bench
 echo "server: $DSN"
-"$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres bench
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 
 say "dispatchbox migrate"

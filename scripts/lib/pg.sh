@@ -70,3 +70,35 @@ pg_start() {
     (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$tmp/data" -l "$tmp/server.log" -w -t 60 start \
         >/dev/null) || { tail -n 30 "$tmp/server.log" >&2; exit 1; }
 }
+
+# bench_cluster NAME: a throwaway cluster for a benchmark script: stock durable settings, TCP on
+# 127.0.0.1 with trust auth, a database `bench`. Sets tmp, data, port and DSN, and an EXIT trap
+# that stops what the script left running (the supervisor in $live_pid, the webhook receiver in
+# $receiver_pid) and then the cluster, and removes the directory. Needs $bindir.
+# shellcheck disable=SC2034 # data, DSN, live_pid, receiver_pid are for the sourcing script
+bench_cluster() {
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/dispatchbox-$1.XXXXXX")
+    data=$tmp/data
+    live_pid=
+    receiver_pid=
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+    # Not a pipe into pg_start: it must run in this shell, which gets its $port.
+    pg_start "$tmp" trust < <(printf '%s\n' "# dispatchbox $1: stock durable settings, TCP on 127.0.0.1 only" \
+        "fsync = on" "synchronous_commit = on" "full_page_writes = on")
+    DSN="host=127.0.0.1 port=$port dbname=bench user=postgres"
+    "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres bench
+}
+
+bench_cleanup() {
+    if [[ -n ${receiver_pid:-} ]]; then kill -TERM "$receiver_pid" 2>/dev/null || true; fi
+    if [[ -n ${live_pid:-} ]] && kill -0 "$live_pid" 2>/dev/null; then
+        kill -TERM "$live_pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$live_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$live_pid" 2>/dev/null || true
+    fi
+    if [[ -f $data/postmaster.pid ]]; then
+        (cd "$tmp" && as_pg "$bindir/pg_ctl" -D "$data" stop -m fast -w >/dev/null 2>&1) || true
+    fi
+    rm -rf "$tmp"
+}
