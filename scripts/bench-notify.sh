@@ -40,18 +40,8 @@ source scripts/lib/pg.sh
 # shellcheck source=scripts/lib/bench_latency.sh
 source scripts/lib/bench_latency.sh
 
-say() { printf '\n== %s\n' "$*"; }
-warn() { printf 'WARNING: %s\n' "$*"; }
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) printf "%.6f\n", v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-fmt_int() {
-    awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); o = ""
-        while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-        print s o }'
-}
-calc() { awk "BEGIN { printf \"%.6f\n\", $1 }"; }
+# shellcheck source=scripts/lib/bench_util.sh
+source scripts/lib/bench_util.sh
 
 say "cargo build --release"
 cargo build --release

@@ -63,22 +63,8 @@ source scripts/lib/bench_latency.sh
 # shellcheck source=scripts/lib/bench_ordered.sh
 source scripts/lib/bench_ordered.sh
 
-say() { printf '\n== %s\n' "$*"; }
-warn() { printf 'WARNING: %s\n' "$*"; }
-
-# Median of the arguments (numbers); for an even count the mean of the middle two.
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) printf "%.6f\n", v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-maximum() { printf '%s\n' "$@" | sort -g | tail -n 1; }
-# 12345.6 -> 12,346
-fmt_int() {
-    awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); o = ""
-        while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-        print s o }'
-}
-calc() { awk "BEGIN { printf \"%.6f\n\", $1 }"; }
+# shellcheck source=scripts/lib/bench_util.sh
+source scripts/lib/bench_util.sh
 
 
 
@@ -227,11 +213,10 @@ drain_once() {
         head -n 5 "$err" | sed 's/^/    /'
     fi
 }
-for pb in 1:10 1:100 2:100 2:10; do
-    p=${pb%%:*}
-    b=${pb##*:}
-    rates=()
-    cmp_rates=()
+# Medians of $runs drains at processes $1 and batch $2 (with BENCH_COMPARE's interleaved), into
+# drain[P_B] and drain_cmp[P_B].
+drain_config() {
+    local p=$1 b=$2 r rates=() cmp_rates=()
     for r in $(seq 1 "$runs"); do
         drain_once "$bin" "" "$p" "$b" "$r"
         rates+=("$rate")
@@ -247,6 +232,9 @@ for pb in 1:10 1:100 2:100 2:10; do
         drain_cmp[${p}_$b]=$(median "${cmp_rates[@]}")
         echo "  => [compare] processes $p, batch $b: median $(fmt_int "${drain_cmp[${p}_$b]}") events/s"
     fi
+}
+for pb in 1:10 1:100 2:100 2:10; do
+    drain_config "${pb%%:*}" "${pb##*:}"
 done
 
 # The fixed cost inside each drain time above: the same command on an empty table.

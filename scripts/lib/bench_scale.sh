@@ -9,7 +9,7 @@
 #   (--table), so the big one is loaded once (generate_series) and only its $scale_events
 #   pending rows are replaced between runs.
 # - bench_batch1000: drains of $scale_events events at --batch-size 1000 (1 and 2 processes),
-#   as the main drains (drain_once, BENCH_COMPARE interleaved).
+#   as the main drains (drain_config: drain_once, BENCH_COMPARE interleaved).
 # - bench_rss: peak RSS (VmHWM in /proc/<pid>/status) of the supervisor and of each worker of
 #   a daemon (--processes 2 --batch-size 1000) that has just delivered $events events: read
 #   while the processes are still alive, so the peak is exact, not sampled.
@@ -107,27 +107,10 @@ SQL
 }
 
 bench_batch1000() {
-    local pb p b r rates cmp_rates events=$scale_events
+    local pb events=$scale_events
     say "Dispatchbox drain at batch 1000: $events events, --route '*=stdout', --poll-interval 0.05, median of $runs"
     for pb in 1:1000 2:1000; do
-        p=${pb%%:*}
-        b=${pb##*:}
-        rates=()
-        cmp_rates=()
-        for r in $(seq 1 "$runs"); do
-            drain_once "$bin" "" "$p" "$b" "$r"
-            rates+=("$rate")
-            if [[ -n $compare ]]; then
-                drain_once "$compare" "[compare] " "$p" "$b" "$r"
-                cmp_rates+=("$rate")
-            fi
-        done
-        drain[${p}_$b]=$(median "${rates[@]}")
-        echo "  => processes $p, batch $b: median $(fmt_int "${drain[${p}_$b]}") events/s"
-        if [[ -n $compare ]]; then
-            drain_cmp[${p}_$b]=$(median "${cmp_rates[@]}")
-            echo "  => [compare] processes $p, batch $b: median $(fmt_int "${drain_cmp[${p}_$b]}") events/s"
-        fi
+        drain_config "${pb%%:*}" "${pb##*:}"
     done
 }
 

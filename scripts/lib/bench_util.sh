@@ -1,0 +1,19 @@
+# shellcheck shell=bash
+# Output and arithmetic helpers shared by the benchmark scripts (sourced, not run).
+
+say() { printf '\n== %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*"; }
+
+# Median of the arguments (numbers); for an even count the mean of the middle two.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) printf "%.6f\n", v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+maximum() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+# 12345.6 -> 12,346
+fmt_int() {
+    awk -v x="$1" 'BEGIN { s = sprintf("%.0f", x); o = ""
+        while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+        print s o }'
+}
+calc() { awk "BEGIN { printf \"%.6f\n\", $1 }"; }
