@@ -13,6 +13,12 @@
 #   cc       a C compiler (crates with C parts; the linker)
 #   ssl-dev  pkg-config and the OpenSSL headers (native-tls links the system's OpenSSL)
 #   openssl  the openssl command (the test harness makes its TLS certificates with it)
+#   nats-server      NATS with JetStream (the example bridges' tests and bench-broker.sh)
+#   rabbitmq-server  RabbitMQ (the same; its Erlang runtime comes with it)
+#   python-venv      python3 with venv and ensurepip (scripts/bridges-venv.sh makes the venv)
+# Installing a broker package must not leave a broker running on its default port: with apt,
+# a temporary /usr/sbin/policy-rc.d (exit 101) stops the packages' services from starting; it
+# is removed afterwards, and one that was there before is left as it was.
 
 have_server() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
@@ -21,6 +27,16 @@ have_server() {
         return 0
     fi
     command -v initdb >/dev/null
+}
+
+# The node's own start script (the /usr/sbin wrapper switches to the system's rabbitmq user).
+have_rabbitmq() {
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || command -v rabbitmq-server >/dev/null
+}
+
+# The system's python3 (not a per-user one earlier in PATH): the package manager installs its venv.
+system_python() {
+    if [[ -x /usr/bin/python3 ]]; then echo /usr/bin/python3; else echo python3; fi
 }
 
 # The missing ones among the names given, as abstract names.
@@ -35,6 +51,9 @@ missing_deps() {
                 pkg-config --exists openssl 2>/dev/null || echo ssl-dev
                 ;;
             openssl) command -v openssl >/dev/null || echo openssl ;;
+            nats-server) command -v nats-server >/dev/null || echo nats-server ;;
+            rabbitmq-server) have_rabbitmq || echo rabbitmq-server ;;
+            python-venv) "$(system_python)" -c 'import venv, ensurepip' 2>/dev/null || echo python-venv ;;
             *) echo "deps.sh: unknown dependency $what" >&2; exit 2 ;;
         esac
     done
@@ -66,6 +85,11 @@ packages_for() {
             apk:pkg-config) echo pkgconf ;;
             apk:ssl-dev) echo openssl-dev ;;
             *:openssl) echo openssl ;;
+            *:nats-server) echo nats-server ;;
+            *:rabbitmq-server) echo rabbitmq-server ;;
+            apt-get:python-venv) echo python3-venv ;;
+            dnf:python-venv) echo python3 ;;
+            apk:python-venv) echo python3 py3-pip ;;
         esac
     done
 }
@@ -97,7 +121,7 @@ ensure_packages() {
         apt-get)
             export DEBIAN_FRONTEND=noninteractive
             apt-get update
-            apt-get install -y "${pkgs[@]}"
+            apt_install_no_services "${pkgs[@]}"
             ;;
         dnf) dnf install -y "${pkgs[@]}" ;;
         apk) apk add "${pkgs[@]}" ;;
@@ -107,4 +131,19 @@ ensure_packages() {
         echo "still missing after installing: ${missing[*]}" >&2
         exit 1
     fi
+}
+
+# apt-get install -y PACKAGES without starting their services (a broker on its default port
+# would be left running): invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d, and
+# exit status 101 means "do not start". Ours is removed afterwards; one that was there stays.
+apt_install_no_services() {
+    local policy=/usr/sbin/policy-rc.d ours=false rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# dispatchbox scripts/lib/deps.sh: no services started while installing\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        ours=true
+    fi
+    apt-get install -y "$@" || rc=$?
+    if $ours; then rm -f "$policy"; fi
+    return "$rc"
 }
