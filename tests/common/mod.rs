@@ -10,6 +10,8 @@
 //! the server log tail.
 #![allow(dead_code)] // each test area uses its own part of the harness
 
+pub mod brokers;
+
 use std::fmt;
 use std::fs;
 use std::io::Read;

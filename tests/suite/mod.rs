@@ -2,6 +2,7 @@
 //! throwaway server (or its own cluster when it restarts the server).
 
 mod admin;
+mod brokers;
 mod cli;
 mod concurrency;
 mod connect;
