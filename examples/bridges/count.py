@@ -69,7 +69,7 @@ def rabbitmq_ids(args):
     total = channel.queue_declare(args.queue, passive=True).method.message_count
     channel.basic_qos(prefetch_count=1000)
     ids = []
-    for method, props, _body in channel.consume(args.queue, inactivity_timeout=args.timeout):
+    for method, props, _body in channel.consume(args.queue, inactivity_timeout=args.timeout) if total else ():
         if method is None:
             break  # nothing more within the timeout
         ids.append(props.message_id)

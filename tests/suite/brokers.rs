@@ -213,6 +213,52 @@ fn broker_killed_and_restarted_loses_nothing(broker: &mut dyn Broker) -> Counts 
     counts
 }
 
+/// The bridge on its own, fed `n` event lines through a pipe all at once (as a streaming
+/// Dispatchbox may): it answers `ok` for each id exactly once, in whatever order, and at EOF
+/// exits 0 after answering everything; the broker holds each id once.
+fn bridge_answers_many_lines_sent_before_any_answer(broker: &dyn Broker) {
+    let n = 2000;
+    let dir = common::TempDir::new("bridge-lines");
+    let lines: String = (1..=n)
+        .map(|i| {
+            format!(
+                "{{\"id\":{i},\"event_type\":\"order.created\",\"aggregate_type\":\"order\",\
+                 \"aggregate_id\":\"{i}\",\"attempt\":1,\"payload\":{{\"n\":{i}}}}}\n"
+            )
+        })
+        .collect();
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("cat {} | exec {}", file.display(), broker.bridge()));
+    let out = common::run(&mut cmd, Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    let ids = out.stdout.lines().map(|l| {
+        l.strip_prefix("ok ")
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("not `ok ID`: {l:?}\n{out}"))
+    });
+    super::assert_exactly_once(n, ids);
+    let counts = count(broker, n);
+    assert_eq!(
+        (counts.delivered, counts.duplicates, counts.lost),
+        (n, 0, 0),
+        "at the broker: {}",
+        counts.json
+    );
+}
+
+#[test]
+fn nats_bridge_answers_many_lines_sent_before_any_answer() {
+    bridge_answers_many_lines_sent_before_any_answer(&Nats::start());
+}
+
+#[test]
+fn rabbitmq_bridge_answers_many_lines_sent_before_any_answer() {
+    bridge_answers_many_lines_sent_before_any_answer(&Rabbit::start());
+}
+
 #[test]
 fn nats_bridge_drain_delivers_each_event_once() {
     drain_delivers_each_event_once(&Nats::start());
