@@ -65,7 +65,8 @@ pub enum Outcome {
     /// exits 1 (the supervisor restarts it with backoff, and gives up if it keeps failing).
     Abort(String),
     /// Not the event's fault, not delivered: a local shortage (out of file descriptors,
-    /// processes or memory) kept the handler from trying. The event is given back without
+    /// processes or memory) kept the handler from trying, or the destination never received
+    /// it (a `pipe:` process ended before reading it). The event is given back without
     /// using an attempt and is due again after a short pause; the worker pauses claiming,
     /// longer while deferrals go on, and logs one warning per episode.
     Defer(String),
@@ -74,8 +75,65 @@ pub enum Outcome {
 /// Delivers events: what a route's target is built as. Called from several handler threads
 /// at once, hence `Sync`.
 /// A panic inside `handle` is caught and counted as a failed (retryable) attempt.
+///
+/// Most handlers implement `handle` only: a handler thread runs it and waits. A *streaming*
+/// handler (the `pipe:` target) keeps many events in flight at once without a thread for
+/// each: it says how many with [`Handler::window`], and the handler threads call
+/// [`Handler::start`] instead of `handle`, which hands the event over and returns; the
+/// outcome arrives later through the [`Reply`], from any thread.
 pub trait Handler: Send + Sync {
     fn handle(&self, event: &Event) -> Outcome;
+
+    /// How many events this handler may hold in flight beyond those its handler threads
+    /// run (a streaming handler's window; the worker claims that many more). 0, the
+    /// default: `handle` is called, and the events in flight are the threads' own.
+    fn window(&self) -> usize {
+        0
+    }
+
+    /// Starts delivering `event`; `reply` receives the outcome, now or later, from any
+    /// thread. Called instead of `handle` when `window()` is above 0. It should return once
+    /// the event is handed over, blocking only while the handler's window is full.
+    fn start(&self, event: Event, reply: Reply) {
+        reply.send(self.handle(&event));
+    }
+}
+
+/// Where a streaming handler sends the outcome of an event it started ([`Handler::start`]).
+/// Exactly once: a `Reply` dropped without [`Reply::send`] reports a failed attempt.
+pub struct Reply {
+    to: Option<Box<dyn FnOnce(Outcome) + Send>>,
+}
+
+impl Reply {
+    /// A reply that calls `f` with the outcome.
+    pub fn new(f: impl FnOnce(Outcome) + Send + 'static) -> Reply {
+        Reply {
+            to: Some(Box::new(f)),
+        }
+    }
+
+    pub fn send(mut self, outcome: Outcome) {
+        if let Some(f) = self.to.take() {
+            f(outcome);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(f) = self.to.take() {
+            f(Outcome::Retry(
+                "the handler dropped the event without an outcome".into(),
+            ));
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
 }
 
 impl<F> Handler for F
@@ -219,6 +277,12 @@ impl Router {
             .filter(|(_, t, _)| t == target)
             .map(|(p, t, _)| format!("{p}={t}"))
             .collect()
+    }
+
+    /// Events the routes' streaming handlers may hold in flight besides the handler
+    /// threads' own (the sum of their windows).
+    pub(crate) fn window(&self) -> usize {
+        self.routes.iter().map(|(_, _, h)| h.window()).sum()
     }
 
     pub fn describe(&self) -> String {

@@ -43,7 +43,7 @@ mod supervisor;
 mod worker;
 
 pub use error::{Error, Result};
-pub use handler::{Event, Handler, Outcome, Pattern, Router};
+pub use handler::{Event, Handler, Outcome, Pattern, Reply, Router};
 
 /// For this crate's integration tests only (they test the SQL fencing and the DSN helpers
 /// directly): not part of the API, no stability promised.

@@ -56,6 +56,10 @@ pub struct Config {
     pub route_source: &'static str,
     pub exec_timeout: Duration,
     pub pipe_timeout: Duration,
+    /// `--pipe-window`: events outstanding per `pipe:` process.
+    pub pipe_window: usize,
+    /// `--pipe-processes`: `pipe:` processes per route per worker.
+    pub pipe_processes: usize,
     /// `--webhook-config`: read (and checked) where the routes are built.
     pub webhook_config: Option<std::path::PathBuf>,
     pub webhook_timeout: Duration,
@@ -163,6 +167,8 @@ impl Config {
         let lease = src.secs(&defs::LEASE)?.unwrap_or_default();
         let exec_timeout = src.secs(&defs::EXEC_TIMEOUT)?.unwrap_or_default();
         let pipe_timeout = src.secs(&defs::PIPE_TIMEOUT)?.unwrap_or_default();
+        let pipe_window: usize = src.whole(&defs::PIPE_WINDOW)?;
+        let pipe_processes: usize = src.whole(&defs::PIPE_PROCESSES)?;
         let webhook_timeout = src.secs(&defs::WEBHOOK_TIMEOUT)?.unwrap_or_default();
         let webhook_config = src
             .get(&defs::WEBHOOK_CONFIG)
@@ -193,6 +199,8 @@ impl Config {
             route_source,
             exec_timeout,
             pipe_timeout,
+            pipe_window,
+            pipe_processes,
             webhook_config,
             webhook_timeout,
             webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),

@@ -21,6 +21,8 @@ use std::time::Duration;
 pub struct SinkOptions {
     pub exec_timeout: Duration,
     pub pipe_timeout: Duration,
+    pub pipe_window: usize,
+    pub pipe_processes: usize,
     /// See `Config::stdout_lock`.
     pub stdout_lock: Option<std::path::PathBuf>,
     pub webhook: webhook::WebhookDefaults,
@@ -37,7 +39,12 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
         return Ok(Arc::new(exec::Exec::new(cmd, opts.exec_timeout)?));
     }
     if let Some(cmd) = target.strip_prefix("pipe:") {
-        return Ok(Arc::new(pipe::Pipe::new(cmd, opts.pipe_timeout)?));
+        return Ok(Arc::new(pipe::Pipe::new(
+            cmd,
+            opts.pipe_timeout,
+            opts.pipe_window,
+            opts.pipe_processes,
+        )?));
     }
     if webhook::is_webhook(target) {
         let own = opts.webhook_file.as_ref().and_then(|f| f.get(target));
@@ -54,6 +61,8 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let opts = SinkOptions {
         exec_timeout: cfg.exec_timeout,
         pipe_timeout: cfg.pipe_timeout,
+        pipe_window: cfg.pipe_window,
+        pipe_processes: cfg.pipe_processes,
         stdout_lock: cfg.stdout_lock.clone(),
         webhook: webhook_defaults(cfg)?,
         webhook_file: match &cfg.webhook_config {

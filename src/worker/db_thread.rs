@@ -60,7 +60,7 @@ impl<'a> DbThread<'a> {
             owner,
             inbox,
             link,
-            ledger: Ledger::new(Limits::of(cfg), clock, Instant::now()),
+            ledger: Ledger::new(Limits::of(cfg, router.window()), clock, Instant::now()),
             pool,
             drain: DrainWatch::default(),
             counters: Counters::new(Instant::now()),

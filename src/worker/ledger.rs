@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 /// The ledger's limits (from the configuration).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Limits {
+    /// Events the worker runs at once: the handler threads, plus the windows of streaming
+    /// handlers (`pipe:`), which hold events in flight without a thread each.
     pub threads: usize,
     pub batch_size: usize,
     pub lease: Duration,
@@ -33,9 +35,10 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    pub fn of(cfg: &Config) -> Limits {
+    /// `window`: the routes' streaming windows (`Router::window`).
+    pub fn of(cfg: &Config, window: usize) -> Limits {
         Limits {
-            threads: cfg.threads,
+            threads: cfg.threads + window,
             batch_size: cfg.batch_size as usize,
             lease: cfg.lease,
             poll_interval: cfg.poll_interval,

@@ -14,6 +14,7 @@ mod migrate;
 mod notify;
 mod ordered;
 mod pipe;
+mod pipe_stream;
 mod reliability;
 mod samples;
 mod service;

@@ -24,8 +24,7 @@ mod program;
 mod words;
 
 pub(crate) use child::{
-    has_exited, kill_running, pidfd_open, read_tail, register, set_nonblocking, unregister,
-    STDERR_TAIL,
+    has_exited, kill_running, pidfd_open, register, set_nonblocking, unregister, STDERR_TAIL,
 };
 pub(crate) use program::check_program;
 pub(crate) use words::split_words;

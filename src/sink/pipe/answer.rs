@@ -1,5 +1,5 @@
-//! The `pipe:` protocol's answers: one line per event on the process's stdout, parsed into
-//! what the handler returns. Pure code.
+//! The `pipe:` protocol's answers: one line per event on the process's stdout, in any
+//! order, parsed into the event id and what the handler returns. Pure code.
 //!
 //! ```text
 //! ok ID                               delivered
@@ -7,8 +7,8 @@
 //! retry ID after=SECS [REASON]        retried, not sooner than SECS seconds
 //! dead ID [REASON]                    rejected for good: the event goes to `dead` at once
 //! ```
-//! Invariant: a line is either exactly one of these, for the event outstanding, or a
-//! [`ProtocolError`]; nothing on stdout is ever skipped or guessed at.
+//! Invariant: a line is either exactly one of these or a [`ProtocolError`]; nothing on
+//! stdout is ever skipped or guessed at. Whether ID is outstanding is the caller's check.
 
 use crate::handler::Outcome;
 use std::time::Duration;
@@ -16,14 +16,13 @@ use std::time::Duration;
 /// The longest `after=` accepted (a day); a longer wait is the backoff cap's business.
 const MAX_AFTER_SECS: f64 = 86_400.0;
 
-/// A line that is not an answer for the event outstanding. The text says what was wrong and
-/// quotes the line (shortened).
+/// A line that is not an answer. The text says what was wrong and quotes the line
+/// (shortened).
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct ProtocolError(pub String);
 
-/// Parses `line` (without its newline) as the answer for event `expected`, the only one
-/// outstanding on this process.
-pub(super) fn parse(line: &[u8], expected: i64) -> Result<Outcome, ProtocolError> {
+/// Parses `line` (without its newline) as an answer: the event id and its outcome.
+pub(super) fn parse(line: &[u8]) -> Result<(i64, Outcome), ProtocolError> {
     let bad = |why: &str| ProtocolError(format!("{why}: `{}`", quote(line)));
     let Ok(text) = std::str::from_utf8(line) else {
         return Err(bad("answer is not UTF-8"));
@@ -32,20 +31,13 @@ pub(super) fn parse(line: &[u8], expected: i64) -> Result<Outcome, ProtocolError
     let (verb, rest) = split_word(text);
     let (id, rest) = split_word(rest);
     if !matches!(verb, "ok" | "retry" | "dead") {
-        return Err(bad(&format!(
-            "expected `ok {expected}`, `retry {expected} …` or `dead {expected} …`"
-        )));
+        return Err(bad("expected `ok ID`, `retry ID …` or `dead ID …`"));
     }
     let Ok(id) = id.parse::<i64>() else {
         return Err(bad("the answer's second word is not an event id"));
     };
-    if id != expected {
-        return Err(bad(&format!(
-            "answer for event {id}, but event {expected} is the one outstanding"
-        )));
-    }
     let reason = rest.trim();
-    Ok(match verb {
+    let outcome = match verb {
         "ok" => Outcome::Delivered,
         "dead" => Outcome::Permanent(or_default(reason, "dead")),
         _ => match reason.strip_prefix("after=") {
@@ -65,7 +57,8 @@ pub(super) fn parse(line: &[u8], expected: i64) -> Result<Outcome, ProtocolError
                 )
             }
         },
-    })
+    };
+    Ok((id, outcome))
 }
 
 /// The first word of `s` (split at one space) and what follows it.
@@ -97,7 +90,10 @@ mod tests {
     use super::*;
 
     fn p(line: &str) -> Result<Outcome, ProtocolError> {
-        parse(line.as_bytes(), 17)
+        parse(line.as_bytes()).map(|(id, o)| {
+            assert_eq!(id, 17);
+            o
+        })
     }
 
     #[test]
@@ -139,21 +135,18 @@ mod tests {
         let err = |line: &str| p(line).unwrap_err().0;
         assert_eq!(
             err("hello"),
-            "expected `ok 17`, `retry 17 …` or `dead 17 …`: `hello`"
+            "expected `ok ID`, `retry ID …` or `dead ID …`: `hello`"
         );
-        assert!(err("").starts_with("expected `ok 17`"));
+        assert!(err("").starts_with("expected `ok ID`"));
         assert!(err("OK 17").starts_with("expected"));
         assert!(err(" ok 17").starts_with("expected"));
-        assert_eq!(
-            err("ok 18"),
-            "answer for event 18, but event 17 is the one outstanding: `ok 18`"
-        );
+        assert_eq!(parse(b"ok 18").unwrap().0, 18);
         assert!(err("ok x17").contains("not an event id"));
         assert!(err("ok").contains("not an event id"));
         assert!(err("retry 17 after=soon x").contains("`after=` wants seconds"));
         assert!(err("retry 17 after=-1").contains("`after=` wants seconds"));
         assert!(err("retry 17 after=NaN").contains("`after=` wants seconds"));
-        assert!(parse(b"ok 17\xff", 17).unwrap_err().0.contains("not UTF-8"));
+        assert!(parse(b"ok 17\xff").unwrap_err().0.contains("not UTF-8"));
         let long = format!("x{}", "y".repeat(500));
         assert!(err(&long).ends_with("y…`"));
     }
