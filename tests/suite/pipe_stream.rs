@@ -8,6 +8,7 @@ use super::pipe::{logged, route, row, script, READ};
 use super::{assert_exactly_once, db_with_events, drain};
 use crate::common::TempDir;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A perl bridge: reads whatever lines have arrived (waiting 20 ms for more), logs how many
 /// it holds (`batch N`), then answers them in reverse order and logs them as delivered.
@@ -276,4 +277,53 @@ fn an_answer_for_an_event_answered_already_is_a_protocol_error() {
         "{out}"
     );
     assert_eq!(logged(&dir, "start").len(), 2, "{out}");
+}
+
+#[test]
+fn a_stop_waits_for_the_outstanding_answers_then_closes_the_input() {
+    let db = db_with_events(300, "x");
+    let dir = TempDir::new("pipe-stop");
+    // A slow publisher, one event at a time: most of the window waits in its stdin.
+    let body = format!(
+        "{READ}\n  sleep 0.02\n  echo \"delivered $id\" >> \"$dir/log\"\n  echo \"ok $id\"\ndone\n\
+         echo \"eof $$\" >> \"$dir/log\""
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let mut cmd = crate::common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &route(&publisher),
+        "--pipe-window",
+        "40",
+        "--poll-interval",
+        "0.05",
+    ]);
+    let daemon = crate::common::spawn(&mut cmd);
+    crate::common::wait_until(Duration::from_secs(60), "20 events delivered", || {
+        logged(&dir, "delivered").len() >= 20
+    });
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    // Every event written to the publisher was answered before its input closed: whatever is
+    // done was delivered once, nothing else used an attempt, nothing failed.
+    let delivered: Vec<i64> = logged(&dir, "delivered")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let done = db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1");
+    assert_eq!(done as usize, delivered.len(), "{out}");
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), delivered.len(), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0"),
+        300 - done,
+        "{out}"
+    );
+    assert_eq!(logged(&dir, "eof"), logged(&dir, "start"), "{out}");
+    assert!(!out.stderr.contains("WARN"), "{out}");
 }
