@@ -229,8 +229,9 @@ impl Router {
         Router::default()
     }
 
-    /// Routes `pattern` to `handler`; `target` is a name for logs. A pattern given twice
-    /// keeps the first route (compiled-in routes are added before `--route` ones).
+    /// Routes `pattern` to `handler`; `target` is a name for logs and metrics, kept as
+    /// `redact::route_target` shows it (a URL without userinfo and query values). A pattern
+    /// given twice keeps the first route (compiled-in routes are added before `--route` ones).
     pub fn add(
         &mut self,
         pattern: Pattern,
@@ -238,7 +239,8 @@ impl Router {
         handler: Arc<dyn Handler>,
     ) -> &mut Router {
         if !self.routes.iter().any(|(p, _, _)| *p == pattern) {
-            self.routes.push((pattern, target.into(), handler));
+            let shown = crate::redact::route_target(&target.into());
+            self.routes.push((pattern, shown, handler));
         }
         self
     }
@@ -257,8 +259,8 @@ impl Router {
         self.best(event_type).map(|(_, _, h)| h)
     }
 
-    /// The target name (`stdout`, `exec:...`) of the route `route` picks: for log lines and
-    /// the `route` label of the metrics.
+    /// The target (`stdout`, `exec:...`, as shown) of the route `route` picks: for log lines
+    /// and the `route` label of the metrics.
     pub(crate) fn target(&self, event_type: Option<&str>) -> Option<&str> {
         self.best(event_type).map(|(_, t, _)| t.as_str())
     }
@@ -399,6 +401,14 @@ mod tests {
             Pattern::parse("a*b").unwrap_err().to_string(),
             "pattern `a*b`: `*` is only allowed at the end (e.g. `order.*`)"
         );
+    }
+
+    #[test]
+    fn targets_are_kept_as_shown() {
+        let mut r = Router::new();
+        r.add(Pattern::Any, "https://h/x?token=SECRET", named("w"));
+        assert_eq!(r.target(Some("a")), Some("https://h/x?token=REDACTED"));
+        assert_eq!(r.describe(), "*=https://h/x?token=REDACTED");
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod error;
 mod handler;
 mod metrics;
 mod protocol;
+mod redact;
 mod sink;
 mod store;
 mod supervisor;

@@ -104,9 +104,12 @@ impl Source<'_> {
         let mut routes: Vec<(String, String)> = Vec::new();
         let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
         for r in &texts {
-            let (pattern, target) = r.split_once('=').ok_or_else(|| {
+            // A URL without its pattern would split at its query: `https://h/x?token` `=` ...
+            let split = r.split_once('=').filter(|(p, _)| !p.contains("://"));
+            let (pattern, target) = split.ok_or_else(|| {
                 Error::Usage(format!(
-                    "{source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                    "{source} `{}`: expected PATTERN=TARGET, e.g. `order.*=stdout`",
+                    crate::redact::route_target(r)
                 ))
             })?;
             let p = crate::handler::Pattern::parse(pattern)

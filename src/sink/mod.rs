@@ -51,8 +51,9 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
         return Ok(Arc::new(webhook::Webhook::new(target, &opts.webhook, own)?));
     }
     Err(Error::Usage(format!(
-        "unknown route target `{target}` (expected `stdout`, `exec:COMMAND ARGS...`, \
-         `pipe:COMMAND ARGS...` or an http:// or https:// URL)"
+        "unknown route target `{}` (expected `stdout`, `exec:COMMAND ARGS...`, \
+         `pipe:COMMAND ARGS...` or an http:// or https:// URL)",
+        crate::redact::route_target(target)
     )))
 }
 
@@ -78,14 +79,14 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let from = cfg.route_source;
     for (pattern, target) in &routes {
         let p = Pattern::parse(pattern).map_err(|e| Error::Usage(format!("{from}: {e}")))?;
+        let shown = format!("{pattern}={}", crate::redact::route_target(target));
         if compiled.has(&p) {
             return Err(Error::Usage(format!(
-                "{from} {pattern}={target}: this binary has a compiled-in route for `{p}`, \
+                "{from} {shown}: this binary has a compiled-in route for `{p}`, \
                  which would take precedence; remove the route or use another pattern"
             )));
         }
-        let h = build(target, &opts)
-            .map_err(|e| Error::Usage(format!("{from} {pattern}={target}: {e}")))?;
+        let h = build(target, &opts).map_err(|e| Error::Usage(format!("{from} {shown}: {e}")))?;
         router.add(p, target.clone(), h);
     }
     if let Some(file) = &opts.webhook_file {

@@ -103,16 +103,17 @@ pub fn is_read_only(client: &mut Client) -> Result<bool, postgres::Error> {
     Ok(row.try_get::<_, String>(0)? == "on")
 }
 
-/// Makes an error message storable: NUL bytes (which PostgreSQL text cannot hold) become
-/// `\0`, and it is cut to `MAX_ERROR_LEN` bytes on a character boundary.
-pub fn truncate_error(s: String) -> String {
-    let mut s = if s.contains('\0') {
-        s.replace('\0', "\\0")
-    } else {
-        s
+/// What `last_error` holds for a handler's reason, whichever handler gave it: control
+/// characters escaped as the logs escape them (`\n`, `\x1b`, `\x00`: one line, nothing a
+/// terminal acts on, and no NUL, which PostgreSQL text cannot hold), then at most
+/// `MAX_ERROR_LEN` bytes, cut on a character boundary with `…` counted inside the limit.
+pub fn stored_error(s: String) -> String {
+    let mut s = match crate::log::escape_controls(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
     };
     if s.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
+        let mut end = MAX_ERROR_LEN - '…'.len_utf8();
         while !s.is_char_boundary(end) {
             end -= 1;
         }
@@ -136,15 +137,29 @@ mod tests {
     }
 
     #[test]
-    fn nul_bytes_are_escaped() {
-        assert_eq!(truncate_error("a\0b".into()), "a\\0b");
+    fn control_characters_are_escaped() {
+        assert_eq!(stored_error("a\0b".into()), "a\\x00b");
+        assert_eq!(
+            stored_error("x\n\r\x1b[31mred\u{85}".into()),
+            "x\\n\\r\\x1b[31mred\\u{85}"
+        );
+        assert_eq!(stored_error("plain é".into()), "plain é");
     }
 
     #[test]
-    fn errors_are_truncated_on_char_boundaries() {
-        let s = truncate_error("é".repeat(MAX_ERROR_LEN));
-        assert!(s.len() <= MAX_ERROR_LEN + '…'.len_utf8());
-        assert!(s.ends_with('…'));
-        assert_eq!(truncate_error("short".into()), "short");
+    fn errors_are_cut_at_the_limit_on_char_boundaries() {
+        for long in [
+            "x".repeat(60_000),
+            "é".repeat(MAX_ERROR_LEN),
+            "\n".repeat(1500),
+        ] {
+            let s = stored_error(long);
+            assert!(s.len() <= MAX_ERROR_LEN, "{}", s.len());
+            assert!(s.len() > MAX_ERROR_LEN - 4, "{}", s.len());
+            assert!(s.ends_with('…'));
+        }
+        let exact = "x".repeat(MAX_ERROR_LEN);
+        assert_eq!(stored_error(exact.clone()), exact);
+        assert_eq!(stored_error("short".into()), "short");
     }
 }

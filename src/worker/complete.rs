@@ -5,10 +5,12 @@
 //! lost connection the batch stays here and is written after reconnecting (the fencing in the
 //! statement drops it if the lease was taken over meanwhile). It counts how often the batch
 //! was sent: a batch sent more than once may have been written by a send whose reply was lost.
+//! Every handler's reason (exec, pipe, webhook, compiled-in) becomes `last_error` here, through
+//! `store::stored_error` (control characters escaped, cut at 2000 bytes).
 
 use crate::backoff::Backoff;
 use crate::handler::Outcome;
-use crate::store::{truncate_error, Completion, Status};
+use crate::store::{stored_error, Completion, Status};
 use std::time::{Duration, Instant};
 
 /// Flush when this many results wait.
@@ -73,7 +75,7 @@ impl Completer {
             token,
             status,
             delay,
-            error: error.map(truncate_error),
+            error: error.map(stored_error),
         });
         self.oldest.get_or_insert_with(Instant::now);
     }

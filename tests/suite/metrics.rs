@@ -569,3 +569,62 @@ fn a_bad_metrics_addr_is_exit_2_before_any_worker_starts() {
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("DISPATCHBOX_METRICS_ADDR"), "{out}");
 }
+
+#[test]
+fn a_webhook_token_in_the_query_is_shown_nowhere() {
+    let db = db_with_events(2, "order.created");
+    // A receiver that never answers: each POST times out, and with one attempt allowed the
+    // event is dead (a WARNING naming the route).
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hook = silent.local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{hook}/h?token=SECRET123&v=");
+    let shown = format!("http://127.0.0.1:{hook}/h?token=REDACTED&v=");
+    let port = free_port();
+    let route = format!("order.*={url}");
+    let sup = daemon(
+        &db,
+        port,
+        &[
+            "--route",
+            &route,
+            "--max-attempts",
+            "1",
+            "--webhook-timeout",
+            "0.3",
+        ],
+    );
+    wait_until(Duration::from_secs(60), "both events are dead", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'") == 2
+    });
+    let dead = [("outcome", "dead")];
+    wait_until(Duration::from_secs(10), "the counts are reported", || {
+        value(&scrape(port), "dispatchbox_events_total", &dead) == 2.0
+    });
+    let (_, metrics) = get(port, "/metrics");
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!metrics.contains("SECRET123"), "{metrics}");
+    let m = parse(&metrics);
+    let dead = [("route", shown.as_str()), ("outcome", "dead")];
+    assert_eq!(value(&m, "dispatchbox_events_total", &dead), 2.0);
+    assert!(!out.stderr.contains("SECRET123"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("routes order.*={shown}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr
+            .matches(&format!("route {shown}, attempt 1 of 1) is dead"))
+            .count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE last_error LIKE '%SECRET123%'"),
+        0
+    );
+    drop(silent);
+}

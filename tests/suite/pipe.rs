@@ -138,6 +138,44 @@ fn dead_answers_make_the_event_dead_at_once() {
 }
 
 #[test]
+fn control_characters_in_an_answer_reason_are_stored_escaped() {
+    let db = db_with_events(2, "x");
+    let dir = TempDir::new("pipe-controls");
+    // ESC, a tab, a CR and DEL inside the reason.
+    let body = format!(
+        "{READ}\n  printf '%s %s bad\\033[2J\\tclear\\rover\\177\\n' \"$( ((id == 1)) && \
+         echo dead || echo retry)\" \"$id\"\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let out = drain(&db, &["--route", &route(&publisher)]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let want = r"bad\x1b[2J\tclear\rover\x7f";
+    assert_eq!(row(&db, 1), ("dead".into(), 1, Some(want.into())), "{out}");
+    assert_eq!(row(&db, 2), ("retry".into(), 1, Some(want.into())), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE last_error ~ '[[:cntrl:]]'"),
+        0
+    );
+}
+
+#[test]
+fn a_60_kb_reason_is_stored_cut_at_2000_bytes() {
+    let db = db_with_events(1, "x");
+    let dir = TempDir::new("pipe-long");
+    let body = format!(
+        "{READ}\n  printf 'dead %s %s\\n' \"$id\" \"$(head -c 60000 /dev/zero | tr '\\0' x)\"\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let out = drain(&db, &["--route", &route(&publisher)]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let (status, _, error) = row(&db, 1);
+    let error = error.unwrap_or_default();
+    assert_eq!(status, "dead", "{out}");
+    assert_eq!(error.len(), 2000, "bytes");
+    assert_eq!(error, format!("{}…", "x".repeat(1997)));
+}
+
+#[test]
 fn a_process_that_crashes_mid_stream_is_restarted_and_its_event_retried() {
     let db = db_with_events(20, "x");
     let dir = TempDir::new("pipe-crash");

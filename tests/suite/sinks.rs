@@ -143,7 +143,7 @@ fn a_nul_byte_in_an_error_is_stored_escaped() {
     assert_eq!(out.code, Some(0), "{out}");
     let (status, attempts, err) = status_and_error(&db, 1);
     assert_eq!((status.as_str(), attempts), ("retry", 1), "{out}");
-    assert!(err.unwrap().ends_with(r"bad\0byte"));
+    assert!(err.unwrap().ends_with(r"bad\x00byte"));
     assert_eq!(
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'retry'"),
         2

@@ -611,3 +611,47 @@ fn bad_webhook_configuration_is_one_line_and_exit_2() {
     }
     assert!(Path::new(&open).exists());
 }
+
+#[test]
+fn a_refused_url_never_shows_its_password_or_token() {
+    let dir = TempDir::new("webhook-userinfo");
+    let ok = "*=https://hooks.example/x";
+    let secrets = ["SECRETPW", "SEC", "RETPW", "SECRET123"];
+    let check = |args: &[&str], want: &str| {
+        let mut cmd = common::dispatchbox();
+        cmd.args(["--dsn", "host=/nonexistent dbname=x"]).args(args);
+        let out = common::run(&mut cmd, Duration::from_secs(30));
+        assert_eq!(out.code, Some(2), "{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(out.stderr.contains(want), "want {want:?}: {}", out.stderr);
+        for s in secrets {
+            assert!(!out.stderr.contains(s), "{s} shown: {}", out.stderr);
+        }
+    };
+    let credentials = "credentials in the URL";
+    check(
+        &["--route", "*=https://user:SECRETPW@h/x?token=SECRET123"],
+        credentials,
+    );
+    // A password with `/` in it, which makes `user:SEC` look like a host and a port.
+    check(&["--route", "*=http://user:SEC/RETPW@h/x"], credentials);
+    check(&["--route", "*=http://user:SECRETPW@/x"], credentials);
+    check(
+        &["--route", "*=ftp://user:SECRETPW@h/x"],
+        "unknown route target",
+    );
+    check(
+        &["--route", "https://user:SECRETPW@h/x?token=SECRET123"],
+        "expected PATTERN=TARGET",
+    );
+    let unused = settings(&dir, r#"{"https://user:SECRETPW@h/y?token=SECRET123": {}}"#);
+    check(
+        &["--route", ok, "--webhook-config", &unused],
+        "`https://h/y?token=REDACTED` is not the target of any webhook --route",
+    );
+    let bad = settings(&dir, r#"{"https://h/y?token=SECRET123": 5}"#);
+    check(
+        &["--route", ok, "--webhook-config", &bad],
+        "`https://h/y?token=REDACTED`: expected an object",
+    );
+}

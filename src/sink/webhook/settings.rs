@@ -97,8 +97,9 @@ impl SettingsFile {
         {
             None => Ok(()),
             Some((k, _)) => Err(Error::Usage(format!(
-                "--webhook-config {}: `{k}` is not the target of any webhook --route",
-                self.path.display()
+                "--webhook-config {}: `{}` is not the target of any webhook --route",
+                self.path.display(),
+                crate::redact::route_target(k)
             ))),
         }
     }
@@ -126,10 +127,11 @@ fn parse(text: &str) -> std::result::Result<Vec<(String, RouteSettings)>, String
     };
     let mut routes = Vec::new();
     for (target, entry) in top {
+        let shown = crate::redact::route_target(&target);
         let Value::Object(fields) = entry else {
-            return Err(format!("`{target}`: expected an object"));
+            return Err(format!("`{shown}`: expected an object"));
         };
-        let s = route(&fields).map_err(|e| format!("`{target}`: {e}"))?;
+        let s = route(&fields).map_err(|e| format!("`{shown}`: {e}"))?;
         routes.push((target, s));
     }
     Ok(routes)
