@@ -70,6 +70,12 @@ pub enum Outcome {
     /// using an attempt and is due again after a short pause; the worker pauses claiming,
     /// longer while deferrals go on, and logs one warning per episode.
     Defer(String),
+    /// The destination, not this event, is unavailable (connection refused, 503, a broker
+    /// that is down; `after`: when the destination suggests trying again). Counted against
+    /// the route: after a few in a row the route pauses and is probed, and while it is paused
+    /// its events wait without using attempts. Until the route pauses, it is a failed attempt
+    /// like `Retry` (so one event that always fails this way still goes dead).
+    Unavailable(String, Option<std::time::Duration>),
 }
 
 /// Delivers events: what a route's target is built as. Called from several handler threads
@@ -210,13 +216,42 @@ impl std::fmt::Display for Pattern {
     }
 }
 
-/// Which event types the claim query may take.
+/// Which event types the claim query may take: those `all`, `exact` or `like` take, except
+/// those the `skip` patterns take and the `keep` patterns do not (the routes paused, less
+/// the more specific routes that are not; see [`Router::type_filter_pausing`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeFilter {
     pub all: bool,
     pub exact: Vec<String>,
     /// SQL LIKE patterns (`order.%`, with `%`, `_` and `\` escaped in the prefix).
     pub like: Vec<String>,
+    pub skip_exact: Vec<String>,
+    pub skip_like: Vec<String>,
+    pub keep_exact: Vec<String>,
+    pub keep_like: Vec<String>,
+}
+
+impl Pattern {
+    /// Adds this pattern to a pair of (exact, LIKE) lists; `*` as `%`.
+    fn add_to(&self, exact: &mut Vec<String>, like: &mut Vec<String>) {
+        match self {
+            Pattern::Any => like.push("%".into()),
+            Pattern::Exact(e) => exact.push(e.clone()),
+            Pattern::Prefix(p) => like.push(format!("{}%", escape_like(p))),
+        }
+    }
+
+    /// Whether every type this pattern takes is one `other` takes too (and this one is
+    /// more specific).
+    fn within(&self, other: &Pattern) -> bool {
+        match (other, self) {
+            (_, Pattern::Any) => false,
+            (Pattern::Any, _) => true,
+            (Pattern::Prefix(o), Pattern::Prefix(s)) => s.len() > o.len() && s.starts_with(o.as_str()),
+            (Pattern::Prefix(o), Pattern::Exact(s)) => s.starts_with(o.as_str()),
+            (Pattern::Exact(_), _) => false,
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -257,6 +292,65 @@ impl Router {
     /// The most specific handler for this type, or None when this worker does not route it.
     pub fn route(&self, event_type: Option<&str>) -> Option<&Arc<dyn Handler>> {
         self.best(event_type).map(|(_, _, h)| h)
+    }
+
+    /// The index of the route this type takes (see [`Router::target_at`]).
+    pub(crate) fn index(&self, event_type: Option<&str>) -> Option<usize> {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, _, _))| p.matches(event_type))
+            .max_by_key(|(_, (p, _, _))| p.rank())
+            .map(|(i, _)| i)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// `pattern=target` of route `i`, for logs.
+    pub(crate) fn route_at(&self, i: usize) -> String {
+        self.routes
+            .get(i)
+            .map(|(p, t, _)| format!("{p}={t}"))
+            .unwrap_or_default()
+    }
+
+    /// The target of route `i` (the metrics' `route` label).
+    pub(crate) fn target_at(&self, i: usize) -> &str {
+        self.routes.get(i).map_or("-", |(_, t, _)| t.as_str())
+    }
+
+    /// The claim filter with the routes `paused` left out: their patterns are skipped, except
+    /// where a more specific route that is not paused takes the type. (A paused route inside
+    /// a running one inside a paused one is not expressed: its types are claimed and given
+    /// back at once, which costs a claim but never an attempt.)
+    pub(crate) fn type_filter_pausing(&self, paused: &[usize]) -> TypeFilter {
+        let mut f = self.type_filter();
+        for &i in paused {
+            let Some((p, _, _)) = self.routes.get(i) else {
+                continue;
+            };
+            p.add_to(&mut f.skip_exact, &mut f.skip_like);
+            for (j, (q, _, _)) in self.routes.iter().enumerate() {
+                if !paused.contains(&j) && q.within(p) {
+                    q.add_to(&mut f.keep_exact, &mut f.keep_like);
+                }
+            }
+        }
+        f
+    }
+
+    /// The claim filter for a probe of route `i`: its own pattern only.
+    pub(crate) fn type_filter_of(&self, i: usize) -> TypeFilter {
+        let mut f = TypeFilter::default();
+        if let Some((p, _, _)) = self.routes.get(i) {
+            match p {
+                Pattern::Any => f.all = true,
+                p => p.add_to(&mut f.exact, &mut f.like),
+            }
+        }
+        f
     }
 
     /// The target (`stdout`, `exec:...`, as shown) of the route `route` picks: for log lines
@@ -376,7 +470,8 @@ mod tests {
             TypeFilter {
                 all: false,
                 exact: vec![],
-                like: vec!["order.%".into()]
+                like: vec!["order.%".into()],
+                ..TypeFilter::default()
             }
         );
     }

@@ -45,6 +45,13 @@ impl Completer {
     /// Turns a handler outcome into the row's next state: done, retry with backoff, or dead
     /// (permanent failure, or the attempt that just failed was the last one allowed).
     pub fn push(&mut self, id: i64, token: i32, outcome: Outcome) {
+        // Reaching the completer, the destination's unavailability is a failed attempt (the
+        // DB thread gives the event back instead while its route is paused).
+        let outcome = match outcome {
+            Outcome::Unavailable(e, Some(after)) => Outcome::RetryAfter(e, after),
+            Outcome::Unavailable(e, None) => Outcome::Retry(e),
+            o => o,
+        };
         let (status, delay, error) = match outcome {
             Outcome::Delivered => (Status::Done, 0.0, None),
             Outcome::Permanent(e) => (Status::Dead, 0.0, Some(e)),
@@ -64,7 +71,10 @@ impl Completer {
             }
             // The worker turns Abort and Defer into a release before they get here; count
             // them as a failed attempt should one ever arrive.
-            Outcome::Retry(e) | Outcome::Abort(e) | Outcome::Defer(e) => {
+            Outcome::Retry(e)
+            | Outcome::Abort(e)
+            | Outcome::Defer(e)
+            | Outcome::Unavailable(e, _) => {
                 let attempt = u32::try_from(token.max(1)).unwrap_or(1);
                 let d = self.backoff.delay(attempt, &mut self.rng).as_secs_f64();
                 (Status::Retry, d, Some(e))

@@ -74,7 +74,7 @@ pub(super) fn label(v: &Verdict, token: i32, max_attempts: i32) -> Outcome {
         _ if token >= max_attempts => Outcome::Dead,
         Verdict::Defer(_) => Outcome::Deferred,
         Verdict::Abort(_) => Outcome::Released,
-        Verdict::Retry(_) | Verdict::RetryAfter(..) => Outcome::Retried,
+        Verdict::Retry(_) | Verdict::RetryAfter(..) | Verdict::Unavailable(..) => Outcome::Retried,
     }
 }
 

@@ -189,7 +189,10 @@ fn logged(outcome: &Outcome, id: i64, event_type: Option<&str>, token: i32) {
         Outcome::Abort(e) => error!("event {id}: {e}; stopping this worker"),
         // The DB thread reports deferrals (once per episode).
         Outcome::Defer(_) => {}
-        Outcome::Retry(e) | Outcome::RetryAfter(e, _) | Outcome::Permanent(e) => debug!(
+        Outcome::Retry(e)
+        | Outcome::RetryAfter(e, _)
+        | Outcome::Permanent(e)
+        | Outcome::Unavailable(e, _) => debug!(
             "event {id} ({}) attempt {token} failed: {e}",
             event_type.unwrap_or("-"),
         ),

@@ -239,6 +239,7 @@ fn claim_filters_by_routed_types() {
         all: false,
         exact: vec!["user.x".into()],
         like: vec!["order.%".into(), r"a\%%".into()],
+        ..Default::default()
     };
     let mut got: Vec<String> = a
         .take(10, Duration::from_secs(60), "w", &f, 5)
