@@ -170,9 +170,8 @@ fn the_http_clients_diagnostics_are_debug_lines_without_the_urls_path_or_query()
     db.migrate();
     common::insert_events(&mut db.client(), "outbox_event", 1, "x");
     // Nothing listens there: the attempt fails after ureq has said what it tries.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = common::refused_port();
+    let port = closed.port();
     let route = format!("x=http://127.0.0.1:{port}/hook/path?token=tok3n-value");
     let out = drain(&db, &["--route", &route, "--log-level", "debug"]);
     let ureq: Vec<&str> = out
