@@ -331,14 +331,16 @@ fn step(c: &mut Conn) -> Next {
         |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted);
     match &mut c.phase {
         Phase::Head { buf, searched } => {
-            if read_more(&mut c.stream, buf).is_err() {
+            let Ok(ended) = read_more(&mut c.stream, buf) else {
                 return Next::Close;
-            }
+            };
             match complete_head(buf, *searched) {
                 Ok(Some(end)) => {
                     buf.truncate(end);
                     Next::Dispatch(std::mem::take(buf))
                 }
+                // Closed (or half-closed) before its head was complete: nobody to answer.
+                Ok(None) if ended => Next::Close,
                 Ok(None) => {
                     *searched = buf.len();
                     Next::Stay
@@ -384,20 +386,20 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-/// Reads what is there into `buf`; an error when the client closed or broke the connection
-/// before its head was complete (nobody to answer).
-fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// Reads what is there into `buf`; true when the client has also ended its side (a request
+/// followed by a half-close still gets its answer).
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut chunk = [0u8; 4096];
     loop {
         match stream.read(&mut chunk) {
-            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(0) => return Ok(true),
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 if buf.len() > super::http::MAX_HEAD {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -422,6 +424,8 @@ mod tests {
     fn ask(addr: std::net::SocketAddr, req: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(req).unwrap();
+        // Half-closed after the request, as `printf ... | nc` does: still answered.
+        s.shutdown(Shutdown::Write).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
