@@ -114,6 +114,7 @@ fn run_admin(command: cli::Command, raw: &cli::RawArgs) -> ExitCode {
     log::set_level(cfg.log_level);
     log::set_format(cfg.log_format);
     log::set_process(command.name());
+    log::install_bridge();
     if let Some(w) = dsn::cert_env_warning(&env) {
         warn!("{w}");
     }
@@ -149,6 +150,7 @@ fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
     log::set_level(cfg.log_level);
     log::set_format(cfg.log_format);
     log::set_process("supervisor");
+    log::install_bridge();
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .collect();
