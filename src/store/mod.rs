@@ -24,7 +24,9 @@ mod schema;
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use notify::{channel as notify_channel, has_trigger as has_notify_trigger, listen};
-pub use report::{held_back, never_due, remaining_work, stats, unrouted, HeldBack, RemainingWork};
+pub use report::{
+    held_back, never_due, remaining_work, stats, unrouted, waiting, HeldBack, RemainingWork,
+};
 pub use schema::{
     check_table, has_ordered_index, migrate, migrate_ordered, migration_sql, needs_migration,
     ordered_schema_for,

@@ -179,6 +179,26 @@ impl Health {
         )
     }
 
+    /// Event `id` of route `r` ended neither delivered nor `Unavailable` (a retry of the
+    /// event itself, say): if it was the probe, the next one comes after a longer wait. `id`
+    /// -1: the probe claim found only another route's event; the same wait again.
+    pub fn probe_ended(&mut self, r: usize, id: i64, now: Instant) {
+        let Some(route) = self.routes.get(r) else {
+            return;
+        };
+        let (since, round) = match route.state {
+            State::Probing { since, round, id: probe } if probe == id => (since, round + 1),
+            State::Paused { since, round, .. } if id == -1 => (since, round),
+            _ => return,
+        };
+        let wait = self.wait(round);
+        self.routes[r].state = State::Paused {
+            since,
+            probe_at: now + wait,
+            round,
+        };
+    }
+
     /// The probe claim for route `r` took event `id` of that route.
     pub fn probing(&mut self, r: usize, id: i64) {
         if let Some(route) = self.routes.get_mut(r) {

@@ -239,6 +239,19 @@ impl<'a> Ledger<'a> {
         }
     }
 
+    /// The claim (id, token) waits for its route to come back (an outage, see `health`): it
+    /// is to be released without using an attempt, due again after `wait`. False when it is
+    /// not the claim held now.
+    pub fn hold(&mut self, id: i64, token: i32, wait: Duration) -> bool {
+        if self.take(id, token) {
+            self.deferrals.wait(id, wait);
+            self.to_release.push((id, token));
+            true
+        } else {
+            false
+        }
+    }
+
     /// The claim (id, token) was not started (stopping, a stale lease, no thread took it):
     /// it is to be released. False when it is not the claim held now.
     pub fn give_back(&mut self, id: i64, token: i32) -> bool {
@@ -248,6 +261,11 @@ impl<'a> Ledger<'a> {
         } else {
             false
         }
+    }
+
+    /// Whether (id, token) is the claim held now.
+    pub fn holds(&self, id: i64, token: i32) -> bool {
+        self.in_flight.get(&id).is_some_and(|h| h.token == token && !h.lost)
     }
 
     /// Removes the claim from `in_flight` if this token is the one held.

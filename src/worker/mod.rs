@@ -36,6 +36,8 @@ mod counters;
 mod db_thread;
 mod defer;
 mod drain;
+mod health;
+mod outage;
 mod lease_clock;
 mod ledger;
 mod link;

@@ -6,6 +6,7 @@
 //! retry ID [REASON]                   retried with backoff
 //! retry ID after=SECS [REASON]        retried, not sooner than SECS seconds
 //! dead ID [REASON]                    rejected for good: the event goes to `dead` at once
+//! unavailable ID [after=SECS] [REASON] the destination (not this event) is unavailable
 //! ```
 //! Invariant: a line is either exactly one of these or a [`ProtocolError`]; nothing on
 //! stdout is ever skipped or guessed at. Whether ID is outstanding is the caller's check.
@@ -30,33 +31,40 @@ pub(super) fn parse(line: &[u8]) -> Result<(i64, Outcome), ProtocolError> {
     let text = text.strip_suffix('\r').unwrap_or(text);
     let (verb, rest) = split_word(text);
     let (id, rest) = split_word(rest);
-    if !matches!(verb, "ok" | "retry" | "dead") {
-        return Err(bad("expected `ok ID`, `retry ID …` or `dead ID …`"));
+    if !matches!(verb, "ok" | "retry" | "dead" | "unavailable") {
+        return Err(bad(
+            "expected `ok ID`, `retry ID …`, `dead ID …` or `unavailable ID …`",
+        ));
     }
     let Ok(id) = id.parse::<i64>() else {
         return Err(bad("the answer's second word is not an event id"));
     };
     let reason = rest.trim();
-    let outcome = match verb {
-        "ok" => Outcome::Delivered,
-        "dead" => Outcome::Permanent(or_default(reason, "dead")),
-        _ => match reason.strip_prefix("after=") {
-            None => Outcome::Retry(or_default(reason, "retry")),
-            Some(after) => {
-                let (secs, reason) = split_word(after);
-                let secs = secs
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && (0.0..=MAX_AFTER_SECS).contains(s))
-                    .ok_or_else(|| {
-                        bad("`after=` wants seconds (a number from 0 to 86400) before the reason")
-                    })?;
-                Outcome::RetryAfter(
-                    or_default(reason.trim(), "retry"),
-                    Duration::from_secs_f64(secs),
-                )
-            }
-        },
+    if verb == "ok" {
+        return Ok((id, Outcome::Delivered));
+    }
+    if verb == "dead" {
+        return Ok((id, Outcome::Permanent(or_default(reason, "dead"))));
+    }
+    let (after, reason) = match reason.strip_prefix("after=") {
+        None => (None, reason),
+        Some(after) => {
+            let (secs, reason) = split_word(after);
+            let secs = secs
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && (0.0..=MAX_AFTER_SECS).contains(s))
+                .ok_or_else(|| {
+                    bad("`after=` wants seconds (a number from 0 to 86400) before the reason")
+                })?;
+            (Some(Duration::from_secs_f64(secs)), reason.trim())
+        }
+    };
+    let reason = or_default(reason, verb);
+    let outcome = match (verb, after) {
+        ("unavailable", after) => Outcome::Unavailable(reason, after),
+        (_, None) => Outcome::Retry(reason),
+        (_, Some(after)) => Outcome::RetryAfter(reason, after),
     };
     Ok((id, outcome))
 }
@@ -122,6 +130,20 @@ mod tests {
             ))
         );
         assert_eq!(
+            p("unavailable 17 after=2 broker down"),
+            Ok(Outcome::Unavailable(
+                "broker down".into(),
+                Some(Duration::from_secs(2))
+            ))
+        );
+        assert_eq!(
+            p("unavailable 17"),
+            Ok(Outcome::Unavailable(
+                "the pipe process answered `unavailable` without a reason".into(),
+                None
+            ))
+        );
+        assert_eq!(
             p("retry 17 after=60"),
             Ok(Outcome::RetryAfter(
                 "the pipe process answered `retry` without a reason".into(),
@@ -135,7 +157,7 @@ mod tests {
         let err = |line: &str| p(line).unwrap_err().0;
         assert_eq!(
             err("hello"),
-            "expected `ok ID`, `retry ID …` or `dead ID …`: `hello`"
+            "expected `ok ID`, `retry ID …`, `dead ID …` or `unavailable ID …`: `hello`"
         );
         assert!(err("").starts_with("expected `ok ID`"));
         assert!(err("OK 17").starts_with("expected"));

@@ -182,7 +182,9 @@ impl Handler for Webhook {
             Err(ureq::Error::Io(e)) if is_local_shortage(&e) => {
                 Outcome::Defer(format!("POST {}: {e}", self.label))
             }
-            Err(e) => Outcome::Retry(self.failure(&e)),
+            // No HTTP answer at all (refused, reset, timed out, TLS failed): the destination
+            // is unavailable, whatever the event.
+            Err(e) => Outcome::Unavailable(self.failure(&e), None),
         }
     }
 }
