@@ -247,7 +247,9 @@ impl Pattern {
         match (other, self) {
             (_, Pattern::Any) => false,
             (Pattern::Any, _) => true,
-            (Pattern::Prefix(o), Pattern::Prefix(s)) => s.len() > o.len() && s.starts_with(o.as_str()),
+            (Pattern::Prefix(o), Pattern::Prefix(s)) => {
+                s.len() > o.len() && s.starts_with(o.as_str())
+            }
             (Pattern::Prefix(o), Pattern::Exact(s)) => s.starts_with(o.as_str()),
             (Pattern::Exact(_), _) => false,
         }

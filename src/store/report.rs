@@ -103,9 +103,7 @@ pub fn waiting(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<i64
            AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[]))",
         table.quoted()
     );
-    Ok(client
-        .query_one(&sql, &[&f.all, &f.exact, &f.like])?
-        .get(0))
+    Ok(client.query_one(&sql, &[&f.all, &f.exact, &f.like])?.get(0))
 }
 
 /// Pending or retrying events with a NULL `next_run_at`: never due, never claimed (the claim

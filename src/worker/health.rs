@@ -1,14 +1,15 @@
 //! Route health: tells a destination outage from a bad event, per route. A route is *up*
-//! until [`TRIP`] deliveries in a row end `Unavailable` (connection refused, 503, a broker that
+//! until [`TRIP`] deliveries of different events in a row end `Unavailable` (connection refused, 503, a broker that
 //! is down: the destination, not the event); then it is *paused*: its events wait in the table
 //! without using attempts (the claim leaves its types out), and one *probe* event is tried at
 //! growing intervals ([`PROBE_FIRST`] doubling to [`PROBE_MAX`], with jitter). Any delivery
 //! on the route (the probe's or a straggler's) resumes it at once; any other answer from the
 //! destination (a retry, a rejection) does too, since the destination is reachable.
 //!
-//! A single poison event does not pause its route: the deliveries of other events between its
-//! failures reset the count, and until the route pauses an `Unavailable` outcome is a failed
-//! attempt like a retry, so it goes dead as before.
+//! A single poison event does not pause its route: only different events count toward the
+//! trip, the deliveries of other events between its failures reset the count, and until the
+//! route pauses an `Unavailable` outcome is a failed attempt like a retry, so it goes dead as
+//! before.
 //!
 //! Pure code: the caller passes the time and a random source, and does the logging and the
 //! claims. Invariant: a paused route has at most one probe in flight.
@@ -32,14 +33,18 @@ enum State {
         round: u32,
     },
     /// A probe (event `id`) is in flight.
-    Probing { since: Instant, round: u32, id: i64 },
+    Probing {
+        since: Instant,
+        round: u32,
+        id: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct Route {
     state: State,
-    /// `Unavailable` outcomes in a row while up.
-    failures: u32,
+    /// The different events that ended `Unavailable` in a row while up.
+    failing: Vec<i64>,
     /// Events given back while paused (since the pause).
     held: u64,
     /// Time spent paused before the current pause (seconds).
@@ -76,7 +81,7 @@ impl Health {
             routes: vec![
                 Route {
                     state: State::Up,
-                    failures: 0,
+                    failing: Vec::new(),
                     held: 0,
                     paused_before: 0.0,
                 };
@@ -100,14 +105,16 @@ impl Health {
         };
         match route.state.clone() {
             State::Up => {
-                let failures = route.failures + 1;
-                if failures < TRIP {
-                    self.routes[r].failures = failures;
+                let route = &mut self.routes[r];
+                if !route.failing.contains(&id) {
+                    route.failing.push(id);
+                }
+                if route.failing.len() < TRIP as usize {
                     return (Verdict::Charge, None);
                 }
+                route.failing.clear();
                 let wait = self.wait(1);
                 let route = &mut self.routes[r];
-                route.failures = 0;
                 route.held = 1;
                 route.state = State::Paused {
                     since: now,
@@ -120,7 +127,11 @@ impl Health {
                 self.routes[r].held += 1;
                 (Verdict::Hold(probe_at.saturating_duration_since(now)), None)
             }
-            State::Probing { since, round, id: probe } => {
+            State::Probing {
+                since,
+                round,
+                id: probe,
+            } => {
                 self.routes[r].held += 1;
                 if probe != id {
                     // A straggler: the probe decides.
@@ -141,7 +152,7 @@ impl Health {
     /// event itself): it is reachable.
     pub fn answered(&mut self, r: usize, now: Instant) -> Option<Change> {
         let route = self.routes.get_mut(r)?;
-        route.failures = 0;
+        route.failing.clear();
         let since = match route.state {
             State::Up => return None,
             State::Paused { since, .. } | State::Probing { since, .. } => since,
@@ -174,9 +185,9 @@ impl Health {
 
     /// A route whose probe is due, if any.
     pub fn probe_due(&self, now: Instant) -> Option<usize> {
-        self.routes.iter().position(
-            |r| matches!(r.state, State::Paused { probe_at, .. } if probe_at <= now),
-        )
+        self.routes
+            .iter()
+            .position(|r| matches!(r.state, State::Paused { probe_at, .. } if probe_at <= now))
     }
 
     /// Event `id` of route `r` ended neither delivered nor `Unavailable` (a retry of the
@@ -187,7 +198,11 @@ impl Health {
             return;
         };
         let (since, round) = match route.state {
-            State::Probing { since, round, id: probe } if probe == id => (since, round + 1),
+            State::Probing {
+                since,
+                round,
+                id: probe,
+            } if probe == id => (since, round + 1),
             State::Paused { since, round, .. } if id == -1 => (since, round),
             _ => return,
         };
@@ -293,6 +308,24 @@ mod tests {
             assert_eq!(h.answered(0, t), None);
         }
         assert!(!h.is_paused(0));
+    }
+
+    #[test]
+    fn one_event_failing_again_and_again_does_not_pause_its_route() {
+        let mut h = Health::with_seed(1, 5);
+        let t = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(h.unavailable(0, 7, t), (Verdict::Charge, None));
+        }
+        assert!(!h.is_paused(0));
+        for id in 1..TRIP as i64 - 1 {
+            assert_eq!(h.unavailable(0, id, t).1, None);
+        }
+        assert_eq!(
+            h.unavailable(0, 99, t).1,
+            Some(Change::Paused),
+            "7 and four others"
+        );
     }
 
     #[test]

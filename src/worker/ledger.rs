@@ -265,7 +265,9 @@ impl<'a> Ledger<'a> {
 
     /// Whether (id, token) is the claim held now.
     pub fn holds(&self, id: i64, token: i32) -> bool {
-        self.in_flight.get(&id).is_some_and(|h| h.token == token && !h.lost)
+        self.in_flight
+            .get(&id)
+            .is_some_and(|h| h.token == token && !h.lost)
     }
 
     /// Removes the claim from `in_flight` if this token is the one held.

@@ -34,10 +34,15 @@ impl<'a> DbThread<'a> {
                 match verdict {
                     Verdict::Charge => Some(Outcome::Unavailable(why, after)),
                     Verdict::Hold(wait) => {
-                        let wait = after.map_or(wait, |a| a.max(wait)).min(self.cfg.backoff.max);
+                        let wait = after
+                            .map_or(wait, |a| a.max(wait))
+                            .min(self.cfg.backoff.max);
                         let held = self.ledger.hold(id, token, wait);
                         self.counters.given_back(id, token, held);
-                        debug!("event {id}: {why}; waiting for its route ({:.1}s)", wait.as_secs_f64());
+                        debug!(
+                            "event {id}: {why}; waiting for its route ({:.1}s)",
+                            wait.as_secs_f64()
+                        );
                         None
                     }
                 }
@@ -87,7 +92,10 @@ impl<'a> DbThread<'a> {
             max_attempts: self.cfg.max_attempts,
         };
         let sent = Instant::now();
-        let Some(claimed) = self.link.with(self.ledger.unwritten(), |c| c.claim(&args))? else {
+        let Some(claimed) = self
+            .link
+            .with(self.ledger.unwritten(), |c| c.claim(&args))?
+        else {
             return Ok(());
         };
         self.counters.claimed(claimed.len());
@@ -100,7 +108,11 @@ impl<'a> DbThread<'a> {
         }
         for c in claimed {
             if self.router.index(c.event.event_type.as_deref()) == Some(r) {
-                debug!("probing route {} with event {}", self.router.route_at(r), c.event.id);
+                debug!(
+                    "probing route {} with event {}",
+                    self.router.route_at(r),
+                    c.event.id
+                );
                 self.health.probing(r, c.event.id);
             } else {
                 self.health.probe_ended(r, -1, Instant::now());
@@ -130,7 +142,9 @@ impl<'a> DbThread<'a> {
         let (table, filter) = (&self.cfg.table, self.router.type_filter_of(r));
         let waiting = self
             .link
-            .with(self.ledger.unwritten(), |c| store::waiting(&mut c.client, table, &filter))
+            .with(self.ledger.unwritten(), |c| {
+                store::waiting(&mut c.client, table, &filter)
+            })
             .ok()
             .flatten()
             .map_or_else(|| "its events".to_string(), |n| format!("{n} event(s)"));

@@ -538,6 +538,17 @@ impl RefusedPort {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Starts listening on the port: connections are accepted from now on.
+    pub fn listen(self) -> TcpListener {
+        use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+        // SAFETY: listen on the socket we own, then hand its ownership to the listener.
+        unsafe {
+            let rc = libc::listen(self._socket.as_raw_fd(), 128);
+            assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+            TcpListener::from_raw_fd(self._socket.into_raw_fd())
+        }
+    }
 }
 
 pub fn refused_port() -> RefusedPort {

@@ -13,7 +13,8 @@ mod metrics;
 mod migrate;
 mod notify;
 mod ordered;
-mod pipe;
+mod outage;
+pub(super) mod pipe;
 mod pipe_stream;
 mod reliability;
 mod samples;
@@ -22,7 +23,7 @@ mod sinks;
 mod stdout;
 mod supervisor;
 mod tls;
-mod webhook;
+pub(super) mod webhook;
 
 use crate::common::{self, Run, TestDb};
 use std::process::Command;

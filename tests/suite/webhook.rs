@@ -22,7 +22,7 @@ const SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// One request as the server read it.
 #[derive(Clone, Debug)]
-struct Request {
+pub(super) struct Request {
     /// Which accepted connection (0, 1, ...) carried it.
     conn: usize,
     line: String,
@@ -38,7 +38,7 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    fn event_id(&self) -> i64 {
+    pub(super) fn event_id(&self) -> i64 {
         let v: serde_json::Value = serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON: {e}: {:?}", self.body));
         v["id"].as_i64().expect("id")
@@ -46,7 +46,7 @@ impl Request {
 }
 
 /// What the server does with a request.
-enum Reply {
+pub(super) enum Reply {
     /// Status, extra headers, body.
     Answer(u16, Vec<(&'static str, String)>, String),
     /// Waits, then answers 200.
@@ -57,7 +57,7 @@ enum Reply {
 
 type Script = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
-struct Receiver {
+pub(super) struct Receiver {
     port: u16,
     requests: Arc<Mutex<Vec<Request>>>,
     connections: Arc<AtomicUsize>,
@@ -69,6 +69,15 @@ impl Receiver {
     /// localhost, signed by the harness CA).
     fn start(tls: bool, script: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Receiver::start_on(listener, tls, script)
+    }
+
+    /// The same on a listener the test opened.
+    pub(super) fn start_on(
+        listener: TcpListener,
+        tls: bool,
+        script: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
         let acceptor = tls.then(tls_acceptor);
@@ -112,7 +121,7 @@ impl Receiver {
         format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
-    fn requests(&self) -> Vec<Request> {
+    pub(super) fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
 }

@@ -180,7 +180,10 @@ mod tests {
             assert!(matches!(answer(s, None), Outcome::Retry(_)), "{s}");
         }
         for s in [429, 502, 503, 504] {
-            assert!(matches!(answer(s, None), Outcome::Unavailable(_, None)), "{s}");
+            assert!(
+                matches!(answer(s, None), Outcome::Unavailable(_, None)),
+                "{s}"
+            );
         }
         for s in [301, 302, 307, 308, 400, 401, 403, 404, 410, 422] {
             assert!(matches!(answer(s, None), Outcome::Permanent(_)), "{s}");
