@@ -166,6 +166,11 @@ impl<'a> Counters<'a> {
     }
 
     /// Sends the counts if a report is due (`force`: at exit, whenever).
+    /// Route `route`'s health now (see `health`), for the next report.
+    pub fn route_health(&mut self, route: &str, paused: bool, paused_for: Duration) {
+        self.counts.route_health(route, paused, paused_for);
+    }
+
     pub fn report(&mut self, now: Instant, in_flight: usize, db_errors: u64, force: bool) {
         if !force && now < self.next_report {
             return;

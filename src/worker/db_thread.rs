@@ -84,6 +84,17 @@ impl<'a> DbThread<'a> {
 
     /// Reports the counts when due (`force`: now, as at exit).
     pub fn report_counters(&mut self, force: bool) {
+        let now = Instant::now();
+        if force || now >= self.counters.report_at() {
+            for r in 0..self.router.len() {
+                let (paused, secs) = (self.health.is_paused(r), self.health.paused_seconds(r, now));
+                if paused || secs > 0.0 {
+                    let route = self.router.target_at(r);
+                    self.counters
+                        .route_health(route, paused, Duration::from_secs_f64(secs));
+                }
+            }
+        }
         let (in_flight, errors) = (self.ledger.in_flight(), self.link.errors());
         self.counters
             .report(Instant::now(), in_flight, errors, force);

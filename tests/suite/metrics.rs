@@ -56,7 +56,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
 
 /// One sample line.
 #[derive(Debug)]
-struct Sample {
+pub(super) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -246,7 +246,7 @@ fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) {
 }
 
 /// The value of the one sample `name` whose labels include `labels`, summed if several.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
@@ -259,14 +259,14 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn scrape(port: u16) -> Vec<Sample> {
+pub(super) fn scrape(port: u16) -> Vec<Sample> {
     let (status, body) = get(port, "/metrics");
     assert_eq!(status, 200, "{body}");
     parse(&body)
 }
 
 /// A supervisor serving metrics on a port of the kernel's choice, and that port.
-fn daemon(db: &common::TestDb, args: &[&str]) -> (Spawned, u16) {
+pub(super) fn daemon(db: &common::TestDb, args: &[&str]) -> (Spawned, u16) {
     let mut cmd = dispatchbox();
     cmd.args(["--dsn", &db.dsn, "--poll-interval", "0.05"]);
     cmd.args(["--metrics-addr", "127.0.0.1:0"]);

@@ -9,7 +9,7 @@ mod exec;
 mod faults;
 mod lifecycle;
 mod logging;
-mod metrics;
+pub(super) mod metrics;
 mod migrate;
 mod notify;
 mod ordered;
