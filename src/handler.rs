@@ -55,8 +55,9 @@ pub enum Outcome {
     Delivered,
     /// Failed, worth retrying: `retry` with backoff, or `dead` after `--max-attempts`.
     Retry(String),
-    /// Like `Retry`, but the receiver asked to wait at least this long (an HTTP `Retry-After`,
-    /// say): the delay is the longer of this and the backoff, capped at `--retry-backoff-max`.
+    /// Like `Retry`, but the receiver said when to try again (an HTTP `Retry-After`, a `pipe:`
+    /// `retry ID after=SECS`): this delay instead of the backoff, capped at
+    /// `--retry-backoff-max`.
     RetryAfter(String, std::time::Duration),
     /// Failed for good (the receiver rejected the event): straight to `dead`.
     Permanent(String),

@@ -63,10 +63,10 @@ impl Completer {
             {
                 (Status::Dead, 0.0, Some(e))
             }
+            // The destination said when: that delay instead of the backoff (shorter or
+            // longer), capped at --retry-backoff-max.
             Outcome::RetryAfter(e, after) => {
-                let attempt = u32::try_from(token.max(1)).unwrap_or(1);
-                let backoff = self.backoff.delay(attempt, &mut self.rng);
-                let d = backoff.max(after.min(self.backoff.max));
+                let d = after.min(self.backoff.max);
                 (Status::Retry, d.as_secs_f64(), Some(e))
             }
             // The worker turns Abort and Defer into a release before they get here; count
@@ -184,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_waits_at_least_as_asked_but_no_longer_than_the_cap() {
+    fn retry_after_sets_the_delay_up_to_the_cap() {
         let mut c = completer();
         c.push(
             1,
@@ -208,11 +208,7 @@ mod tests {
         );
         let b = c.batch();
         assert_eq!((b[0].status, b[0].delay), (Status::Retry, 60.0));
-        assert!(
-            b[1].delay >= 7.5 && b[1].delay < 12.5,
-            "the backoff wins: {}",
-            b[1].delay
-        );
+        assert_eq!(b[1].delay, 1.0, "shorter than the backoff, as asked");
         assert_eq!(b[2].delay, 100.0, "capped at --retry-backoff-max");
         assert_eq!(b[3].status, Status::Dead, "attempts used up");
     }
