@@ -303,6 +303,13 @@ impl<'a> DbThread<'a> {
         if self.link.usable(now) {
             self.probe(now)?;
         }
+        if self.every_route_paused() {
+            // Nothing to claim but probes: no empty claims every poll meanwhile.
+            if self.ledger.can_claim(now) {
+                self.ledger.nothing_due(now);
+            }
+            return Ok(None);
+        }
         if self.link.usable(now) && self.ledger.can_claim(now) && self.claim()? == Some(0) {
             if self.cfg.drain && self.ledger.holds_nothing() {
                 if let Some(ended) = self.drain_check(now)? {

@@ -169,6 +169,11 @@ impl<'a> DbThread<'a> {
         self.health.next_probe()
     }
 
+    /// Every route is paused: only probes claim.
+    pub(super) fn every_route_paused(&self) -> bool {
+        self.router.len() > 0 && self.health.paused().len() == self.router.len()
+    }
+
     /// Whether a `--drain` must go on waiting: a paused route's events are not done.
     pub(super) fn routes_paused(&self) -> bool {
         !self.health.paused().is_empty()
