@@ -92,10 +92,7 @@ fn a_webhook_outage_pauses_the_route_probes_it_and_costs_no_attempt_per_event() 
     // Attempts: one per event, plus the failures that paused the route; the waiting and the
     // probes used none.
     let total = attempts_sum(&db);
-    assert!(
-        total < 190 + TRIP,
-        "{total} attempts for 190 events\n{out}"
-    );
+    assert!(total < 190 + TRIP, "{total} attempts for 190 events\n{out}");
     assert!(before <= 40 + TRIP - 1 + 150, "{before}\n{out}");
     assert!(
         out.stderr.lines().any(|l| l.contains("INFO")
@@ -145,10 +142,7 @@ fn a_pipe_bridge_answering_unavailable_pauses_its_route_until_the_broker_is_back
         .map(|s| s.parse().unwrap());
     assert_exactly_once(120, ids);
     let total = attempts_sum(&db);
-    assert!(
-        total < 120 + TRIP,
-        "{total} attempts for 120 events\n{out}"
-    );
+    assert!(total < 120 + TRIP, "{total} attempts for 120 events\n{out}");
     assert!(out.stderr.contains("resumed after"), "{out}");
 }
 
@@ -259,4 +253,60 @@ fn a_paused_route_shows_in_the_metrics_and_the_time_paused_adds_up() {
     sup.signal("TERM");
     let out = sup.wait(Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{out}");
+}
+
+#[test]
+fn a_bridge_that_keeps_exiting_once_it_worked_pauses_its_route_instead_of_stopping_the_run() {
+    let db = db_with_events(100, "x");
+    let dir = TempDir::new("outage-exiting");
+    let down = dir.join("down");
+    // Exits when its broker is "down": at start-up, or on the next event.
+    let body = format!(
+        "[[ -e $dir/down ]] && {{ echo 'cannot reach the broker' >&2; exit 3; }}\n{READ}\n  \
+         [[ -e $dir/down ]] && exit 3\n  echo \"delivered $id\" >> \"$dir/log\"\n  \
+         if (( id == 10 )); then touch \"$dir/down\"; fi\n  echo \"ok $id\"\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &route(&publisher),
+        "--retry-backoff",
+        "1",
+        "--poll-interval",
+        "0.05",
+    ]);
+    let daemon = common::spawn(&mut cmd);
+    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+        daemon
+            .stderr_so_far()
+            .contains(" paused: 5 deliveries in a row")
+    });
+    std::fs::remove_file(&down).unwrap();
+    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 100
+    });
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !out.stderr.contains("exits without answering ("),
+        "not broken\n{out}"
+    );
+    let ids = logged(&dir, "delivered")
+        .into_iter()
+        .map(|s| s.parse().unwrap());
+    assert_exactly_once(100, ids);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'"),
+        0,
+        "{out}"
+    );
+    let total = attempts_sum(&db);
+    assert!(
+        total < 100 + 2 * TRIP,
+        "{total} attempts for 100 events\n{out}"
+    );
 }

@@ -16,9 +16,12 @@
 //! leaves an answer unanswered past `--pipe-timeout` or breaks the protocol is killed (SIGKILL
 //! to its group); the outstanding events it had read are retried (one attempt used), those it
 //! never read are given back without using one. The next event starts a new process after a
-//! growing pause. When [`STARTUP_TRIES`] processes in a row end without answering anything,
-//! the command is broken: every event gets `Outcome::Abort` (no attempt used; the worker exits
-//! 1, and the supervisor's crash-loop limit ends the run with the message).
+//! growing pause. When [`STARTUP_TRIES`] processes in a row end without answering anything and
+//! none ever answered, the command is broken: every event gets `Outcome::Abort` (no attempt
+//! used; the worker exits 1, and the supervisor's crash-loop limit ends the run with the
+//! message). Once one has answered, the command works: processes that then exit without
+//! answering mean the destination is unavailable, and until the next start is due events get
+//! `Outcome::Unavailable` (which pauses the route, see `worker/health.rs`).
 //!
 //! Graceful stop (the handler is dropped once the worker has finished its events): EOF on the
 //! process's stdin, [`CLOSE_GRACE`] to answer what it has and exit, then SIGTERM, then SIGKILL.
@@ -68,6 +71,11 @@ struct Route {
     failures: u32,
     /// Processes in a row that ended without answering anything.
     silent: u32,
+    /// A process of this route answered something once: the command works, so processes
+    /// that exit without answering mean its destination is unavailable, not a broken command.
+    worked: bool,
+    /// How the last process ended.
+    last_end: String,
     not_before: Option<Instant>,
     rng: fastrand::Rng,
     /// Set once the command proved broken: every later event gets the same `Abort`.
@@ -98,6 +106,8 @@ impl Pipe {
                 live: vec![None; processes.max(1)],
                 failures: 0,
                 silent: 0,
+                worked: false,
+                last_end: String::new(),
                 not_before: None,
                 rng: fastrand::Rng::new(),
                 broken: None,
@@ -119,7 +129,19 @@ impl Pipe {
             self.ended(&mut r, &live)?;
         }
         if let Some(t) = r.not_before {
-            std::thread::sleep(t.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            if r.worked && r.silent > 0 && t > now {
+                // A command that worked keeps exiting without answering (its broker is down,
+                // say): the destination is unavailable until the next start is due.
+                return Err(Outcome::Unavailable(
+                    format!(
+                        "{}: its processes exit without answering (last: {})",
+                        self.name, r.last_end
+                    ),
+                    None,
+                ));
+            }
+            std::thread::sleep(t.saturating_duration_since(now));
         }
         match Live::start(
             Arc::clone(&self.name),
@@ -151,14 +173,16 @@ impl Pipe {
     /// proved broken.
     fn ended(&self, r: &mut Route, live: &Live) -> std::result::Result<(), Outcome> {
         let how = live.wait_ended(Instant::now() + SETTLE_WAIT);
+        r.last_end = how.clone().unwrap_or_else(|| "still ending".into());
         let answered = live.answered() > 0;
         self.pace(r, answered);
         if answered {
             r.silent = 0;
+            r.worked = true;
             return Ok(());
         }
         r.silent += 1;
-        if r.silent < STARTUP_TRIES {
+        if r.silent < STARTUP_TRIES || r.worked {
             return Ok(());
         }
         let why = format!(
