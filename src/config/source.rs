@@ -193,8 +193,10 @@ impl Source<'_> {
     }
 
     pub(super) fn table(&self) -> Result<Table> {
-        let v = self.get_or_default(&defs::TABLE).map(|(_, v)| v);
-        Table::parse(v.unwrap_or_default().trim())
+        match self.get_or_default(&defs::TABLE) {
+            Some((who, v)) => Table::parse_for(&who, v.trim()),
+            None => Table::parse(""),
+        }
     }
 
     pub(super) fn notify(&self) -> Result<super::Notify> {
