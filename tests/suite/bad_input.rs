@@ -105,3 +105,49 @@ fn table_names_that_need_quoting_migrate_and_drain() {
         3
     );
 }
+
+#[test]
+fn names_that_look_like_placeholders_stay_names() {
+    // A table named like a placeholder, columns named like bind parameters: each is put into
+    // the statement once, quoted, and never replaced again.
+    let db = common::test_db();
+    let table = "ev{archive}@n";
+    let admin = |args: &[&str]| {
+        run(
+            dispatchbox()
+                .args(["--dsn", &db.dsn, "--table", table])
+                .args(args),
+            T,
+        )
+    };
+    let out = admin(&["migrate"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    db.client()
+        .batch_execute(
+            r#"ALTER TABLE "ev{archive}@n" ADD COLUMN "@id" text DEFAULT 'at-id',
+                                           ADD COLUMN "{t}" text DEFAULT 'brace-t';
+               CREATE TABLE "arch{cols}" (LIKE "ev{archive}@n");"#,
+        )
+        .unwrap();
+    common::insert_events(&mut db.client(), table, 4, "x");
+    db.client()
+        .batch_execute(
+            r#"UPDATE "ev{archive}@n" SET status = 'dead' WHERE id = 1;
+               UPDATE "ev{archive}@n" SET status = 'done', delivered_at = now() - interval '2 days'
+               WHERE id > 1;"#,
+        )
+        .unwrap();
+    let out = admin(&["dead", "show", "1"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout.contains("at-id") && out.stdout.contains("brace-t"),
+        "{out}"
+    );
+    let out = admin(&["prune", "--older-than", "1d", "--archive", "arch{cols}"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("3 done event(s)"), "{out}");
+    assert_eq!(
+        db.count(r#"SELECT count(*) FROM "arch{cols}" WHERE "@id" = 'at-id'"#),
+        3
+    );
+}
