@@ -428,14 +428,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with(&format!("--dsn-file: cannot read {missing}")),
+            e.starts_with(&format!("--dsn-file {missing}: cannot read it: ")),
             "{e}"
         );
         std::fs::write(&file, " \n").unwrap();
         let e = Config::from_raw(&raw(&[("dsn-file", &path)]), &no_env)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, format!("--dsn-file: {path} is empty"));
+        assert_eq!(e, format!("--dsn-file {path}: empty"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,6 +5,7 @@
 use super::Table;
 use crate::cli::defs::{self, Flag, Kind};
 use crate::cli::RawArgs;
+use crate::config_file as file;
 use crate::dsn::Dsn;
 use crate::error::{Error, Result};
 use crate::log::{Format, Level};
@@ -168,11 +169,12 @@ impl Source<'_> {
             return Ok(dsn.map(|(_, v)| v).unwrap_or_default());
         };
         // The path may be shown; the contents never are.
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Usage(format!("{who}: cannot read {path}: {e}")))?;
+        let path = std::path::Path::new(&path);
+        let (bytes, _) = file::read_config_file(&who, path, file::DSN_FILE)?;
+        let text = String::from_utf8(bytes).map_err(|_| file::usage(&who, path, &"not UTF-8"))?;
         let text = text.trim_end();
         if text.trim().is_empty() {
-            return Err(Error::Usage(format!("{who}: {path} is empty")));
+            return Err(file::usage(&who, path, &"empty"));
         }
         Ok(text.to_string())
     }

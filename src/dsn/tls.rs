@@ -15,9 +15,10 @@
 //! Invariant: certificate files are read, and a bad one reported, before any connection.
 
 use super::Dsn;
+use crate::config_file::{self as file, read_config_file, PEM_FILE};
 use crate::connect::Connector;
 use crate::error::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -99,14 +100,14 @@ impl Dsn {
                     // PostgreSQL 16's spelling for "the system's trusted roots".
                     Some("system") => {}
                     Some(path) => {
-                        let pem = std::fs::read(path).map_err(|e| {
-                            Error::Usage(format!("cannot read sslrootcert file {path}: {e}"))
-                        })?;
+                        let (pem, _) = read_config_file("sslrootcert", Path::new(path), PEM_FILE)?;
                         let certs = pem_blocks(&pem, "CERTIFICATE");
                         if certs.is_empty() {
-                            return Err(Error::Usage(format!(
-                                "sslrootcert file {path} holds no PEM certificate"
-                            )));
+                            return Err(file::usage(
+                                "sslrootcert",
+                                Path::new(path),
+                                &"holds no PEM certificate",
+                            ));
                         }
                         b.disable_built_in_roots(true);
                         for c in certs {
@@ -122,10 +123,8 @@ impl Dsn {
             }
         }
         if let (Some(cert), Some(key)) = (self.get("sslcert"), self.get("sslkey")) {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|e| Error::Usage(format!("cannot read sslcert file {cert}: {e}")))?;
-            let key_pem = std::fs::read(key)
-                .map_err(|e| Error::Usage(format!("cannot read sslkey file {key}: {e}")))?;
+            let (cert_pem, _) = read_config_file("sslcert", Path::new(cert), PEM_FILE)?;
+            let (key_pem, _) = read_config_file("sslkey", Path::new(key), PEM_FILE)?;
             let id = native_tls::Identity::from_pkcs8(&cert_pem, &key_pem)
                 .map_err(|e| Error::Usage(format!("bad client certificate or key: {e}")))?;
             b.identity(id);

@@ -151,3 +151,166 @@ fn names_that_look_like_placeholders_stay_names() {
         3
     );
 }
+
+/// A FIFO nobody writes to: opening it for reading the ordinary way blocks for ever.
+fn fifo(dir: &common::TempDir) -> String {
+    let path = dir.join("fifo");
+    let out = run(std::process::Command::new("mkfifo").arg(&path), T);
+    assert!(out.status.success(), "{out}");
+    path.display().to_string()
+}
+
+/// A regular file of `n` bytes.
+fn sized(dir: &common::TempDir, name: &str, n: usize) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, vec![b'#'; n]).unwrap();
+    path.display().to_string()
+}
+
+/// `args` must exit 2 at once with one line naming `file` and `problem`. The run has a
+/// deadline (it fails the test instead of hanging).
+fn refused(args: &[&str], file: &str, problem: &str) {
+    let out = run(dispatchbox().args(args), T);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "not one line: {out}");
+    assert!(
+        out.stderr.contains(&format!("{file}: {problem}")),
+        "expected `{file}: {problem}`: {out}"
+    );
+}
+
+#[test]
+fn files_named_in_the_configuration_must_be_small_regular_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new("conf-files");
+    let fifo = fifo(&dir);
+    let dsn_big = sized(&dir, "dsn", 64 * 1024 + 1);
+    let pem_big = sized(&dir, "pem", 4 * 1024 * 1024 + 1);
+    let (zero, tmp) = ("/dev/zero", dir.path().display().to_string());
+    let (chardev, fifo_kind) = (
+        "not a regular file (a character device)",
+        "not a regular file (a FIFO)",
+    );
+    let too_large = |what| format!("too large: {what} holds at most");
+
+    // --dsn-file (and its variable).
+    for (file, problem) in [
+        (zero, chardev.to_string()),
+        (&fifo, fifo_kind.to_string()),
+        (&tmp, "not a regular file (a directory)".to_string()),
+        (&dsn_big, too_large("a DSN file")),
+    ] {
+        refused(&["--dsn-file", file, "--drain"], file, &problem);
+    }
+    let out = run(
+        dispatchbox()
+            .args(["stats"])
+            .env("DISPATCHBOX_DSN_FILE", &fifo),
+        T,
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("DISPATCHBOX_DSN_FILE {fifo}: {fifo_kind}")),
+        "{out}"
+    );
+
+    // The DSN's certificate and key files.
+    let dsn = "host=127.0.0.1 port=1 user=u password=hunter2";
+    for (params, file, problem) in [
+        (
+            "sslmode=verify-full sslrootcert=/dev/zero",
+            zero,
+            chardev.to_string(),
+        ),
+        (
+            &format!("sslmode=verify-ca sslrootcert={fifo}"),
+            &fifo,
+            fifo_kind.to_string(),
+        ),
+        (
+            &format!("sslmode=verify-ca sslrootcert={pem_big}"),
+            &pem_big,
+            too_large("a certificate or key file"),
+        ),
+        (
+            &format!("sslmode=require sslcert={fifo} sslkey={zero}"),
+            &fifo,
+            fifo_kind.to_string(),
+        ),
+    ] {
+        let full = format!("{dsn} {params}");
+        refused(&["--dsn", &full, "--drain"], file, &problem);
+        refused(&["stats", "--dsn", &full], file, &problem);
+    }
+
+    // --webhook-config and its ca_file.
+    let route = "*=https://hooks.example/x";
+    refused(
+        &["--dsn", dsn, "--route", route, "--webhook-config", &fifo],
+        &fifo,
+        fifo_kind,
+    );
+    let settings = dir.join("settings.json");
+    for (ca, problem) in [
+        (zero, chardev.to_string()),
+        (&fifo, fifo_kind.to_string()),
+        (&pem_big, too_large("a certificate or key file")),
+    ] {
+        std::fs::write(
+            &settings,
+            format!(r#"{{"https://hooks.example/x": {{"ca_file": "{ca}"}}}}"#),
+        )
+        .unwrap();
+        std::fs::set_permissions(&settings, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let settings = settings.display().to_string();
+        refused(
+            &[
+                "--dsn",
+                dsn,
+                "--route",
+                route,
+                "--webhook-config",
+                &settings,
+                "--drain",
+            ],
+            &format!("ca_file {ca}"),
+            &problem,
+        );
+    }
+    // The password file: ignored when it is not a regular file (as libpq does), refused when
+    // too large.
+    let no_password = "host=127.0.0.1 port=1 user=u";
+    let print_sql = ["migrate", "--print-sql", "--dsn", no_password];
+    let out = run(dispatchbox().args(print_sql).env("PGPASSFILE", &fifo), T);
+    assert_eq!(out.code, Some(0), "{out}");
+    let pgpass_big = sized(&dir, "pgpass", 1024 * 1024 + 1);
+    std::fs::set_permissions(&pgpass_big, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(
+        dispatchbox().args(print_sql).env("PGPASSFILE", &pgpass_big),
+        T,
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "password file {pgpass_big}: {}",
+            too_large("a password file")
+        )),
+        "{out}"
+    );
+
+    let settings_big = sized(&dir, "big.json", 1024 * 1024 + 1);
+    std::fs::set_permissions(&settings_big, std::fs::Permissions::from_mode(0o600)).unwrap();
+    refused(
+        &[
+            "--dsn",
+            dsn,
+            "--route",
+            route,
+            "--webhook-config",
+            &settings_big,
+        ],
+        &settings_big,
+        &too_large("a webhook settings file"),
+    );
+}
