@@ -314,3 +314,40 @@ fn files_named_in_the_configuration_must_be_small_regular_files() {
         &too_large("a webhook settings file"),
     );
 }
+
+#[test]
+fn bad_event_ids_are_named_with_the_reason() {
+    // Refused before connecting: no database needed, none is touched.
+    let dsn = "host=127.0.0.1 port=1 user=u password=hunter2";
+    for (args, expect) in [
+        (
+            &["dead", "retry", "abc"][..],
+            "dead retry: `abc` is not an event id (a whole number)",
+        ),
+        (
+            &["dead", "retry", "99999999999999999999"],
+            "dead retry: `99999999999999999999` is out of range: event ids go up to 9223372036854775807",
+        ),
+        (
+            &["dead", "show", "9223372036854775808"],
+            "dead show: `9223372036854775808` is out of range",
+        ),
+        (
+            &["dead", "retry", "1,2"],
+            "dead retry: `1,2` is not an event id: give several ids as separate arguments",
+        ),
+        (
+            &["dead", "retry", ""],
+            "dead retry: `` is not an event id: the argument is empty",
+        ),
+        (
+            &["dead", "purge", "--yes", "7", "0"],
+            "dead purge: `0` is not an event id: ids are 1 or more",
+        ),
+    ] {
+        let out = run(dispatchbox().args(args).args(["--dsn", dsn]), T);
+        assert_eq!(out.code, Some(2), "{out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "not one line: {out}");
+        assert!(out.stderr.contains(expect), "expected {expect:?}: {out}");
+    }
+}
