@@ -141,6 +141,9 @@ pub struct AdminConfig {
     pub notify: Notify,
     /// `--ordered` (or its variable): `migrate` also builds the index ordered claims use.
     pub ordered: bool,
+    /// `--ordered-dead` (or its variable) is `block`: `status` counts the aggregates a dead
+    /// event holds back (the workers' setting cannot be seen from here; give it the same).
+    pub ordered_dead_blocks: bool,
 }
 
 impl Config {
@@ -232,6 +235,7 @@ impl AdminConfig {
             dsn: src.dsn()?,
             table: src.table()?,
             ordered: src.switch(&defs::ORDERED, raw.has(defs::ORDERED.name()))?,
+            ordered_dead_blocks: src.ordered_dead_blocks()?,
         })
     }
 }

@@ -220,7 +220,17 @@ impl Source<'_> {
 
     /// `--ordered` (given: the switch was on the command line) and `--ordered-dead`.
     pub(super) fn order(&self, given: bool) -> Result<super::Order> {
-        let dead_blocks = match self.get_or_default(&defs::ORDERED_DEAD) {
+        let dead_blocks = self.ordered_dead_blocks()?;
+        Ok(if self.switch(&defs::ORDERED, given)? {
+            super::Order::ByAggregate { dead_blocks }
+        } else {
+            super::Order::Unordered
+        })
+    }
+
+    /// `--ordered-dead`: true for `block` (the default), false for `skip`.
+    pub(super) fn ordered_dead_blocks(&self) -> Result<bool> {
+        Ok(match self.get_or_default(&defs::ORDERED_DEAD) {
             None => true,
             Some((who, v)) => match v.trim() {
                 "block" => true,
@@ -231,11 +241,6 @@ impl Source<'_> {
                     )))
                 }
             },
-        };
-        Ok(if self.switch(&defs::ORDERED, given)? {
-            super::Order::ByAggregate { dead_blocks }
-        } else {
-            super::Order::Unordered
         })
     }
 
