@@ -1,6 +1,6 @@
 //! Reading a file the configuration names (`--dsn-file`, `--webhook-config` and its
 //! `ca_file`s, the DSN's `sslrootcert`/`sslcert`/`sslkey`, the password file): one function
-//! for all of them.
+//! for all of them, and the same checks by path for `SSL_CERT_FILE`, which OpenSSL opens.
 //!
 //! Invariant: opening never blocks (`O_NONBLOCK`: a FIFO without a writer opens at once), only
 //! a regular file is read (decided on the opened descriptor, so a file swapped after a look
@@ -100,6 +100,19 @@ pub fn read_bounded(
         return Err(Refusal::TooLarge(kind));
     }
     Ok((bytes, meta))
+}
+
+/// For a file a library opens itself (OpenSSL's `SSL_CERT_FILE`): the same checks by its path,
+/// without opening it.
+pub fn check_path(path: &Path, kind: FileKind) -> std::result::Result<(), Refusal> {
+    let meta = std::fs::metadata(path).map_err(Refusal::Io)?;
+    if !meta.is_file() {
+        return Err(Refusal::NotRegular(describe(&meta)));
+    }
+    if meta.len() > kind.cap {
+        return Err(Refusal::TooLarge(kind));
+    }
+    Ok(())
 }
 
 /// [`read_bounded`], refusals as a usage error (exit 2) naming `who` (the flag, variable or

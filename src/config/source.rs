@@ -191,6 +191,8 @@ impl Source<'_> {
                     .into(),
             ));
         }
+        // OpenSSL opens SSL_CERT_FILE when a connection (database or webhook) is set up.
+        crate::dsn::check_cert_env(self.env)?;
         Dsn::resolve(&text, self.env)
     }
 

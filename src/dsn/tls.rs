@@ -15,7 +15,7 @@
 //! Invariant: certificate files are read, and a bad one reported, before any connection.
 
 use super::Dsn;
-use crate::config_file::{self as file, read_config_file, PEM_FILE};
+use crate::config_file::{self as file, read_config_file, Refusal, PEM_FILE};
 use crate::connect::Connector;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -174,6 +174,20 @@ pub(crate) fn cert_env_warning(env: &dyn Fn(&str) -> Option<String>) -> Option<S
          (README, \"CA certificates\")",
         missing.join(" and ")
     ))
+}
+
+/// `SSL_CERT_FILE` when it names something other than a certificate bundle: OpenSSL opens it
+/// itself when a connector is built, and would wait for ever on a FIFO or read `/dev/zero`
+/// without end. Checked by its path (not opened); a missing one is [`cert_env_warning`]'s.
+pub(crate) fn check_cert_env(env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let Some(path) = env("SSL_CERT_FILE").filter(|f| !f.is_empty()) else {
+        return Ok(());
+    };
+    let path = Path::new(&path);
+    match file::check_path(path, PEM_FILE) {
+        Ok(()) | Err(Refusal::Io(_)) => Ok(()),
+        Err(r) => Err(file::usage("SSL_CERT_FILE", path, &r)),
+    }
 }
 
 fn home_file(rel: &str) -> Option<PathBuf> {

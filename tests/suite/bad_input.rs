@@ -244,6 +244,23 @@ fn files_named_in_the_configuration_must_be_small_regular_files() {
         refused(&["stats", "--dsn", &full], file, &problem);
     }
 
+    // OpenSSL's SSL_CERT_FILE, which it opens itself (and would wait on for ever).
+    for (file, problem) in [(zero, chardev), (&fifo, fifo_kind)] {
+        let full = format!("{dsn} sslmode=verify-full");
+        let out = run(
+            dispatchbox()
+                .args(["stats", "--dsn", &full])
+                .env("SSL_CERT_FILE", file),
+            T,
+        );
+        assert_eq!(out.code, Some(2), "{out}");
+        assert!(
+            out.stderr
+                .contains(&format!("SSL_CERT_FILE {file}: {problem}")),
+            "{out}"
+        );
+    }
+
     // --webhook-config and its ca_file.
     let route = "*=https://hooks.example/x";
     refused(
