@@ -152,25 +152,47 @@ fn names_that_look_like_placeholders_stay_names() {
     );
 }
 
-/// A FIFO nobody writes to: opening it for reading the ordinary way blocks for ever.
-fn fifo(dir: &common::TempDir) -> String {
-    let path = dir.join("fifo");
-    let out = run(std::process::Command::new("mkfifo").arg(&path), T);
-    assert!(out.status.success(), "{out}");
-    path.display().to_string()
+/// Files that are no configuration file: a FIFO nobody writes to (opening it for reading the
+/// ordinary way blocks for ever), files just over a cap, and the messages they get.
+struct Hostile {
+    dir: common::TempDir,
+    fifo: String,
 }
 
-/// A regular file of `n` bytes.
-fn sized(dir: &common::TempDir, name: &str, n: usize) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, vec![b'#'; n]).unwrap();
-    path.display().to_string()
+const ZERO: &str = "/dev/zero";
+const CHARDEV: &str = "not a regular file (a character device)";
+const FIFO: &str = "not a regular file (a FIFO)";
+/// A DSN that is never connected to: every refusal comes first.
+const DSN: &str = "host=127.0.0.1 port=1 user=u password=hunter2";
+
+impl Hostile {
+    fn new(tag: &str) -> Hostile {
+        let dir = common::TempDir::new(tag);
+        let path = dir.join("fifo");
+        let out = run(std::process::Command::new("mkfifo").arg(&path), T);
+        assert!(out.status.success(), "{out}");
+        let fifo = path.display().to_string();
+        Hostile { dir, fifo }
+    }
+
+    /// A regular file of `n` bytes, mode 0600.
+    fn sized(&self, name: &str, n: usize) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, vec![b'#'; n]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    }
 }
 
-/// `args` must exit 2 at once with one line naming `file` and `problem`. The run has a
-/// deadline (it fails the test instead of hanging).
-fn refused(args: &[&str], file: &str, problem: &str) {
-    let out = run(dispatchbox().args(args), T);
+fn too_large(what: &str) -> String {
+    format!("too large: {what} holds at most")
+}
+
+/// `cmd` must exit 2 with one line naming `file` and `problem`. The run has a deadline (it
+/// fails the test instead of hanging).
+fn refused_cmd(cmd: &mut std::process::Command, file: &str, problem: &str) {
+    let out = run(cmd, T);
     assert_eq!(out.code, Some(2), "{out}");
     assert_eq!(out.stderr.trim().lines().count(), 1, "not one line: {out}");
     assert!(
@@ -179,157 +201,125 @@ fn refused(args: &[&str], file: &str, problem: &str) {
     );
 }
 
-#[test]
-fn files_named_in_the_configuration_must_be_small_regular_files() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = common::TempDir::new("conf-files");
-    let fifo = fifo(&dir);
-    let dsn_big = sized(&dir, "dsn", 64 * 1024 + 1);
-    let pem_big = sized(&dir, "pem", 4 * 1024 * 1024 + 1);
-    let (zero, tmp) = ("/dev/zero", dir.path().display().to_string());
-    let (chardev, fifo_kind) = (
-        "not a regular file (a character device)",
-        "not a regular file (a FIFO)",
-    );
-    let too_large = |what| format!("too large: {what} holds at most");
+fn refused(args: &[&str], file: &str, problem: &str) {
+    refused_cmd(dispatchbox().args(args), file, problem);
+}
 
-    // --dsn-file (and its variable).
+#[test]
+fn a_dsn_file_must_be_a_small_regular_file() {
+    let h = Hostile::new("dsn-files");
+    let big = h.sized("dsn", 64 * 1024 + 1);
+    let dir = h.dir.path().display().to_string();
     for (file, problem) in [
-        (zero, chardev.to_string()),
-        (&fifo, fifo_kind.to_string()),
-        (&tmp, "not a regular file (a directory)".to_string()),
-        (&dsn_big, too_large("a DSN file")),
+        (ZERO, CHARDEV.to_string()),
+        (&h.fifo, FIFO.to_string()),
+        (&dir, "not a regular file (a directory)".to_string()),
+        (&big, too_large("a DSN file")),
     ] {
         refused(&["--dsn-file", file, "--drain"], file, &problem);
     }
-    let out = run(
+    refused_cmd(
         dispatchbox()
-            .args(["stats"])
-            .env("DISPATCHBOX_DSN_FILE", &fifo),
-        T,
+            .arg("stats")
+            .env("DISPATCHBOX_DSN_FILE", &h.fifo),
+        &format!("DISPATCHBOX_DSN_FILE {}", h.fifo),
+        FIFO,
     );
-    assert_eq!(out.code, Some(2), "{out}");
-    assert!(
-        out.stderr
-            .contains(&format!("DISPATCHBOX_DSN_FILE {fifo}: {fifo_kind}")),
-        "{out}"
+    // The password file: ignored when it is not a regular file (as libpq does), refused when
+    // too large.
+    let print_sql = [
+        "migrate",
+        "--print-sql",
+        "--dsn",
+        "host=127.0.0.1 port=1 user=u",
+    ];
+    let out = run(dispatchbox().args(print_sql).env("PGPASSFILE", &h.fifo), T);
+    assert_eq!(out.code, Some(0), "{out}");
+    let big = h.sized("pgpass", 1024 * 1024 + 1);
+    refused_cmd(
+        dispatchbox().args(print_sql).env("PGPASSFILE", &big),
+        &format!("password file {big}"),
+        &too_large("a password file"),
     );
+}
 
-    // The DSN's certificate and key files.
-    let dsn = "host=127.0.0.1 port=1 user=u password=hunter2";
+#[test]
+fn certificate_files_must_be_small_regular_files() {
+    let h = Hostile::new("tls-files");
+    let big = h.sized("pem", 4 * 1024 * 1024 + 1);
+    let fifo = &h.fifo;
     for (params, file, problem) in [
         (
-            "sslmode=verify-full sslrootcert=/dev/zero",
-            zero,
-            chardev.to_string(),
+            format!("sslmode=verify-full sslrootcert={ZERO}"),
+            ZERO,
+            CHARDEV.to_string(),
         ),
         (
-            &format!("sslmode=verify-ca sslrootcert={fifo}"),
-            &fifo,
-            fifo_kind.to_string(),
+            format!("sslmode=verify-ca sslrootcert={fifo}"),
+            fifo,
+            FIFO.to_string(),
         ),
         (
-            &format!("sslmode=verify-ca sslrootcert={pem_big}"),
-            &pem_big,
+            format!("sslmode=verify-ca sslrootcert={big}"),
+            &big,
             too_large("a certificate or key file"),
         ),
         (
-            &format!("sslmode=require sslcert={fifo} sslkey={zero}"),
-            &fifo,
-            fifo_kind.to_string(),
+            format!("sslmode=require sslcert={fifo} sslkey={ZERO}"),
+            fifo,
+            FIFO.to_string(),
         ),
     ] {
-        let full = format!("{dsn} {params}");
+        let full = format!("{DSN} {params}");
         refused(&["--dsn", &full, "--drain"], file, &problem);
         refused(&["stats", "--dsn", &full], file, &problem);
     }
-
     // OpenSSL's SSL_CERT_FILE, which it opens itself (and would wait on for ever).
-    for (file, problem) in [(zero, chardev), (&fifo, fifo_kind)] {
-        let full = format!("{dsn} sslmode=verify-full");
-        let out = run(
+    let full = format!("{DSN} sslmode=verify-full");
+    for (file, problem) in [(ZERO, CHARDEV), (fifo, FIFO)] {
+        refused_cmd(
             dispatchbox()
                 .args(["stats", "--dsn", &full])
                 .env("SSL_CERT_FILE", file),
-            T,
-        );
-        assert_eq!(out.code, Some(2), "{out}");
-        assert!(
-            out.stderr
-                .contains(&format!("SSL_CERT_FILE {file}: {problem}")),
-            "{out}"
+            &format!("SSL_CERT_FILE {file}"),
+            problem,
         );
     }
+}
 
-    // --webhook-config and its ca_file.
+#[test]
+fn webhook_settings_and_their_ca_files_must_be_small_regular_files() {
+    let h = Hostile::new("webhook-files");
     let route = "*=https://hooks.example/x";
-    refused(
-        &["--dsn", dsn, "--route", route, "--webhook-config", &fifo],
-        &fifo,
-        fifo_kind,
-    );
-    let settings = dir.join("settings.json");
-    for (ca, problem) in [
-        (zero, chardev.to_string()),
-        (&fifo, fifo_kind.to_string()),
-        (&pem_big, too_large("a certificate or key file")),
-    ] {
-        std::fs::write(
-            &settings,
-            format!(r#"{{"https://hooks.example/x": {{"ca_file": "{ca}"}}}}"#),
-        )
-        .unwrap();
-        std::fs::set_permissions(&settings, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let settings = settings.display().to_string();
-        refused(
-            &[
-                "--dsn",
-                dsn,
-                "--route",
-                route,
-                "--webhook-config",
-                &settings,
-                "--drain",
-            ],
-            &format!("ca_file {ca}"),
-            &problem,
-        );
-    }
-    // The password file: ignored when it is not a regular file (as libpq does), refused when
-    // too large.
-    let no_password = "host=127.0.0.1 port=1 user=u";
-    let print_sql = ["migrate", "--print-sql", "--dsn", no_password];
-    let out = run(dispatchbox().args(print_sql).env("PGPASSFILE", &fifo), T);
-    assert_eq!(out.code, Some(0), "{out}");
-    let pgpass_big = sized(&dir, "pgpass", 1024 * 1024 + 1);
-    std::fs::set_permissions(&pgpass_big, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = run(
-        dispatchbox().args(print_sql).env("PGPASSFILE", &pgpass_big),
-        T,
-    );
-    assert_eq!(out.code, Some(2), "{out}");
-    assert!(
-        out.stderr.contains(&format!(
-            "password file {pgpass_big}: {}",
-            too_large("a password file")
-        )),
-        "{out}"
-    );
-
-    let settings_big = sized(&dir, "big.json", 1024 * 1024 + 1);
-    std::fs::set_permissions(&settings_big, std::fs::Permissions::from_mode(0o600)).unwrap();
-    refused(
-        &[
+    let check = |settings: &str, file: &str, problem: &str| {
+        let args = [
             "--dsn",
-            dsn,
+            DSN,
             "--route",
             route,
             "--webhook-config",
-            &settings_big,
-        ],
-        &settings_big,
-        &too_large("a webhook settings file"),
-    );
+            settings,
+            "--drain",
+        ];
+        refused(&args, file, problem);
+    };
+    check(&h.fifo, &h.fifo, FIFO);
+    let big = h.sized("big.json", 1024 * 1024 + 1);
+    check(&big, &big, &too_large("a webhook settings file"));
+    let big_pem = h.sized("pem", 4 * 1024 * 1024 + 1);
+    for (i, (ca, problem)) in [
+        (ZERO, CHARDEV.to_string()),
+        (&h.fifo, FIFO.to_string()),
+        (&big_pem, too_large("a certificate or key file")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let settings = h.sized(&format!("settings{i}.json"), 0);
+        let json = format!(r#"{{"https://hooks.example/x": {{"ca_file": "{ca}"}}}}"#);
+        std::fs::write(&settings, json).unwrap();
+        check(&settings, &format!("ca_file {ca}"), &problem);
+    }
 }
 
 #[test]
