@@ -150,8 +150,10 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
             // what it is not.
             for a in rest {
                 let a = a.to_string_lossy();
-                let negative = a.len() > 1 && a[1..].starts_with(|c: char| c.is_ascii_digit());
-                if a.starts_with('-') && !negative {
+                let flag = a
+                    .strip_prefix('-')
+                    .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_digit()));
+                if flag {
                     return Err(leftover(&a));
                 }
                 raw.ids.push(event_id(c, &a)?);
@@ -415,6 +417,8 @@ mod tests {
                 "1\n2",
                 "dead retry: `1\\n2` is not an event id (a whole number)",
             ),
+            ("é", "dead retry: `é` is not an event id (a whole number)"),
+            ("-x", "unexpected argument: -x"),
             (
                 "postgres://u:hunter2@h/db",
                 "dead retry: an argument (not shown: it may be a DSN) is not an event id",
