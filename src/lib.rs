@@ -31,6 +31,7 @@ mod backoff;
 mod child;
 mod cli;
 mod config;
+mod config_file;
 mod connect;
 mod dsn;
 mod error;

@@ -36,7 +36,7 @@ pub fn run(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
 
 /// The ids and filters as given, checked before connecting.
 fn selection(cmd: Command, raw: &RawArgs) -> Result<ops::Selection> {
-    let mut ids: Vec<i64> = raw.args.iter().filter_map(|a| a.parse().ok()).collect();
+    let mut ids = raw.ids.clone();
     ids.sort_unstable();
     ids.dedup();
     let (aggregate_type, aggregate_id) = match raw.get("aggregate") {

@@ -141,6 +141,9 @@ pub struct AdminConfig {
     pub notify: Notify,
     /// `--ordered` (or its variable): `migrate` also builds the index ordered claims use.
     pub ordered: bool,
+    /// `--ordered-dead` (or its variable) is `block`: `status` counts the aggregates a dead
+    /// event holds back (the workers' setting cannot be seen from here; give it the same).
+    pub ordered_dead_blocks: bool,
 }
 
 impl Config {
@@ -232,6 +235,7 @@ impl AdminConfig {
             dsn: src.dsn()?,
             table: src.table()?,
             ordered: src.switch(&defs::ORDERED, raw.has(defs::ORDERED.name()))?,
+            ordered_dead_blocks: src.ordered_dead_blocks()?,
         })
     }
 }
@@ -428,14 +432,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with(&format!("--dsn-file: cannot read {missing}")),
+            e.starts_with(&format!("--dsn-file {missing}: cannot read it: ")),
             "{e}"
         );
         std::fs::write(&file, " \n").unwrap();
         let e = Config::from_raw(&raw(&[("dsn-file", &path)]), &no_env)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, format!("--dsn-file: {path} is empty"));
+        assert_eq!(e, format!("--dsn-file {path}: empty"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

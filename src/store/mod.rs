@@ -61,16 +61,49 @@ pub const MAX_ERROR_LEN: usize = 2000;
 /// Replaces `{t}` with the quoted table and each `@name` with `$k`, k = its 1-based position in
 /// `names` (a name may occur several times).
 fn bind(sql: &str, table: &Table, names: &[&str]) -> String {
-    let mut out = sql.to_string();
-    // Longest names first, so that no name is replaced inside a longer one.
-    let mut order: Vec<(usize, &str)> = names.iter().copied().enumerate().collect();
-    order.sort_by_key(|(_, n)| std::cmp::Reverse(n.len()));
-    for (i, name) in order {
-        out = out.replace(&format!("@{name}"), &format!("${}", i + 1));
+    bind_parts(sql, table, names, &[])
+}
+
+/// [`bind`], and each `{key}` of `parts` replaced by its text (identifiers quoted by the
+/// caller). One pass over the template: what is put in is never searched again, so a quoted
+/// name holding `@n`, `{t}` or `{archive}` stays as it is.
+fn bind_parts(sql: &str, table: &Table, names: &[&str], parts: &[(&str, &str)]) -> String {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(pos) = rest.find(['{', '@']) {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        let after = &rest[1..];
+        let taken = if rest.starts_with('{') {
+            let key = after.split_once('}').map_or("", |(k, _)| k);
+            let part = match key {
+                "t" => Some(table.quoted()),
+                _ => parts
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_string()),
+            };
+            part.map(|text| (text, key.len() + 2))
+        } else {
+            let len = after.find(|c| !is_ident(c)).unwrap_or(after.len());
+            let position = names.iter().position(|n| *n == &after[..len]);
+            position.map(|i| (format!("${}", i + 1), len + 1))
+        };
+        match taken {
+            Some((text, len)) => {
+                out.push_str(&text);
+                rest = &rest[len..];
+            }
+            None => {
+                debug_assert!(false, "unbound placeholder at {rest}");
+                out.push_str(&rest[..1]);
+                rest = &rest[1..];
+            }
+        }
     }
-    debug_assert!(!out.contains('@'), "unbound placeholder in {out}");
-    // The table last: a quoted name may itself contain `@`.
-    out.replace("{t}", &table.quoted())
+    out.push_str(rest);
+    out
 }
 
 /// A worker session's settings, chosen here rather than inherited from the role, database
@@ -135,6 +168,20 @@ mod tests {
         assert_eq!(
             bind("SELECT @a, @ab, @a::int FROM {t}", &t, &["a", "ab"]),
             "SELECT $1, $2, $1::int FROM \"x\""
+        );
+    }
+
+    #[test]
+    fn what_is_put_in_is_never_replaced_again() {
+        let t = Table::parse("x{archive}@n{t}").unwrap();
+        assert_eq!(
+            bind_parts(
+                "SELECT {cols} FROM {t} WHERE n = @n; INSERT INTO {archive}",
+                &t,
+                &["n"],
+                &[("cols", "\"@n\", \"{t}\""), ("archive", "\"a{cols}\"")],
+            ),
+            "SELECT \"@n\", \"{t}\" FROM \"x{archive}@n{t}\" WHERE n = $1; INSERT INTO \"a{cols}\""
         );
     }
 

@@ -550,7 +550,8 @@ fn the_dsn_can_come_from_a_file() {
     let out = run(dispatchbox().args(["--dsn-file", &missing]).args(args), T);
     assert_eq!(out.code, Some(2), "{out}");
     assert!(
-        out.stderr.contains(&format!("cannot read {missing}")),
+        out.stderr
+            .contains(&format!("--dsn-file {missing}: cannot read it")),
         "{out}"
     );
 }

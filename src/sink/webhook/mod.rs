@@ -22,6 +22,7 @@ mod sign;
 pub(crate) use settings::SettingsFile;
 pub(crate) use sign::Secret;
 
+use crate::config_file as file;
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome};
 use settings::RouteSettings;
@@ -227,8 +228,8 @@ fn check_url(url: &str) -> Result<()> {
 
 /// The certificates of a PEM file; a file without one is a usage error.
 fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>> {
-    let bad = |why: String| Error::Usage(format!("ca_file {}: {why}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let bad = |why: String| file::usage("ca_file", path, &why);
+    let (pem, _) = file::read_config_file("ca_file", path, file::PEM_FILE)?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("not PEM: {e}")))? {
