@@ -171,7 +171,7 @@ impl<'a> DbThread<'a> {
 
     /// Every route is paused: only probes claim.
     pub(super) fn every_route_paused(&self) -> bool {
-        self.router.len() > 0 && self.health.paused().len() == self.router.len()
+        !self.router.is_empty() && self.health.paused().len() == self.router.len()
     }
 
     /// Whether a `--drain` must go on waiting: a paused route's events are not done.
