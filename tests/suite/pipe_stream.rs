@@ -375,3 +375,30 @@ fn ordered_delivery_holds_with_a_window_and_answers_out_of_order() {
     // Several aggregates were outstanding at once (one event each).
     assert!(batches(&dir).iter().any(|&n| n > 1), "{out}");
 }
+
+#[test]
+fn a_flood_on_stdout_is_a_protocol_error_not_a_growing_buffer() {
+    let db = db_with_events(3, "x");
+    let dir = TempDir::new("pipe-flood");
+    // The first process answers with 1 MiB and no newline (then more), once.
+    let body = format!(
+        "{READ}\n  if [[ ! -e $dir/flooded ]]; then touch \"$dir/flooded\"; \
+         head -c 1048576 /dev/zero | tr '\\0' 'x'; sleep 60; fi\n  echo \"ok $id\"\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let out = drain(
+        &db,
+        &["--route", &route(&publisher), "--retry-backoff", "0"],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr
+            .contains("protocol error: an answer line longer than 65536 bytes"),
+        "{out}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        3,
+        "{out}"
+    );
+}
