@@ -13,6 +13,9 @@
 #                    interleaved with this build's, and the summary shows both
 #   BENCH_BIG_DONE   done rows in the big-table drain (default 1000000; a fifth as many
 #                    later retries are added; see scripts/lib/bench_scale.sh)
+#   BENCH_SECTIONS   only these optional sections, comma-separated, beside the ceiling, the
+#                    main drains and the signal timings: pipe, webhook, batch1000, big,
+#                    ordered, rss, latency (default: all)
 #
 # Prints figures and never asserts timings: it exits 0 unless something could not run at
 # all. Correctness checks (every event done with attempts = 1, each id delivered once, no
@@ -32,7 +35,7 @@ for var in $(compgen -e); do
 done
 
 usage() {
-    sed -n '7,15s/^# \{0,1\}//p' "$0" >&2
+    sed -n '7,18s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -255,10 +258,11 @@ printf '  start-up: --drain on an empty table (1 process) takes %.1f ms (median 
 
 # ---------------------------------------------------------------------------------------
 # pipe: deliveries/s, beside exec: (a process per event), with --processes 1, --batch-size 100.
-# Self-contained: sets pipe_rows (summary table lines) and nothing else.
+# Each pipe: publisher answers `ok ID` at once; --pipe-window 1 (one event at a time, the old
+# protocol) beside the default window. Self-contained: sets pipe_rows (summary table lines).
 pipe_rows=()
 bench_pipe() {
-    local ack=$tmp/pipe-ack.sh threads rates r rc t0 t1 elapsed ok n label route what spec
+    local ack=$tmp/pipe-ack.sh window rates r rc t0 t1 elapsed ok n label route what spec flags
     # The publisher: acks each event at once (bash builtins only, no fork per event).
     cat >"$ack" <<'SH'
 #!/usr/bin/env bash
@@ -268,69 +272,83 @@ while IFS= read -r line; do
 done
 SH
     chmod +x "$ack"
-    # The same in perl (buffered reads, where bash reads a pipe a byte at a time): what the
-    # pipe: side itself costs, with a cheaper publisher.
-    local perl_ack=$tmp/pipe-ack.pl specs=("pipe:1" "pipe:10")
+    local specs=("pipe:1" "pipe:256")
+    # The same in perl (buffered reads, where bash reads a pipe a byte at a time) and in
+    # Python (the trivial acking loop a user would write first, flushing every answer).
+    local perl_ack=$tmp/pipe-ack.pl py_ack=$tmp/pipe-ack.py
     if command -v perl >/dev/null; then
         printf '%s\n' '#!/usr/bin/env perl' '$| = 1;' \
             'while (<STDIN>) { /^\{"id":(\d+),/ or exit 1; print "ok $1\n"; }' >"$perl_ack"
         chmod +x "$perl_ack"
-        specs+=("perl:1" "perl:10")
+        specs+=("perl:1" "perl:256")
     fi
-    specs+=("exec:10")
+    if command -v python3 >/dev/null; then
+        printf '%s\n' 'import sys' 'for line in sys.stdin:' \
+            '    print("ok", line[6:line.index(",")], flush=True)' >"$py_ack"
+        specs+=("python:1" "python:256")
+    fi
+    specs+=("exec:0")
     # exec: costs a fork and exec per event: a tenth of the events is enough.
     local exec_events=$(((events + 9) / 10))
-    say "pipe: and exec: deliveries, --processes 1, --batch-size 100, median of $runs"
-    echo "(pipe: a bash read loop answering \`ok ID\` at once, one process per handler thread;"
-    echo " perl: the same loop in perl; exec: \`true\` run once per event, on $exec_events events)"
+    say "pipe: and exec: deliveries, --processes 1, --batch-size 100, --threads 10, median of $runs"
+    echo "(pipe: one process per worker answering \`ok ID\` at once: a bash read loop, the same in"
+    echo " perl, a Python loop flushing each answer; --pipe-window 1 (one event at a time) beside"
+    echo " --pipe-window 256 (the default); exec: \`true\` run once per event, on $exec_events events)"
     for spec in "${specs[@]}"; do
         label=${spec%%:*}
-        threads=${spec##*:}
+        window=${spec##*:}
+        flags=(--pipe-window "$window")
         case $label in
         pipe) n=$events; route="*=pipe:$ack" ;;
         perl) n=$events; route="*=pipe:$perl_ack" ;;
-        *) n=$exec_events; route='*=exec:true' ;;
+        python) n=$events; route="*=pipe:python3 $py_ack" ;;
+        *) n=$exec_events; route='*=exec:true'; flags=() ;;
         esac
         rates=()
         for r in $(seq 1 "$runs"); do
             load_events "$n"
             rc=0
             t0=$EPOCHREALTIME
-            "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --threads "$threads" \
+            "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --threads 10 "${flags[@]}" \
                 --route "$route" --poll-interval 0.05 --log-level warning >/dev/null 2>"$tmp/pipe.err" || rc=$?
             t1=$EPOCHREALTIME
             elapsed=$(calc "$t1 - $t0")
             rate=$(calc "$n / $elapsed")
             rates+=("$rate")
             ok=$(psql_q -c "SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1")
-            printf '  %-4s --threads %2d, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s of %s, exit %s)\n' \
-                "$label" "$threads" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$n" "$rc"
+            printf '  %-6s window %3s, run %d: %6.2f s  %7s events/s  (done with attempts=1: %s of %s, exit %s)\n' \
+                "$label" "${window/#0/-}" "$r" "$elapsed" "$(fmt_int "$rate")" "$ok" "$n" "$rc"
             if [[ $rc != 0 || $ok != "$n" ]]; then
-                warn "$label threads $threads run $r: expected exit 0 and all $n events done with attempts = 1"
+                warn "$label window $window run $r: expected exit 0 and all $n events done with attempts = 1"
             fi
             if [[ -s $tmp/pipe.err ]]; then
-                warn "$label threads $threads run $r: output on stderr at --log-level warning; first lines:"
+                warn "$label window $window run $r: output on stderr at --log-level warning; first lines:"
                 head -n 5 "$tmp/pipe.err" | sed 's/^/    /'
             fi
         done
         rate=$(median "${rates[@]}")
-        echo "  => $label, --threads $threads: median $(fmt_int "$rate") events/s"
+        echo "  => $label, window ${window/#0/-}: median $(fmt_int "$rate") events/s"
         case $label in
-        pipe) what="\`pipe:\` (bash loop acking at once)" ;;
-        perl) what="\`pipe:\` (perl loop acking at once)" ;;
+        pipe) what="\`pipe:\` (bash loop acking at once), --pipe-window $window" ;;
+        perl) what="\`pipe:\` (perl loop acking at once), --pipe-window $window" ;;
+        python) what="\`pipe:\` (Python loop acking at once), --pipe-window $window" ;;
         *) what="\`exec:true\` (a process per event)" ;;
         esac
-        pipe_rows+=("| Dispatchbox --drain to $what, $n events, --threads $threads | 1 | 100 | $(fmt_int "$rate") events/s | $(calc "$rate / ${ceiling[two_100]}" | awk '{ printf "%.2f", $1 }') | - |")
+        pipe_rows+=("| Dispatchbox --drain to $what, $n events, --threads 10 | 1 | 100 | $(fmt_int "$rate") events/s | $(calc "$rate / ${ceiling[two_100]}" | awk '{ printf "%.2f", $1 }') | - |")
     done
 }
-bench_pipe
-bench_webhook
-bench_batch1000
-bench_big_table
-say "Ordered delivery: --ordered beside the same drain without it, $events events, median of $runs"
-bench_ordered
-bench_rss
-bench_latency
+# Whether an optional section runs (BENCH_SECTIONS).
+want() { [[ -z ${BENCH_SECTIONS:-} || ,$BENCH_SECTIONS, == *,$1,* ]]; }
+if want pipe; then bench_pipe; fi
+if want webhook; then bench_webhook; fi
+if want batch1000; then bench_batch1000; fi
+if want big; then bench_big_table; fi
+if want ordered; then
+    say "Ordered delivery: --ordered beside the same drain without it, $events events, median of $runs"
+    bench_ordered
+fi
+if want rss; then bench_rss; fi
+if want latency; then bench_latency; fi
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"

@@ -3,17 +3,19 @@
 #
 #   dispatchbox --route 'order.*=pipe:/path/to/pipe-publisher-example.sh'
 #
-# Dispatchbox starts this once per handler thread and keeps it running. It reads one event per
-# line on stdin ({"id":N,"event_type":...,"payload":{...}}) and must answer exactly one line per
-# event on stdout, in order:
+# Dispatchbox starts this once per route in each worker (--pipe-processes) and keeps it running.
+# It reads one event per line on stdin ({"id":N,"event_type":...,"payload":{...}}) and must
+# answer exactly one line per event on stdout. Answers may come in any order; this loop answers
+# one event at a time, in order, which is always allowed (the events Dispatchbox writes ahead,
+# up to --pipe-window, wait in the pipe). A streaming publisher: examples/bridges/.
 #
 #   ok ID                          the event is delivered (the broker confirmed it)
 #   retry ID [REASON]              try again later (with backoff)
 #   retry ID after=SECS [REASON]   try again, not sooner than SECS seconds
 #   dead ID [REASON]               never deliver this event (it goes to `dead`)
 #
-# Nothing else may go to stdout: send logs to stderr (its tail is logged by Dispatchbox when the
-# process fails, and stored as the event's error). At EOF on stdin (Dispatchbox stops), finish
+# Nothing else may go to stdout: send logs to stderr (each line is logged by Dispatchbox at INFO,
+# and its tail is stored as the event's error when the process fails). At EOF on stdin (Dispatchbox stops), finish
 # and exit; after 2 s it gets SIGTERM, one more second then SIGKILL.
 #
 # To connect a broker with real acknowledgements, replace `publish` with a call that returns

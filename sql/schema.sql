@@ -3,7 +3,8 @@
 -- Idempotent: safe to run again, and it upgrades a table created by the original
 -- (Python) Dispatchbox in place without touching any row. `dispatchbox migrate` runs
 -- exactly this text (compiled in with include_str!); for `--table other` it substitutes
--- the quoted name for every `outbox_event` below, and `<table>_suffix` for index names.
+-- the quoted name for every `outbox_event` in the statements below, and `<table>_suffix`
+-- for index names (comments are left as they are: a name never goes into one).
 
 CREATE TABLE IF NOT EXISTS outbox_event (
     id             bigserial PRIMARY KEY,

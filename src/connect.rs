@@ -49,10 +49,12 @@ pub enum Attempt {
 impl Connector {
     /// `tls`: `None` when no TLS is to be set up at all (sslmode=disable, or only unix
     /// sockets).
+    /// The server's NOTICE and WARNING messages on every connection become log lines.
     pub(crate) fn new(
-        config: postgres::Config,
+        mut config: postgres::Config,
         tls: Option<postgres_native_tls::MakeTlsConnector>,
     ) -> Connector {
+        config.notice_callback(crate::log::server_notice);
         Connector {
             config,
             tls,

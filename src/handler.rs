@@ -55,8 +55,9 @@ pub enum Outcome {
     Delivered,
     /// Failed, worth retrying: `retry` with backoff, or `dead` after `--max-attempts`.
     Retry(String),
-    /// Like `Retry`, but the receiver asked to wait at least this long (an HTTP `Retry-After`,
-    /// say): the delay is the longer of this and the backoff, capped at `--retry-backoff-max`.
+    /// Like `Retry`, but the receiver said when to try again (an HTTP `Retry-After`, a `pipe:`
+    /// `retry ID after=SECS`): this delay instead of the backoff, capped at
+    /// `--retry-backoff-max`.
     RetryAfter(String, std::time::Duration),
     /// Failed for good (the receiver rejected the event): straight to `dead`.
     Permanent(String),
@@ -65,17 +66,81 @@ pub enum Outcome {
     /// exits 1 (the supervisor restarts it with backoff, and gives up if it keeps failing).
     Abort(String),
     /// Not the event's fault, not delivered: a local shortage (out of file descriptors,
-    /// processes or memory) kept the handler from trying. The event is given back without
+    /// processes or memory) kept the handler from trying, or the destination never received
+    /// it (a `pipe:` process ended before reading it). The event is given back without
     /// using an attempt and is due again after a short pause; the worker pauses claiming,
     /// longer while deferrals go on, and logs one warning per episode.
     Defer(String),
+    /// The destination, not this event, is unavailable (connection refused, 503, a broker
+    /// that is down; `after`: when the destination suggests trying again). Counted against
+    /// the route: after a few in a row the route pauses and is probed, and while it is paused
+    /// its events wait without using attempts. Until the route pauses, it is a failed attempt
+    /// like `Retry` (so one event that always fails this way still goes dead).
+    Unavailable(String, Option<std::time::Duration>),
 }
 
 /// Delivers events: what a route's target is built as. Called from several handler threads
 /// at once, hence `Sync`.
 /// A panic inside `handle` is caught and counted as a failed (retryable) attempt.
+///
+/// Most handlers implement `handle` only: a handler thread runs it and waits. A *streaming*
+/// handler (the `pipe:` target) keeps many events in flight at once without a thread for
+/// each: it says how many with [`Handler::window`], and the handler threads call
+/// [`Handler::start`] instead of `handle`, which hands the event over and returns; the
+/// outcome arrives later through the [`Reply`], from any thread.
 pub trait Handler: Send + Sync {
     fn handle(&self, event: &Event) -> Outcome;
+
+    /// How many events this handler may hold in flight beyond those its handler threads
+    /// run (a streaming handler's window; the worker claims that many more). 0, the
+    /// default: `handle` is called, and the events in flight are the threads' own.
+    fn window(&self) -> usize {
+        0
+    }
+
+    /// Starts delivering `event`; `reply` receives the outcome, now or later, from any
+    /// thread. Called instead of `handle` when `window()` is above 0. It should return once
+    /// the event is handed over, blocking only while the handler's window is full.
+    fn start(&self, event: Event, reply: Reply) {
+        reply.send(self.handle(&event));
+    }
+}
+
+/// Where a streaming handler sends the outcome of an event it started ([`Handler::start`]).
+/// Exactly once: a `Reply` dropped without [`Reply::send`] reports a failed attempt.
+pub struct Reply {
+    to: Option<Box<dyn FnOnce(Outcome) + Send>>,
+}
+
+impl Reply {
+    /// A reply that calls `f` with the outcome.
+    pub fn new(f: impl FnOnce(Outcome) + Send + 'static) -> Reply {
+        Reply {
+            to: Some(Box::new(f)),
+        }
+    }
+
+    pub fn send(mut self, outcome: Outcome) {
+        if let Some(f) = self.to.take() {
+            f(outcome);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(f) = self.to.take() {
+            f(Outcome::Retry(
+                "the handler dropped the event without an outcome".into(),
+            ));
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
 }
 
 impl<F> Handler for F
@@ -152,13 +217,44 @@ impl std::fmt::Display for Pattern {
     }
 }
 
-/// Which event types the claim query may take.
+/// Which event types the claim query may take: those `all`, `exact` or `like` take, except
+/// those the `skip` patterns take and the `keep` patterns do not (the routes paused, less
+/// the more specific routes that are not; see [`Router::type_filter_pausing`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeFilter {
     pub all: bool,
     pub exact: Vec<String>,
     /// SQL LIKE patterns (`order.%`, with `%`, `_` and `\` escaped in the prefix).
     pub like: Vec<String>,
+    pub skip_exact: Vec<String>,
+    pub skip_like: Vec<String>,
+    pub keep_exact: Vec<String>,
+    pub keep_like: Vec<String>,
+}
+
+impl Pattern {
+    /// Adds this pattern to a pair of (exact, LIKE) lists; `*` as `%`.
+    fn add_to(&self, exact: &mut Vec<String>, like: &mut Vec<String>) {
+        match self {
+            Pattern::Any => like.push("%".into()),
+            Pattern::Exact(e) => exact.push(e.clone()),
+            Pattern::Prefix(p) => like.push(format!("{}%", escape_like(p))),
+        }
+    }
+
+    /// Whether every type this pattern takes is one `other` takes too (and this one is
+    /// more specific).
+    fn within(&self, other: &Pattern) -> bool {
+        match (other, self) {
+            (_, Pattern::Any) => false,
+            (Pattern::Any, _) => true,
+            (Pattern::Prefix(o), Pattern::Prefix(s)) => {
+                s.len() > o.len() && s.starts_with(o.as_str())
+            }
+            (Pattern::Prefix(o), Pattern::Exact(s)) => s.starts_with(o.as_str()),
+            (Pattern::Exact(_), _) => false,
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -171,8 +267,9 @@ impl Router {
         Router::default()
     }
 
-    /// Routes `pattern` to `handler`; `target` is a name for logs. A pattern given twice
-    /// keeps the first route (compiled-in routes are added before `--route` ones).
+    /// Routes `pattern` to `handler`; `target` is a name for logs and metrics, kept as
+    /// `redact::route_target` shows it (a URL without userinfo and query values). A pattern
+    /// given twice keeps the first route (compiled-in routes are added before `--route` ones).
     pub fn add(
         &mut self,
         pattern: Pattern,
@@ -180,7 +277,8 @@ impl Router {
         handler: Arc<dyn Handler>,
     ) -> &mut Router {
         if !self.routes.iter().any(|(p, _, _)| *p == pattern) {
-            self.routes.push((pattern, target.into(), handler));
+            let shown = crate::redact::route_target(&target.into());
+            self.routes.push((pattern, shown, handler));
         }
         self
     }
@@ -199,8 +297,67 @@ impl Router {
         self.best(event_type).map(|(_, _, h)| h)
     }
 
-    /// The target name (`stdout`, `exec:...`) of the route `route` picks: for log lines and
-    /// the `route` label of the metrics.
+    /// The index of the route this type takes (see [`Router::target_at`]).
+    pub(crate) fn index(&self, event_type: Option<&str>) -> Option<usize> {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, _, _))| p.matches(event_type))
+            .max_by_key(|(_, (p, _, _))| p.rank())
+            .map(|(i, _)| i)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// `pattern=target` of route `i`, for logs.
+    pub(crate) fn route_at(&self, i: usize) -> String {
+        self.routes
+            .get(i)
+            .map(|(p, t, _)| format!("{p}={t}"))
+            .unwrap_or_default()
+    }
+
+    /// The target of route `i` (the metrics' `route` label).
+    pub(crate) fn target_at(&self, i: usize) -> &str {
+        self.routes.get(i).map_or("-", |(_, t, _)| t.as_str())
+    }
+
+    /// The claim filter with the routes `paused` left out: their patterns are skipped, except
+    /// where a more specific route that is not paused takes the type. (A paused route inside
+    /// a running one inside a paused one is not expressed: its types are claimed and given
+    /// back at once, which costs a claim but never an attempt.)
+    pub(crate) fn type_filter_pausing(&self, paused: &[usize]) -> TypeFilter {
+        let mut f = self.type_filter();
+        for &i in paused {
+            let Some((p, _, _)) = self.routes.get(i) else {
+                continue;
+            };
+            p.add_to(&mut f.skip_exact, &mut f.skip_like);
+            for (j, (q, _, _)) in self.routes.iter().enumerate() {
+                if !paused.contains(&j) && q.within(p) {
+                    q.add_to(&mut f.keep_exact, &mut f.keep_like);
+                }
+            }
+        }
+        f
+    }
+
+    /// The claim filter for a probe of route `i`: its own pattern only.
+    pub(crate) fn type_filter_of(&self, i: usize) -> TypeFilter {
+        let mut f = TypeFilter::default();
+        if let Some((p, _, _)) = self.routes.get(i) {
+            match p {
+                Pattern::Any => f.all = true,
+                p => p.add_to(&mut f.exact, &mut f.like),
+            }
+        }
+        f
+    }
+
+    /// The target (`stdout`, `exec:...`, as shown) of the route `route` picks: for log lines
+    /// and the `route` label of the metrics.
     pub(crate) fn target(&self, event_type: Option<&str>) -> Option<&str> {
         self.best(event_type).map(|(_, t, _)| t.as_str())
     }
@@ -219,6 +376,12 @@ impl Router {
             .filter(|(_, t, _)| t == target)
             .map(|(p, t, _)| format!("{p}={t}"))
             .collect()
+    }
+
+    /// Events the routes' streaming handlers may hold in flight besides the handler
+    /// threads' own (the sum of their windows).
+    pub(crate) fn window(&self) -> usize {
+        self.routes.iter().map(|(_, _, h)| h.window()).sum()
     }
 
     pub fn describe(&self) -> String {
@@ -310,7 +473,8 @@ mod tests {
             TypeFilter {
                 all: false,
                 exact: vec![],
-                like: vec!["order.%".into()]
+                like: vec!["order.%".into()],
+                ..TypeFilter::default()
             }
         );
     }
@@ -335,6 +499,14 @@ mod tests {
             Pattern::parse("a*b").unwrap_err().to_string(),
             "pattern `a*b`: `*` is only allowed at the end (e.g. `order.*`)"
         );
+    }
+
+    #[test]
+    fn targets_are_kept_as_shown() {
+        let mut r = Router::new();
+        r.add(Pattern::Any, "https://h/x?token=SECRET", named("w"));
+        assert_eq!(r.target(Some("a")), Some("https://h/x?token=REDACTED"));
+        assert_eq!(r.describe(), "*=https://h/x?token=REDACTED");
     }
 
     #[test]

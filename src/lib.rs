@@ -31,19 +31,21 @@ mod backoff;
 mod child;
 mod cli;
 mod config;
+mod config_file;
 mod connect;
 mod dsn;
 mod error;
 mod handler;
 mod metrics;
 mod protocol;
+mod redact;
 mod sink;
 mod store;
 mod supervisor;
 mod worker;
 
 pub use error::{Error, Result};
-pub use handler::{Event, Handler, Outcome, Pattern, Router};
+pub use handler::{Event, Handler, Outcome, Pattern, Reply, Router};
 
 /// For this crate's integration tests only (they test the SQL fencing and the DSN helpers
 /// directly): not part of the API, no stability promised.
@@ -113,6 +115,7 @@ fn run_admin(command: cli::Command, raw: &cli::RawArgs) -> ExitCode {
     log::set_level(cfg.log_level);
     log::set_format(cfg.log_format);
     log::set_process(command.name());
+    log::install_bridge();
     if let Some(w) = dsn::cert_env_warning(&env) {
         warn!("{w}");
     }
@@ -148,6 +151,7 @@ fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
     log::set_level(cfg.log_level);
     log::set_format(cfg.log_format);
     log::set_process("supervisor");
+    log::install_bridge();
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .collect();

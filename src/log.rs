@@ -18,9 +18,16 @@
 //! type, a table name, a route) are escaped (in JSON, by JSON's own escapes), so logged values
 //! cannot forge a line.
 //!
+//! The `log` crate's records (our dependencies') and the server's notices become lines of
+//! ours too (`bridge`).
+//!
 //! A worker's stderr is a pipe to its supervisor, which forwards it. Once the supervisor is
 //! gone, a worker logs to the copy of the supervisor's own stderr it was given instead
 //! (`protocol::LOG_FD`), so its shutdown lines are not lost.
+
+mod bridge;
+
+pub(crate) use bridge::{install as install_bridge, server_notice};
 
 use std::fmt;
 use std::io::Write;
@@ -108,6 +115,7 @@ static PROCESS: OnceLock<(String, u32)> = OnceLock::new();
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
+    bridge::follow_level();
 }
 
 pub(crate) fn set_format(format: Format) {

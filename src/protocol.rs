@@ -208,6 +208,11 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
     m.insert("lease".into(), d(cfg.lease));
     m.insert("exec-timeout".into(), d(cfg.exec_timeout));
     m.insert("pipe-timeout".into(), d(cfg.pipe_timeout));
+    m.insert("pipe-window".into(), cfg.pipe_window.to_string().into());
+    m.insert(
+        "pipe-processes".into(),
+        cfg.pipe_processes.to_string().into(),
+    );
     if let Some(p) = &cfg.webhook_config {
         m.insert(
             "webhook-config".into(),

@@ -11,11 +11,12 @@
 declare -A webhook # webhook[P_B] = median events/s
 webhook_configs="1:100 2:100"
 
-# Starts the receiver, sets $receiver_pid and $receiver_port.
+# Starts the receiver (on port $1, default any free one), sets $receiver_pid and
+# $receiver_port.
 webhook_receiver_start() {
     local out=$tmp/receiver.out
     cargo build --release --quiet --example webhook_receiver
-    "${CARGO_TARGET_DIR:-target}/release/examples/webhook_receiver" 0 >"$out" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/release/examples/webhook_receiver" "${1:-0}" >"$out" 2>&1 &
     receiver_pid=$!
     receiver_port=
     for _ in $(seq 1 500); do

@@ -13,6 +13,7 @@ use crate::cli::{Command, RawArgs};
 use crate::config::AdminConfig;
 use crate::error::{exit, Error, Result};
 use crate::info;
+use crate::log::escape_controls;
 use crate::store::{self, ops};
 use serde_json::json;
 use std::io::Write;
@@ -35,7 +36,7 @@ pub fn run(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
 
 /// The ids and filters as given, checked before connecting.
 fn selection(cmd: Command, raw: &RawArgs) -> Result<ops::Selection> {
-    let mut ids: Vec<i64> = raw.args.iter().filter_map(|a| a.parse().ok()).collect();
+    let mut ids = raw.ids.clone();
     ids.sort_unstable();
     ids.dedup();
     let (aggregate_type, aggregate_id) = match raw.get("aggregate") {
@@ -105,8 +106,7 @@ fn list(
         writeln!(out, "{:#}", serde_json::Value::from(v))?;
         return Ok(exit::OK);
     }
-    let esc =
-        |v: &Option<String>| crate::log::escape_controls(v.as_deref().unwrap_or("-")).into_owned();
+    let esc = |v: &Option<String>| escape_controls(v.as_deref().unwrap_or("-")).into_owned();
     for r in &rows {
         writeln!(
             out,
@@ -159,15 +159,27 @@ fn show(
         return Ok(exit::OK);
     }
     for (k, v) in row {
-        let v = match (k.as_str(), v) {
-            ("payload", Some(p)) => serde_json::from_str::<serde_json::Value>(&p)
-                .map(|j| format!("{j:#}"))
-                .unwrap_or(p),
-            (_, v) => v.unwrap_or_else(|| "NULL".into()),
-        };
-        writeln!(out, "{k}: {v}")?;
+        writeln!(out, "{}: {}", escape_controls(&k), shown(&k, v))?;
     }
     Ok(exit::OK)
+}
+
+/// A column's value for `dead show`: control characters escaped as in the logs, so that no
+/// value can forge a line or act on the terminal; the payload pretty-printed (its line breaks
+/// are the printer's: JSON escapes those inside strings).
+fn shown(column: &str, value: Option<String>) -> String {
+    match (column, value) {
+        ("payload", Some(p)) => match serde_json::from_str::<serde_json::Value>(&p) {
+            Ok(j) => format!("{j:#}")
+                .lines()
+                .map(|l| escape_controls(l).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(_) => escape_controls(&p).into_owned(),
+        },
+        (_, Some(v)) => escape_controls(&v).into_owned(),
+        (_, None) => "NULL".into(),
+    }
 }
 
 /// `retry` or `purge`, in batches; prints how many.

@@ -19,7 +19,7 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
             "-- dispatchbox migrate for table {}: runs this (idempotent) when the table is not \
              up to date, in one transaction after pg_advisory_xact_lock(hashtext('dispatchbox \
              migrate')) with lock_timeout 10s\n",
-            cfg.table
+            cfg.table.quoted()
         )?;
         out.write_all(store::migration_sql(&cfg.table, notify_choice(cfg)).as_bytes())?;
         if cfg.ordered {

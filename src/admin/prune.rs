@@ -8,7 +8,7 @@
 //! statement: a row is in exactly one of the two tables at every instant.
 
 use super::{connect, human_secs, parse_duration};
-use crate::cli::RawArgs;
+use crate::cli::{defs, RawArgs};
 use crate::config::{AdminConfig, Table};
 use crate::error::{exit, Error, Result};
 use crate::info;
@@ -28,7 +28,10 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
         ));
     };
     let older = parse_duration("--older-than", older)?;
-    let archive = raw.get("archive").map(Table::parse).transpose()?;
+    let archive = raw
+        .get("archive")
+        .map(|a| Table::parse_for(defs::ARCHIVE.key, a))
+        .transpose()?;
     let mut client = connect(cfg)?;
     store::check_table(&mut client, &cfg.table)?;
     let mut out = std::io::stdout().lock();

@@ -82,8 +82,11 @@ struct Report {
     holders: Vec<ops::Holder>,
     types: Vec<TypeLine>,
     /// `--ordered`: aggregates whose later events wait behind a dead one (None: the table has
-    /// no ordered index, so it is not counted — that would read every dead row).
+    /// no ordered index, so it is not counted — that would read every dead row). Always 0
+    /// under `--ordered-dead skip`.
     held_back: Option<i64>,
+    /// `--ordered-dead block` (else `skip`): what `held_back` assumes of the workers.
+    dead_blocks: bool,
 }
 
 impl Report {
@@ -193,11 +196,12 @@ fn gather(
         in_flight: sum(|t| t.in_flight),
         holders: ops::holders(client, table)?,
         types,
-        held_back: if store::has_ordered_index(client, table)? {
-            Some(store::held_back(client, table, 1)?.0)
-        } else {
-            None
+        held_back: match store::has_ordered_index(client, table)? {
+            false => None,
+            true if cfg.ordered_dead_blocks => Some(store::held_back(client, table, 1)?.0),
+            true => Some(0),
         },
+        dead_blocks: cfg.ordered_dead_blocks,
     })
 }
 
@@ -253,6 +257,7 @@ fn to_json(r: &Report, checks: &[Check]) -> Value {
         "lag_seconds": r.lag,
         "in_flight": r.in_flight,
         "held_back_aggregates": r.held_back,
+        "ordered_dead": if r.dead_blocks { "block" } else { "skip" },
         "holders": r.holders.iter().map(|h| json!({
             "locked_by": h.locked_by,
             "events": h.events,
@@ -290,11 +295,16 @@ fn render(r: &Report, checks: &[Check]) -> String {
     );
     out.push_str(&format!("{:<10}{} ({lag})\n", "due", r.due));
     out.push_str(&format!("{:<10}{}\n", "in flight", r.in_flight));
-    if let Some(n) = r.held_back {
-        out.push_str(&format!(
-            "{:<10}{n} aggregate(s) behind a dead event (--ordered)\n",
+    match r.held_back {
+        Some(n) if r.dead_blocks => out.push_str(&format!(
+            "{:<10}{n} aggregate(s) behind a dead event (--ordered, --ordered-dead block)\n",
             "held back"
-        ));
+        )),
+        Some(_) => out.push_str(&format!(
+            "{:<10}0 (--ordered-dead skip: a dead event holds nothing back)\n",
+            "held back"
+        )),
+        None => {}
     }
     for h in &r.holders {
         out.push_str(&format!(
@@ -348,6 +358,7 @@ mod tests {
             holders: Vec::new(),
             types: Vec::new(),
             held_back: None,
+            dead_blocks: true,
         }
     }
 

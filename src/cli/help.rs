@@ -1,5 +1,5 @@
 //! The `--help` text. Its OPTIONS section is rendered from the flag table (`defs.rs`); the
-//! rest (usage, the `exec:` contract, exit codes) is written here.
+//! rest (usage, the `exec:` and `pipe:` contracts, exit codes) is written here.
 
 use super::defs::{Flag, BATCH_SIZE, FLAGS};
 
@@ -21,8 +21,18 @@ const EXEC_CONTRACT: &str = "
 EXEC TARGETS (--route 'PATTERN=exec:COMMAND ARGS...', run without a shell, once per event):
     stdin: the event as one JSON line; environment: DISPATCHBOX_EVENT_ID, DISPATCHBOX_EVENT_TYPE,
     DISPATCHBOX_AGGREGATE_TYPE, DISPATCHBOX_AGGREGATE_ID, DISPATCHBOX_ATTEMPT. Exit 0: delivered;
-    exit 65: permanent failure (dead at once); anything else, or --exec-timeout: retried later.
+    exit 65: permanent failure (dead at once); exit 75: the destination is unavailable (counts
+    toward pausing the route); anything else, or --exec-timeout: retried later.
     The tail of its stderr is stored as the event's error; its stdout is discarded.
+
+PIPE TARGETS (--route 'PATTERN=pipe:COMMAND ARGS...', long-running, --pipe-processes per worker):
+    stdin: one event JSON line each, written without waiting, up to --pipe-window unanswered
+    (outstanding) per process. stdout: one answer per event, in any order, naming an outstanding
+    id: `ok ID`, `retry ID [after=SECS] [REASON]`, `dead ID [REASON]`, `unavailable ID
+    [after=SECS] [REASON]` (the destination is down: counts toward pausing the route); anything
+    else is a protocol error. When the process ends, is killed at --pipe-timeout or breaks the protocol,
+    outstanding events it had read are retried (one attempt), those it never read are given back
+    (no attempt). At a stop: outstanding events answered (or timed out), then EOF on stdin.
 ";
 
 const EXIT_CODES: &str = "

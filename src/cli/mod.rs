@@ -91,8 +91,8 @@ pub struct RawArgs {
     pub drain: bool,
     /// The names of the other switches given (`fail-on-dead`, `json`, ...).
     pub switches: Vec<&'static str>,
-    /// An admin command's positional arguments (`dead retry 17 18`).
-    pub args: Vec<String>,
+    /// An admin command's event ids (`dead retry 17 18`), checked by [`event_id`].
+    pub ids: Vec<i64>,
 }
 
 impl RawArgs {
@@ -146,13 +146,17 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
     let rest = p.finish();
     match mode {
         Mode::Admin(c) if c.takes_ids() => {
-            // Ids only: anything else (a flag we do not know) is reported as a leftover.
+            // Ids only: a flag we do not know is reported as a leftover, anything else as
+            // what it is not.
             for a in rest {
                 let a = a.to_string_lossy();
-                if a.starts_with('-') || a.parse::<i64>().is_err() {
+                let flag = a
+                    .strip_prefix('-')
+                    .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_digit()));
+                if flag {
                     return Err(leftover(&a));
                 }
-                raw.args.push(a.into_owned());
+                raw.ids.push(event_id(c, &a)?);
             }
         }
         _ => {
@@ -258,6 +262,29 @@ fn read_flags(p: &mut pico_args::Arguments) -> Result<RawArgs> {
     Ok(raw)
 }
 
+/// A positional argument of `cmd` as an event id: a whole number from 1 up. A refusal shows
+/// the argument (escaped), unless it could be a DSN or a password put in the wrong place.
+fn event_id(cmd: Command, s: &str) -> Result<i64> {
+    let why = match s.parse::<i64>() {
+        Ok(id) if id >= 1 => return Ok(id),
+        Ok(_) => "is not an event id: ids are 1 or more",
+        Err(_) if s.is_empty() => "is not an event id: the argument is empty",
+        Err(_) if s.bytes().all(|b| b.is_ascii_digit()) => {
+            "is out of range: event ids go up to 9223372036854775807"
+        }
+        Err(_) if s.split(',').all(|p| p.trim().parse::<i64>().is_ok()) => {
+            "is not an event id: give several ids as separate arguments (`17 18`)"
+        }
+        Err(_) => "is not an event id (a whole number)",
+    };
+    let shown = if s.len() > 40 || s.contains(['=', '@', ':', '/']) {
+        "an argument (not shown: it may be a DSN)".to_string()
+    } else {
+        format!("`{}`", crate::log::escape_controls(s))
+    };
+    Err(usage(format!("{}: {shown} {why}", cmd.name())))
+}
+
 /// The error for the first argument nobody took.
 fn leftover(s: &str) -> Error {
     // Never echo what could be a DSN or a password given to a flag we do not know.
@@ -330,7 +357,7 @@ mod tests {
     fn admin_commands_take_their_options_and_ids() {
         let (m, r) = parse(args(&["dead", "retry", "17", "18", "--dry-run", "--dsn=x"])).unwrap();
         assert_eq!(m, Mode::Admin(Command::DeadRetry));
-        assert_eq!(r.args, vec!["17", "18"]);
+        assert_eq!(r.ids, vec![17, 18]);
         assert!(r.has("dry-run") && !r.has("yes"));
         let (m, r) = parse(args(&["status", "--json", "--max-lag", "60"])).unwrap();
         assert_eq!(m, Mode::Admin(Command::Status));
@@ -352,13 +379,65 @@ mod tests {
             ),
             (
                 &["dead", "retry", "x"][..],
-                "unexpected argument: a positional",
+                "dead retry: `x` is not an event id (a whole number)",
             ),
             (&["prune", "--bogus"][..], "unexpected argument: --bogus"),
         ] {
             let e = parse(args(a)).unwrap_err().to_string();
             assert!(e.starts_with(expect), "{a:?}: {e}");
         }
+    }
+
+    #[test]
+    fn bad_event_ids_are_named_with_the_reason() {
+        for (id, expect) in [
+            (
+                "abc",
+                "dead retry: `abc` is not an event id (a whole number)",
+            ),
+            (
+                "99999999999999999999",
+                "dead retry: `99999999999999999999` is out of range: event ids go up to \
+                 9223372036854775807",
+            ),
+            (
+                "1,2",
+                "dead retry: `1,2` is not an event id: give several ids as separate arguments",
+            ),
+            (
+                "",
+                "dead retry: `` is not an event id: the argument is empty",
+            ),
+            ("0", "dead retry: `0` is not an event id: ids are 1 or more"),
+            (
+                "-5",
+                "dead retry: `-5` is not an event id: ids are 1 or more",
+            ),
+            (
+                "1\n2",
+                "dead retry: `1\\n2` is not an event id (a whole number)",
+            ),
+            ("é", "dead retry: `é` is not an event id (a whole number)"),
+            ("-x", "unexpected argument: -x"),
+            (
+                "postgres://u:hunter2@h/db",
+                "dead retry: an argument (not shown: it may be a DSN) is not an event id",
+            ),
+        ] {
+            let e = parse(args(&["dead", "retry", "1", id]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(expect), "{id:?}: {e}");
+        }
+        let e = parse(args(&["dead", "show", "9223372036854775808"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("dead show: `9223372036854775808` is out of range"),
+            "{e}"
+        );
+        let (_, r) = parse(args(&["dead", "show", "9223372036854775807"])).unwrap();
+        assert_eq!(r.ids, vec![i64::MAX]);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct Config {
     pub route_source: &'static str,
     pub exec_timeout: Duration,
     pub pipe_timeout: Duration,
+    /// `--pipe-window`: events outstanding per `pipe:` process.
+    pub pipe_window: usize,
+    /// `--pipe-processes`: `pipe:` processes per route per worker.
+    pub pipe_processes: usize,
     /// `--webhook-config`: read (and checked) where the routes are built.
     pub webhook_config: Option<std::path::PathBuf>,
     pub webhook_timeout: Duration,
@@ -137,6 +141,9 @@ pub struct AdminConfig {
     pub notify: Notify,
     /// `--ordered` (or its variable): `migrate` also builds the index ordered claims use.
     pub ordered: bool,
+    /// `--ordered-dead` (or its variable) is `block`: `status` counts the aggregates a dead
+    /// event holds back (the workers' setting cannot be seen from here; give it the same).
+    pub ordered_dead_blocks: bool,
 }
 
 impl Config {
@@ -163,6 +170,8 @@ impl Config {
         let lease = src.secs(&defs::LEASE)?.unwrap_or_default();
         let exec_timeout = src.secs(&defs::EXEC_TIMEOUT)?.unwrap_or_default();
         let pipe_timeout = src.secs(&defs::PIPE_TIMEOUT)?.unwrap_or_default();
+        let pipe_window: usize = src.whole(&defs::PIPE_WINDOW)?;
+        let pipe_processes: usize = src.whole(&defs::PIPE_PROCESSES)?;
         let webhook_timeout = src.secs(&defs::WEBHOOK_TIMEOUT)?.unwrap_or_default();
         let webhook_config = src
             .get(&defs::WEBHOOK_CONFIG)
@@ -193,6 +202,8 @@ impl Config {
             route_source,
             exec_timeout,
             pipe_timeout,
+            pipe_window,
+            pipe_processes,
             webhook_config,
             webhook_timeout,
             webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
@@ -224,6 +235,7 @@ impl AdminConfig {
             dsn: src.dsn()?,
             table: src.table()?,
             ordered: src.switch(&defs::ORDERED, raw.has(defs::ORDERED.name()))?,
+            ordered_dead_blocks: src.ordered_dead_blocks()?,
         })
     }
 }
@@ -420,14 +432,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with(&format!("--dsn-file: cannot read {missing}")),
+            e.starts_with(&format!("--dsn-file {missing}: cannot read it: ")),
             "{e}"
         );
         std::fs::write(&file, " \n").unwrap();
         let e = Config::from_raw(&raw(&[("dsn-file", &path)]), &no_env)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, format!("--dsn-file: {path} is empty"));
+        assert_eq!(e, format!("--dsn-file {path}: empty"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

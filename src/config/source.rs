@@ -5,6 +5,7 @@
 use super::Table;
 use crate::cli::defs::{self, Flag, Kind};
 use crate::cli::RawArgs;
+use crate::config_file as file;
 use crate::dsn::Dsn;
 use crate::error::{Error, Result};
 use crate::log::{Format, Level};
@@ -104,9 +105,12 @@ impl Source<'_> {
         let mut routes: Vec<(String, String)> = Vec::new();
         let mut patterns: Vec<crate::handler::Pattern> = Vec::new();
         for r in &texts {
-            let (pattern, target) = r.split_once('=').ok_or_else(|| {
+            // A URL without its pattern would split at its query: `https://h/x?token` `=` ...
+            let split = r.split_once('=').filter(|(p, _)| !p.contains("://"));
+            let (pattern, target) = split.ok_or_else(|| {
                 Error::Usage(format!(
-                    "{source} `{r}`: expected PATTERN=TARGET, e.g. `order.*=stdout`"
+                    "{source} `{}`: expected PATTERN=TARGET, e.g. `order.*=stdout`",
+                    crate::redact::route_target(r)
                 ))
             })?;
             let p = crate::handler::Pattern::parse(pattern)
@@ -165,11 +169,12 @@ impl Source<'_> {
             return Ok(dsn.map(|(_, v)| v).unwrap_or_default());
         };
         // The path may be shown; the contents never are.
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Usage(format!("{who}: cannot read {path}: {e}")))?;
+        let path = std::path::Path::new(&path);
+        let (bytes, _) = file::read_config_file(&who, path, file::DSN_FILE)?;
+        let text = String::from_utf8(bytes).map_err(|_| file::usage(&who, path, &"not UTF-8"))?;
         let text = text.trim_end();
         if text.trim().is_empty() {
-            return Err(Error::Usage(format!("{who}: {path} is empty")));
+            return Err(file::usage(&who, path, &"empty"));
         }
         Ok(text.to_string())
     }
@@ -186,12 +191,16 @@ impl Source<'_> {
                     .into(),
             ));
         }
+        // OpenSSL opens SSL_CERT_FILE when a connection (database or webhook) is set up.
+        crate::dsn::check_cert_env(self.env)?;
         Dsn::resolve(&text, self.env)
     }
 
     pub(super) fn table(&self) -> Result<Table> {
-        let v = self.get_or_default(&defs::TABLE).map(|(_, v)| v);
-        Table::parse(v.unwrap_or_default().trim())
+        match self.get_or_default(&defs::TABLE) {
+            Some((who, v)) => Table::parse_for(&who, v.trim()),
+            None => Table::parse(""),
+        }
     }
 
     pub(super) fn notify(&self) -> Result<super::Notify> {
@@ -213,7 +222,17 @@ impl Source<'_> {
 
     /// `--ordered` (given: the switch was on the command line) and `--ordered-dead`.
     pub(super) fn order(&self, given: bool) -> Result<super::Order> {
-        let dead_blocks = match self.get_or_default(&defs::ORDERED_DEAD) {
+        let dead_blocks = self.ordered_dead_blocks()?;
+        Ok(if self.switch(&defs::ORDERED, given)? {
+            super::Order::ByAggregate { dead_blocks }
+        } else {
+            super::Order::Unordered
+        })
+    }
+
+    /// `--ordered-dead`: true for `block` (the default), false for `skip`.
+    pub(super) fn ordered_dead_blocks(&self) -> Result<bool> {
+        Ok(match self.get_or_default(&defs::ORDERED_DEAD) {
             None => true,
             Some((who, v)) => match v.trim() {
                 "block" => true,
@@ -224,11 +243,6 @@ impl Source<'_> {
                     )))
                 }
             },
-        };
-        Ok(if self.switch(&defs::ORDERED, given)? {
-            super::Order::ByAggregate { dead_blocks }
-        } else {
-            super::Order::Unordered
         })
     }
 

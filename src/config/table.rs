@@ -1,26 +1,43 @@
 //! The outbox table's name: parsed once, always quoted when put into SQL, and the names
 //! derived from it (indexes) kept within PostgreSQL's 63-byte identifier limit, stably.
+//!
+//! Invariant: a [`Table`] is only made by [`Table::parse_for`], which refuses control
+//! characters, NUL, `'` and `$`; so its quoted form ([`quote_ident`], the one function that
+//! puts a name into SQL text) cannot end the string literals and dollar quotes `migrate` puts
+//! it in, and no newline can end a line comment near it.
 
 use crate::error::{Error, Result};
 
 /// A table name, optionally schema-qualified, always quoted when put into SQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table {
-    pub schema: Option<String>,
-    pub name: String,
+    schema: Option<String>,
+    name: String,
 }
 
 impl Table {
-    /// `name` or `schema.name`, taken literally (case-sensitive, like a quoted identifier).
+    /// `--table`'s value: see [`Table::parse_for`].
     pub fn parse(s: &str) -> Result<Table> {
-        let bad = |why: &str| Error::Usage(format!("--table `{s}`: {why}"));
+        Table::parse_for("--table", s)
+    }
+
+    /// `name` or `schema.name`, taken literally (case-sensitive, like a quoted identifier);
+    /// `who` (the flag or variable) names it in errors.
+    pub fn parse_for(who: &str, s: &str) -> Result<Table> {
+        let bad =
+            |why: &str| Error::Usage(format!("{who} `{}`: {why}", crate::log::escape_controls(s)));
+        // A newline would end a line comment, and the rest of the name would be SQL; no
+        // table needs one.
+        if s.contains(char::is_control) {
+            return Err(bad("control characters are not allowed in the table name"));
+        }
         let parts: Vec<&str> = s.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
             return Err(bad("expected NAME or SCHEMA.NAME"));
         }
         // `'` and `$` would end the string and dollar quotes `migrate` puts the name in.
-        if s.contains(['\0', '\'', '$']) {
-            return Err(bad("NUL, `'` and `$` are not allowed in the table name"));
+        if s.contains(['\'', '$']) {
+            return Err(bad("`'` and `$` are not allowed in the table name"));
         }
         match parts.as_slice() {
             [name] => Ok(Table {
@@ -102,6 +119,32 @@ mod tests {
         assert_eq!(t.quoted(), "\"Sales\".\"out\"\"box\"");
         assert_eq!(t.quoted_derived("_due_idx"), "\"out\"\"box_due_idx\"");
         assert!(Table::parse("a.").is_err());
+    }
+
+    #[test]
+    fn control_characters_are_refused_and_shown_escaped() {
+        for name in [
+            "zz\nCREATE TABLE x(y int);--",
+            "a\rb",
+            "a\tb",
+            "a\0b",
+            "a\u{7f}",
+            "a\u{85}",
+        ] {
+            let e = Table::parse_for("--archive", name).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--archive `a") || e.starts_with("--archive `zz"),
+                "{e}"
+            );
+            assert!(e.contains("control characters are not allowed"), "{e}");
+            assert!(!e.contains(char::is_control), "{e:?}");
+        }
+        for name in ["o'brien", "a$b"] {
+            assert!(Table::parse(name).is_err(), "{name}");
+        }
+        for name in ["Ünïcødé Events", "Mixed \"Quoted\" Name", "a--b", "s.t"] {
+            assert!(Table::parse(name).is_ok(), "{name}");
+        }
     }
 
     #[test]

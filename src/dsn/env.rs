@@ -6,6 +6,7 @@
 //! as the DSN, so a bad PGPORT fails like a bad `port=`.
 
 use super::Dsn;
+use crate::config_file::{self as file, Refusal};
 use crate::error::Result;
 use std::path::PathBuf;
 
@@ -59,7 +60,7 @@ impl Dsn {
             dsn = dsn.with("application_name", "dispatchbox")?;
         }
         if dsn.get("password").is_none() {
-            if let Some(pw) = pgpass_lookup(&dsn, env) {
+            if let Some(pw) = pgpass_lookup(&dsn, env)? {
                 dsn = dsn.with("password", &pw)?;
             }
         }
@@ -69,17 +70,25 @@ impl Dsn {
 
 /// The password for this DSN from PGPASSFILE or ~/.pgpass, as libpq finds it: the first line
 /// `host:port:database:user:password` whose fields match (`*` matches anything). Like libpq,
-/// a file readable by group or others is ignored.
-fn pgpass_lookup(dsn: &Dsn, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+/// a file that is missing, unreadable, not a regular file, or readable by group or others is
+/// ignored; one larger than a password file may be is an error.
+fn pgpass_lookup(dsn: &Dsn, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>> {
     use std::os::unix::fs::PermissionsExt;
-    let path = env("PGPASSFILE")
+    let Some(path) = env("PGPASSFILE")
         .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
-    let meta = std::fs::metadata(&path).ok()?;
-    if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
-        return None;
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".pgpass")))
+    else {
+        return Ok(None);
+    };
+    let (bytes, meta) = match file::read_bounded(&path, file::PASSWORD_FILE) {
+        Ok(read) => read,
+        Err(r @ Refusal::TooLarge(_)) => return Err(file::usage("password file", &path, &r)),
+        Err(_) => return Ok(None),
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     let host = dsn.get("host").unwrap_or("localhost");
     let host = if host.starts_with('/') {
         "localhost"
@@ -103,10 +112,10 @@ fn pgpass_lookup(dsn: &Dsn, env: &dyn Fn(&str) -> Option<String>) -> Option<Stri
             && ok(&fields[2], db)
             && ok(&fields[3], user)
         {
-            return Some(fields[4].clone());
+            return Ok(Some(fields[4].clone()));
         }
     }
-    None
+    Ok(None)
 }
 
 fn split_pgpass(line: &str) -> Vec<String> {

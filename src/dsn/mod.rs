@@ -13,8 +13,8 @@ mod env;
 mod syntax;
 mod tls;
 
-pub(crate) use tls::cert_env_warning;
 pub use tls::SslMode;
+pub(crate) use tls::{cert_env_warning, check_cert_env};
 
 use crate::error::{Error, Result};
 use postgres::config::{

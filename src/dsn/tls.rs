@@ -15,9 +15,10 @@
 //! Invariant: certificate files are read, and a bad one reported, before any connection.
 
 use super::Dsn;
+use crate::config_file::{self as file, read_config_file, Refusal, PEM_FILE};
 use crate::connect::Connector;
 use crate::error::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -99,14 +100,14 @@ impl Dsn {
                     // PostgreSQL 16's spelling for "the system's trusted roots".
                     Some("system") => {}
                     Some(path) => {
-                        let pem = std::fs::read(path).map_err(|e| {
-                            Error::Usage(format!("cannot read sslrootcert file {path}: {e}"))
-                        })?;
+                        let (pem, _) = read_config_file("sslrootcert", Path::new(path), PEM_FILE)?;
                         let certs = pem_blocks(&pem, "CERTIFICATE");
                         if certs.is_empty() {
-                            return Err(Error::Usage(format!(
-                                "sslrootcert file {path} holds no PEM certificate"
-                            )));
+                            return Err(file::usage(
+                                "sslrootcert",
+                                Path::new(path),
+                                &"holds no PEM certificate",
+                            ));
                         }
                         b.disable_built_in_roots(true);
                         for c in certs {
@@ -122,10 +123,8 @@ impl Dsn {
             }
         }
         if let (Some(cert), Some(key)) = (self.get("sslcert"), self.get("sslkey")) {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|e| Error::Usage(format!("cannot read sslcert file {cert}: {e}")))?;
-            let key_pem = std::fs::read(key)
-                .map_err(|e| Error::Usage(format!("cannot read sslkey file {key}: {e}")))?;
+            let (cert_pem, _) = read_config_file("sslcert", Path::new(cert), PEM_FILE)?;
+            let (key_pem, _) = read_config_file("sslkey", Path::new(key), PEM_FILE)?;
             let id = native_tls::Identity::from_pkcs8(&cert_pem, &key_pem)
                 .map_err(|e| Error::Usage(format!("bad client certificate or key: {e}")))?;
             b.identity(id);
@@ -175,6 +174,20 @@ pub(crate) fn cert_env_warning(env: &dyn Fn(&str) -> Option<String>) -> Option<S
          (README, \"CA certificates\")",
         missing.join(" and ")
     ))
+}
+
+/// `SSL_CERT_FILE` when it names something other than a certificate bundle: OpenSSL opens it
+/// itself when a connector is built, and would wait for ever on a FIFO or read `/dev/zero`
+/// without end. Checked by its path (not opened); a missing one is [`cert_env_warning`]'s.
+pub(crate) fn check_cert_env(env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let Some(path) = env("SSL_CERT_FILE").filter(|f| !f.is_empty()) else {
+        return Ok(());
+    };
+    let path = Path::new(&path);
+    match file::check_path(path, PEM_FILE) {
+        Ok(()) | Err(Refusal::Io(_)) => Ok(()),
+        Err(r) => Err(file::usage("SSL_CERT_FILE", path, &r)),
+    }
 }
 
 fn home_file(rel: &str) -> Option<PathBuf> {

@@ -158,7 +158,7 @@ impl Drop for Tap {
         let mut s = self.board.lock();
         if let Some(book) = s.slots.get_mut(self.slot) {
             if let Some((mut last, _)) = book.live.remove(&self.incarnation) {
-                last.in_flight = 0;
+                last.clear_gauges();
                 book.base.add(&last);
             }
         }

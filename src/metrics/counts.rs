@@ -64,6 +64,11 @@ pub(crate) struct RouteCounts {
     pub buckets: [u64; BUCKETS.len() + 1],
     /// Total handler time, in microseconds (whole numbers keep the sum exact and monotonic).
     pub sum_us: u64,
+    /// Time the route spent paused for an outage, in microseconds (cumulative).
+    pub paused_us: u64,
+    /// Whether the route is paused now (a gauge: summed over workers, the number of worker
+    /// processes in which it is).
+    pub paused: u64,
 }
 
 /// A worker's numbers (or a sum of several workers').
@@ -111,6 +116,7 @@ impl RouteCounts {
             *a = f(*a, b);
         }
         self.sum_us = f(self.sum_us, other.sum_us);
+        self.paused_us = f(self.paused_us, other.paused_us);
     }
 }
 
@@ -128,10 +134,31 @@ impl Counts {
         self.routes.entry(route.to_string()).or_default()
     }
 
+    /// Route health now: whether `route` is paused, and its paused time so far.
+    pub(crate) fn route_health(&mut self, route: &str, paused: bool, paused_for: Duration) {
+        let r = self.route(route);
+        r.paused = u64::from(paused);
+        r.paused_us = r
+            .paused_us
+            .max(u64::try_from(paused_for.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Gauges only: a finished worker's routes are paused nowhere.
+    pub(crate) fn clear_gauges(&mut self) {
+        self.in_flight = 0;
+        for r in self.routes.values_mut() {
+            r.paused = 0;
+        }
+    }
+
     /// Adds `other` (another worker's numbers, or a finished incarnation's).
     pub(crate) fn add(&mut self, other: &Counts) {
         self.zip(other, u64::saturating_add);
         self.in_flight = self.in_flight.saturating_add(other.in_flight);
+        for (name, r) in &other.routes {
+            let mine = self.route(name);
+            mine.paused = mine.paused.saturating_add(r.paused);
+        }
     }
 
     /// Takes a newer report of the same worker: the larger of each cumulative number, the
@@ -139,6 +166,9 @@ impl Counts {
     pub(crate) fn merge_max(&mut self, newer: &Counts) {
         self.zip(newer, u64::max);
         self.in_flight = newer.in_flight;
+        for (name, r) in &newer.routes {
+            self.route(name).paused = r.paused;
+        }
     }
 
     fn zip(&mut self, other: &Counts, f: fn(u64, u64) -> u64) {
@@ -167,6 +197,8 @@ impl Counts {
                     o.insert(k.as_str().into(), r.count(k).into());
                 }
                 o.insert("duration-us".into(), r.sum_us.into());
+                o.insert("paused-us".into(), r.paused_us.into());
+                o.insert("paused".into(), r.paused.into());
                 o.insert("buckets".into(), r.buckets.to_vec().into());
                 Value::Object(o)
             })
@@ -201,6 +233,8 @@ impl Counts {
                 rc.outcomes[k.index()] = num(o, k.as_str())?;
             }
             rc.sum_us = num(o, "duration-us")?;
+            rc.paused_us = num(o, "paused-us")?;
+            rc.paused = num(o, "paused")?;
             let buckets = o.get("buckets")?.as_array()?;
             if buckets.len() != rc.buckets.len() {
                 return None;

@@ -62,6 +62,7 @@ pub(crate) fn render(snap: &Snapshot, backlog: Option<Backlog>, p: &Process) -> 
     single(o, START_TIME, "", value(p.start_time));
     events(o, snap);
     durations(o, snap);
+    routes(o, snap);
     let t = &snap.total;
     single(o, IN_FLIGHT, "", t.in_flight.to_string());
     single(o, CLAIMS, "", t.claims.to_string());
@@ -161,6 +162,38 @@ fn events(o: &mut String, snap: &Snapshot) {
                 r.count(k)
             );
         }
+    }
+}
+
+/// Route health: paused now (in how many worker processes) and the time spent paused.
+fn routes(o: &mut String, snap: &Snapshot) {
+    family(
+        o,
+        "dispatchbox_route_paused",
+        "gauge",
+        "Worker processes in which the route is paused for a destination outage (0: up).",
+    );
+    for (route, r) in &snap.total.routes {
+        let _ = writeln!(
+            o,
+            "dispatchbox_route_paused{{route=\"{}\"}} {}",
+            escape(route),
+            r.paused
+        );
+    }
+    family(
+        o,
+        "dispatchbox_route_paused_seconds_total",
+        "counter",
+        "Time the route spent paused for destination outages, summed over worker processes.",
+    );
+    for (route, r) in &snap.total.routes {
+        let _ = writeln!(
+            o,
+            "dispatchbox_route_paused_seconds_total{{route=\"{}\"}} {}",
+            escape(route),
+            value(r.paused_us as f64 / 1e6)
+        );
     }
 }
 

@@ -1,33 +1,14 @@
-//! A minimal HTTP/1.1 server for the metrics endpoints, std only: one thread accepts, a fixed
-//! pool of `THREADS` threads answers, one request per connection (`Connection: close`).
+//! HTTP/1.1 as the metrics server speaks it, without the sockets (`server` has those): where
+//! a request head ends, which requests are acceptable, and the bytes of an answer.
 //!
-//! Limits, so that a slow or malicious client cannot stall the server (nor anything else:
-//! the workers never talk to it and the supervisor's loop never waits on it):
-//! - the request head (request line and headers) must arrive within `READ_TIME` in all,
-//!   however slowly it trickles in; otherwise the connection is answered 408 and closed;
-//! - a head larger than `MAX_HEAD` is answered 431, a malformed one 400, a method other than
-//!   GET 405; a body is never read;
-//! - the answer is written with a `WRITE_TIME` timeout (a client that does not read loses it);
-//! - at most `THREADS` connections are served at once and `QUEUE` more wait; beyond that a
-//!   new connection is answered 503 at once and closed, without waiting for its request.
+//! Only GET is answered (405 otherwise, with `Allow`); a head must fit in `MAX_HEAD` (431
+//! beyond); a malformed head is 400. A body is never read. Every answer says
+//! `Connection: close`: one request per connection.
 //!
-//! Invariant: every connection is closed within about `READ_TIME + WRITE_TIME + LINGER`
-//! of being taken by a thread.
+//! Invariant: the app only ever sees the path of a well-formed GET (query string removed).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
+/// The largest request head read.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
-pub(crate) const READ_TIME: Duration = Duration::from_secs(2);
-const WRITE_TIME: Duration = Duration::from_secs(2);
-/// After answering, how long unread input is drained (so that closing with unread bytes
-/// does not reset the connection before the client has read the answer).
-const LINGER: Duration = Duration::from_millis(200);
-const THREADS: usize = 8;
-const QUEUE: usize = 16;
 
 /// An answer.
 pub(crate) struct Response {
@@ -49,110 +30,15 @@ impl Response {
 /// Answers a GET of `path` (query string removed).
 pub(crate) type App = dyn Fn(&str) -> Response + Send + Sync;
 
-/// Serves `listener` with `app` on threads of its own, for the rest of the process's life.
-pub(crate) fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
-    let (tx, rx) = mpsc::sync_channel::<TcpStream>(QUEUE);
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..THREADS {
-        let (rx, app) = (Arc::clone(&rx), Arc::clone(&app));
-        std::thread::Builder::new()
-            .name(format!("metrics-{i}"))
-            .spawn(move || answer_loop(&rx, &*app))?;
-    }
-    std::thread::Builder::new()
-        .name("metrics-accept".into())
-        .spawn(move || accept_loop(&listener, &tx))?;
-    Ok(())
-}
-
-fn accept_loop(listener: &TcpListener, tx: &SyncSender<TcpStream>) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => match tx.try_send(stream) {
-                Ok(()) => {}
-                Err(TrySendError::Full(mut stream)) => {
-                    // A fresh socket's send buffer takes this without blocking.
-                    let _ = stream.set_nonblocking(true);
-                    let _ = stream.write_all(&head(503, "text/plain", 0));
-                }
-                Err(TrySendError::Disconnected(_)) => return,
-            },
-            // Out of descriptors, a connection reset before it was accepted: go on.
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-}
-
-fn answer_loop(rx: &Mutex<Receiver<TcpStream>>, app: &App) {
-    loop {
-        let next = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(poisoned) => poisoned.into_inner().recv(),
-        };
-        let Ok(stream) = next else { return };
-        answer(stream, app);
-    }
-}
-
-/// Why a request head could not be read.
-#[derive(Debug, PartialEq, Eq)]
-enum Refusal {
-    TooLarge,
-    TooSlow,
-    /// Closed or broken before the head was complete: nobody to answer.
-    Gone,
-}
-
-fn answer(mut stream: TcpStream, app: &App) {
-    let response = match read_head(&mut stream, Instant::now() + READ_TIME) {
-        Ok(head) => respond(&head, app),
-        Err(Refusal::TooLarge) => Response::text(431, "request header fields too large\n"),
-        Err(Refusal::TooSlow) => Response::text(408, "request timeout\n"),
-        Err(Refusal::Gone) => return,
-    };
-    let _ = stream.set_write_timeout(Some(WRITE_TIME));
-    let mut bytes = head(response.status, response.content_type, response.body.len());
-    bytes.extend_from_slice(response.body.as_bytes());
-    if stream.write_all(&bytes).is_err() {
-        return;
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-    linger(&mut stream);
-}
-
-/// Reads until the blank line ending the head; at most `MAX_HEAD` bytes, by `deadline`.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Refusal> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Refusal::TooSlow);
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|_| Refusal::Gone)?;
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => return Err(Refusal::Gone),
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(Refusal::TooSlow)
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return Err(Refusal::Gone),
-        };
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&buf, from) {
-            if end > MAX_HEAD {
-                return Err(Refusal::TooLarge);
-            }
-            buf.truncate(end);
-            return Ok(buf);
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(Refusal::TooLarge);
-        }
+/// Whether `buf` (read so far) holds a whole head: `Ok(Some(len))` with the head's length,
+/// `Ok(None)` when more is to come, `Err(())` when it is, or would be, larger than
+/// `MAX_HEAD`. `searched` is how much of `buf` an earlier call already looked at.
+pub(crate) fn complete_head(buf: &[u8], searched: usize) -> Result<Option<usize>, ()> {
+    match head_end(buf, searched.saturating_sub(3)) {
+        Some(end) if end > MAX_HEAD => Err(()),
+        Some(end) => Ok(Some(end)),
+        None if buf.len() > MAX_HEAD => Err(()),
+        None => Ok(None),
     }
 }
 
@@ -170,24 +56,29 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     })
 }
 
-/// The answer to a complete head.
-fn respond(head: &[u8], app: &App) -> Response {
-    let Ok(text) = std::str::from_utf8(head) else {
-        return Response::text(400, "bad request\n");
-    };
+/// The path a complete head asks for, or the refusal to send instead.
+pub(crate) fn request_path(head: &[u8]) -> Result<&str, Response> {
+    let bad = || Response::text(400, "bad request\n");
+    let text = std::str::from_utf8(head).map_err(|_| bad())?;
     let line = text.lines().next().unwrap_or_default();
     let parts: Vec<&str> = line.split(' ').collect();
     let [method, target, version] = parts[..] else {
-        return Response::text(400, "bad request\n");
+        return Err(bad());
     };
     if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
-        return Response::text(400, "bad request\n");
+        return Err(bad());
     }
     if method != "GET" {
-        return Response::text(405, "only GET is supported\n");
+        return Err(Response::text(405, "only GET is supported\n"));
     }
-    let path = target.split('?').next().unwrap_or(target);
-    app(path)
+    Ok(target.split('?').next().unwrap_or(target))
+}
+
+/// The bytes of `r`, head and body.
+pub(crate) fn encode(r: &Response) -> Vec<u8> {
+    let mut bytes = head(r.status, r.content_type, r.body.len());
+    bytes.extend_from_slice(r.body.as_bytes());
+    bytes
 }
 
 fn head(status: u16, content_type: &str, len: usize) -> Vec<u8> {
@@ -198,6 +89,7 @@ fn head(status: u16, content_type: &str, len: usize) -> Vec<u8> {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
     };
@@ -209,68 +101,45 @@ fn head(status: u16, content_type: &str, len: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Reads and drops what the client still sends, briefly and boundedly.
-fn linger(stream: &mut TcpStream) {
-    let until = Instant::now() + LINGER;
-    let mut sink = [0u8; 4096];
-    for _ in 0..64 {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn app() -> Arc<App> {
-        Arc::new(|path: &str| Response::text(200, format!("path {path}\n")))
-    }
 
     #[test]
     fn the_head_ends_at_the_blank_line() {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody", 0), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.0\n\n", 0), Some(16));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
+        // Found across reads: the search goes back over the end of what was searched.
+        let whole = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(complete_head(&whole[..17], 0), Ok(None));
+        assert_eq!(complete_head(whole, 17), Ok(Some(18)));
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        assert_eq!(complete_head(&big, 0), Err(()));
+        big.extend(b"\r\n\r\n");
+        assert_eq!(complete_head(&big, 0), Err(()));
     }
 
     #[test]
     fn requests_are_checked_before_the_app_sees_them() {
-        let a = app();
-        let r = respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &*a);
-        assert_eq!((r.status, r.body.as_str()), (200, "path /metrics\n"));
-        assert_eq!(respond(b"POST /metrics HTTP/1.1\r\n\r\n", &*a).status, 405);
-        assert_eq!(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &*a).status, 405);
-        assert_eq!(respond(b"GET /metrics\r\n\r\n", &*a).status, 400);
-        assert_eq!(respond(b"GET metrics HTTP/1.1\r\n\r\n", &*a).status, 400);
-        assert_eq!(respond(b"GET / SPDY/3\r\n\r\n", &*a).status, 400);
-        assert_eq!(respond(b"\xff\xfe / HTTP/1.1\r\n\r\n", &*a).status, 400);
+        fn status(head: &[u8]) -> Result<&str, u16> {
+            request_path(head).map_err(|r| r.status)
+        }
+        assert_eq!(status(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"), Ok("/metrics"));
+        assert_eq!(status(b"POST /metrics HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(status(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(status(b"GET /metrics\r\n\r\n"), Err(400));
+        assert_eq!(status(b"GET metrics HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(status(b"GET / SPDY/3\r\n\r\n"), Err(400));
+        assert_eq!(status(b"\xff\xfe / HTTP/1.1\r\n\r\n"), Err(400));
     }
 
     #[test]
-    fn a_served_listener_answers_and_refuses() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        serve(listener, app()).unwrap();
-        let ask = |req: &[u8]| {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(req).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        };
-        let ok = ask(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.ends_with("\r\n\r\npath /healthz\n"), "{ok}");
-        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
-        let refused = ask(&big);
-        assert!(refused.starts_with("HTTP/1.1 431 "), "{refused}");
+    fn answers_are_framed_with_their_length_and_close() {
+        let a = String::from_utf8(encode(&Response::text(405, "no\n"))).unwrap();
+        assert!(a.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{a}");
+        assert!(a.contains("\r\nContent-Length: 3\r\nAllow: GET\r\n"), "{a}");
+        assert!(a.ends_with("Connection: close\r\n\r\nno\n"), "{a}");
     }
 }

@@ -8,7 +8,8 @@
 //! The rooms: `counts` is the value a worker reports (also used by the worker's counting,
 //! `worker::counters`); `board` sums the reports per worker slot across restarts and knows
 //! readiness; `backlog` queries the outbox backlog on the supervisor's own connection;
-//! `expose` writes the Prometheus text format; `http` is the small server.
+//! `expose` writes the Prometheus text format; `http` is HTTP/1.1 as the small server speaks
+//! it, `server` its connections.
 //!
 //! Endpoints: `GET /metrics`, `GET /healthz` (200 while the supervisor runs), `GET /readyz`
 //! (200 when every worker slot runs a child that reported ready and the supervisor is not
@@ -23,6 +24,7 @@ pub(crate) mod board;
 pub(crate) mod counts;
 mod expose;
 mod http;
+mod server;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -48,7 +50,8 @@ pub(crate) fn start(cfg: &Config, addr: &str, board: &Arc<Board>) -> Result<()> 
     };
     let board = Arc::clone(board);
     let app = move |path: &str| route(path, &board, &poller, &process);
-    http::serve(listener, Arc::new(app))?;
+    // Health checks are answered at once, never queued behind scrapes or slow clients.
+    server::serve(listener, Arc::new(app), &["/healthz", "/readyz"])?;
     info!("serving metrics on http://{local}/metrics (and /healthz, /readyz)");
     Ok(())
 }

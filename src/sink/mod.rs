@@ -21,6 +21,8 @@ use std::time::Duration;
 pub struct SinkOptions {
     pub exec_timeout: Duration,
     pub pipe_timeout: Duration,
+    pub pipe_window: usize,
+    pub pipe_processes: usize,
     /// See `Config::stdout_lock`.
     pub stdout_lock: Option<std::path::PathBuf>,
     pub webhook: webhook::WebhookDefaults,
@@ -37,15 +39,21 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
         return Ok(Arc::new(exec::Exec::new(cmd, opts.exec_timeout)?));
     }
     if let Some(cmd) = target.strip_prefix("pipe:") {
-        return Ok(Arc::new(pipe::Pipe::new(cmd, opts.pipe_timeout)?));
+        return Ok(Arc::new(pipe::Pipe::new(
+            cmd,
+            opts.pipe_timeout,
+            opts.pipe_window,
+            opts.pipe_processes,
+        )?));
     }
     if webhook::is_webhook(target) {
         let own = opts.webhook_file.as_ref().and_then(|f| f.get(target));
         return Ok(Arc::new(webhook::Webhook::new(target, &opts.webhook, own)?));
     }
     Err(Error::Usage(format!(
-        "unknown route target `{target}` (expected `stdout`, `exec:COMMAND ARGS...`, \
-         `pipe:COMMAND ARGS...` or an http:// or https:// URL)"
+        "unknown route target `{}` (expected `stdout`, `exec:COMMAND ARGS...`, \
+         `pipe:COMMAND ARGS...` or an http:// or https:// URL)",
+        crate::redact::route_target(target)
     )))
 }
 
@@ -54,6 +62,8 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let opts = SinkOptions {
         exec_timeout: cfg.exec_timeout,
         pipe_timeout: cfg.pipe_timeout,
+        pipe_window: cfg.pipe_window,
+        pipe_processes: cfg.pipe_processes,
         stdout_lock: cfg.stdout_lock.clone(),
         webhook: webhook_defaults(cfg)?,
         webhook_file: match &cfg.webhook_config {
@@ -69,14 +79,14 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let from = cfg.route_source;
     for (pattern, target) in &routes {
         let p = Pattern::parse(pattern).map_err(|e| Error::Usage(format!("{from}: {e}")))?;
+        let shown = format!("{pattern}={}", crate::redact::route_target(target));
         if compiled.has(&p) {
             return Err(Error::Usage(format!(
-                "{from} {pattern}={target}: this binary has a compiled-in route for `{p}`, \
+                "{from} {shown}: this binary has a compiled-in route for `{p}`, \
                  which would take precedence; remove the route or use another pattern"
             )));
         }
-        let h = build(target, &opts)
-            .map_err(|e| Error::Usage(format!("{from} {pattern}={target}: {e}")))?;
+        let h = build(target, &opts).map_err(|e| Error::Usage(format!("{from} {shown}: {e}")))?;
         router.add(p, target.clone(), h);
     }
     if let Some(file) = &opts.webhook_file {

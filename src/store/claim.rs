@@ -38,14 +38,17 @@ pub struct Completion {
 // completion and the combined "complete + claim" round trip are the same SQL. `{t}` is the
 // quoted table; `@name` placeholders become `$n` bind parameters (see `bind`).
 
-/// Due rows in due order. Served by the partial index (next_run_at) WHERE status IN
-/// ('pending','retry'): an index range scan however many done/dead rows exist. Rows leased by
+/// Due rows in due order, of the types the filter takes (the routed ones, less the types of
+/// routes paused for an outage: see `TypeFilter`). Served by the partial index (next_run_at)
+/// WHERE status IN ('pending','retry'): an index range scan however many done/dead rows exist. Rows leased by
 /// another worker have next_run_at in the future and fall outside the range; SKIP LOCKED skips
 /// rows another claim is taking at this instant.
 const DUE: &str = "
     SELECT id FROM {t}
     WHERE status IN ('pending', 'retry') AND next_run_at <= now()
       AND (@all::bool OR event_type = ANY(@exact::text[]) OR event_type LIKE ANY(@like::text[]))
+      AND NOT coalesce((event_type = ANY(@skip_exact::text[]) OR event_type LIKE ANY(@skip_like::text[]))
+          AND NOT (event_type = ANY(@keep_exact::text[]) OR event_type LIKE ANY(@keep_like::text[])), false)
     ORDER BY next_run_at
     LIMIT @n
     FOR UPDATE SKIP LOCKED";
@@ -61,6 +64,8 @@ const DUE_ORDERED: &str = "
     SELECT id FROM {t} AS e
     WHERE status IN ('pending', 'retry') AND next_run_at <= now()
       AND (@all::bool OR event_type = ANY(@exact::text[]) OR event_type LIKE ANY(@like::text[]))
+      AND NOT coalesce((event_type = ANY(@skip_exact::text[]) OR event_type LIKE ANY(@skip_like::text[]))
+          AND NOT (event_type = ANY(@keep_exact::text[]) OR event_type LIKE ANY(@keep_like::text[])), false)
       AND {guard}
     ORDER BY next_run_at
     LIMIT @n
@@ -157,7 +162,19 @@ const RELEASE: &str = "
     WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text
       AND e.status IN ('pending', 'retry')";
 
-const CLAIM_PARAMS: &[&str] = &["n", "lease", "all", "exact", "like", "max", "owner"];
+const CLAIM_PARAMS: &[&str] = &[
+    "n",
+    "lease",
+    "all",
+    "exact",
+    "like",
+    "skip_exact",
+    "skip_like",
+    "keep_exact",
+    "keep_like",
+    "max",
+    "owner",
+];
 const COMPLETE_PARAMS: &[&str] = &["ids", "tokens", "statuses", "delays", "errors", "owner"];
 const HELD_PARAMS: &[&str] = &["ids", "tokens", "owner", "lease"];
 const RELEASE_PARAMS: &[&str] = &["ids", "tokens", "owner", "delays"];
@@ -237,6 +254,10 @@ impl Conn {
                 &a.filter.all,
                 &a.filter.exact,
                 &a.filter.like,
+                &a.filter.skip_exact,
+                &a.filter.skip_like,
+                &a.filter.keep_exact,
+                &a.filter.keep_like,
                 &a.max_attempts,
                 &a.owner,
             ],
@@ -274,6 +295,10 @@ impl Conn {
                 &claim.filter.all,
                 &claim.filter.exact,
                 &claim.filter.like,
+                &claim.filter.skip_exact,
+                &claim.filter.skip_like,
+                &claim.filter.keep_exact,
+                &claim.filter.keep_like,
                 &claim.max_attempts,
             ],
         )?;

@@ -24,7 +24,9 @@ mod schema;
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
 pub use notify::{channel as notify_channel, has_trigger as has_notify_trigger, listen};
-pub use report::{held_back, never_due, remaining_work, stats, unrouted, HeldBack, RemainingWork};
+pub use report::{
+    held_back, never_due, remaining_work, stats, unrouted, waiting, HeldBack, RemainingWork,
+};
 pub use schema::{
     check_table, has_ordered_index, migrate, migrate_ordered, migration_sql, needs_migration,
     ordered_schema_for,
@@ -59,16 +61,49 @@ pub const MAX_ERROR_LEN: usize = 2000;
 /// Replaces `{t}` with the quoted table and each `@name` with `$k`, k = its 1-based position in
 /// `names` (a name may occur several times).
 fn bind(sql: &str, table: &Table, names: &[&str]) -> String {
-    let mut out = sql.to_string();
-    // Longest names first, so that no name is replaced inside a longer one.
-    let mut order: Vec<(usize, &str)> = names.iter().copied().enumerate().collect();
-    order.sort_by_key(|(_, n)| std::cmp::Reverse(n.len()));
-    for (i, name) in order {
-        out = out.replace(&format!("@{name}"), &format!("${}", i + 1));
+    bind_parts(sql, table, names, &[])
+}
+
+/// [`bind`], and each `{key}` of `parts` replaced by its text (identifiers quoted by the
+/// caller). One pass over the template: what is put in is never searched again, so a quoted
+/// name holding `@n`, `{t}` or `{archive}` stays as it is.
+fn bind_parts(sql: &str, table: &Table, names: &[&str], parts: &[(&str, &str)]) -> String {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(pos) = rest.find(['{', '@']) {
+        out.push_str(&rest[..pos]);
+        rest = &rest[pos..];
+        let after = &rest[1..];
+        let taken = if rest.starts_with('{') {
+            let key = after.split_once('}').map_or("", |(k, _)| k);
+            let part = match key {
+                "t" => Some(table.quoted()),
+                _ => parts
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_string()),
+            };
+            part.map(|text| (text, key.len() + 2))
+        } else {
+            let len = after.find(|c| !is_ident(c)).unwrap_or(after.len());
+            let position = names.iter().position(|n| *n == &after[..len]);
+            position.map(|i| (format!("${}", i + 1), len + 1))
+        };
+        match taken {
+            Some((text, len)) => {
+                out.push_str(&text);
+                rest = &rest[len..];
+            }
+            None => {
+                debug_assert!(false, "unbound placeholder at {rest}");
+                out.push_str(&rest[..1]);
+                rest = &rest[1..];
+            }
+        }
     }
-    debug_assert!(!out.contains('@'), "unbound placeholder in {out}");
-    // The table last: a quoted name may itself contain `@`.
-    out.replace("{t}", &table.quoted())
+    out.push_str(rest);
+    out
 }
 
 /// A worker session's settings, chosen here rather than inherited from the role, database
@@ -103,16 +138,17 @@ pub fn is_read_only(client: &mut Client) -> Result<bool, postgres::Error> {
     Ok(row.try_get::<_, String>(0)? == "on")
 }
 
-/// Makes an error message storable: NUL bytes (which PostgreSQL text cannot hold) become
-/// `\0`, and it is cut to `MAX_ERROR_LEN` bytes on a character boundary.
-pub fn truncate_error(s: String) -> String {
-    let mut s = if s.contains('\0') {
-        s.replace('\0', "\\0")
-    } else {
-        s
+/// What `last_error` holds for a handler's reason, whichever handler gave it: control
+/// characters escaped as the logs escape them (`\n`, `\x1b`, `\x00`: one line, nothing a
+/// terminal acts on, and no NUL, which PostgreSQL text cannot hold), then at most
+/// `MAX_ERROR_LEN` bytes, cut on a character boundary with `…` counted inside the limit.
+pub fn stored_error(s: String) -> String {
+    let mut s = match crate::log::escape_controls(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
     };
     if s.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
+        let mut end = MAX_ERROR_LEN - '…'.len_utf8();
         while !s.is_char_boundary(end) {
             end -= 1;
         }
@@ -136,15 +172,43 @@ mod tests {
     }
 
     #[test]
-    fn nul_bytes_are_escaped() {
-        assert_eq!(truncate_error("a\0b".into()), "a\\0b");
+    fn what_is_put_in_is_never_replaced_again() {
+        let t = Table::parse("x{archive}@n{t}").unwrap();
+        assert_eq!(
+            bind_parts(
+                "SELECT {cols} FROM {t} WHERE n = @n; INSERT INTO {archive}",
+                &t,
+                &["n"],
+                &[("cols", "\"@n\", \"{t}\""), ("archive", "\"a{cols}\"")],
+            ),
+            "SELECT \"@n\", \"{t}\" FROM \"x{archive}@n{t}\" WHERE n = $1; INSERT INTO \"a{cols}\""
+        );
     }
 
     #[test]
-    fn errors_are_truncated_on_char_boundaries() {
-        let s = truncate_error("é".repeat(MAX_ERROR_LEN));
-        assert!(s.len() <= MAX_ERROR_LEN + '…'.len_utf8());
-        assert!(s.ends_with('…'));
-        assert_eq!(truncate_error("short".into()), "short");
+    fn control_characters_are_escaped() {
+        assert_eq!(stored_error("a\0b".into()), "a\\x00b");
+        assert_eq!(
+            stored_error("x\n\r\x1b[31mred\u{85}".into()),
+            "x\\n\\r\\x1b[31mred\\u{85}"
+        );
+        assert_eq!(stored_error("plain é".into()), "plain é");
+    }
+
+    #[test]
+    fn errors_are_cut_at_the_limit_on_char_boundaries() {
+        for long in [
+            "x".repeat(60_000),
+            "é".repeat(MAX_ERROR_LEN),
+            "\n".repeat(1500),
+        ] {
+            let s = stored_error(long);
+            assert!(s.len() <= MAX_ERROR_LEN, "{}", s.len());
+            assert!(s.len() > MAX_ERROR_LEN - 4, "{}", s.len());
+            assert!(s.ends_with('…'));
+        }
+        let exact = "x".repeat(MAX_ERROR_LEN);
+        assert_eq!(stored_error(exact.clone()), exact);
+        assert_eq!(stored_error("short".into()), "short");
     }
 }

@@ -8,7 +8,7 @@
 //! only `done` rows, which no worker writes. A batch resumes after the highest id the last one
 //! took (keyset on the primary key), so a run visits each row once.
 
-use super::bind;
+use super::{bind, bind_parts};
 use crate::config::{quote_ident, Table};
 use crate::error::Result;
 use postgres::Client;
@@ -247,10 +247,11 @@ pub fn event(client: &mut Client, table: &Table, id: i64) -> Result<Option<Vec<C
         .iter()
         .map(|n| format!("{}::text", quote_ident(n)))
         .collect();
-    let sql = bind(
-        &format!("SELECT {} FROM {{t}} WHERE id = @id", select.join(", ")),
+    let sql = bind_parts(
+        "SELECT {cols} FROM {t} WHERE id = @id",
         table,
         &["id"],
+        &[("cols", &select.join(", "))],
     );
     let Some(row) = client.query_opt(&sql, &[&id])? else {
         return Ok(None);
@@ -363,8 +364,11 @@ const PRUNE: &str = "
          moved AS (DELETE FROM {t} AS e
                    WHERE e.id = ANY (ARRAY(SELECT id FROM doomed)) AND e.status = 'done'
                    RETURNING {cols})
-         {archive}
+         {archived}
     SELECT count(*), max(id)::bigint FROM moved";
+
+/// The archive's part of [`PRUNE`]: the moved rows go into `{archive}` in the same statement.
+const ARCHIVED: &str = ", archived AS (INSERT INTO {archive} ({list}) SELECT {list} FROM moved)";
 
 /// One batch of `prune`: deletes (or moves into `archive`) up to `n` done rows delivered more
 /// than `older` seconds ago, after id `after`. `columns`: the table's, for the archive insert.
@@ -376,33 +380,26 @@ pub fn prune_batch(
     n: i64,
     archive: Option<(&Table, &[String])>,
 ) -> Result<Batch> {
-    let (cols, insert) = match archive {
-        None => ("e.id".to_string(), String::new()),
+    let (cols, list, insert) = match archive {
+        None => ("e.id".to_string(), String::new(), ""),
         Some((_, columns)) => {
             let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-            let list = list.join(", ");
             let returning: Vec<String> = columns
                 .iter()
                 .map(|c| format!("e.{}", quote_ident(c)))
                 .collect();
-            (
-                returning.join(", "),
-                format!(
-                    ", archived AS (INSERT INTO {{archive}} ({list}) SELECT {list} FROM moved)"
-                ),
-            )
+            (returning.join(", "), list.join(", "), ARCHIVED)
         }
     };
-    let sql = PRUNE
-        .replace("{prunable}", PRUNABLE)
-        .replace("{cols}", &cols)
-        .replace("{archive}", &insert);
-    // The archive's name last, after the placeholders are bound (a quoted name may hold `@`).
-    let sql = bind(&sql, table, &["older", "after", "n"]);
-    let sql = match archive {
-        Some((to, _)) => sql.replace("{archive}", &to.quoted()),
-        None => sql,
-    };
+    let archive_name = archive.map(|(to, _)| to.quoted()).unwrap_or_default();
+    let sql = bind_parts(
+        &PRUNE
+            .replace("{prunable}", PRUNABLE)
+            .replace("{archived}", insert),
+        table,
+        &["older", "after", "n"],
+        &[("cols", &cols), ("list", &list), ("archive", &archive_name)],
+    );
     let row = client.query_one(&sql, &[&older, &after, &n])?;
     Ok(Batch {
         rows: row.get(0),

@@ -95,6 +95,17 @@ pub fn remaining_work(
     })
 }
 
+/// Pending or retrying events of the types `f` takes (its `all`, `exact` and `like`), due or
+/// not: what waits for a route. Served by the claim index (status predicate).
+pub fn waiting(client: &mut Client, table: &Table, f: &TypeFilter) -> Result<i64, postgres::Error> {
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE status IN ('pending', 'retry')
+           AND ($1::bool OR event_type = ANY($2::text[]) OR event_type LIKE ANY($3::text[]))",
+        table.quoted()
+    );
+    Ok(client.query_one(&sql, &[&f.all, &f.exact, &f.like])?.get(0))
+}
+
 /// Pending or retrying events with a NULL `next_run_at`: never due, never claimed (the claim
 /// compares `next_run_at <= now()`). Served by the claim index (btree indexes NULLs).
 pub fn never_due(client: &mut Client, table: &Table) -> Result<i64, postgres::Error> {

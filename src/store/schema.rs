@@ -74,13 +74,42 @@ pub fn schema_without_notify(table: &Table, drop: bool) -> String {
     sql
 }
 
-/// `text` with every `outbox_event` replaced by the quoted table name and every
-/// `outbox_event_suffix` by the quoted derived name.
+/// `text` with every `outbox_event` in its statements replaced by the quoted table name and
+/// every `outbox_event_suffix` by the quoted derived name. Comments (`--` to the end of the
+/// line, outside string literals) are copied as written: a name never goes into a comment,
+/// where quoting would not keep it from ending the comment.
 fn substitute(text: &str, table: &Table) -> String {
-    const NAME: &str = "outbox_event";
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = String::with_capacity(text.len() + 256);
     let mut rest = text;
+    let mut in_literal = false;
+    while !rest.is_empty() {
+        // The next piece of code or literal ends at a comment's start (outside a literal).
+        let mut end = rest.len();
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '\'' {
+                in_literal = !in_literal; // `''` inside a literal toggles twice: no change
+            } else if !in_literal && c == '-' && chars.peek().is_some_and(|(_, n)| *n == '-') {
+                end = i;
+                break;
+            }
+        }
+        out.push_str(&rename(&rest[..end], table));
+        rest = &rest[end..];
+        let comment = rest.find('\n').map_or(rest.len(), |n| n + 1);
+        out.push_str(&rest[..comment]);
+        rest = &rest[comment..];
+    }
+    out
+}
+
+/// `code` with every `outbox_event` replaced by the quoted table name and every
+/// `outbox_event_suffix` by the quoted derived name.
+fn rename(code: &str, table: &Table) -> String {
+    const NAME: &str = "outbox_event";
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(code.len() + 64);
+    let mut rest = code;
     while let Some(pos) = rest.find(NAME) {
         let before_ok = rest[..pos].chars().next_back().is_none_or(|c| !is_ident(c));
         out.push_str(&rest[..pos]);
@@ -302,15 +331,58 @@ mod tests {
         assert!(schema_for(&t).contains("NOTIFY \"Events_notify\";"));
     }
 
+    /// The statements of `sql`, without its comments (none of the templates has `--` in a
+    /// string literal).
+    fn code(sql: &str) -> String {
+        sql.lines()
+            .map(|l| l.split("--").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn names_never_go_into_comments() {
+        let t = Table::parse("ops.Events").unwrap();
+        for (template, sql) in [
+            (SCHEMA_SQL, schema_for(&t)),
+            (ORDERED_SQL, ordered_schema_for(&t)),
+            (SCHEMA_SQL, schema_without_notify(&t, true)),
+        ] {
+            let comments = |s: &str| -> Vec<String> {
+                s.lines()
+                    .filter_map(|l| l.find("--").map(|i| l[i..].to_string()))
+                    .collect()
+            };
+            let ours = comments(&sql);
+            assert!(!ours.is_empty());
+            for c in &ours {
+                assert!(!c.contains("Events"), "{c}");
+                assert!(comments(template).contains(c), "{c}");
+            }
+        }
+        // A quote in a comment does not start a literal: the statements after it are renamed.
+        let s = substitute(
+            "-- the table's\nSELECT 1 FROM outbox_event; -- outbox_event\n",
+            &t,
+        );
+        assert_eq!(
+            s,
+            "-- the table's\nSELECT 1 FROM \"ops\".\"Events\"; -- outbox_event\n"
+        );
+        // `--` in a literal is not a comment.
+        let s = substitute("SELECT '--', 'outbox_event'::regclass", &t);
+        assert_eq!(s, "SELECT '--', '\"ops\".\"Events\"'::regclass");
+    }
+
     #[test]
     fn schema_for_other_table_renames_everything() {
         let t = Table::parse("ops.Events").unwrap();
         let s = schema_for(&t);
-        assert!(!s.contains("outbox_event"), "{s}");
+        assert!(!code(&s).contains("outbox_event"), "{s}");
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
         assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
         let o = ordered_schema_for(&t);
-        assert!(!o.contains("outbox_event"), "{o}");
+        assert!(!code(&o).contains("outbox_event"), "{o}");
         assert!(
             o.contains("\"Events_aggregate_idx\"\n    ON \"ops\".\"Events\""),
             "{o}"

@@ -74,7 +74,7 @@ pub(super) fn label(v: &Verdict, token: i32, max_attempts: i32) -> Outcome {
         _ if token >= max_attempts => Outcome::Dead,
         Verdict::Defer(_) => Outcome::Deferred,
         Verdict::Abort(_) => Outcome::Released,
-        Verdict::Retry(_) | Verdict::RetryAfter(..) => Outcome::Retried,
+        Verdict::Retry(_) | Verdict::RetryAfter(..) | Verdict::Unavailable(..) => Outcome::Retried,
     }
 }
 
@@ -166,6 +166,11 @@ impl<'a> Counters<'a> {
     }
 
     /// Sends the counts if a report is due (`force`: at exit, whenever).
+    /// Route `route`'s health now (see `health`), for the next report.
+    pub fn route_health(&mut self, route: &str, paused: bool, paused_for: Duration) {
+        self.counts.route_health(route, paused, paused_for);
+    }
+
     pub fn report(&mut self, now: Instant, in_flight: usize, db_errors: u64, force: bool) {
         if !force && now < self.next_report {
             return;

@@ -12,6 +12,7 @@
 
 use super::counters::{self, Counters};
 use super::drain::DrainWatch;
+use super::health::Health;
 use super::lease_clock::LeaseClock;
 use super::ledger::{Finished, Ledger, Limits};
 use super::link::Link;
@@ -30,7 +31,11 @@ use std::time::{Duration, Instant};
 pub(super) struct DbThread<'a> {
     pub(super) cfg: &'a Config,
     pub(super) router: &'a Router,
+    /// The claims' filter: the routed types, less those of routes paused for an outage.
     pub(super) filter: TypeFilter,
+    /// Every routed type (what `--drain` waits for).
+    pub(super) routed: TypeFilter,
+    pub(super) health: Health,
     pub(super) owner: String,
     inbox: Receiver<Msg>,
     pub(super) link: Link<'a>,
@@ -57,10 +62,12 @@ impl<'a> DbThread<'a> {
             cfg,
             router,
             filter: router.type_filter(),
+            routed: router.type_filter(),
+            health: Health::new(router.len()),
             owner,
             inbox,
             link,
-            ledger: Ledger::new(Limits::of(cfg), clock, Instant::now()),
+            ledger: Ledger::new(Limits::of(cfg, router.window()), clock, Instant::now()),
             pool,
             drain: DrainWatch::default(),
             counters: Counters::new(Instant::now()),
@@ -77,6 +84,17 @@ impl<'a> DbThread<'a> {
 
     /// Reports the counts when due (`force`: now, as at exit).
     pub fn report_counters(&mut self, force: bool) {
+        let now = Instant::now();
+        if force || now >= self.counters.report_at() {
+            for r in 0..self.router.len() {
+                let (paused, secs) = (self.health.is_paused(r), self.health.paused_seconds(r, now));
+                if paused || secs > 0.0 {
+                    let route = self.router.target_at(r);
+                    self.counters
+                        .route_health(route, paused, Duration::from_secs_f64(secs));
+                }
+            }
+        }
         let (in_flight, errors) = (self.ledger.in_flight(), self.link.errors());
         self.counters
             .report(Instant::now(), in_flight, errors, force);
@@ -113,6 +131,11 @@ impl<'a> DbThread<'a> {
     fn wait(&mut self) {
         let now = Instant::now();
         let wake = self.ledger.next_wake(now, self.link.blocked_until(now));
+        let wake = match (wake, self.next_probe()) {
+            (Some(w), Some(p)) if !self.ledger.stopping() => Some(w.min(p)),
+            (None, Some(p)) if !self.ledger.stopping() => Some(p),
+            (w, _) => w,
+        };
         let wake = wake.map(|t| t.min(self.counters.report_at()));
         match wake.map(|t| t.saturating_duration_since(Instant::now())) {
             Some(d) if d.is_zero() => {}
@@ -176,8 +199,18 @@ impl<'a> DbThread<'a> {
         outcome: Outcome,
         took: Duration,
     ) {
+        let now = Instant::now();
+        let outcome = match self.router.index(event_type) {
+            Some(r) if self.ledger.holds(id, token) => {
+                match self.route_outcome(id, token, r, outcome, now) {
+                    Some(o) => o,
+                    None => return,
+                }
+            }
+            _ => outcome,
+        };
         let verdict = counters::label(&outcome, token, self.cfg.max_attempts);
-        let finished = self.ledger.finished(id, token, outcome, Instant::now());
+        let finished = self.ledger.finished(id, token, outcome, now);
         self.counters.finished(id, token, verdict, &finished, took);
         match finished {
             Finished::Void => {}
@@ -266,6 +299,16 @@ impl<'a> DbThread<'a> {
         }
         if self.ledger.stopping() {
             return self.stop_check(now);
+        }
+        if self.link.usable(now) {
+            self.probe(now)?;
+        }
+        if self.every_route_paused() {
+            // Nothing to claim but probes: no empty claims every poll meanwhile.
+            if self.ledger.can_claim(now) {
+                self.ledger.nothing_due(now);
+            }
+            return Ok(None);
         }
         if self.link.usable(now) && self.ledger.can_claim(now) && self.claim()? == Some(0) {
             if self.cfg.drain && self.ledger.holds_nothing() {

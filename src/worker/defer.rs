@@ -62,6 +62,12 @@ impl Deferrals {
         warn
     }
 
+    /// Event `id` is to be due again after `wait`, without a claim pause (its route is paused,
+    /// not the worker).
+    pub fn wait(&mut self, id: i64, wait: Duration) {
+        self.delays.insert(id, wait.as_secs_f64().max(0.001));
+    }
+
     /// An event was delivered: the shortage is over.
     pub fn delivered(&mut self) {
         self.streak = 0;

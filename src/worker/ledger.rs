@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 /// The ledger's limits (from the configuration).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Limits {
+    /// Events the worker runs at once: the handler threads, plus the windows of streaming
+    /// handlers (`pipe:`), which hold events in flight without a thread each.
     pub threads: usize,
     pub batch_size: usize,
     pub lease: Duration,
@@ -33,9 +35,10 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    pub fn of(cfg: &Config) -> Limits {
+    /// `window`: the routes' streaming windows (`Router::window`).
+    pub fn of(cfg: &Config, window: usize) -> Limits {
         Limits {
-            threads: cfg.threads,
+            threads: cfg.threads + window,
             batch_size: cfg.batch_size as usize,
             lease: cfg.lease,
             poll_interval: cfg.poll_interval,
@@ -236,6 +239,19 @@ impl<'a> Ledger<'a> {
         }
     }
 
+    /// The claim (id, token) waits for its route to come back (an outage, see `health`): it
+    /// is to be released without using an attempt, due again after `wait`. False when it is
+    /// not the claim held now.
+    pub fn hold(&mut self, id: i64, token: i32, wait: Duration) -> bool {
+        if self.take(id, token) {
+            self.deferrals.wait(id, wait);
+            self.to_release.push((id, token));
+            true
+        } else {
+            false
+        }
+    }
+
     /// The claim (id, token) was not started (stopping, a stale lease, no thread took it):
     /// it is to be released. False when it is not the claim held now.
     pub fn give_back(&mut self, id: i64, token: i32) -> bool {
@@ -245,6 +261,13 @@ impl<'a> Ledger<'a> {
         } else {
             false
         }
+    }
+
+    /// Whether (id, token) is the claim held now.
+    pub fn holds(&self, id: i64, token: i32) -> bool {
+        self.in_flight
+            .get(&id)
+            .is_some_and(|h| h.token == token && !h.lost)
     }
 
     /// Removes the claim from `in_flight` if this token is the one held.

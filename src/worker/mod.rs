@@ -6,8 +6,9 @@
 //!             extend leases of in-flight events, release unstarted ones at shutdown
 //! ```
 //! Invariants: no transaction is open while a handler runs (every statement autocommits);
-//! at most `threads + batch_size` events are claimed and not yet finished, so no event waits
-//! in the queue long enough for its lease to matter; results not yet written survive a lost
+//! at most `threads + batch_size` events (plus the windows of streaming routes, `pipe:`) are
+//! claimed and not yet finished, so no event waits in the queue long enough for its lease to
+//! matter; results not yet written survive a lost
 //! connection; at shutdown unstarted events are released (attempt given back) and all results
 //! are written before the process exits.
 //!
@@ -18,7 +19,8 @@
 //! statement: complete, release, extend, claim) and `drain` (when `--drain` is done).
 //! `listen` forwards the table's notifications to the DB thread (claim at once, not at the
 //! next poll), `complete` batches results, `lease_clock` tells handler threads whether a
-//! lease is still theirs, `defer` keeps the books on deferred events, `counters` counts for
+//! lease is still theirs, `defer` keeps the books on deferred events, `health` on each
+//! route's health (up, paused for an outage, probing) and `outage` acts on it, `counters` counts for
 //! the metrics, `tally` counts what became of them (the dead-event warnings and the summaries).
 //!
 //! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
@@ -36,10 +38,12 @@ mod counters;
 mod db_thread;
 mod defer;
 mod drain;
+mod health;
 mod lease_clock;
 mod ledger;
 mod link;
 mod listen;
+mod outage;
 mod pool;
 mod round_trips;
 pub(crate) mod tally;

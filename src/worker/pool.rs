@@ -2,14 +2,15 @@
 //! events (jobs) through one channel and answering on the DB thread's inbox.
 //!
 //! Invariants: every job a thread takes is answered exactly once — `Done` with the handler's
-//! outcome (a panic becomes a failed attempt with its message), `Unstarted` once the worker is
+//! outcome (a panic becomes a failed attempt with its message; a streaming handler's outcome
+//! comes later through its `Reply`, which answers once even if dropped), `Unstarted` once the worker is
 //! stopping, or `Stale` when the lease clock says its lease is lost or about to expire. Closing
 //! the pool (`Pool::close`) takes back what is still queued; idle threads then end.
 
 use super::lease_clock::LeaseClock;
 use super::Msg;
 use crate::error::{Error, Result};
-use crate::handler::{Event, Handler, Outcome};
+use crate::handler::{Event, Handler, Outcome, Reply};
 use crate::{debug, error, warn};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,15 +124,18 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
             continue;
         }
         let started = Instant::now();
+        if job.handler.window() > 0 {
+            start_streaming(job, &tx, started);
+            continue;
+        }
         let outcome = run_handler(&job);
-        let took = started.elapsed();
-        let event_type = job.event.event_type;
+        logged(&outcome, id, job.event.event_type.as_deref(), token);
         let done = Msg::Done {
             id,
             token,
-            event_type,
+            event_type: job.event.event_type,
             outcome,
-            took,
+            took: started.elapsed(),
         };
         if tx.send(done).is_err() {
             return;
@@ -141,28 +145,58 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
 
 /// Runs the handler, a panic caught as a failed attempt.
 fn run_handler(job: &Job) -> Outcome {
-    let outcome =
-        catch_unwind(AssertUnwindSafe(|| job.handler.handle(&job.event))).unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".into());
-            Outcome::Retry(format!("handler panicked: {msg}"))
+    catch_unwind(AssertUnwindSafe(|| job.handler.handle(&job.event)))
+        .unwrap_or_else(|panic| Outcome::Retry(format!("handler panicked: {}", message(&*panic))))
+}
+
+/// Hands the job to a streaming handler, which answers through the reply later (from its
+/// own thread). A panic in `start` drops the reply, which answers it as a failed attempt.
+fn start_streaming(job: Job, tx: &Sender<Msg>, started: Instant) {
+    let (id, token) = (job.event.id, job.token);
+    let event_type = job.event.event_type.clone();
+    let tx = tx.clone();
+    let reply = Reply::new(move |outcome| {
+        logged(&outcome, id, event_type.as_deref(), token);
+        let _ = tx.send(Msg::Done {
+            id,
+            token,
+            event_type,
+            outcome,
+            took: started.elapsed(),
         });
-    match &outcome {
+    });
+    let handler = job.handler;
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.start(job.event, reply))) {
+        error!(
+            "event {id}: handler panicked while starting it: {}",
+            message(&*panic)
+        );
+    }
+}
+
+fn message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
+}
+
+/// The outcome's log line, if it has one.
+fn logged(outcome: &Outcome, id: i64, event_type: Option<&str>, token: i32) {
+    match outcome {
         Outcome::Delivered => {}
-        Outcome::Abort(e) => error!("event {}: {e}; stopping this worker", job.event.id),
+        Outcome::Abort(e) => error!("event {id}: {e}; stopping this worker"),
         // The DB thread reports deferrals (once per episode).
         Outcome::Defer(_) => {}
-        Outcome::Retry(e) | Outcome::RetryAfter(e, _) | Outcome::Permanent(e) => debug!(
-            "event {} ({}) attempt {} failed: {e}",
-            job.event.id,
-            job.event.event_type.as_deref().unwrap_or("-"),
-            job.token
+        Outcome::Retry(e)
+        | Outcome::RetryAfter(e, _)
+        | Outcome::Permanent(e)
+        | Outcome::Unavailable(e, _) => debug!(
+            "event {id} ({}) attempt {token} failed: {e}",
+            event_type.unwrap_or("-"),
         ),
     }
-    outcome
 }
 
 /// The worker exits with handlers still running: the `exec:` commands they wait for must not

@@ -187,7 +187,7 @@ impl DbThread<'_> {
         Ok(Some(count))
     }
 
-    fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
+    pub(super) fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
         let route = self.router.target(c.event.event_type.as_deref());
         if c.exhausted {
             self.counters.dead_at_claim(route.unwrap_or("-"));
@@ -204,6 +204,9 @@ impl DbThread<'_> {
                     reason: c.dead_reason.as_deref().unwrap_or("attempts exhausted"),
                 })
             );
+            return;
+        }
+        if self.held_at_dispatch(&c, route.unwrap_or("-"), Instant::now()) {
             return;
         }
         let (id, token) = (c.event.id, c.token);
@@ -244,10 +247,10 @@ impl DbThread<'_> {
 
     /// `--drain` claimed nothing and holds nothing: asks what is left (see `drain`).
     pub(super) fn drain_check(&mut self, now: Instant) -> Result<Option<Ended>> {
-        if self.ledger.drain_must_wait(now) {
+        if self.ledger.drain_must_wait(now) || self.routes_paused() {
             return Ok(None);
         }
-        let (table, filter, order) = (&self.cfg.table, &self.filter, self.cfg.order);
+        let (table, filter, order) = (&self.cfg.table, &self.routed, self.cfg.order);
         let sent = Instant::now();
         let Some(work) = self.link.with(self.ledger.unwritten(), |c| {
             store::remaining_work(&mut c.client, table, filter, order)

@@ -272,6 +272,54 @@ fn dead_events_are_listed_shown_requeued_and_then_delivered() {
 }
 
 #[test]
+fn dead_show_escapes_control_characters_and_its_json_stays_exact() {
+    let db = db_with_events(1, "order.created");
+    db.client()
+        .batch_execute(
+            "UPDATE outbox_event SET status = 'dead', attempts = 3,
+                    event_type = 'order' || chr(13) || chr(27) || '[2J',
+                    aggregate_type = E'evil\\nstatus: done',
+                    aggregate_id = E'1\\t2',
+                    last_error = 'boom' || chr(27) || '[31m' || chr(13),
+                    payload = jsonb_build_object('s', 'a' || chr(127) || chr(133) || chr(27) || 'b')",
+        )
+        .unwrap();
+    let out = admin(&db, &["dead", "show", "1"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let raw: Vec<char> = out
+        .stdout
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "raw control characters {raw:?} in {:?}",
+        out.stdout
+    );
+    for want in [
+        r"event_type: order\r\x1b[2J",
+        r"aggregate_type: evil\nstatus: done",
+        r"aggregate_id: 1\t2",
+        r"last_error: boom\x1b[31m\r",
+        r#""s": "a\x7f\u{85}\u001bb""#,
+    ] {
+        assert!(out.stdout.contains(want), "{want}: {:?}", out.stdout);
+    }
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("status: done")),
+        "a forged line: {:?}",
+        out.stdout
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&admin(&db, &["dead", "show", "1", "--json"]).stdout).unwrap();
+    assert_eq!(v["event_type"], "order\r\x1b[2J");
+    assert_eq!(v["aggregate_type"], "evil\nstatus: done");
+    assert_eq!(v["aggregate_id"], "1\t2");
+    assert_eq!(v["last_error"], "boom\x1b[31m\r");
+    assert_eq!(v["payload"]["s"], "a\u{7f}\u{85}\u{1b}b");
+}
+
+#[test]
 fn dead_purge_needs_yes_and_deletes_only_dead_events() {
     let db = db_in_every_status();
     let out = admin(&db, &["dead", "purge", "--all"]);

@@ -181,14 +181,10 @@ fn wrong_password_exits_4_fast_without_echoing_it() {
         cluster.port(),
         db.name
     );
-    let started = std::time::Instant::now();
     let out = run(dispatchbox().args(["--dsn", &dsn, "--processes", "2"]), T);
     assert_eq!(out.code, Some(4), "{out}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "slow: {:?}",
-        started.elapsed()
-    );
+    // Refused at the first attempt: neither the connection nor a worker is retried.
+    assert!(!out.stderr.contains("retrying"), "{out}");
     assert!(
         out.stderr.contains("password authentication failed"),
         "{out}"
@@ -199,10 +195,8 @@ fn wrong_password_exits_4_fast_without_echoing_it() {
 #[test]
 fn unreachable_database_exits_3_after_connect_timeout() {
     // A port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let refused = common::refused_port();
+    let port = refused.port();
     let dsn = format!("host=127.0.0.1 port={port} user=u password=hunter2 dbname=d");
     let out = run(
         dispatchbox().args(["--dsn", &dsn, "--connect-timeout", "1", "--drain"]),
@@ -215,20 +209,17 @@ fn unreachable_database_exits_3_after_connect_timeout() {
 
 #[test]
 fn sigterm_during_start_up_exits_0_at_once() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let refused = common::refused_port();
+    let port = refused.port();
     let dsn = format!("host=127.0.0.1 port={port} user=u password=hunter2 dbname=d");
     let sup = common::spawn(dispatchbox().args(["--dsn", &dsn, "--connect-timeout", "60"]));
     common::wait_until(Duration::from_secs(20), "the worker is retrying", || {
         sup.stderr_so_far().contains("retrying")
     });
-    let t0 = std::time::Instant::now();
     sup.signal("TERM");
+    // Exit 0 within the wait, long before the 60 s connect timeout would end it (exit 3).
     let out = sup.wait(Duration::from_secs(20));
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
 
 #[test]
@@ -240,14 +231,9 @@ fn a_missing_password_is_refused_at_once() {
         cluster.port(),
         db.name
     );
-    let t0 = std::time::Instant::now();
     let out = run(dispatchbox().args(["--dsn", &dsn, "--drain"]), T);
     assert_eq!(out.code, Some(4), "{out}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(15),
-        "retried: {:?}",
-        t0.elapsed()
-    );
+    assert!(!out.stderr.contains("retrying"), "retried: {out}");
     assert!(out.stderr.contains("password"), "{out}");
 }
 

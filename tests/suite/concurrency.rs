@@ -105,7 +105,7 @@ fn all() -> TypeFilter {
 fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     let db = db_with_events(1, "x");
     let (mut a, mut b) = (conn(&db), conn(&db));
-    let lease = Duration::from_secs(1);
+    let lease = Duration::from_secs(60);
 
     let claimed = a.take(10, lease, "worker-a", &all(), 5).unwrap();
     assert_eq!(claimed.len(), 1);
@@ -113,9 +113,11 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
     // While A's lease holds, B gets nothing.
     assert!(b.take(10, lease, "worker-b", &all(), 5).unwrap().is_empty());
 
-    common::wait_until(Duration::from_secs(10), "the lease expires", || {
-        db.count("SELECT count(*) FROM outbox_event WHERE next_run_at <= now()") == 1
-    });
+    // A's lease runs out (its end is moved to now instead of waited for: no test stall can
+    // make the check above see an expired lease).
+    db.client()
+        .execute("UPDATE outbox_event SET next_run_at = now()", &[])
+        .unwrap();
     let taken = b.take(10, lease, "worker-b", &all(), 5).unwrap();
     assert_eq!(taken.len(), 1, "B takes the expired lease over");
     assert_eq!(taken[0].token, 2);
@@ -169,14 +171,32 @@ fn an_expired_lease_is_taken_over_and_the_stale_result_is_ignored() {
 fn extending_a_lease_keeps_the_event_from_being_taken_over() {
     let db = db_with_events(1, "x");
     let (mut a, mut b) = (conn(&db), conn(&db));
-    let lease = Duration::from_secs(1);
-    let claimed = a.take(1, lease, "worker-a", &all(), 5).unwrap();
+    let lease_end = |db: &common::TestDb| {
+        db.client()
+            .query_one(
+                "SELECT extract(epoch FROM next_run_at)::float8 FROM outbox_event",
+                &[],
+            )
+            .unwrap()
+            .get::<_, f64>(0)
+    };
+    let claimed = a
+        .take(1, Duration::from_secs(2), "worker-a", &all(), 5)
+        .unwrap();
     assert_eq!(claimed.len(), 1);
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(a.extend("worker-a", &[(1, 1)], lease).unwrap(), vec![1]);
-        assert!(b.take(1, lease, "worker-b", &all(), 5).unwrap().is_empty());
-    }
+    let first_end = lease_end(&db);
+    let lease = Duration::from_secs(60);
+    assert_eq!(a.extend("worker-a", &[(1, 1)], lease).unwrap(), vec![1]);
+    assert!(lease_end(&db) > first_end);
+    // Past the end of the first lease (by the server's clock), B still gets nothing.
+    common::wait_until(
+        Duration::from_secs(30),
+        "the first lease would have ended",
+        || db.count(&format!("SELECT (now() > to_timestamp({first_end}))::int")) == 1,
+    );
+    assert!(b.take(1, lease, "worker-b", &all(), 5).unwrap().is_empty());
+    assert_eq!(a.extend("worker-a", &[(1, 1)], lease).unwrap(), vec![1]);
+    assert!(b.take(1, lease, "worker-b", &all(), 5).unwrap().is_empty());
 }
 
 #[test]
@@ -239,6 +259,7 @@ fn claim_filters_by_routed_types() {
         all: false,
         exact: vec!["user.x".into()],
         like: vec!["order.%".into(), r"a\%%".into()],
+        ..Default::default()
     };
     let mut got: Vec<String> = a
         .take(10, Duration::from_secs(60), "w", &f, 5)

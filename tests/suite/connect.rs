@@ -152,7 +152,6 @@ fn sigterm_while_connecting_to_a_silent_server_stops_at_once() {
         "the worker connected to the silent server",
         || server.accepted() >= 1,
     );
-    thread::sleep(Duration::from_millis(300));
     worker.signal("TERM");
     // The supervisor would SIGKILL a child that ignores the stop after 30 + 10 s.
     let out = worker.wait(DEADLINE);
@@ -382,7 +381,6 @@ fn sigterm_while_reconnecting_to_a_silent_server_stops_at_once() {
     wait_until(DEADLINE, "the worker tried to reconnect", || {
         proxy.accepted.load(Ordering::SeqCst) >= 2
     });
-    thread::sleep(Duration::from_millis(300));
     worker.signal("TERM");
     // The supervisor would SIGKILL a child that ignores the stop after 5 + 10 s.
     let out = worker.wait(DEADLINE);

@@ -1,8 +1,10 @@
 //! Log lines: a value with control characters (an event type, a table name, a route) stays on
 //! its line, so it can neither forge a log line nor the supervisor's view of a worker's error.
+//! The server's NOTICE/WARNING messages and our dependencies' `log` records are lines of ours.
 
 use super::drain;
-use crate::common;
+use crate::common::{self, dispatchbox, run};
+use std::time::Duration;
 
 /// Lines of `stderr` that start like something a logged value tried to forge.
 fn forged<'a>(stderr: &'a str, prefixes: &[&str]) -> Vec<&'a str> {
@@ -42,4 +44,155 @@ fn a_newline_in_a_table_name_or_route_stays_on_its_line() {
     assert_eq!(out.code, Some(2), "{out}");
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
     assert!(out.stderr.contains(r"a\nERROR forged route"), "{out}");
+}
+
+/// A trigger that warns when an event is done and notes it (a custom SQLSTATE, a hint), both
+/// with a newline followed by something that looks like a log line; and warns when a dead
+/// event is revived.
+const NOISY_TRIGGER: &str = r"
+    CREATE FUNCTION noisy() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.status = 'done' THEN
+            RAISE WARNING E'event % done\nERROR forged warning', NEW.id;
+            RAISE NOTICE E'note for %\n2001-01-01T00:00:00.000Z ERROR    [worker 0 pid 1] forged',
+                NEW.id USING ERRCODE = 'DB001', HINT = 'a hint';
+        ELSIF OLD.status = 'dead' THEN
+            RAISE WARNING 'revived %', NEW.id;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER noisy AFTER UPDATE ON outbox_event FOR EACH ROW EXECUTE FUNCTION noisy();";
+
+/// Lines of `stderr` at `level` (text format) that contain `text`.
+fn lines_with<'a>(stderr: &'a str, level: &str, text: &str) -> Vec<&'a str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(&format!(" {level} ")) && l.contains(text))
+        .collect()
+}
+
+#[test]
+fn server_warnings_and_notices_are_logged_as_one_escaped_line_each() {
+    let db = common::test_db();
+    db.migrate();
+    db.client().batch_execute(NOISY_TRIGGER).unwrap();
+    common::insert_events(&mut db.client(), "outbox_event", 2, "x");
+    let out = drain(&db, &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let warnings = lines_with(&out.stderr, "WARNING", "server WARNING 01000: event ");
+    assert_eq!(warnings.len(), 2, "{out}");
+    assert!(
+        warnings.iter().all(|l| l.ends_with(
+            r" done\nERROR forged warning (context: PL/pgSQL function noisy() line 4 at RAISE)"
+        )),
+        "{out}"
+    );
+    let notices = lines_with(&out.stderr, "INFO", "server NOTICE DB001: note for ");
+    assert_eq!(notices.len(), 2, "{out}");
+    assert!(
+        notices
+            .iter()
+            .all(|l| l.contains(r"\n2001-01-01T00:00:00.000Z ERROR") && l.contains("hint: a hint")),
+        "{out}"
+    );
+    let bad = forged(&out.stderr, &["ERROR forged", "2001-01-01"]);
+    assert!(bad.is_empty(), "forged lines {bad:?}\n{out}");
+
+    // --log-level warning keeps the warnings and drops the notices.
+    common::insert_events(&mut db.client(), "outbox_event", 1, "x");
+    let out = drain(&db, &["--log-level", "warning"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        lines_with(&out.stderr, "WARNING", "server WARNING").len(),
+        1,
+        "{out}"
+    );
+    assert!(!out.stderr.contains("server NOTICE"), "{out}");
+
+    // JSON: every line one object, the message exact.
+    common::insert_events(&mut db.client(), "outbox_event", 1, "x");
+    let out = drain(&db, &["--log-format", "json"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let objects: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{out}")))
+        .collect();
+    let msg = |level: &str, prefix: &str| {
+        objects
+            .iter()
+            .filter(|o| o["level"] == level)
+            .filter_map(|o| o["msg"].as_str())
+            .filter(|m| m.starts_with(prefix))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let w = msg("WARNING", "server WARNING 01000: event ");
+    assert_eq!(w.len(), 1, "{out}");
+    assert!(
+        w[0].contains(" done\nERROR forged warning (context: "),
+        "{out}"
+    );
+    assert_eq!(
+        msg("INFO", "server NOTICE DB001: note for ").len(),
+        1,
+        "{out}"
+    );
+
+    // An admin command's connection too.
+    let id = db.count("SELECT max(id) FROM outbox_event");
+    let mut c = db.client();
+    c.batch_execute("ALTER TABLE outbox_event DISABLE TRIGGER noisy")
+        .unwrap();
+    c.execute(
+        "UPDATE outbox_event SET status = 'dead' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    c.batch_execute("ALTER TABLE outbox_event ENABLE TRIGGER noisy")
+        .unwrap();
+    let out = run(
+        dispatchbox().args(["dead", "retry", &id.to_string(), "--dsn", &db.dsn]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let revived = format!("server WARNING 01000: revived {id}");
+    assert_eq!(
+        lines_with(&out.stderr, "WARNING", &revived).len(),
+        1,
+        "{out}"
+    );
+}
+
+#[test]
+fn the_http_clients_diagnostics_are_debug_lines_without_the_urls_path_or_query() {
+    let db = common::test_db();
+    db.migrate();
+    common::insert_events(&mut db.client(), "outbox_event", 1, "x");
+    // Nothing listens there: the attempt fails after ureq has said what it tries.
+    let closed = common::refused_port();
+    let port = closed.port();
+    let route = format!("x=http://127.0.0.1:{port}/hook/path?token=tok3n-value");
+    let out = drain(&db, &["--route", &route, "--log-level", "debug"]);
+    let ureq: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("] ureq"))
+        .collect();
+    assert!(
+        ureq.iter().any(|l| l.contains(" DEBUG ")
+            && l.contains(&format!("POST http://127.0.0.1:{port}/******"))),
+        "{out}"
+    );
+    assert!(
+        ureq.iter()
+            .all(|l| !l.contains("tok3n") && !l.contains("/hook")),
+        "{out}"
+    );
+    // The driver's statements (with their parameters) are not logged, even at debug.
+    assert!(!out.stderr.contains("tokio_postgres"), "{out}");
+
+    common::insert_events(&mut db.client(), "outbox_event", 1, "x");
+    let out = drain(&db, &["--route", &route]);
+    assert!(!out.stderr.contains("] ureq"), "{out}");
 }

@@ -2,6 +2,7 @@
 //! throwaway server (or its own cluster when it restarts the server).
 
 mod admin;
+mod bad_input;
 mod brokers;
 mod cli;
 mod concurrency;
@@ -10,11 +11,13 @@ mod exec;
 mod faults;
 mod lifecycle;
 mod logging;
-mod metrics;
+pub(super) mod metrics;
 mod migrate;
 mod notify;
 mod ordered;
-mod pipe;
+mod outage;
+pub(super) mod pipe;
+mod pipe_stream;
 mod reliability;
 mod samples;
 mod service;
@@ -22,7 +25,7 @@ mod sinks;
 mod stdout;
 mod supervisor;
 mod tls;
-mod webhook;
+pub(super) mod webhook;
 
 use crate::common::{self, Run, TestDb};
 use std::process::Command;

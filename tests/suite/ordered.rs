@@ -224,6 +224,67 @@ fn with_ordered_dead_skip_a_dead_event_does_not_block() {
 }
 
 #[test]
+fn status_counts_held_back_aggregates_as_the_workers_are_told() {
+    // Aggregate a: 1 dead, 2 waiting behind it.
+    let a = Some("a");
+    let db = db_with(&[(a, "x"), (a, "x")]);
+    db.client()
+        .batch_execute("UPDATE outbox_event SET status = 'dead' WHERE id = 1")
+        .unwrap();
+    let status = |args: &[&str], env: Option<&str>| {
+        let mut c = common::dispatchbox();
+        c.args(["status", "--dsn", &db.dsn]).args(args);
+        if let Some(v) = env {
+            c.env("DISPATCHBOX_ORDERED_DEAD", v);
+        }
+        let out = common::run(&mut c, Duration::from_secs(60));
+        assert_eq!(out.code, Some(0), "{out}");
+        out
+    };
+    let json = |out: &common::Run| -> serde_json::Value {
+        serde_json::from_str(&out.stdout).expect("status JSON")
+    };
+    // The default, block: the figure says what it assumes.
+    let out = status(&[], None);
+    assert!(
+        out.stdout.contains(
+            "held back 1 aggregate(s) behind a dead event (--ordered, --ordered-dead block)"
+        ),
+        "{out}"
+    );
+    let v = json(&status(&["--json"], None));
+    assert_eq!(v["held_back_aggregates"], 1, "{v}");
+    assert_eq!(v["ordered_dead"], "block", "{v}");
+    // Told skip, by flag or variable, as the workers are: nothing is held back.
+    for (args, env) in [
+        (&["--ordered-dead", "skip"][..], None),
+        (&[][..], Some("skip")),
+    ] {
+        let out = status(args, env);
+        assert!(
+            out.stdout
+                .contains("held back 0 (--ordered-dead skip: a dead event holds nothing back)"),
+            "{out}"
+        );
+        let mut json_args = args.to_vec();
+        json_args.push("--json");
+        let v = json(&status(&json_args, env));
+        assert_eq!(v["held_back_aggregates"], 0, "{v}");
+        assert_eq!(v["ordered_dead"], "skip", "{v}");
+    }
+    // A value it does not know is refused as for a run.
+    let mut c = common::dispatchbox();
+    c.args(["status", "--dsn", &db.dsn, "--ordered-dead", "maybe"]);
+    let out = common::run(&mut c, Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("--ordered-dead: `maybe` is not block or skip"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_lower_id_committed_later_is_delivered_after_the_higher_one() {
     let db = db_with(&[]);
     let dir = common::TempDir::new("ordered-commit");

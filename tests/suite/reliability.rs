@@ -193,14 +193,15 @@ fn rows_that_can_never_be_due_are_reported() {
 
 /// A TCP proxy that, once armed, forwards the next client message carrying results (`done`
 /// in its bind parameters) to the server, swallows the reply and cuts the connection: the
-/// results are written, but the worker never hears so.
+/// results are written (it waits until `written()` says so), but the worker never hears so.
 struct ReplyEater {
     port: u16,
     armed: Arc<AtomicBool>,
 }
 
 impl ReplyEater {
-    fn start(upstream: u16) -> ReplyEater {
+    fn start(upstream: u16, written: impl Fn() -> bool + Send + Sync + 'static) -> ReplyEater {
+        let written = Arc::new(written);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let armed = Arc::new(AtomicBool::new(false));
@@ -214,6 +215,7 @@ impl ReplyEater {
                 let eat = Arc::new(AtomicBool::new(false));
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (eat2, armed3) = (Arc::clone(&eat), Arc::clone(&armed2));
+                let written = Arc::clone(&written);
                 // client → server
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (client, server);
@@ -233,7 +235,11 @@ impl ReplyEater {
                         }
                         if cut {
                             // Let the server execute and commit, then cut both sides.
-                            std::thread::sleep(Duration::from_millis(500));
+                            wait_until(
+                                Duration::from_secs(30),
+                                "the results are committed",
+                                || written(),
+                            );
                             let _ = from.shutdown(Shutdown::Both);
                             let _ = to.shutdown(Shutdown::Both);
                             break;
@@ -271,7 +277,17 @@ fn results_written_before_a_lost_reply_are_not_reported_as_lost() {
     let db = common::local_test_db();
     db.migrate();
     let cluster = common::local();
-    let proxy = ReplyEater::start(cluster.port());
+    let direct = db.dsn.clone();
+    let proxy = ReplyEater::start(cluster.port(), move || {
+        let Ok(mut c) = postgres::Client::connect(&direct, postgres::NoTls) else {
+            return false;
+        };
+        c.query_one(
+            "SELECT count(*) FROM outbox_event WHERE status = 'done'",
+            &[],
+        )
+        .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+    });
     let dsn = db.dsn.replace(
         &format!("port={}", cluster.port()),
         &format!("port={}", proxy.port),

@@ -201,18 +201,18 @@ fn sigterm_lets_running_handlers_finish_and_releases_the_rest() {
             workers.len() == 1 && children_of(workers[0]).len() == 2
         },
     );
-    let t0 = Instant::now();
     sup.signal("TERM");
-    // The unstarted ones are back at once, before the running handlers finish.
+    // The unstarted ones are back before the running handlers finish: only then are exactly
+    // the two running ones still leased (5 before, none after they finish).
     wait_until(
-        Duration::from_secs(1),
+        Duration::from_secs(30),
         "unstarted claims are released",
         || db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL") == 2,
     );
     let out = sup.wait(Duration::from_secs(30));
-    let took = t0.elapsed();
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Both running handlers finished (not killed at the 20 s shutdown timeout).
+    assert!(!out.stderr.contains("did not stop in time"), "{out}");
     assert_eq!(
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
         2,
@@ -250,11 +250,10 @@ fn second_sigterm_stops_without_waiting() {
                 .contains("signal received: stopping workers")
         },
     );
-    let t0 = Instant::now();
     sup.signal("TERM");
+    // Well before the handlers' 30 s sleep (and the 30 s shutdown timeout) would end it.
     let out = sup.wait(Duration::from_secs(20));
     assert_eq!(out.code, Some(0), "{out}");
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     // Still leased: another worker takes them over after the lease.
     assert_eq!(
         db.count(
@@ -365,7 +364,6 @@ fn no_password_in_any_command_line() {
 #[test]
 fn max_runtime_bounds_a_drain() {
     let db = db_with_events(50, "x");
-    let t0 = Instant::now();
     let out = super::drain(
         &db,
         &[
@@ -378,8 +376,9 @@ fn max_runtime_bounds_a_drain() {
         ],
     );
     assert_eq!(out.code, Some(5), "{out}");
-    assert!(t0.elapsed() < Duration::from_secs(10));
-    assert!(db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") >= 1);
+    // Stopped long before the 50 one-second handlers were through.
+    let done = db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'");
+    assert!((1..40).contains(&done), "{done} done\n{out}");
     assert_eq!(
         db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL"),
         0

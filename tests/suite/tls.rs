@@ -96,15 +96,14 @@ fn verify_full_rejects_an_untrusted_certificate_at_once() {
     let Some(dsn) = tls_dsn(&db, "localhost", "sslmode=verify-full sslrootcert=system") else {
         return;
     };
-    let started = std::time::Instant::now();
     let out = run(
         dispatchbox().args(["--dsn", &dsn, "--drain", "--connect-timeout", "20"]),
         Duration::from_secs(60),
     );
     assert_eq!(out.code, Some(4), "{out}");
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "retried a certificate error"
+        !out.stderr.contains("retrying"),
+        "retried a certificate error: {out}"
     );
     assert!(out.stderr.to_lowercase().contains("certificate"), "{out}");
     assert!(!out.stderr.contains(common::PASSWORD), "{out}");
@@ -135,16 +134,12 @@ fn sslmode_require_against_a_server_without_tls_fails_at_once() {
     let dsn = cluster
         .dsn("postgres")
         .replace("sslmode=disable", "sslmode=require");
-    let started = std::time::Instant::now();
     let out = run(
         dispatchbox().args(["stats", "--dsn", &dsn, "--connect-timeout", "20"]),
         Duration::from_secs(60),
     );
     assert_eq!(out.code, Some(4), "{out}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "retried: {out}"
-    );
+    assert!(!out.stderr.contains("retrying"), "retried: {out}");
     assert!(
         out.stderr.contains("TLS") || out.stderr.contains("tls"),
         "{out}"

@@ -152,8 +152,33 @@ pub const PIPE_TIMEOUT: Flag = Flag {
     value: Some("SECS"),
     default: Some("30"),
     help: "restart a pipe target process that has not answered an event for this long",
-    note: Some("the event is retried"),
+    note: Some(
+        "counted from when the event was written; what the process had read and not answered \
+         is retried, what it never read is given back without using an attempt",
+    ),
     kind: secs(0.001, DAY),
+};
+
+pub const PIPE_WINDOW: Flag = Flag {
+    key: "--pipe-window",
+    short: None,
+    value: Some("N"),
+    default: Some("256"),
+    help: "events written to a pipe target process and not yet answered, at most",
+    note: Some(
+        "answers may come in any order; 1 sends one event at a time and waits for its answer",
+    ),
+    kind: whole(1, 100_000),
+};
+
+pub const PIPE_PROCESSES: Flag = Flag {
+    key: "--pipe-processes",
+    short: None,
+    value: Some("N"),
+    default: Some("1"),
+    help: "processes per pipe target in each worker process",
+    note: Some("events go to them in turn; each has its own --pipe-window"),
+    kind: whole(1, 1024),
 };
 
 pub const WEBHOOK_CONFIG: Flag = Flag {

@@ -19,7 +19,7 @@ pub(crate) const STDERR_TAIL: usize = 1500;
 /// Reads what a non-blocking stderr pipe has now (a bounded number of reads, so a chatty
 /// program cannot hold the caller past a deadline), keeping at most about the last
 /// `2 × STDERR_TAIL` bytes in `tail`; at end of file or on an error the pipe is dropped.
-pub(crate) fn read_tail(stderr: &mut Option<ChildStderr>, tail: &mut Vec<u8>) {
+fn read_tail(stderr: &mut Option<ChildStderr>, tail: &mut Vec<u8>) {
     let Some(pipe) = stderr.as_mut() else {
         return;
     };

@@ -24,8 +24,7 @@ mod program;
 mod words;
 
 pub(crate) use child::{
-    has_exited, kill_running, pidfd_open, read_tail, register, set_nonblocking, unregister,
-    STDERR_TAIL,
+    has_exited, kill_running, pidfd_open, register, set_nonblocking, unregister, STDERR_TAIL,
 };
 pub(crate) use program::check_program;
 pub(crate) use words::split_words;
@@ -39,6 +38,9 @@ use std::time::{Duration, Instant};
 
 /// The exit code a program uses to say "never retry this event".
 pub const PERMANENT_EXIT: i32 = 65;
+/// The exit code a program uses to say "the destination is unavailable, not this event"
+/// (`EX_TEMPFAIL`): counted against the route, which pauses after a few in a row.
+pub const UNAVAILABLE_EXIT: i32 = 75;
 /// After the program exited, how long its stderr is still read: a background process it
 /// started may hold the pipe open indefinitely.
 const STDERR_LINGER: Duration = Duration::from_millis(150);
@@ -130,10 +132,10 @@ impl Exec {
         } else {
             format!("{what}: {tail}")
         };
-        if status.code() == Some(PERMANENT_EXIT) {
-            Err(Outcome::Permanent(msg))
-        } else {
-            Err(Outcome::Retry(msg))
+        match status.code() {
+            Some(PERMANENT_EXIT) => Err(Outcome::Permanent(msg)),
+            Some(UNAVAILABLE_EXIT) => Err(Outcome::Unavailable(msg, None)),
+            _ => Err(Outcome::Retry(msg)),
         }
     }
 }

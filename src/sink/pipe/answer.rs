@@ -1,14 +1,15 @@
-//! The `pipe:` protocol's answers: one line per event on the process's stdout, parsed into
-//! what the handler returns. Pure code.
+//! The `pipe:` protocol's answers: one line per event on the process's stdout, in any
+//! order, parsed into the event id and what the handler returns. Pure code.
 //!
 //! ```text
 //! ok ID                               delivered
 //! retry ID [REASON]                   retried with backoff
 //! retry ID after=SECS [REASON]        retried, not sooner than SECS seconds
 //! dead ID [REASON]                    rejected for good: the event goes to `dead` at once
+//! unavailable ID [after=SECS] [REASON] the destination (not this event) is unavailable
 //! ```
-//! Invariant: a line is either exactly one of these, for the event outstanding, or a
-//! [`ProtocolError`]; nothing on stdout is ever skipped or guessed at.
+//! Invariant: a line is either exactly one of these or a [`ProtocolError`]; nothing on
+//! stdout is ever skipped or guessed at. Whether ID is outstanding is the caller's check.
 
 use crate::handler::Outcome;
 use std::time::Duration;
@@ -16,14 +17,13 @@ use std::time::Duration;
 /// The longest `after=` accepted (a day); a longer wait is the backoff cap's business.
 const MAX_AFTER_SECS: f64 = 86_400.0;
 
-/// A line that is not an answer for the event outstanding. The text says what was wrong and
-/// quotes the line (shortened).
+/// A line that is not an answer. The text says what was wrong and quotes the line
+/// (shortened).
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct ProtocolError(pub String);
 
-/// Parses `line` (without its newline) as the answer for event `expected`, the only one
-/// outstanding on this process.
-pub(super) fn parse(line: &[u8], expected: i64) -> Result<Outcome, ProtocolError> {
+/// Parses `line` (without its newline) as an answer: the event id and its outcome.
+pub(super) fn parse(line: &[u8]) -> Result<(i64, Outcome), ProtocolError> {
     let bad = |why: &str| ProtocolError(format!("{why}: `{}`", quote(line)));
     let Ok(text) = std::str::from_utf8(line) else {
         return Err(bad("answer is not UTF-8"));
@@ -31,41 +31,42 @@ pub(super) fn parse(line: &[u8], expected: i64) -> Result<Outcome, ProtocolError
     let text = text.strip_suffix('\r').unwrap_or(text);
     let (verb, rest) = split_word(text);
     let (id, rest) = split_word(rest);
-    if !matches!(verb, "ok" | "retry" | "dead") {
-        return Err(bad(&format!(
-            "expected `ok {expected}`, `retry {expected} …` or `dead {expected} …`"
-        )));
+    if !matches!(verb, "ok" | "retry" | "dead" | "unavailable") {
+        return Err(bad(
+            "expected `ok ID`, `retry ID …`, `dead ID …` or `unavailable ID …`",
+        ));
     }
     let Ok(id) = id.parse::<i64>() else {
         return Err(bad("the answer's second word is not an event id"));
     };
-    if id != expected {
-        return Err(bad(&format!(
-            "answer for event {id}, but event {expected} is the one outstanding"
-        )));
-    }
     let reason = rest.trim();
-    Ok(match verb {
-        "ok" => Outcome::Delivered,
-        "dead" => Outcome::Permanent(or_default(reason, "dead")),
-        _ => match reason.strip_prefix("after=") {
-            None => Outcome::Retry(or_default(reason, "retry")),
-            Some(after) => {
-                let (secs, reason) = split_word(after);
-                let secs = secs
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && (0.0..=MAX_AFTER_SECS).contains(s))
-                    .ok_or_else(|| {
-                        bad("`after=` wants seconds (a number from 0 to 86400) before the reason")
-                    })?;
-                Outcome::RetryAfter(
-                    or_default(reason.trim(), "retry"),
-                    Duration::from_secs_f64(secs),
-                )
-            }
-        },
-    })
+    if verb == "ok" {
+        return Ok((id, Outcome::Delivered));
+    }
+    if verb == "dead" {
+        return Ok((id, Outcome::Permanent(or_default(reason, "dead"))));
+    }
+    let (after, reason) = match reason.strip_prefix("after=") {
+        None => (None, reason),
+        Some(after) => {
+            let (secs, reason) = split_word(after);
+            let secs = secs
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && (0.0..=MAX_AFTER_SECS).contains(s))
+                .ok_or_else(|| {
+                    bad("`after=` wants seconds (a number from 0 to 86400) before the reason")
+                })?;
+            (Some(Duration::from_secs_f64(secs)), reason.trim())
+        }
+    };
+    let reason = or_default(reason, verb);
+    let outcome = match (verb, after) {
+        ("unavailable", after) => Outcome::Unavailable(reason, after),
+        (_, None) => Outcome::Retry(reason),
+        (_, Some(after)) => Outcome::RetryAfter(reason, after),
+    };
+    Ok((id, outcome))
 }
 
 /// The first word of `s` (split at one space) and what follows it.
@@ -97,7 +98,10 @@ mod tests {
     use super::*;
 
     fn p(line: &str) -> Result<Outcome, ProtocolError> {
-        parse(line.as_bytes(), 17)
+        parse(line.as_bytes()).map(|(id, o)| {
+            assert_eq!(id, 17);
+            o
+        })
     }
 
     #[test]
@@ -126,6 +130,20 @@ mod tests {
             ))
         );
         assert_eq!(
+            p("unavailable 17 after=2 broker down"),
+            Ok(Outcome::Unavailable(
+                "broker down".into(),
+                Some(Duration::from_secs(2))
+            ))
+        );
+        assert_eq!(
+            p("unavailable 17"),
+            Ok(Outcome::Unavailable(
+                "the pipe process answered `unavailable` without a reason".into(),
+                None
+            ))
+        );
+        assert_eq!(
             p("retry 17 after=60"),
             Ok(Outcome::RetryAfter(
                 "the pipe process answered `retry` without a reason".into(),
@@ -139,21 +157,18 @@ mod tests {
         let err = |line: &str| p(line).unwrap_err().0;
         assert_eq!(
             err("hello"),
-            "expected `ok 17`, `retry 17 …` or `dead 17 …`: `hello`"
+            "expected `ok ID`, `retry ID …`, `dead ID …` or `unavailable ID …`: `hello`"
         );
-        assert!(err("").starts_with("expected `ok 17`"));
+        assert!(err("").starts_with("expected `ok ID`"));
         assert!(err("OK 17").starts_with("expected"));
         assert!(err(" ok 17").starts_with("expected"));
-        assert_eq!(
-            err("ok 18"),
-            "answer for event 18, but event 17 is the one outstanding: `ok 18`"
-        );
+        assert_eq!(parse(b"ok 18").unwrap().0, 18);
         assert!(err("ok x17").contains("not an event id"));
         assert!(err("ok").contains("not an event id"));
         assert!(err("retry 17 after=soon x").contains("`after=` wants seconds"));
         assert!(err("retry 17 after=-1").contains("`after=` wants seconds"));
         assert!(err("retry 17 after=NaN").contains("`after=` wants seconds"));
-        assert!(parse(b"ok 17\xff", 17).unwrap_err().0.contains("not UTF-8"));
+        assert!(parse(b"ok 17\xff").unwrap_err().0.contains("not UTF-8"));
         let long = format!("x{}", "y".repeat(500));
         assert!(err(&long).ends_with("y…`"));
     }

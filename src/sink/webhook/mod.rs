@@ -22,6 +22,7 @@ mod sign;
 pub(crate) use settings::SettingsFile;
 pub(crate) use sign::Secret;
 
+use crate::config_file as file;
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome};
 use settings::RouteSettings;
@@ -52,7 +53,8 @@ pub struct WebhookDefaults {
 
 pub struct Webhook {
     url: String,
-    /// The URL without its query (which may carry a token), for error messages.
+    /// The URL as `redact::route_target` shows it (no userinfo, no query values), for the
+    /// stored errors.
     label: String,
     agent: ureq::Agent,
     secrets: Vec<Secret>,
@@ -68,7 +70,8 @@ impl Webhook {
         defaults: &WebhookDefaults,
         own: Option<&RouteSettings>,
     ) -> Result<Webhook> {
-        let label = check_url(url)?;
+        check_url(url)?;
+        let label = crate::redact::route_target(url);
         let own = own.cloned().unwrap_or_default();
         let timeout = own.timeout.unwrap_or(defaults.timeout);
         let connect_timeout = own
@@ -180,14 +183,24 @@ impl Handler for Webhook {
             Err(ureq::Error::Io(e)) if is_local_shortage(&e) => {
                 Outcome::Defer(format!("POST {}: {e}", self.label))
             }
-            Err(e) => Outcome::Retry(self.failure(&e)),
+            // No HTTP answer at all (refused, reset, timed out, TLS failed): the destination
+            // is unavailable, whatever the event.
+            Err(e) => Outcome::Unavailable(self.failure(&e), None),
         }
     }
 }
 
 /// `http://` or `https://` with a host; no credentials (argv is public: they belong in the
-/// settings file's headers). Returns the URL without its query, for messages.
-fn check_url(url: &str) -> Result<String> {
+/// settings file's headers).
+fn check_url(url: &str) -> Result<()> {
+    // First: a password with a `/` in it would otherwise be "a port that is not a number".
+    if crate::redact::has_userinfo(url) {
+        return Err(Error::Usage(
+            "credentials in the URL would be visible to every local user; put an \
+             `authorization` header in the --webhook-config file"
+                .into(),
+        ));
+    }
     let uri: Uri = url
         .parse()
         .map_err(|e| Error::Usage(format!("not a valid URL: {e}")))?;
@@ -202,13 +215,6 @@ fn check_url(url: &str) -> Result<String> {
     let Some(auth) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(Error::Usage("the URL has no host".into()));
     };
-    if auth.as_str().contains('@') {
-        return Err(Error::Usage(
-            "credentials in the URL would be visible to every local user; put an \
-             `authorization` header in the --webhook-config file"
-                .into(),
-        ));
-    }
     // `http` keeps a port that does not fit 16 bits in the text but gives no number for it.
     let text = auth.as_str();
     let after_host = &text[text.rfind(']').map_or(0, |i| i + 1)..];
@@ -217,18 +223,13 @@ fn check_url(url: &str) -> Result<String> {
             "the URL's port is not a number up to 65535".into(),
         ));
     }
-    Ok(format!(
-        "{}://{}{}",
-        uri.scheme_str().unwrap_or_default(),
-        auth,
-        uri.path()
-    ))
+    Ok(())
 }
 
 /// The certificates of a PEM file; a file without one is a usage error.
 fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>> {
-    let bad = |why: String| Error::Usage(format!("ca_file {}: {why}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let bad = |why: String| file::usage("ca_file", path, &why);
+    let (pem, _) = file::read_config_file("ca_file", path, file::PEM_FILE)?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("not PEM: {e}")))? {
@@ -294,17 +295,16 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        assert_eq!(
-            check_url("https://h.example:8443/a/b?token=x").unwrap(),
-            "https://h.example:8443/a/b"
-        );
-        assert_eq!(check_url("http://127.0.0.1").unwrap(), "http://127.0.0.1/");
+        assert!(check_url("https://h.example:8443/a/b?token=x").is_ok());
+        assert!(check_url("http://127.0.0.1").is_ok());
         for (bad, why) in [
             ("ftp://h/x", "http:// or https://"),
             ("https://user:pw@h/x", "credentials"),
             ("https:///x", "not a valid URL"),
             ("https://h/a b", "not a valid URL"),
             ("http://h:99999/", "port"),
+            ("http://user:pa/pw@h/x", "credentials"),
+            ("http://u:pw@/x", "credentials"),
         ] {
             let e = check_url(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

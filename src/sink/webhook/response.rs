@@ -4,7 +4,8 @@
 //! | answer | outcome |
 //! | --- | --- |
 //! | 2xx | delivered |
-//! | 408, 429, 5xx | retry, no sooner than `Retry-After` when given |
+//! | 429, 502, 503, 504 | the destination is unavailable (counts toward pausing the route), no sooner than `Retry-After` when given |
+//! | 408, the other 5xx | retry, no sooner than `Retry-After` when given |
 //! | 3xx | dead: redirects are not followed (the route's URL should be updated) |
 //! | 410 and the other 4xx | dead at once |
 //! | anything else (1xx that ends an exchange, 6xx...) | retry |
@@ -46,8 +47,10 @@ pub(super) fn outcome(a: &Answer<'_>, now: SystemTime) -> Outcome {
         msg.push_str(": ");
         msg.push_str(&snippet);
     }
+    let after = || a.retry_after.and_then(|v| retry_after(v, now));
     match status {
-        408 | 429 | 500..=599 => match a.retry_after.and_then(|v| retry_after(v, now)) {
+        429 | 502..=504 => Outcome::Unavailable(msg, after()),
+        408 | 500..=599 => match after() {
             Some(d) => Outcome::RetryAfter(msg, d),
             None => Outcome::Retry(msg),
         },
@@ -173,16 +176,29 @@ mod tests {
         for s in [200, 201, 204, 299] {
             assert_eq!(answer(s, None), Outcome::Delivered);
         }
-        for s in [408, 429, 500, 502, 503, 504, 599, 600, 199] {
+        for s in [408, 500, 501, 505, 599, 600, 199] {
             assert!(matches!(answer(s, None), Outcome::Retry(_)), "{s}");
+        }
+        for s in [429, 502, 503, 504] {
+            assert!(
+                matches!(answer(s, None), Outcome::Unavailable(_, None)),
+                "{s}"
+            );
         }
         for s in [301, 302, 307, 308, 400, 401, 403, 404, 410, 422] {
             assert!(matches!(answer(s, None), Outcome::Permanent(_)), "{s}");
         }
         assert_eq!(
             answer(503, Some("120")),
-            Outcome::RetryAfter(
+            Outcome::Unavailable(
                 "HTTP 503 Service Unavailable: {\"error\": \"nope\"}".into(),
+                Some(Duration::from_secs(120))
+            )
+        );
+        assert_eq!(
+            answer(500, Some("120")),
+            Outcome::RetryAfter(
+                "HTTP 500 Internal Server Error: {\"error\": \"nope\"}".into(),
                 Duration::from_secs(120)
             )
         );

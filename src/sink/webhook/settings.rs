@@ -23,6 +23,7 @@
 //! supervisor checks it, each worker reads it again when it starts).
 
 use super::sign::Secret;
+use crate::config_file as file;
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 use std::os::unix::fs::MetadataExt;
@@ -65,14 +66,10 @@ pub(crate) struct SettingsFile {
 impl SettingsFile {
     /// Reads and checks the file (permissions, JSON, every field).
     pub(crate) fn load(path: &Path) -> Result<SettingsFile> {
-        let bad = |why: String| Error::Usage(format!("--webhook-config {}: {why}", path.display()));
-        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        if !meta.is_file() {
-            return Err(bad("not a regular file".into()));
-        }
+        let bad = |why: String| file::usage("--webhook-config", path, &why);
+        let (bytes, meta) = file::read_config_file("--webhook-config", path, file::SETTINGS_FILE)?;
         check_mode(meta.mode(), meta.uid()).map_err(bad)?;
-        let text =
-            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
         let routes = parse(&text).map_err(bad)?;
         Ok(SettingsFile {
             path: path.to_path_buf(),
@@ -97,8 +94,9 @@ impl SettingsFile {
         {
             None => Ok(()),
             Some((k, _)) => Err(Error::Usage(format!(
-                "--webhook-config {}: `{k}` is not the target of any webhook --route",
-                self.path.display()
+                "--webhook-config {}: `{}` is not the target of any webhook --route",
+                self.path.display(),
+                crate::redact::route_target(k)
             ))),
         }
     }
@@ -126,10 +124,11 @@ fn parse(text: &str) -> std::result::Result<Vec<(String, RouteSettings)>, String
     };
     let mut routes = Vec::new();
     for (target, entry) in top {
+        let shown = crate::redact::route_target(&target);
         let Value::Object(fields) = entry else {
-            return Err(format!("`{target}`: expected an object"));
+            return Err(format!("`{shown}`: expected an object"));
         };
-        let s = route(&fields).map_err(|e| format!("`{target}`: {e}"))?;
+        let s = route(&fields).map_err(|e| format!("`{shown}`: {e}"))?;
         routes.push((target, s));
     }
     Ok(routes)

@@ -1,0 +1,312 @@
+//! Destination outages: a route whose destination is unavailable pauses after a few
+//! failures in a row, its events wait without using attempts (the claim leaves them out),
+//! one probe at a time tests the destination, and the route resumes when it answers. Other
+//! routes keep flowing; a single poison event does not pause its route. Tried with a real
+//! HTTP receiver that refuses connections, then answers 503, then recovers; with `pipe:`'s
+//! `unavailable ID` answer; and with `exec:`'s exit code 75.
+
+use super::pipe::{logged, route, script, READ};
+use super::webhook::{Receiver, Reply};
+use super::{assert_exactly_once, db_with_events, drain};
+use crate::common::{self, TempDir};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Attempts charged before a route pauses (the trip threshold, less the one that trips it).
+const TRIP: i64 = 5;
+
+fn attempts_sum(db: &common::TestDb) -> i64 {
+    db.count("SELECT coalesce(sum(attempts), 0) FROM outbox_event")
+}
+
+#[test]
+fn a_webhook_outage_pauses_the_route_probes_it_and_costs_no_attempt_per_event() {
+    let db = db_with_events(150, "order.created");
+    common::insert_events(&mut db.client(), "outbox_event", 40, "user.created");
+    let refused = common::refused_port();
+    let port = refused.port();
+    let hook = format!("order.*=http://127.0.0.1:{port}/hook");
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &hook,
+        "--route",
+        "user.*=stdout",
+        "--threads",
+        "4",
+        "--batch-size",
+        "20",
+        "--retry-backoff",
+        "1",
+        "--poll-interval",
+        "0.05",
+    ]);
+    let daemon = common::spawn(&mut cmd);
+    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+        daemon.stderr_so_far().contains("route order.*=http")
+            && daemon
+                .stderr_so_far()
+                .contains(" paused: 5 deliveries in a row")
+    });
+    // The other route flows meanwhile.
+    common::wait_until(Duration::from_secs(60), "user events delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE event_type = 'user.created' AND status = 'done'")
+            == 40
+    });
+    // Refused for a while: no churn, no attempts used.
+    let before = attempts_sum(&db);
+    // Then the receiver answers 503 to the probes, then recovers.
+    let up = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let (up2, delivered2) = (Arc::clone(&up), Arc::clone(&delivered));
+    let receiver = Receiver::start_on(refused.listen(), false, move |req| {
+        if up2.load(Ordering::SeqCst) {
+            delivered2.lock().unwrap().push(req.event_id());
+            Reply::Answer(200, vec![], String::new())
+        } else {
+            Reply::Answer(503, vec![], "maintenance".into())
+        }
+    });
+    common::wait_until(Duration::from_secs(90), "two probes got 503", || {
+        receiver.requests().len() >= 2
+    });
+    up.store(true, Ordering::SeqCst);
+    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 190
+    });
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status <> 'done'"),
+        0,
+        "{out}"
+    );
+    // Delivered once each (the 503s were answers, not deliveries).
+    let ok = delivered.lock().unwrap().clone();
+    let base = db.count("SELECT min(id) FROM outbox_event WHERE event_type = 'order.created'");
+    assert_exactly_once(150, ok.iter().map(|id| id - base + 1));
+    // Attempts: one per event, plus the failures that paused the route; the waiting and the
+    // probes used none.
+    let total = attempts_sum(&db);
+    assert!(total < 190 + TRIP, "{total} attempts for 190 events\n{out}");
+    assert!(before <= 40 + TRIP - 1 + 150, "{before}\n{out}");
+    assert!(
+        out.stderr.lines().any(|l| l.contains("INFO")
+            && l.contains("route order.*=http")
+            && l.contains("resumed after")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_pipe_bridge_answering_unavailable_pauses_its_route_until_the_broker_is_back() {
+    let db = db_with_events(120, "x");
+    let dir = TempDir::new("outage-pipe");
+    let down = dir.join("down");
+    std::fs::write(&down, "").unwrap();
+    let body = format!(
+        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
+         else echo \"delivered $id\" >> \"$dir/log\"; echo \"ok $id\"; fi\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &route(&publisher),
+        "--retry-backoff",
+        "1",
+        "--poll-interval",
+        "0.05",
+    ]);
+    let daemon = common::spawn(&mut cmd);
+    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+        daemon
+            .stderr_so_far()
+            .contains(" paused: 5 deliveries in a row")
+    });
+    std::fs::remove_file(&down).unwrap();
+    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 120
+    });
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    let ids = logged(&dir, "delivered")
+        .into_iter()
+        .map(|s| s.parse().unwrap());
+    assert_exactly_once(120, ids);
+    let total = attempts_sum(&db);
+    assert!(total < 120 + TRIP, "{total} attempts for 120 events\n{out}");
+    assert!(out.stderr.contains("resumed after"), "{out}");
+}
+
+#[test]
+fn exec_exit_75_is_the_destination_being_unavailable() {
+    let db = db_with_events(30, "x");
+    let dir = TempDir::new("outage-exec");
+    let flag = dir.join("down");
+    std::fs::write(&flag, "").unwrap();
+    let cmd_line = format!("exec:sh -c 'test -e {} && exit 75; exit 0'", flag.display());
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &format!("*={cmd_line}"),
+        "--retry-backoff",
+        "1",
+        "--poll-interval",
+        "0.05",
+    ]);
+    let daemon = common::spawn(&mut cmd);
+    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+        daemon
+            .stderr_so_far()
+            .contains(" paused: 5 deliveries in a row")
+    });
+    std::fs::remove_file(&flag).unwrap();
+    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 30
+    });
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(attempts_sum(&db) < 30 + TRIP, "{out}");
+}
+
+#[test]
+fn a_poison_event_does_not_pause_its_route_and_goes_dead_as_before() {
+    let db = db_with_events(60, "x");
+    let dir = TempDir::new("outage-poison");
+    let body = format!(
+        "{READ}\n  if (( id == 7 )); then echo \"unavailable $id always\"; \
+         else echo \"ok $id\"; fi\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let out = drain(
+        &db,
+        &[
+            "--route",
+            &route(&publisher),
+            "--retry-backoff",
+            "0",
+            "--max-attempts",
+            "8",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!out.stderr.contains(" paused: "), "{out}");
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM outbox_event WHERE status = 'dead' AND id = 7 AND attempts = 8"
+        ),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'"),
+        59,
+        "{out}"
+    );
+}
+
+#[test]
+fn a_paused_route_shows_in_the_metrics_and_the_time_paused_adds_up() {
+    use super::metrics::{daemon, scrape, value};
+    let db = db_with_events(40, "x");
+    let dir = TempDir::new("outage-metrics");
+    let down = dir.join("down");
+    std::fs::write(&down, "").unwrap();
+    let body = format!(
+        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
+         else echo \"ok $id\"; fi\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let target = format!("pipe:{}", publisher.display());
+    let (sup, port) = daemon(
+        &db,
+        &["--route", &format!("*={target}"), "--retry-backoff", "1"],
+    );
+    let label = [("route", target.as_str())];
+    common::wait_until(Duration::from_secs(60), "the gauge says paused", || {
+        value(&scrape(port), "dispatchbox_route_paused", &label) == 1.0
+    });
+    std::fs::remove_file(&down).unwrap();
+    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 40
+    });
+    common::wait_until(Duration::from_secs(30), "the gauge says up", || {
+        value(&scrape(port), "dispatchbox_route_paused", &label) == 0.0
+    });
+    let paused = value(
+        &scrape(port),
+        "dispatchbox_route_paused_seconds_total",
+        &label,
+    );
+    assert!(paused > 0.0, "{paused}");
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
+#[test]
+fn a_bridge_that_keeps_exiting_once_it_worked_pauses_its_route_instead_of_stopping_the_run() {
+    let db = db_with_events(100, "x");
+    let dir = TempDir::new("outage-exiting");
+    let down = dir.join("down");
+    // Exits when its broker is "down": at start-up, or on the next event.
+    let body = format!(
+        "[[ -e $dir/down ]] && {{ echo 'cannot reach the broker' >&2; exit 3; }}\n{READ}\n  \
+         [[ -e $dir/down ]] && exit 3\n  echo \"delivered $id\" >> \"$dir/log\"\n  \
+         if (( id == 10 )); then touch \"$dir/down\"; fi\n  echo \"ok $id\"\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &route(&publisher),
+        "--retry-backoff",
+        "1",
+        "--poll-interval",
+        "0.05",
+    ]);
+    let daemon = common::spawn(&mut cmd);
+    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+        daemon
+            .stderr_so_far()
+            .contains(" paused: 5 deliveries in a row")
+    });
+    std::fs::remove_file(&down).unwrap();
+    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 100
+    });
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !out.stderr.contains("exits without answering ("),
+        "not broken\n{out}"
+    );
+    let ids = logged(&dir, "delivered")
+        .into_iter()
+        .map(|s| s.parse().unwrap());
+    assert_exactly_once(100, ids);
+    assert_eq!(
+        db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'"),
+        0,
+        "{out}"
+    );
+    let total = attempts_sum(&db);
+    assert!(
+        total < 100 + 2 * TRIP,
+        "{total} attempts for 100 events\n{out}"
+    );
+}
