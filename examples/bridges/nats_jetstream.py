@@ -10,16 +10,19 @@ Reads event lines ({"id":N,...}) from stdin and publishes each one, unchanged, t
 within the stream's duplicate window (2 minutes by default), so an event that Dispatchbox
 sends again after a crash or a timeout is stored once.
 
-Many publishes are outstanding at once (at most --window; Dispatchbox's own window bounds
+Many publishes are outstanding at once (at most --window; Dispatchbox's --pipe-window bounds
 them too). Each answer names its event and is written when the broker has answered:
   ok ID              on the PubAck (the message is stored; also for a dropped duplicate)
-  retry ID REASON    on an error, or no PubAck within --ack-timeout seconds
+  unavailable ID R   not connected, no stream answered, or no PubAck within --ack-timeout
+                     seconds: the broker is down (Dispatchbox pauses the route after a few
+                     such answers, and probes it)
+  retry ID REASON    the broker refused this message (e.g. no stream for its subject)
 Answers go out in the order the broker acknowledges, not the order of the lines; all those
 ready at the same moment are written in one write, none is held back while the bridge waits.
 
 Connection loss: nats-py reconnects by itself (forever, every 0.5 s) and resends what it had
-buffered; publishes that get no PubAck in time are answered `retry`, and Dispatchbox sends
-them again (same Nats-Msg-Id: no duplicate in the stream). If the first connection fails the
+buffered; publishes that get no PubAck in time are answered `unavailable`, and Dispatchbox
+sends them again (same Nats-Msg-Id: no duplicate in the stream). If the first connection fails the
 bridge exits 1: Dispatchbox reports a command that exits at start-up.
 
 At EOF on stdin (Dispatchbox stops) it waits for every outstanding PubAck (or its timeout),
@@ -56,7 +59,7 @@ def parse_args():
     p.add_argument("--window", type=int, default=10000,
                    help="most publishes awaiting their PubAck (default %(default)s)")
     p.add_argument("--ack-timeout", type=float, default=5.0,
-                   help="seconds to wait for a PubAck before answering retry (default %(default)s)")
+                   help="seconds to wait for a PubAck before answering unavailable (default %(default)s)")
     p.add_argument("--from-file", metavar="FILE",
                    help="publish FILE's lines, print counts and the rate as JSON, exit")
     args = p.parse_args()
@@ -96,7 +99,8 @@ class Answers:
 
 class Publisher:
     """Publishes lines with Nats-Msg-Id, keeps at most `window` unacknowledged, and calls
-    `done(id, None)` on the PubAck or `done(id, reason)` on a failure, exactly once per line."""
+    `done(id, None, "")` on the PubAck or `done(id, answer, reason)` on a failure (answer
+    `unavailable` or `retry`), exactly once per line."""
 
     def __init__(self, js, args, done):
         self.js, self.args, self.done = js, args, done
@@ -125,8 +129,8 @@ class Publisher:
         self.idle.clear()
         try:
             future = await self.js.publish_async(subject, line, headers={"Nats-Msg-Id": eid})
-        except Exception as e:  # noqa: BLE001 - every failure is a retry for Dispatchbox
-            self.finish(eid, f"publish failed: {type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - not connected, buffer full: the broker is away
+            self.finish(eid, "unavailable", f"publish failed: {type(e).__name__}: {e}")
             return
         timer = self.loop.call_later(self.args.ack_timeout, self.expire, future)
         future.add_done_callback(lambda f: self.acked(eid, f, timer))
@@ -138,20 +142,23 @@ class Publisher:
     def acked(self, eid, future, timer):
         timer.cancel()
         if future.cancelled():
-            self.finish(eid, "publish cancelled")
+            self.finish(eid, "unavailable", "publish cancelled")
+        elif isinstance(future.exception(), asyncio.TimeoutError):
+            self.finish(eid, "unavailable", f"no PubAck within {self.args.ack_timeout}s")
+        elif isinstance(future.exception(), nats.js.errors.NoStreamResponseError):
+            self.finish(eid, "unavailable", "no stream answered (JetStream down, or no stream for the subject)")
         elif future.exception() is not None:
             e = future.exception()
-            what = "no PubAck in time" if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}"
-            self.finish(eid, what)
+            self.finish(eid, "retry", f"{type(e).__name__}: {e}")
         else:
-            self.finish(eid, None)
+            self.finish(eid, None, "")
 
-    def finish(self, eid, reason):
+    def finish(self, eid, answer, reason):
         self.outstanding -= 1
         self.room.set()
         if self.outstanding == 0:
             self.idle.set()
-        self.done(eid, reason)
+        self.done(eid, answer, reason)
 
 
 def is_pipe(stream):
@@ -228,13 +235,13 @@ async def bridge(args):
     answers = Answers(loop, await stdout_writer(loop))
     nc, js = await connect(args)
 
-    def done(eid, reason):
-        if reason is None:
+    def done(eid, answer, reason):
+        if answer is None:
             answers.add(f"ok {eid}")
         else:
             reason = " ".join(reason.split())  # one line
-            log.warning("event %s: %s", eid, reason)
-            answers.add(f"retry {eid} {reason}")
+            log.warning("event %s: %s: %s", eid, answer, reason)
+            answers.add(f"{answer} {eid} {reason}")
 
     publisher = Publisher(js, args, done)
     async for line in read_lines(loop):
@@ -256,10 +263,10 @@ async def from_file(args):
     with open(args.from_file, "rb") as f:
         lines = [line for line in f.read().split(b"\n") if line]
     nc, js = await connect(args)
-    counts = {"ok": 0, "retry": 0}
+    counts = {"ok": 0, "failed": 0}
 
-    def done(_eid, reason):
-        counts["ok" if reason is None else "retry"] += 1
+    def done(_eid, answer, _reason):
+        counts["ok" if answer is None else "failed"] += 1
 
     publisher = Publisher(js, args, done)
     start = time.monotonic()
@@ -270,7 +277,7 @@ async def from_file(args):
     await nc.close()
     print(json.dumps({"events": len(lines), **counts, "seconds": round(seconds, 3),
                       "events_per_s": round(len(lines) / seconds, 1) if seconds else None}))
-    return 0 if counts["retry"] == 0 else 1
+    return 0 if counts["failed"] == 0 else 1
 
 
 def main():

@@ -15,18 +15,21 @@ Many publishes are outstanding at once (at most --window). The broker confirms t
 tag, one by one or many at a time (multiple=True: every tag up to this one); the bridge maps
 tags back to event ids and answers, in the order the broker confirms:
   ok ID              confirmed (basic.ack): the message is on disk in the queue(s)
-  retry ID REASON    nacked, returned as unroutable, or the connection was lost first
+  unavailable ID R   the connection was lost before the confirm, or there is none (the broker
+                     is down: Dispatchbox pauses the route after a few, and probes it)
+  retry ID REASON    nacked, or returned as unroutable
 All answers ready at the same moment go out in one write; none is held back while idle.
 
 RabbitMQ has NO deduplication: an event whose confirm was lost (the connection dropped after
 the broker stored it) is sent again by Dispatchbox and is then in the queue twice. Consumers
 dedupe by message_id (the event id).
 
-Connection loss (the simplest correct choice): every unconfirmed event is answered `retry` at
-once (Dispatchbox sends it again later) and the bridge reconnects in the background, every
-0.5 s growing to 5 s; lines that arrive meanwhile are answered `retry` straight away. The
-bridge does not exit: an exit while the broker is down would look to Dispatchbox like a
-command that cannot start. Only if the very first connection fails does it exit 1.
+Connection loss (the simplest correct choice): every unconfirmed event is answered
+`unavailable` at once (Dispatchbox sends it again later) and the bridge reconnects in the
+background, every 0.5 s growing to 5 s; lines that arrive meanwhile are answered `unavailable`
+straight away. The bridge does not exit: an exit while the broker is down would cost the events
+it had read an attempt each, and look like a command that cannot start. Only if the very first
+connection fails does it exit 1.
 
 At EOF on stdin (Dispatchbox stops) it waits for every outstanding confirm, answers, closes
 the connection and exits 0. Logs go to stderr; nothing but answers goes to stdout.
@@ -108,8 +111,9 @@ def wait_for(loop, start, timeout=10.0):
 
 
 class Publisher:
-    """One connection and confirm-mode channel. Calls `done(id, None)` when the broker
-    confirmed an event and `done(id, reason)` when it will not, exactly once per event."""
+    """One connection and confirm-mode channel. Calls `done(id, None, "")` when the broker
+    confirmed an event and `done(id, answer, reason)` when it did not (answer `retry`: it
+    refused this message; `unavailable`: it is out of reach), exactly once per event."""
 
     def __init__(self, args, done):
         self.args, self.done = args, done
@@ -169,7 +173,7 @@ class Publisher:
             self.room.clear()
             await self.room.wait()
         if self.channel is None:
-            self.done(eid, "RabbitMQ unavailable (reconnecting)")
+            self.done(eid, "unavailable", "no connection to RabbitMQ (reconnecting)")
             return
         props = pika.BasicProperties(message_id=eid, delivery_mode=2, content_type="application/json")
         self.next_tag += 1
@@ -178,7 +182,8 @@ class Publisher:
         try:
             self.channel.basic_publish(self.args.exchange, key, line, props, mandatory=True)
         except Exception as e:  # noqa: BLE001 - a closed channel: the close callback follows
-            self.settle([self.pending.pop(self.next_tag)], f"publish failed: {type(e).__name__}: {e}")
+            self.settle([self.pending.pop(self.next_tag)], "unavailable",
+                        f"publish failed: {type(e).__name__}: {e}")
 
     def on_return(self, _channel, method, props, _body):
         self.returned.add(props.message_id)
@@ -197,14 +202,14 @@ class Publisher:
         if isinstance(method, pika.spec.Basic.Ack):
             unroutable = [i for i in ids if i in self.returned]
             self.returned.difference_update(unroutable)
-            self.settle([i for i in ids if i not in unroutable], None)
-            self.settle(unroutable, "unroutable: no queue bound for its routing key")
+            self.settle([i for i in ids if i not in unroutable], None, "")
+            self.settle(unroutable, "retry", "unroutable: no queue bound for its routing key")
         else:
-            self.settle(ids, "nacked by RabbitMQ")
+            self.settle(ids, "retry", "nacked by RabbitMQ")
 
-    def settle(self, ids, reason):
+    def settle(self, ids, answer, reason):
         for eid in ids:
-            self.done(eid, reason)
+            self.done(eid, answer, reason)
         self.room.set()
         if not self.pending:
             self.idle.set()
@@ -220,9 +225,9 @@ class Publisher:
         ids = list(self.pending.values())
         self.pending.clear()
         self.returned.clear()
-        self.settle(ids, reason)
+        self.settle(ids, "unavailable", reason)
         if was_open and not self.stopping:
-            log.warning("%s; %d unconfirmed answered retry; reconnecting", reason, len(ids))
+            log.warning("%s; %d unconfirmed answered unavailable; reconnecting", reason, len(ids))
             self.reconnecting = self.loop.create_task(self.reconnect())
 
     async def reconnect(self):
@@ -287,13 +292,13 @@ async def bridge(args):
     loop = asyncio.get_running_loop()
     answers = Answers(loop, await stdout_writer(loop))
 
-    def done(eid, reason):
-        if reason is None:
+    def done(eid, answer, reason):
+        if answer is None:
             answers.add(f"ok {eid}")
         else:
             reason = " ".join(reason.split())  # one line
-            log.warning("event %s: %s", eid, reason)
-            answers.add(f"retry {eid} {reason}")
+            log.warning("event %s: %s: %s", eid, answer, reason)
+            answers.add(f"{answer} {eid} {reason}")
 
     publisher = Publisher(args, done)
     await publisher.connect()
@@ -312,10 +317,10 @@ async def bridge(args):
 async def from_file(args):
     with open(args.from_file, "rb") as f:
         lines = [line for line in f.read().split(b"\n") if line]
-    counts = {"ok": 0, "retry": 0}
+    counts = {"ok": 0, "failed": 0}
 
-    def done(_eid, reason):
-        counts["ok" if reason is None else "retry"] += 1
+    def done(_eid, answer, _reason):
+        counts["ok" if answer is None else "failed"] += 1
 
     publisher = Publisher(args, done)
     await publisher.connect()
@@ -327,7 +332,7 @@ async def from_file(args):
     await publisher.close()
     print(json.dumps({"events": len(lines), **counts, "seconds": round(seconds, 3),
                       "events_per_s": round(len(lines) / seconds, 1) if seconds else None}))
-    return 0 if counts["retry"] == 0 else 1
+    return 0 if counts["failed"] == 0 else 1
 
 
 def main():

@@ -23,10 +23,11 @@ struct Counts {
 }
 
 trait Broker {
-    /// The bridge's command line (venv python, script, connection options).
-    fn bridge(&self) -> String;
-    /// count.py's arguments after `count.py`, without `--ids`.
-    fn count_args(&self) -> Vec<String>;
+    /// The bridge's command line (venv python, script, connection options), publishing to
+    /// stream / queue `name`.
+    fn bridge(&self, name: &str) -> String;
+    /// count.py's arguments after `count.py` for stream / queue `name`, without `--ids`.
+    fn count_args(&self, name: &str) -> Vec<String>;
     fn kill9(&mut self);
     fn restart(&mut self);
     fn log_tail(&self) -> String;
@@ -35,16 +36,16 @@ trait Broker {
 }
 
 impl Broker for Nats {
-    fn bridge(&self) -> String {
+    fn bridge(&self, name: &str) -> String {
         format!(
-            "{} {} --server {} --subject outbox.{{event_type}} --stream OUTBOX",
+            "{} {} --server {} --subject {name}.{{event_type}} --stream {name}",
             brokers::python().display(),
             brokers::bridge("nats_jetstream.py").display(),
             self.url()
         )
     }
-    fn count_args(&self) -> Vec<String> {
-        ["nats", "--server", &self.url(), "--stream", "OUTBOX"]
+    fn count_args(&self, name: &str) -> Vec<String> {
+        ["nats", "--server", &self.url(), "--stream", name]
             .map(String::from)
             .into()
     }
@@ -60,16 +61,16 @@ impl Broker for Nats {
 }
 
 impl Broker for Rabbit {
-    fn bridge(&self) -> String {
+    fn bridge(&self, name: &str) -> String {
         format!(
-            "{} {} --url {} --queue outbox",
+            "{} {} --url {} --queue {name}",
             brokers::python().display(),
             brokers::bridge("rabbitmq.py").display(),
             self.url()
         )
     }
-    fn count_args(&self) -> Vec<String> {
-        ["rabbitmq", "--url", &self.url(), "--queue", "outbox"]
+    fn count_args(&self, name: &str) -> Vec<String> {
+        ["rabbitmq", "--url", &self.url(), "--queue", name]
             .map(String::from)
             .into()
     }
@@ -86,18 +87,18 @@ impl Broker for Rabbit {
         // The bridge declares the queue and, with no input, exits.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("exec {} </dev/null", self.bridge()));
+            .arg(format!("exec {} </dev/null", self.bridge("outbox")));
         let out = common::run(&mut cmd, Duration::from_secs(60));
         assert_eq!(out.code, Some(0), "declaring the queue\n{out}");
         self.restart_cleanly();
     }
 }
 
-/// Runs count.py for ids 1..=n.
-fn count(broker: &dyn Broker, n: i64) -> Counts {
+/// Runs count.py on stream / queue `name` for ids 1..=n.
+fn count(broker: &dyn Broker, name: &str, n: i64) -> Counts {
     let mut cmd = Command::new(brokers::python());
     cmd.arg(brokers::bridge("count.py"))
-        .args(broker.count_args())
+        .args(broker.count_args(name))
         .args(["--ids", &format!("1-{n}"), "--timeout", "20"]);
     let out = common::run(&mut cmd, Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "count.py failed\n{out}");
@@ -120,33 +121,36 @@ fn count(broker: &dyn Broker, n: i64) -> Counts {
 /// The options every run here uses besides the route.
 const RUN: [&str; 4] = ["--threads", "4", "--batch-size", "100"];
 
-/// 2,000 events through the bridge in one drain: all done at the first attempt, and the
-/// broker holds each id exactly once.
+/// 2,000 events through the bridge in one drain, with `--pipe-window 1` (one event at a time,
+/// as earlier versions) and with the default window (many lines before any answer): all done
+/// at the first attempt, and the broker holds each id exactly once.
 fn drain_delivers_each_event_once(broker: &dyn Broker) {
     let n = 2000;
-    let db = db_with_events(n, "order.created");
-    let route = format!("*=pipe:{}", broker.bridge());
-    let mut args = vec!["--route", &route];
-    args.extend(RUN);
-    let out = drain(&db, &args);
-    assert_eq!(out.code, Some(0), "{out}");
-    assert_eq!(
-        db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
-        n,
-        "{out}"
-    );
-    let counts = count(broker, n);
-    assert_eq!(
-        (
-            counts.delivered,
-            counts.duplicates,
-            counts.lost,
-            counts.unexpected
-        ),
-        (n, 0, 0, 0),
-        "at the broker: {}\n{out}",
-        counts.json
-    );
+    for (window, name) in [("1", "w1"), ("256", "w256")] {
+        let db = db_with_events(n, "order.created");
+        let route = format!("*=pipe:{}", broker.bridge(name));
+        let mut args = vec!["--route", &route, "--pipe-window", window];
+        args.extend(RUN);
+        let out = drain(&db, &args);
+        assert_eq!(out.code, Some(0), "--pipe-window {window}\n{out}");
+        assert_eq!(
+            db.count("SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1"),
+            n,
+            "--pipe-window {window}\n{out}"
+        );
+        let counts = count(broker, name, n);
+        assert_eq!(
+            (
+                counts.delivered,
+                counts.duplicates,
+                counts.lost,
+                counts.unexpected
+            ),
+            (n, 0, 0, 0),
+            "--pipe-window {window}: at the broker: {}\n{out}",
+            counts.json
+        );
+    }
 }
 
 /// A service run through the bridge; the broker is killed once 200 of 2,000 events are done,
@@ -156,7 +160,7 @@ fn drain_delivers_each_event_once(broker: &dyn Broker) {
 fn broker_killed_and_restarted_loses_nothing(broker: &mut dyn Broker) -> Counts {
     broker.settle_definitions();
     let db = db_with_events(2000, "order.created");
-    let route = format!("*=pipe:{}", broker.bridge());
+    let route = format!("*=pipe:{}", broker.bridge("outbox"));
     let mut cmd = common::dispatchbox();
     cmd.args([
         "--dsn",
@@ -198,7 +202,7 @@ fn broker_killed_and_restarted_loses_nothing(broker: &mut dyn Broker) -> Counts 
     let out = service.wait(Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(done(&db), 2500, "{out}");
-    let counts = count(broker, 2500);
+    let counts = count(broker, "outbox", 2500);
     assert_eq!(
         (counts.lost, counts.unexpected),
         (0, 0),
@@ -230,8 +234,11 @@ fn bridge_answers_many_lines_sent_before_any_answer(broker: &dyn Broker) {
     let file = dir.join("events.jsonl");
     std::fs::write(&file, lines).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!("cat {} | exec {}", file.display(), broker.bridge()));
+    cmd.arg("-c").arg(format!(
+        "cat {} | exec {}",
+        file.display(),
+        broker.bridge("outbox")
+    ));
     let out = common::run(&mut cmd, Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{out}");
     let ids = out.stdout.lines().map(|l| {
@@ -240,7 +247,7 @@ fn bridge_answers_many_lines_sent_before_any_answer(broker: &dyn Broker) {
             .unwrap_or_else(|| panic!("not `ok ID`: {l:?}\n{out}"))
     });
     super::assert_exactly_once(n, ids);
-    let counts = count(broker, n);
+    let counts = count(broker, "outbox", n);
     assert_eq!(
         (counts.delivered, counts.duplicates, counts.lost),
         (n, 0, 0),
