@@ -5,7 +5,7 @@
         --url amqp://user:pass@mq.internal:5672/%2F --queue outbox'
 
 Reads event lines ({"id":N,...}) from stdin and publishes each one, unchanged, as a persistent
-message (delivery_mode 2, message_id = the event id, type = its event_type, mandatory) on a
+message (delivery_mode 2, message_id = the event id, content_type JSON, mandatory) on a
 channel in confirm mode. With --queue only, messages go through the default exchange to that
 durable queue; with --exchange, to that durable topic exchange with routing key --routing-key
 ({event_type} is replaced by the event's type), and a --queue given too is bound to it with
