@@ -467,10 +467,10 @@ for pb in 1:10 2:10 1:100 2:100; do
     fi
 done
 for row in "${pipe_rows[@]}"; do echo "$row"; done
-webhook_summary_rows
-scale_summary_rows
-latency_summary_rows
-ordered_summary_rows
+if want webhook; then webhook_summary_rows; fi
+if want batch1000 && want big && want rss; then scale_summary_rows; fi
+if want latency; then latency_summary_rows; fi
+if want ordered; then ordered_summary_rows; fi
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"
