@@ -40,9 +40,10 @@ def dashboard_queries():
     queries = [("dashboard panel " + p["title"], t["expr"]) for p in panels for t in p.get("targets", [])]
     for v in dash["templating"]["list"]:
         if v["type"] == "query":
+            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
             # label_values(SELECTOR, LABEL): the selector is the query
-            m = re.fullmatch(r"label_values\((.*), *\w+\)", v["query"]["query"])
-            queries.append(("dashboard variable " + v["name"], m.group(1) if m else v["query"]["query"]))
+            m = re.fullmatch(r"label_values\((.*), *\w+\)", q)
+            queries.append(("dashboard variable " + v["name"], m.group(1) if m else q))
     return [(title, grafana_to_promql(q)) for title, q in queries]
 
 
