@@ -10,6 +10,7 @@
 # the script exits 1. A cluster that a server package starts by itself is left alone: our
 # scripts and tests always run a private one in a temp dir.
 #   server   PostgreSQL's server binaries (initdb, pg_ctl) and psql
+#   promtool Prometheus's promtool (.ci/run checks the example alert rules and a scrape with it)
 #   cc       a C compiler (crates with C parts; the linker)
 #   ssl-dev  pkg-config and the OpenSSL headers (native-tls links the system's OpenSSL)
 #   openssl  the openssl command (the test harness makes its TLS certificates with it)
@@ -30,6 +31,7 @@ missing_deps() {
         case $what in
             server) have_server && command -v runuser >/dev/null || echo server ;;
             cc) command -v cc >/dev/null || echo cc ;;
+            promtool) command -v promtool >/dev/null || echo promtool ;;
             ssl-dev)
                 command -v pkg-config >/dev/null || echo pkg-config
                 pkg-config --exists openssl 2>/dev/null || echo ssl-dev
@@ -55,6 +57,8 @@ packages_for() {
         case $pm:$what in
             apt-get:server) echo postgresql ;;
             apt-get:cc) echo gcc libc6-dev ;;
+            apt-get:promtool | apk:promtool) echo prometheus ;;
+            dnf:promtool) echo golang-github-prometheus ;;
             apt-get:pkg-config) echo pkg-config ;;
             apt-get:ssl-dev) echo libssl-dev ;;
             dnf:server) echo postgresql-server postgresql util-linux ;;
@@ -97,7 +101,7 @@ ensure_packages() {
         apt-get)
             export DEBIAN_FRONTEND=noninteractive
             apt-get update
-            apt-get install -y "${pkgs[@]}"
+            apt_install_no_services "${pkgs[@]}"
             ;;
         dnf) dnf install -y "${pkgs[@]}" ;;
         apk) apk add "${pkgs[@]}" ;;
@@ -107,4 +111,19 @@ ensure_packages() {
         echo "still missing after installing: ${missing[*]}" >&2
         exit 1
     fi
+}
+
+# apt-get install -y PACKAGES without starting their services (a broker on its default port
+# would be left running): invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d, and
+# exit status 101 means "do not start". Ours is removed afterwards; one that was there stays.
+apt_install_no_services() {
+    local policy=/usr/sbin/policy-rc.d ours=false rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# dispatchbox scripts/lib/deps.sh: no services started while installing\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        ours=true
+    fi
+    apt-get install -y "$@" || rc=$?
+    if $ours; then rm -f "$policy"; fi
+    return "$rc"
 }
