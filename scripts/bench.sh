@@ -93,18 +93,6 @@ psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 say "dispatchbox migrate"
 "$bin" migrate --dsn "$DSN"
 
-# Empties the table and loads N pending order.created events, then VACUUM ANALYZE and a
-# CHECKPOINT, so that every timed run starts from the same state.
-load_events() {
-    psql_q -v n="$1" >/dev/null <<'SQL'
-TRUNCATE outbox_event RESTART IDENTITY;
-INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-FROM generate_series(1, :n::bigint) AS g;
-VACUUM ANALYZE outbox_event;
-CHECKPOINT;
-SQL
-}
 
 nproc_n=$(nproc)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
