@@ -93,18 +93,6 @@ psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 say "dispatchbox migrate"
 "$bin" migrate --dsn "$DSN"
 
-# Empties the table and loads N pending order.created events, then VACUUM ANALYZE and a
-# CHECKPOINT, so that every timed run starts from the same state.
-load_events() {
-    psql_q -v n="$1" >/dev/null <<'SQL'
-TRUNCATE outbox_event RESTART IDENTITY;
-INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-FROM generate_series(1, :n::bigint) AS g;
-VACUUM ANALYZE outbox_event;
-CHECKPOINT;
-SQL
-}
 
 nproc_n=$(nproc)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
@@ -467,10 +455,10 @@ for pb in 1:10 2:10 1:100 2:100; do
     fi
 done
 for row in "${pipe_rows[@]}"; do echo "$row"; done
-webhook_summary_rows
-scale_summary_rows
-latency_summary_rows
-ordered_summary_rows
+if want webhook; then webhook_summary_rows; fi
+if want batch1000 && want big && want rss; then scale_summary_rows; fi
+if want latency; then latency_summary_rows; fi
+if want ordered; then ordered_summary_rows; fi
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

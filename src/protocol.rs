@@ -11,10 +11,15 @@
 //!   {"type":"ready"}                               start-up succeeded (connected, checked)
 //!   {"type":"fatal","code":4,"message":"…"}        the error the child exits with
 //!   {"type":"counters","claims":3,"claimed":25,"db-errors":0,"in-flight":2,
+//!    "db-down":0,"db-down-us":0,
+//!    "process":{"rss":9158656,"vsize":…,"cpu-us":41000,"open-fds":12,"max-fds":1024,
+//!               "start-ms":1764890000123},
 //!    "routes":[{"route":"stdout","delivered":20,"retried":1,"dead":0,"released":2,
 //!               "deferred":0,"duration-us":5310,"buckets":[18,3,0,…]}]}
 //!                          about every second and once at exit: the worker's counts since it
-//!                          started (`metrics::counts`; buckets per `counts::BUCKETS`, then +Inf)
+//!                          started (`metrics::counts`; buckets per `counts::BUCKETS`, then +Inf),
+//!                          whether its database connection is down (1) and for how long, and
+//!                          its `process_*` figures (`metrics::process`)
 //!   {"type":"<anything else>",…}                   a report this build does not know: ignored
 //! ```
 //! The configuration carries the resolved flags (the DSN with its password: it travels on a

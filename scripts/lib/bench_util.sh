@@ -17,3 +17,16 @@ fmt_int() {
         print s o }'
 }
 calc() { awk "BEGIN { printf \"%.6f\n\", $1 }"; }
+
+# Empties the table and loads N pending order.created events, then VACUUM ANALYZE and a
+# CHECKPOINT, so that every timed run starts from the same state. Needs the caller's psql_q.
+load_events() {
+    psql_q -v n="$1" >/dev/null <<'SQL'
+TRUNCATE outbox_event RESTART IDENTITY;
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
+SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
+FROM generate_series(1, :n::bigint) AS g;
+VACUUM ANALYZE outbox_event;
+CHECKPOINT;
+SQL
+}

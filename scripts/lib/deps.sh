@@ -10,6 +10,7 @@
 # the script exits 1. A cluster that a server package starts by itself is left alone: our
 # scripts and tests always run a private one in a temp dir.
 #   server   PostgreSQL's server binaries (initdb, pg_ctl) and psql
+#   promtool Prometheus's promtool (.ci/run checks the example alert rules and a scrape with it)
 #   cc       a C compiler (crates with C parts; the linker)
 #   ssl-dev  pkg-config and the OpenSSL headers (native-tls links the system's OpenSSL)
 #   openssl  the openssl command (the test harness makes its TLS certificates with it)
@@ -46,6 +47,7 @@ missing_deps() {
         case $what in
             server) have_server && command -v runuser >/dev/null || echo server ;;
             cc) command -v cc >/dev/null || echo cc ;;
+            promtool) command -v promtool >/dev/null || echo promtool ;;
             ssl-dev)
                 command -v pkg-config >/dev/null || echo pkg-config
                 pkg-config --exists openssl 2>/dev/null || echo ssl-dev
@@ -74,6 +76,8 @@ packages_for() {
         case $pm:$what in
             apt-get:server) echo postgresql ;;
             apt-get:cc) echo gcc libc6-dev ;;
+            apt-get:promtool | apk:promtool) echo prometheus ;;
+            dnf:promtool) echo golang-github-prometheus ;;
             apt-get:pkg-config) echo pkg-config ;;
             apt-get:ssl-dev) echo libssl-dev ;;
             dnf:server) echo postgresql-server postgresql util-linux ;;

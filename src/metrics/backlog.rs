@@ -1,5 +1,6 @@
-//! The outbox backlog for `/metrics` (`dispatchbox_outbox_due`, `…_oldest_due_age_seconds`),
-//! queried by the supervisor on a connection of its own, on demand and rate-limited.
+//! The outbox backlog for `/metrics` (`dispatchbox_outbox_due`, `…_oldest_due_age_seconds`,
+//! `…_dead`), queried by the supervisor on a connection of its own, on demand and
+//! rate-limited, and whether that works (`…_scrape_success`, `…_last_success_timestamp_seconds`).
 //!
 //! Why here and not in a worker: the workers' DB threads stay on the claim path only (no
 //! extra statement on any worker, however many there are), there is one query per
@@ -9,21 +10,25 @@
 //!
 //! Invariant: a scrape never waits on the database for longer than `WAIT`: the query runs on
 //! this module's thread; a scrape that finds the last result older than `FRESH` asks for a
-//! new one and waits at most `WAIT`, then shows what is known (a result older than `STALE`
-//! is not shown at all). The query runs at most once per `FRESH`, whatever the scrape rate.
+//! new one and waits at most `WAIT`, then shows what is known. The gauges are never stale:
+//! a result older than `STALE`, or one that a failed query has followed, is not shown at all
+//! (the success gauge says 0 meanwhile). The query runs at most once per `FRESH`, whatever
+//! the scrape rate.
 
-use super::expose::Backlog;
+use super::expose::{Backlog, BacklogView};
 use crate::config::{Config, Table};
 use crate::connect::{Attempt, Connector};
 use crate::error::{describe_pg, Result};
 use crate::{info, store, warn};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const FRESH: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(1);
-const STALE: Duration = Duration::from_secs(60);
+/// Three refresh intervals: a result this old means the queries stopped ending (a server
+/// that accepts and never answers).
+const STALE: Duration = Duration::from_secs(15);
 /// Connection attempts and the query's statement timeout.
 const DB_LIMIT: Duration = Duration::from_secs(5);
 
@@ -35,10 +40,25 @@ pub(crate) struct Poller {
 
 #[derive(Default)]
 struct Last {
-    /// The last result and when it was taken.
-    values: Option<(Backlog, Instant)>,
+    /// The last result and when it was taken (also as wall-clock time, for the timestamp).
+    values: Option<(Backlog, Instant, SystemTime)>,
     /// When the last query (successful or not) ended.
     tried: Option<Instant>,
+    /// The last query that ended failed.
+    failed: bool,
+}
+
+impl Last {
+    /// What a scrape may show of it at `now`.
+    fn view(&self, now: Instant) -> BacklogView {
+        BacklogView {
+            fresh: self
+                .values
+                .filter(|(_, at, _)| !self.failed && now.saturating_duration_since(*at) < STALE)
+                .map(|(v, _, _)| v),
+            last_success: self.values.map(|(_, _, wall)| wall),
+        }
+    }
 }
 
 impl Poller {
@@ -65,7 +85,7 @@ impl Poller {
     }
 
     /// The backlog for a scrape: fresh if it can be had within `WAIT`.
-    pub(crate) fn get(&self) -> Option<Backlog> {
+    pub(crate) fn get(&self) -> BacklogView {
         let (lock, cond) = &*self.last;
         let asked = Instant::now();
         let mut last = lock_ignoring_poison(lock);
@@ -84,9 +104,7 @@ impl Poller {
                 };
             }
         }
-        last.values
-            .filter(|(_, at)| at.elapsed() < STALE)
-            .map(|(v, _)| v)
+        last.view(Instant::now())
     }
 }
 
@@ -114,8 +132,9 @@ impl Querier {
             if !recent {
                 let got = self.query();
                 let mut last = lock_ignoring_poison(&self.last.0);
+                last.failed = got.is_none();
                 if let Some(v) = got {
-                    last.values = Some((v, Instant::now()));
+                    last.values = Some((v, Instant::now(), SystemTime::now()));
                 }
                 last.tried = Some(Instant::now());
             }
@@ -134,18 +153,22 @@ impl Querier {
             })
         });
         match result {
-            Ok((due, oldest_due_age)) => {
+            Ok(row) => {
                 if std::mem::take(&mut self.failing) {
                     info!("metrics: the backlog query works again");
                 }
                 Some(Backlog {
-                    due,
-                    oldest_due_age,
+                    due: row.due,
+                    oldest_due_age: row.oldest_due_age,
+                    dead: row.dead,
                 })
             }
             Err(why) => {
                 if !std::mem::replace(&mut self.failing, true) {
-                    warn!("metrics: cannot query the outbox backlog ({why}); not shown until it works");
+                    warn!(
+                        "metrics: cannot query the outbox backlog ({why}); its gauges are left \
+                         out and dispatchbox_outbox_scrape_success is 0 until it works"
+                    );
                 }
                 None
             }
@@ -163,5 +186,31 @@ impl Querier {
             self.client = Some(client);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_shown_only_while_fresh_and_not_followed_by_a_failure() {
+        let t0 = Instant::now();
+        let b = Backlog {
+            due: 3,
+            oldest_due_age: 1.5,
+            dead: 2,
+        };
+        let wall = SystemTime::now();
+        let mut last = Last::default();
+        assert_eq!(last.view(t0).fresh, None);
+        assert_eq!(last.view(t0).last_success, None);
+        last.values = Some((b, t0, wall));
+        assert_eq!(last.view(t0 + FRESH).fresh, Some(b));
+        assert_eq!(last.view(t0 + STALE).fresh, None, "too old");
+        last.failed = true;
+        let view = last.view(t0 + Duration::from_millis(10));
+        assert_eq!(view.fresh, None, "a failed query followed");
+        assert_eq!(view.last_success, Some(wall));
     }
 }

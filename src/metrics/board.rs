@@ -1,5 +1,7 @@
 //! The supervisor's board: what the workers reported, summed per worker slot and over the
-//! whole process tree, and whether every slot is ready. The report readers (one per child,
+//! whole process tree, each slot's `process_*` figures, and whether every slot is ready:
+//! it runs a child that reported `ready` and whose last report says its database
+//! connection is up. The report readers (one per child,
 //! in `supervisor::spawn`) write to it through a [`Tap`]; the HTTP threads read snapshots.
 //!
 //! A slot's children are its incarnations: each gets a `Tap` when it is started, and its
@@ -12,6 +14,7 @@
 //! showed; the lock is held only to copy or add numbers, never across I/O.
 
 use super::counts::Counts;
+use super::process::ProcessStats;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -47,6 +50,10 @@ pub(crate) struct Workers {
     pub starting: u64,
     /// No child runs (waiting for a restart, or finished).
     pub down: u64,
+    /// Of the ready ones: whose database connection is down now.
+    pub disconnected: u64,
+    /// The longest of those outages so far, in microseconds (0: none).
+    pub disconnected_us: u64,
 }
 
 /// A copy of the board at one instant.
@@ -57,12 +64,16 @@ pub(crate) struct Snapshot {
     /// Children started, restarts included.
     pub starts: u64,
     pub stopping: bool,
+    /// The `process_*` figures of each slot's running child, by slot.
+    pub processes: Vec<(usize, ProcessStats)>,
 }
 
 impl Snapshot {
-    /// Every slot runs a ready child and the supervisor is not stopping (`/readyz`).
+    /// Every slot runs a ready child connected to the database, and the supervisor is not
+    /// stopping (`/readyz`).
     pub(crate) fn ready(&self) -> bool {
-        !self.stopping && self.workers.starting == 0 && self.workers.down == 0
+        let w = &self.workers;
+        !self.stopping && w.starting == 0 && w.down == 0 && w.disconnected == 0
     }
 }
 
@@ -113,16 +124,27 @@ impl Board {
             stopping: s.stopping,
             ..Snapshot::default()
         };
-        for book in &s.slots {
+        for (slot, book) in s.slots.iter().enumerate() {
             snap.total.add(&book.base);
             snap.starts += book.starts;
             for (counts, _) in book.live.values() {
                 snap.total.add(counts);
             }
+            let w = &mut snap.workers;
             match book.live.values().last() {
-                Some((_, true)) => snap.workers.ready += 1,
-                Some((_, false)) => snap.workers.starting += 1,
-                None => snap.workers.down += 1,
+                Some((c, true)) => {
+                    w.ready += 1;
+                    if c.db_down > 0 {
+                        w.disconnected += 1;
+                        w.disconnected_us = w.disconnected_us.max(c.db_down_us);
+                    }
+                }
+                Some((_, false)) => w.starting += 1,
+                None => w.down += 1,
+            }
+            let newest = book.live.values().last();
+            if let Some(p) = newest.and_then(|(c, _)| c.process) {
+                snap.processes.push((slot, p));
             }
         }
         snap
@@ -222,6 +244,36 @@ mod tests {
         assert_eq!(b.snapshot().workers.down, 1);
         assert!(!b.snapshot().ready());
         assert_eq!(total(&b), 11);
+    }
+
+    #[test]
+    fn a_worker_without_its_database_is_not_ready_until_it_reconnects() {
+        let b = Board::new(2);
+        let (first, other) = (b.tap(0), b.tap(1));
+        first.ready();
+        other.ready();
+        let mut down = delivered(1);
+        down.db_down = 1;
+        down.db_down_us = 3_000_000;
+        down.process = crate::metrics::process::ProcessStats::of_self();
+        other.counts(&down);
+        let snap = b.snapshot();
+        assert!(!snap.ready());
+        assert_eq!((snap.workers.ready, snap.workers.disconnected), (2, 1));
+        assert_eq!(snap.workers.disconnected_us, 3_000_000);
+        assert_eq!(snap.processes.len(), 1);
+        assert_eq!(snap.processes[0].0, 1, "by slot");
+        let mut up = delivered(2);
+        up.process = down.process;
+        other.counts(&up);
+        assert!(b.snapshot().ready());
+        assert_eq!(b.snapshot().workers.disconnected, 0);
+        drop(other);
+        assert!(
+            b.snapshot().processes.is_empty(),
+            "a gone child has no figures"
+        );
+        drop(first);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! What a worker counts, as one value: per route, how many events ended each way and how long
 //! their handlers took (a histogram with fixed buckets); claims, database errors, and the
-//! events in flight now. A worker sends it to the supervisor as its `counters` report (see
+//! gauges of now: events in flight, whether its database connection is down (and for how
+//! long), and its `process_*` figures. A worker sends it to the supervisor as its `counters` report (see
 //! `protocol`); the supervisor sums the reports for `/metrics`.
 //!
-//! Invariant: everything but `in_flight` is cumulative since the worker started, so a later
+//! Invariant: everything but the gauges (`in_flight`, `db_down`, `db_down_us`, `process`,
+//! each route's `paused`) is cumulative since the worker started, so a later
 //! report never holds a smaller number than an earlier one of the same worker; `merge_max`
 //! keeps that true even if reports were ever reordered.
 
+use super::process::ProcessStats;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,6 +87,15 @@ pub(crate) struct Counts {
     pub db_errors: u64,
     /// Events claimed and not finished now (a gauge, not cumulative).
     pub in_flight: u64,
+    /// 1 while the worker has no database connection (a gauge: summed, the workers without
+    /// one).
+    pub db_down: u64,
+    /// How long the connection has been down, in microseconds (a gauge: the longest when
+    /// summed).
+    pub db_down_us: u64,
+    /// The worker process's own figures (a gauge, never summed: the board shows them per
+    /// worker slot).
+    pub process: Option<ProcessStats>,
 }
 
 impl RouteCounts {
@@ -146,6 +158,9 @@ impl Counts {
     /// Gauges only: a finished worker's routes are paused nowhere.
     pub(crate) fn clear_gauges(&mut self) {
         self.in_flight = 0;
+        self.db_down = 0;
+        self.db_down_us = 0;
+        self.process = None;
         for r in self.routes.values_mut() {
             r.paused = 0;
         }
@@ -155,6 +170,8 @@ impl Counts {
     pub(crate) fn add(&mut self, other: &Counts) {
         self.zip(other, u64::saturating_add);
         self.in_flight = self.in_flight.saturating_add(other.in_flight);
+        self.db_down = self.db_down.saturating_add(other.db_down);
+        self.db_down_us = self.db_down_us.max(other.db_down_us);
         for (name, r) in &other.routes {
             let mine = self.route(name);
             mine.paused = mine.paused.saturating_add(r.paused);
@@ -166,6 +183,9 @@ impl Counts {
     pub(crate) fn merge_max(&mut self, newer: &Counts) {
         self.zip(newer, u64::max);
         self.in_flight = newer.in_flight;
+        self.db_down = newer.db_down;
+        self.db_down_us = newer.db_down_us;
+        self.process = newer.process;
         for (name, r) in &newer.routes {
             self.route(name).paused = r.paused;
         }
@@ -187,6 +207,11 @@ impl Counts {
         m.insert("claimed".into(), self.claimed.into());
         m.insert("db-errors".into(), self.db_errors.into());
         m.insert("in-flight".into(), self.in_flight.into());
+        m.insert("db-down".into(), self.db_down.into());
+        m.insert("db-down-us".into(), self.db_down_us.into());
+        if let Some(p) = self.process {
+            m.insert("process".into(), p.to_json());
+        }
         let routes: Vec<Value> = self
             .routes
             .iter()
@@ -220,6 +245,12 @@ impl Counts {
             claimed: num(m, "claimed")?,
             db_errors: num(m, "db-errors")?,
             in_flight: num(m, "in-flight")?,
+            db_down: num(m, "db-down")?,
+            db_down_us: num(m, "db-down-us")?,
+            process: match m.get("process") {
+                None => None,
+                Some(v) => Some(ProcessStats::from_json(v)?),
+            },
         };
         let routes = match m.get("routes") {
             None => &Vec::new(),
@@ -264,6 +295,9 @@ mod tests {
         c.claimed = 7;
         c.db_errors = 1;
         c.in_flight = 2;
+        c.db_down = 1;
+        c.db_down_us = 1_500_000;
+        c.process = ProcessStats::of_self();
         c
     }
 
@@ -290,6 +324,9 @@ mod tests {
         let mut short = c.to_json();
         short["routes"][0]["buckets"] = vec![1, 2].into();
         assert_eq!(Counts::from_json(&short), None);
+        let mut process = c.to_json();
+        process.insert("process".into(), serde_json::json!({"rss": 1}));
+        assert_eq!(Counts::from_json(&process), None);
     }
 
     #[test]
@@ -298,6 +335,7 @@ mod tests {
         total.add(&sample());
         assert_eq!(total.routes["stdout"].count(Outcome::Delivered), 4);
         assert_eq!(total.in_flight, 4);
+        assert_eq!((total.db_down, total.db_down_us), (2, 1_500_000));
         let mut last = sample();
         let mut older = Counts::default();
         older.count("stdout", Outcome::Retried);
@@ -307,5 +345,8 @@ mod tests {
         assert_eq!(last.routes["stdout"].count(Outcome::Retried), 1);
         assert_eq!(last.claims, 4);
         assert_eq!(last.in_flight, 0);
+        assert_eq!((last.db_down, last.db_down_us, last.process), (0, 0, None));
+        last.clear_gauges();
+        assert_eq!(last.claims, 4);
     }
 }

@@ -6,7 +6,9 @@
 
 use super::board::Snapshot;
 use super::counts::{Outcome, BUCKETS};
+use super::process::ProcessStats;
 use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The outbox backlog, as the supervisor's own query saw it (see `backlog`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -15,6 +17,17 @@ pub(crate) struct Backlog {
     pub due: i64,
     /// Seconds since the oldest of them became due (0 when none is).
     pub oldest_due_age: f64,
+    /// Dead events.
+    pub dead: i64,
+}
+
+/// What a scrape may show of the backlog.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct BacklogView {
+    /// The backlog, when a recent query succeeded (none: its gauges are left out).
+    pub fresh: Option<Backlog>,
+    /// When a query last succeeded.
+    pub last_success: Option<SystemTime>,
 }
 
 /// What a scrape shows besides the board.
@@ -22,6 +35,8 @@ pub(crate) struct Process {
     pub version: &'static str,
     /// Seconds since the Unix epoch at which the supervisor started.
     pub start_time: f64,
+    /// The supervisor's own `process_*` figures now.
+    pub stats: Option<ProcessStats>,
 }
 
 /// `# HELP` and `# TYPE` of one family.
@@ -54,7 +69,7 @@ fn single(o: &mut String, (name, kind, help): (&str, &str, &str), labels: &str, 
     let _ = writeln!(o, "{name}{labels} {v}");
 }
 
-pub(crate) fn render(snap: &Snapshot, backlog: Option<Backlog>, p: &Process) -> String {
+pub(crate) fn render(snap: &Snapshot, backlog: BacklogView, p: &Process) -> String {
     let mut out = String::with_capacity(4096);
     let o = &mut out;
     let version = format!("{{version=\"{}\"}}", escape(p.version));
@@ -79,15 +94,62 @@ pub(crate) fn render(snap: &Snapshot, backlog: Option<Backlog>, p: &Process) -> 
     ] {
         let _ = writeln!(o, "{name}{{state=\"{state}\"}} {n}");
     }
+    single(o, DISCONNECTED, "", w.disconnected.to_string());
     single(o, READY, "", u8::from(snap.ready()).to_string());
-    if let Some(b) = backlog {
+    if let Some(b) = backlog.fresh {
         single(o, DUE, "", b.due.to_string());
         single(o, OLDEST_DUE_AGE, "", value(b.oldest_due_age));
+        single(o, DEAD, "", b.dead.to_string());
     }
+    single(
+        o,
+        SCRAPE_OK,
+        "",
+        u8::from(backlog.fresh.is_some()).to_string(),
+    );
+    let last = backlog
+        .last_success
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    single(o, LAST_SUCCESS, "", value(last));
+    processes(o, p.stats, &snap.processes);
     out
 }
 
+/// The `process_*` families: the supervisor's samples unlabelled (as any exporter's own),
+/// each running worker's labelled with its slot.
+fn processes(o: &mut String, own: Option<ProcessStats>, workers: &[(usize, ProcessStats)]) {
+    let all: Vec<(String, ProcessStats)> = own
+        .map(|s| (String::new(), s))
+        .into_iter()
+        .chain(
+            workers
+                .iter()
+                .map(|(i, s)| (format!("{{worker=\"{i}\"}}"), *s)),
+        )
+        .collect();
+    if all.is_empty() {
+        return;
+    }
+    let figures: [(Family, Figure); 6] = [
+        (CPU, |s| value(s.cpu_us as f64 / 1e6)),
+        (RSS, |s| s.resident_bytes.to_string()),
+        (VSIZE, |s| s.virtual_bytes.to_string()),
+        (OPEN_FDS, |s| s.open_fds.to_string()),
+        (MAX_FDS, |s| s.max_fds.to_string()),
+        (PROCESS_START, |s| value(s.start_time_ms as f64 / 1e3)),
+    ];
+    for ((name, kind, help), figure) in figures {
+        family(o, name, kind, help);
+        for (labels, s) in &all {
+            let _ = writeln!(o, "{name}{labels} {}", figure(s));
+        }
+    }
+}
+
 type Family = (&'static str, &'static str, &'static str);
+/// One `process_*` sample's value.
+type Figure = fn(&ProcessStats) -> String;
 
 const BUILD_INFO: Family = (
     "dispatchbox_build_info",
@@ -129,10 +191,15 @@ const WORKERS: Family = (
     "gauge",
     "Worker slots by state: ready, starting (running, not ready yet) or down.",
 );
+const DISCONNECTED: Family = (
+    "dispatchbox_workers_db_disconnected",
+    "gauge",
+    "Ready workers whose database connection is down now (reconnecting).",
+);
 const READY: Family = (
     "dispatchbox_ready",
     "gauge",
-    "1 when /readyz answers 200: every worker ready and not stopping.",
+    "1 when /readyz answers 200: every worker ready and connected to the database, not stopping.",
 );
 const DUE: Family = (
     "dispatchbox_outbox_due",
@@ -143,6 +210,51 @@ const OLDEST_DUE_AGE: Family = (
     "dispatchbox_outbox_oldest_due_age_seconds",
     "gauge",
     "How long the oldest due event has been due (0 when none is).",
+);
+const DEAD: Family = (
+    "dispatchbox_outbox_dead",
+    "gauge",
+    "Dead events in the whole table.",
+);
+const SCRAPE_OK: Family = (
+    "dispatchbox_outbox_scrape_success",
+    "gauge",
+    "1 when the outbox gauges come from a recent successful query; 0 when they are left out.",
+);
+const LAST_SUCCESS: Family = (
+    "dispatchbox_outbox_last_success_timestamp_seconds",
+    "gauge",
+    "When the outbox query last succeeded, in seconds since the Unix epoch (0: never).",
+);
+const CPU: Family = (
+    "process_cpu_seconds_total",
+    "counter",
+    "Total user and system CPU time spent in seconds.",
+);
+const RSS: Family = (
+    "process_resident_memory_bytes",
+    "gauge",
+    "Resident memory size in bytes.",
+);
+const VSIZE: Family = (
+    "process_virtual_memory_bytes",
+    "gauge",
+    "Virtual memory size in bytes.",
+);
+const OPEN_FDS: Family = (
+    "process_open_fds",
+    "gauge",
+    "Number of open file descriptors.",
+);
+const MAX_FDS: Family = (
+    "process_max_fds",
+    "gauge",
+    "Maximum number of open file descriptors.",
+);
+const PROCESS_START: Family = (
+    "process_start_time_seconds",
+    "gauge",
+    "Start time of the process since unix epoch in seconds.",
 );
 
 fn events(o: &mut String, snap: &Snapshot) {
@@ -240,15 +352,18 @@ mod tests {
         let p = Process {
             version: "1.2.3",
             start_time: 1.5e9,
+            stats: None,
         };
-        let text = render(
-            &snap,
-            Some(Backlog {
+        let seen = UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        let view = BacklogView {
+            fresh: Some(Backlog {
                 due: 3,
                 oldest_due_age: f64::INFINITY,
+                dead: 7,
             }),
-            &p,
-        );
+            last_success: Some(seen),
+        };
+        let text = render(&snap, view, &p);
         let route = r#"route="exec:say \"hi\"\\""#;
         assert!(text.contains(&format!(
             "dispatchbox_events_total{{{route},outcome=\"delivered\"}} 1\n"
@@ -271,6 +386,57 @@ mod tests {
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let unique: std::collections::HashSet<&&str> = types.iter().collect();
         assert_eq!(types.len(), unique.len());
-        assert!(!render(&snap, None, &p).contains("dispatchbox_outbox_due"));
+        assert!(text.contains("dispatchbox_outbox_dead 7\n"));
+        assert!(text.contains("dispatchbox_outbox_scrape_success 1\n"));
+        assert!(text.contains("dispatchbox_outbox_last_success_timestamp_seconds 1700000000.5\n"));
+        assert!(!text.contains("process_"), "no figures, no families");
+        let stale = render(
+            &snap,
+            BacklogView {
+                fresh: None,
+                last_success: Some(seen),
+            },
+            &p,
+        );
+        for gone in ["_outbox_due", "_oldest_due_age", "_outbox_dead"] {
+            assert!(!stale.contains(gone), "{stale}");
+        }
+        assert!(stale.contains("dispatchbox_outbox_scrape_success 0\n"));
+        assert!(stale.contains("dispatchbox_outbox_last_success_timestamp_seconds 1700000000.5\n"));
+        let never = render(&snap, BacklogView::default(), &p);
+        assert!(never.contains("dispatchbox_outbox_last_success_timestamp_seconds 0\n"));
+    }
+
+    #[test]
+    fn process_families_show_the_supervisor_unlabelled_and_workers_by_slot() {
+        let s = ProcessStats {
+            resident_bytes: 4096,
+            virtual_bytes: 8192,
+            cpu_us: 1_250_000,
+            open_fds: 9,
+            max_fds: 1024,
+            start_time_ms: 1_700_000_000_250,
+        };
+        let snap = Snapshot {
+            processes: vec![(1, s)],
+            ..Snapshot::default()
+        };
+        let p = Process {
+            version: "1",
+            start_time: 0.0,
+            stats: Some(s),
+        };
+        let text = render(&snap, BacklogView::default(), &p);
+        for line in [
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.25\n\
+             process_cpu_seconds_total{worker=\"1\"} 1.25\n",
+            "process_resident_memory_bytes 4096\n",
+            "process_virtual_memory_bytes{worker=\"1\"} 8192\n",
+            "process_open_fds 9\n",
+            "process_max_fds{worker=\"1\"} 1024\n",
+            "process_start_time_seconds 1700000000.25\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 }

@@ -8,6 +8,10 @@
 //! expired). A result that is void (another claim of the event is held now) or whose lease
 //! was lost is not counted: the claim that holds the event counts it.
 //!
+//! Each report also carries the worker's gauges of now: events in flight, whether its database
+//! connection is down and since when (the supervisor's readiness), and the process's own
+//! `process_*` figures (read on the reporting thread, off the claim path).
+//!
 //! Invariant: the numbers only grow (see `Counts`). The DB thread never waits on the
 //! supervisor for a periodic report: it leaves the latest counts in an outbox that a thread
 //! of their own writes to the report pipe (a supervisor that is stopped, SIGSTOP, and lets
@@ -18,6 +22,7 @@
 use super::ledger::Finished;
 use crate::handler::Outcome as Verdict;
 use crate::metrics::counts::{Counts, Outcome};
+use crate::metrics::process::ProcessStats;
 use crate::protocol::Report;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,6 +30,15 @@ use std::time::{Duration, Instant};
 
 /// How often the counts are reported.
 pub(super) const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// What the DB thread knows of now, for a report.
+pub(super) struct Gauges {
+    pub in_flight: usize,
+    /// Failed statements and connection attempts so far.
+    pub db_errors: u64,
+    /// How long the database connection has been down (None: connected).
+    pub db_down: Option<Duration>,
+}
 
 pub(super) struct Counters<'a> {
     counts: Counts,
@@ -56,13 +70,19 @@ impl Outbox {
         loop {
             if let Some(c) = latest.take() {
                 drop(latest);
-                send(Report::Counters(Box::new(c)));
+                send(with_process(c));
                 latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             latest = self.posted.wait(latest).unwrap_or_else(|e| e.into_inner());
         }
     }
+}
+
+/// The report of `c`, with this process's figures as of now.
+fn with_process(mut c: Counts) -> Report {
+    c.process = ProcessStats::of_self();
+    Report::Counters(Box::new(c))
 }
 
 /// The outcome label of a handler's verdict on attempt `token`, by the rule the completer
@@ -165,23 +185,28 @@ impl<'a> Counters<'a> {
         self.next_report
     }
 
-    /// Sends the counts if a report is due (`force`: at exit, whenever).
     /// Route `route`'s health now (see `health`), for the next report.
     pub fn route_health(&mut self, route: &str, paused: bool, paused_for: Duration) {
         self.counts.route_health(route, paused, paused_for);
     }
 
-    pub fn report(&mut self, now: Instant, in_flight: usize, db_errors: u64, force: bool) {
+    /// Sends the counts if a report is due (`force`: at exit, whenever), with the gauges of
+    /// now: `db_down` is how long the database connection has been down (None: connected).
+    pub fn report(&mut self, now: Instant, gauges: Gauges, force: bool) {
         if !force && now < self.next_report {
             return;
         }
         self.next_report = now + REPORT_EVERY;
-        self.counts.in_flight = in_flight as u64;
-        self.counts.db_errors = db_errors;
+        self.counts.in_flight = gauges.in_flight as u64;
+        self.counts.db_errors = gauges.db_errors;
+        self.counts.db_down = u64::from(gauges.db_down.is_some());
+        self.counts.db_down_us = gauges
+            .db_down
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let counts = self.counts.clone();
         match (&self.outbox, self.send) {
             (Some(outbox), _) if !force => outbox.post(counts),
-            (_, Some(send)) => send(Report::Counters(Box::new(counts))),
+            (_, Some(send)) => send(with_process(counts)),
             (_, None) => {}
         }
     }
@@ -243,19 +268,30 @@ mod tests {
         c.given_back(2, 1, true);
         c.finished(3, 4, Outcome::Dead, &Finished::LeaseLost, ms);
         c.dead_at_claim("exec:x");
-        c.report(t0, 0, 2, false); // by the reporting thread
-        c.report(t0, 0, 2, false); // not due again yet
+        let gauges = |down| Gauges {
+            in_flight: 0,
+            db_errors: 2,
+            db_down: down,
+        };
+        c.report(t0, gauges(None), false); // by the reporting thread
+        c.report(t0, gauges(None), false); // not due again yet
         let deadline = Instant::now() + Duration::from_secs(10);
         while sent().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        c.report(t0, 0, 2, true); // at exit: at once, on this thread
+        let down = Some(Duration::from_millis(2500));
+        c.report(t0, gauges(down), true); // at exit: at once, on this thread
         let sent = sent();
         assert_eq!(sent.len(), 2, "{sent:?}");
-        assert_eq!(sent[0], sent[1]);
-        let Report::Counters(counts) = &sent[0] else {
+        let (Report::Counters(counts), Report::Counters(last)) = (&sent[0], &sent[1]) else {
             panic!("{sent:?}")
         };
+        assert_eq!((counts.db_down, counts.db_down_us), (0, 0));
+        assert_eq!((last.db_down, last.db_down_us), (1, 2_500_000));
+        for c in [counts, last] {
+            assert!(c.process.is_some_and(|p| p.resident_bytes > 0), "{c:?}");
+        }
+        assert_eq!(counts.routes, last.routes);
         let stdout = &counts.routes["stdout"];
         assert_eq!(stdout.count(Outcome::Delivered), 1);
         assert_eq!(stdout.count(Outcome::Released), 1);

@@ -95,9 +95,16 @@ impl<'a> DbThread<'a> {
                 }
             }
         }
-        let (in_flight, errors) = (self.ledger.in_flight(), self.link.errors());
-        self.counters
-            .report(Instant::now(), in_flight, errors, force);
+        let now = Instant::now();
+        let gauges = counters::Gauges {
+            in_flight: self.ledger.in_flight(),
+            db_errors: self.link.errors(),
+            db_down: self
+                .link
+                .down_since()
+                .map(|t| now.saturating_duration_since(t)),
+        };
+        self.counters.report(now, gauges, force);
     }
 
     /// Runs until drained, stopped, abandoned or failed. A failure first gives back what it

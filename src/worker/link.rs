@@ -83,6 +83,13 @@ impl<'a> Link<'a> {
         self.errors
     }
 
+    /// Since when the connection has been down (None: connected).
+    pub fn down_since(&self) -> Option<Instant> {
+        self.conn
+            .is_none()
+            .then(|| self.outage_since.unwrap_or_else(Instant::now))
+    }
+
     pub fn connected(&self) -> bool {
         self.conn.is_some()
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// The port a supervisor started with `--metrics-addr 127.0.0.1:0` serves on, from its
 /// `serving metrics on http://127.0.0.1:PORT/metrics` line (the kernel picks a free port, so
 /// no other process can take it between choosing and binding).
-fn served_port(sup: &Spawned) -> u16 {
+pub(super) fn served_port(sup: &Spawned) -> u16 {
     let mut port = None;
     wait_until(
         Duration::from_secs(30),
@@ -47,7 +47,7 @@ fn raw(port: u16, request: &[u8]) -> (u16, String) {
     (status, body.to_string())
 }
 
-fn get(port: u16, path: &str) -> (u16, String) {
+pub(super) fn get(port: u16, path: &str) -> (u16, String) {
     raw(
         port,
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
@@ -57,9 +57,9 @@ fn get(port: u16, path: &str) -> (u16, String) {
 /// One sample line.
 #[derive(Debug)]
 pub(super) struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+    pub(super) name: String,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) value: f64,
 }
 
 /// Parses the text exposition format strictly: `# HELP` and `# TYPE` once per family and

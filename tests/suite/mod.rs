@@ -12,6 +12,7 @@ mod faults;
 mod lifecycle;
 mod logging;
 pub(super) mod metrics;
+mod metrics_outage;
 mod migrate;
 mod notify;
 mod ordered;
