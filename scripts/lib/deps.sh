@@ -16,7 +16,7 @@
 #   openssl  the openssl command (the test harness makes its TLS certificates with it)
 #   nats-server      NATS with JetStream (the example bridges' tests and bench-broker.sh)
 #   rabbitmq-server  RabbitMQ (the same; its Erlang runtime comes with it)
-#   python-venv      python3 with venv and ensurepip (scripts/bridges-venv.sh makes the venv)
+#   python-venv      python3 with venv and ensurepip (scripts/test-deps.sh makes the venv)
 # Installing a broker package must not leave a broker running on its default port: with apt,
 # a temporary /usr/sbin/policy-rc.d (exit 101) stops the packages' services from starting; it
 # is removed afterwards, and one that was there before is left as it was.
