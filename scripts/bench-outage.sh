@@ -53,17 +53,6 @@ bench_cluster outage
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 "$bin" migrate --dsn "$DSN" 2>/dev/null
 
-load_events() {
-    psql_q -v n="$1" >/dev/null <<'SQL'
-TRUNCATE outbox_event RESTART IDENTITY;
-INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-FROM generate_series(1, :n::bigint) AS g;
-VACUUM ANALYZE outbox_event;
-CHECKPOINT;
-SQL
-}
-
 # Row updates of the table so far (the statistics are flushed first).
 row_updates() {
     psql_q -c "SELECT pg_stat_force_next_flush()" >/dev/null 2>&1 || true
