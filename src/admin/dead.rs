@@ -254,3 +254,39 @@ fn change(
     }
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_has_one_json_shape() {
+        let mut e = EventRow {
+            id: 7,
+            attempts: Some(5),
+            payload: Some(r#"{"n": 1}"#.into()),
+            created_at: Some("2026-12-04T22:31:14.123456Z".into()),
+            ..EventRow::default()
+        };
+        let v = event_json(&e);
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["attempts"], 5);
+        assert_eq!(v["payload"], json!({"n": 1}));
+        assert_eq!(v["created_at"], "2026-12-04T22:31:14.123456Z");
+        assert_eq!(v["delivered_at"], Value::Null);
+        assert_eq!(v.as_object().map(|m| m.len()), Some(13));
+        // A payload that is not JSON (a text column) is a string, not an error.
+        e.payload = Some("not json".into());
+        assert_eq!(event_json(&e)["payload"], "not json");
+    }
+
+    #[test]
+    fn list_text_helpers() {
+        assert_eq!(
+            to_seconds("2026-12-04T22:31:14.123456Z"),
+            "2026-12-04T22:31:14Z"
+        );
+        assert_eq!(to_seconds("infinity"), "infinity");
+        assert_eq!(head("ééé", 2), "éé");
+    }
+}

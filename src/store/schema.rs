@@ -419,6 +419,9 @@ mod tests {
         assert!(!code(&s).contains("outbox_event"), "{s}");
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
         assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
+        assert!(
+            s.contains("CREATE INDEX IF NOT EXISTS \"Events_dead_idx\" ON \"ops\".\"Events\" (id)")
+        );
         let o = ordered_schema_for(&t);
         assert!(!code(&o).contains("outbox_event"), "{o}");
         assert!(
