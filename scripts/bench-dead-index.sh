@@ -8,7 +8,9 @@
 #     and PostgreSQL's CPU per 1,000 events (less noisy than the rate on a shared machine);
 #  2. producers: one-row INSERT transactions/s (pgbench, -M prepared) with 1 and 8 clients,
 #     durable and with synchronous_commit off (CPU-bound), with PostgreSQL's CPU per insert;
-#  3. one 200,000-row INSERT ... SELECT: server-side time per row (the index's predicate test).
+#  3. 200,000-row statements (INSERT ... SELECT; UPDATE to done; UPDATE to dead), server-side
+#     time per row: the index's predicate test, and an entry per dead row, without the noise
+#     of round trips and commits (2 × runs + 1 rounds).
 # The figures are in README.md ("The index of dead rows: what it costs").
 #
 #   scripts/bench-dead-index.sh [--quick]
@@ -16,6 +18,7 @@
 #   --quick          one run each, 2 s pgbench runs (a smoke check, not figures)
 #   BENCH_EVENTS     events per drain (default 50000)
 #   BENCH_SECONDS    duration of each pgbench run (default 5; 2 with --quick)
+#   BENCH_SECTIONS   which parts to run (default "drain insert bulk")
 #   BENCH_BIN        a dispatchbox binary to use instead of building one (the index is made and
 #                    dropped with SQL, so any build with the same claim path measures the same)
 #
@@ -33,12 +36,15 @@ quick=false
 for arg in "$@"; do
     case $arg in
     --quick) quick=true ;;
-    -h | --help) sed -n '11,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+    -h | --help) sed -n '15,23s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
     *) echo "bench-dead-index.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
 if $quick; then runs=1; secs=${BENCH_SECONDS:-2}; else runs=5; secs=${BENCH_SECONDS:-5}; fi
 events=${BENCH_EVENTS:-50000}
+sections=${BENCH_SECTIONS:-drain insert bulk}
+bulk_runs=$((runs * 2 + 1))
+has_section() { [[ " $sections " == *" $1 "* ]]; }
 for v in "$secs" "$events"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench-dead-index.sh: BENCH_SECONDS and BENCH_EVENTS must be positive whole numbers" >&2; exit 2; }
 done
@@ -67,7 +73,7 @@ psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 # Mode $1: `with` or `without` the index of dead rows.
 set_mode() {
     case $1 in
-    with) psql_q -c "CREATE INDEX IF NOT EXISTS outbox_event_dead_idx ON outbox_event (id) WHERE status = 'dead'" ;;
+    with) psql_q -c "SET client_min_messages = warning" -c "CREATE INDEX IF NOT EXISTS outbox_event_dead_idx ON outbox_event (id) WHERE status = 'dead'" ;;
     without) psql_q -c "SET client_min_messages = warning" -c "DROP INDEX IF EXISTS outbox_event_dead_idx" ;;
     esac
 }
@@ -114,6 +120,7 @@ pg_cpu_ms() {
 modes_for_run() { if (($1 % 2)); then echo "without with"; else echo "with without"; fi; }
 
 # ---------------------------------------------------------------------------------------
+if has_section drain; then
 say "Drain: $events events (1 % dying on their claim), 1 process, batch 100, median of $runs"
 declare -A rates wals cpus
 drain_once() {
@@ -149,8 +156,10 @@ for mode in without with; do
 done
 echo "  size of the index of dead rows holding $((20000 + events / 100)) rows:" \
     "$(psql_q -c "SELECT pg_size_pretty(pg_relation_size('outbox_event_dead_idx'))" 2>/dev/null || echo "-")"
+fi
 
 # ---------------------------------------------------------------------------------------
+if has_section insert; then
 say "Producers: one-row INSERT transactions/s, ${secs} s per run, median of $runs"
 echo "(durable: synchronous_commit on, bound by the disk's flushes; async: off, bound by CPU)"
 cat >"$tmp/insert.sql" <<'SQL'
@@ -185,23 +194,40 @@ for commit in durable async; do
     done
 done
 
+fi
+
 # ---------------------------------------------------------------------------------------
-say "Bulk: one INSERT ... SELECT of 200,000 rows, server-side execution time, median of $runs"
+has_section bulk || exit 0
+say "Bulk: 200,000 rows per statement, server-side execution time (EXPLAIN ANALYZE), $bulk_runs rounds"
+echo "(insert: new rows, none dead; done: UPDATE to 'done', a completion's new row version;"
+echo " dead: UPDATE to 'dead', every row entering the index; min is the least disturbed run)"
 declare -A bulk
-for r in $(seq 1 "$runs"); do
+explain_ms() {
+    psql_q -c "EXPLAIN (ANALYZE, FORMAT JSON) $1" | sed -n 's/.*"Execution Time": \([0-9.]*\).*/\1/p'
+}
+for r in $(seq 1 "$bulk_runs"); do
     for mode in $(modes_for_run "$r"); do
         set_mode "$mode"
         psql_q -c "TRUNCATE outbox_event RESTART IDENTITY" -c "CHECKPOINT" >/dev/null
-        ms=$(psql_q -c "EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO outbox_event
-                (aggregate_type, aggregate_id, event_type, payload)
+        ins=$(explain_ms "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
             SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-            FROM generate_series(1, 200000) AS g" | sed -n 's/.*"Execution Time": \([0-9.]*\).*/\1/p')
-        bulk[$mode]+=" $ms"
-        printf '  %-7s run %d: %8.1f ms (%.0f ns/row)\n' "$mode" "$r" "$ms" "$(calc "$ms * 5")"
+            FROM generate_series(1, 200000) AS g")
+        psql_q -c "VACUUM outbox_event" >/dev/null
+        done_ms=$(explain_ms "UPDATE outbox_event SET status = 'done', delivered_at = now()")
+        psql_q -c "VACUUM outbox_event" >/dev/null
+        dead_ms=$(explain_ms "UPDATE outbox_event SET status = 'dead', last_error = 'boom'")
+        bulk[${mode}_insert]+=" $ins"
+        bulk[${mode}_done]+=" $done_ms"
+        bulk[${mode}_dead]+=" $dead_ms"
+        printf '  %-7s round %2d: insert %7.1f ms, done %7.1f ms, dead %7.1f ms\n' "$mode" "$r" "$ins" "$done_ms" "$dead_ms"
     done
 done
 for mode in without with; do
-    # shellcheck disable=SC2086 # the list of runs
-    m=$(median ${bulk[$mode]})
-    printf '  => %-7s median %8.1f ms (%.0f ns/row)\n' "$mode" "$m" "$(calc "$m * 5")"
+    for stmt in insert done dead; do
+        # shellcheck disable=SC2086 # the list of runs
+        printf '  => %-7s %-6s median %7.1f ms (%4.0f ns/row), min %7.1f ms (%4.0f ns/row)\n' "$mode" "$stmt" \
+            "$(median ${bulk[${mode}_$stmt]})" "$(calc "$(median ${bulk[${mode}_$stmt]}) * 5")" \
+            "$(printf '%s\n' ${bulk[${mode}_$stmt]} | sort -g | head -n 1)" \
+            "$(calc "$(printf '%s\n' ${bulk[${mode}_$stmt]} | sort -g | head -n 1) * 5")"
+    done
 done

@@ -304,15 +304,15 @@ fn to_json(r: &Report, checks: &[Check]) -> Value {
 fn render(r: &Report, checks: &[Check]) -> String {
     let mut out = format!("table {}\n", r.table);
     for c in &r.counts {
+        // Dead is an estimate only on a table without the index of dead rows: say so.
+        let why = match c.status {
+            "dead" if !r.dead_index => "no index of dead rows: `dispatchbox migrate` adds it; ",
+            _ => "",
+        };
         let n = match (c.n, c.estimated) {
             (Some(n), false) => n.to_string(),
-            (Some(n), true) => format!("~{n} (estimate; --exact counts)"),
-            (None, _) => "unknown (no statistics yet: ANALYZE the table, or --exact)".into(),
-        };
-        let n = if c.status == "dead" && c.estimated && !r.dead_index {
-            format!("{n}; `dispatchbox migrate` indexes dead rows to count them exactly")
-        } else {
-            n
+            (Some(n), true) => format!("~{n} (estimate; {why}--exact counts)"),
+            (None, _) => format!("unknown (no statistics yet; {why}ANALYZE the table, or --exact)"),
         };
         out.push_str(&format!("{:<10}{n}\n", c.status));
     }

@@ -103,7 +103,7 @@ fn a_table_without_the_dead_index_still_works_and_check_names_it() {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(
         out.stdout
-            .contains("`dispatchbox migrate` indexes dead rows to count them exactly"),
+            .contains("no index of dead rows: `dispatchbox migrate` adds it; "),
         "{out}"
     );
     let v = json(&admin(&db, &["status", "--json", "--max-dead", "500"]));
