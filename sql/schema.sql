@@ -1,4 +1,4 @@
--- Dispatchbox schema: the outbox table and the index the claim uses.
+-- Dispatchbox schema: the outbox table, the index the claim uses, the index of dead rows.
 --
 -- Idempotent: safe to run again, and it upgrades a table created by the original
 -- (Python) Dispatchbox in place without touching any row. `dispatchbox migrate` runs
@@ -47,6 +47,27 @@ BEGIN
     END IF;
 END
 $migrate$;
+
+-- The dead index: only dead rows are in it (no worker writes a dead row again), so
+-- `dispatchbox status` and the dead-rows gauge count them exactly by reading this index
+-- alone, and `dead list`/`retry`/`purge` walk it instead of the table. On the claim path it
+-- costs only the evaluation of its predicate for each new row version; an event enters it
+-- once, when it dies. Guarded like the claim index: any valid index whose predicate is
+-- status = 'dead' (also on a varchar column, rendered with casts) counts.
+DO $migrate_dead$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1
+        FROM pg_index i
+        WHERE i.indrelid = 'outbox_event'::regclass AND i.indisvalid AND i.indisready
+          AND regexp_replace(pg_get_expr(i.indpred, i.indrelid),
+                             '[() ]|::(text|character varying)', '', 'g') = 'status=''dead'''
+    ) THEN
+        CREATE INDEX IF NOT EXISTS outbox_event_dead_idx ON outbox_event (id)
+            WHERE status = 'dead';
+    END IF;
+END
+$migrate_dead$;
 
 -- ---- notify: `migrate` runs this section only with `--notify on` (`off` drops the trigger) ----
 -- Wake-ups: one notification per inserting statement (not per row; PostgreSQL also folds

@@ -14,8 +14,8 @@ use crate::config::AdminConfig;
 use crate::error::{exit, Error, Result};
 use crate::info;
 use crate::log::escape_controls;
-use crate::store::{self, ops};
-use serde_json::json;
+use crate::store::{self, ops, EventRow};
+use serde_json::{json, Value};
 use std::io::Write;
 
 /// Rows per statement (and transaction) of `retry` and `purge`.
@@ -90,20 +90,11 @@ fn list(
         .map(|v| parse_count("--limit", v, 1))
         .transpose()?
         .unwrap_or(DEFAULT_LIMIT);
-    let rows = ops::dead_list(client, &cfg.table, sel, limit)?;
+    let rows = store::dead_list(client, &cfg.table, sel, limit)?;
     let mut out = std::io::stdout().lock();
     if raw.has("json") {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "id": r.id, "event_type": r.event_type, "aggregate_type": r.aggregate_type,
-                    "aggregate_id": r.aggregate_id, "attempts": r.attempts,
-                    "created_at": r.created_at, "last_error": r.last_error,
-                })
-            })
-            .collect();
-        writeln!(out, "{:#}", serde_json::Value::from(v))?;
+        let v: Vec<Value> = rows.iter().map(event_json).collect();
+        writeln!(out, "{:#}", Value::from(v))?;
         return Ok(exit::OK);
     }
     let esc = |v: &Option<String>| escape_controls(v.as_deref().unwrap_or("-")).into_owned();
@@ -116,8 +107,8 @@ fn list(
             esc(&r.aggregate_type),
             esc(&r.aggregate_id),
             r.attempts.unwrap_or(0),
-            r.created_at.as_deref().unwrap_or("-"),
-            esc(&r.last_error),
+            r.created_at.as_deref().map_or("-".into(), to_seconds),
+            esc(&r.last_error.as_deref().map(|e| head(e, LIST_ERROR_CHARS))),
         )?;
     }
     if rows.len() as i64 == limit {
@@ -138,30 +129,66 @@ fn show(
         .and_then(|i| i.first())
         .copied()
         .unwrap_or(0);
-    let Some(row) = ops::event(client, &cfg.table, id)? else {
-        return Err(Error::Other(format!(
-            "no event {id} in table {}",
-            cfg.table
-        )));
-    };
-    let mut out = std::io::stdout().lock();
     if raw.has("json") {
-        let mut m = serde_json::Map::new();
-        for (k, v) in row {
-            // The payload as JSON, the rest as text.
-            let v = match (k.as_str(), v) {
-                ("payload", Some(p)) => serde_json::from_str(&p).unwrap_or(json!(p)),
-                (_, v) => json!(v),
-            };
-            m.insert(k, v);
-        }
-        writeln!(out, "{:#}", serde_json::Value::Object(m))?;
+        let Some(row) = store::event_row(client, &cfg.table, id)? else {
+            return Err(no_event(id, cfg));
+        };
+        writeln!(std::io::stdout().lock(), "{:#}", event_json(&row))?;
         return Ok(exit::OK);
     }
+    let Some(row) = ops::event(client, &cfg.table, id)? else {
+        return Err(no_event(id, cfg));
+    };
+    let mut out = std::io::stdout().lock();
     for (k, v) in row {
         writeln!(out, "{}: {}", escape_controls(&k), shown(&k, v))?;
     }
     Ok(exit::OK)
+}
+
+fn no_event(id: i64, cfg: &AdminConfig) -> Error {
+    Error::Other(format!("no event {id} in table {}", cfg.table))
+}
+
+/// An event as JSON, the one shape of `dead list --json` and `dead show --json`: ids and
+/// attempts as numbers, timestamps as RFC 3339 UTC text, the payload as JSON (a payload that
+/// is not JSON, from a text column, as a string), every value exact, NULL as null.
+fn event_json(e: &EventRow) -> Value {
+    let payload = e
+        .payload
+        .as_deref()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap_or_else(|_| Value::String(p.to_string())));
+    json!({
+        "id": e.id,
+        "event_type": e.event_type,
+        "aggregate_type": e.aggregate_type,
+        "aggregate_id": e.aggregate_id,
+        "payload": payload,
+        "status": e.status,
+        "attempts": e.attempts,
+        "last_error": e.last_error,
+        "created_at": e.created_at,
+        "next_run_at": e.next_run_at,
+        "locked_by": e.locked_by,
+        "locked_at": e.locked_at,
+        "delivered_at": e.delivered_at,
+    })
+}
+
+/// `dead list` shows this much of `last_error` (characters).
+const LIST_ERROR_CHARS: usize = 300;
+
+/// The first `n` characters of `s`.
+fn head(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// An RFC 3339 time without its fraction (`…:14.123456Z` → `…:14Z`), for `dead list`'s text.
+fn to_seconds(t: &str) -> String {
+    match (t.find('.'), t.ends_with('Z')) {
+        (Some(dot), true) => format!("{}Z", &t[..dot]),
+        _ => t.to_string(),
+    }
 }
 
 /// A column's value for `dead show`: control characters escaped as in the logs, so that no
@@ -226,4 +253,40 @@ fn change(
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_has_one_json_shape() {
+        let mut e = EventRow {
+            id: 7,
+            attempts: Some(5),
+            payload: Some(r#"{"n": 1}"#.into()),
+            created_at: Some("2026-12-04T22:31:14.123456Z".into()),
+            ..EventRow::default()
+        };
+        let v = event_json(&e);
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["attempts"], 5);
+        assert_eq!(v["payload"], json!({"n": 1}));
+        assert_eq!(v["created_at"], "2026-12-04T22:31:14.123456Z");
+        assert_eq!(v["delivered_at"], Value::Null);
+        assert_eq!(v.as_object().map(|m| m.len()), Some(13));
+        // A payload that is not JSON (a text column) is a string, not an error.
+        e.payload = Some("not json".into());
+        assert_eq!(event_json(&e)["payload"], "not json");
+    }
+
+    #[test]
+    fn list_text_helpers() {
+        assert_eq!(
+            to_seconds("2026-12-04T22:31:14.123456Z"),
+            "2026-12-04T22:31:14Z"
+        );
+        assert_eq!(to_seconds("infinity"), "infinity");
+        assert_eq!(head("ééé", 2), "éé");
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Their connections are bounded like a worker's (`--connect-timeout`, one attempt in flight)
 //! and run without a statement timeout whatever the role says: `migrate` may build an index.
-//! Each command returns its exit code; errors map to theirs at the entry point.
+//! Each command returns its exit code; errors map to theirs at the entry point, except a
+//! closed stdout, which ends a command quietly (exit 0).
 
 mod dead;
 mod migrate;
@@ -14,12 +15,21 @@ mod status;
 use crate::cli::{Command, RawArgs};
 use crate::config::AdminConfig;
 use crate::connect::connect_until;
-use crate::error::{Error, Result};
+use crate::error::{exit, Error, Result};
 use crate::store;
 use std::time::Instant;
 
-/// Runs `cmd`; returns the exit code.
+/// Runs `cmd`; returns the exit code. A reader that stops reading (`dead list | head -1`)
+/// ends the output quietly with exit 0, as `ls` or `grep` do: the broken pipe is the reader's
+/// choice, not a failure. (Writes to a closed pipe fail with EPIPE: Rust ignores SIGPIPE.)
 pub fn run(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
+    match command(cmd, cfg, raw) {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        other => other,
+    }
+}
+
+fn command(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
     match cmd {
         Command::Migrate => migrate::run(cfg, raw),
         Command::Stats => status::stats(cfg),

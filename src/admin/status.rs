@@ -3,13 +3,15 @@
 //! `dispatchbox stats` (exact counts per status, one line each) is here too.
 //!
 //! Cost: waiting rows (pending, retry; due, leased, per type, lag) are read through the claim
-//! index only; done and dead are the planner's estimates (no row read) unless `--exact` (a
-//! full scan of the table), and dead is counted exactly (a full scan) when `--max-dead` asks.
+//! index only, dead rows through the index of dead rows (`migrate` builds both); done is the
+//! planner's estimate (no row read) unless `--exact` (a full scan of the table). On a table
+//! without the index of dead rows, dead is an estimate too, counted exactly (a full scan)
+//! only when `--max-dead` asks.
 //! Gathering is one function, judging the thresholds and rendering are pure.
 
 use super::{connect, human_secs, parse_count, parse_duration};
 use crate::cli::RawArgs;
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, Table};
 use crate::error::{exit, Result};
 use crate::store::{self, ops};
 use serde_json::{json, Value};
@@ -87,6 +89,8 @@ struct Report {
     held_back: Option<i64>,
     /// `--ordered-dead block` (else `skip`): what `held_back` assumes of the workers.
     dead_blocks: bool,
+    /// The table has an index of dead rows (else dead is an estimate: `migrate` adds it).
+    dead_index: bool,
 }
 
 impl Report {
@@ -157,37 +161,9 @@ fn gather(
         t.lag = max_opt(t.lag, w.lag);
     }
     let sum = |f: fn(&TypeLine) -> i64| types.iter().map(f).sum::<i64>();
-    let (pending, retry) = (sum(|t| t.pending), sum(|t| t.retry));
-    let exact_count = |status: &'static str, n: i64| Count {
-        status,
-        n: Some(n),
-        estimated: false,
-    };
-    let mut counts = vec![exact_count("pending", pending), exact_count("retry", retry)];
-    if exact {
-        let all = store::stats(client, table)?;
-        for (status, n) in &all {
-            if let Some(c) = ["done", "dead"].into_iter().find(|s| s == status) {
-                counts.push(exact_count(c, *n));
-            }
-        }
-        counts.push(exact_count("total", all.iter().map(|(_, n)| n).sum()));
-    } else {
-        let est = ops::estimates(client, table)?;
-        let estimated = |status: &'static str, n: Option<i64>| Count {
-            status,
-            n,
-            estimated: true,
-        };
-        counts.push(estimated("done", est.of("done")));
-        if exact_dead {
-            counts.push(exact_count("dead", ops::dead_count(client, table)?));
-        } else {
-            counts.push(estimated("dead", est.of("dead")));
-        }
-        let rows = est.rows.map(|r| r.round() as i64);
-        counts.push(estimated("total", rows));
-    }
+    let dead_index = store::has_dead_index(client, table)?;
+    let waiting = (sum(|t| t.pending), sum(|t| t.retry));
+    let counts = counts(client, table, waiting, exact, exact_dead || dead_index)?;
     Ok(Report {
         table: table.to_string(),
         counts,
@@ -202,7 +178,53 @@ fn gather(
             true => Some(0),
         },
         dead_blocks: cfg.ordered_dead_blocks,
+        dead_index,
     })
+}
+
+/// The counts per status: pending and retry (`waiting`) as counted through the claim index;
+/// done, dead and total exact with `exact` (one full scan), else the planner's estimates but
+/// for dead with `exact_dead` (read through the index of dead rows, when there is one).
+fn counts(
+    client: &mut postgres::Client,
+    table: &Table,
+    waiting: (i64, i64),
+    exact: bool,
+    exact_dead: bool,
+) -> Result<Vec<Count>> {
+    let exact_count = |status: &'static str, n: i64| Count {
+        status,
+        n: Some(n),
+        estimated: false,
+    };
+    let mut counts = vec![
+        exact_count("pending", waiting.0),
+        exact_count("retry", waiting.1),
+    ];
+    if exact {
+        let all = store::stats(client, table)?;
+        for (status, n) in &all {
+            if let Some(c) = ["done", "dead"].into_iter().find(|s| s == status) {
+                counts.push(exact_count(c, *n));
+            }
+        }
+        counts.push(exact_count("total", all.iter().map(|(_, n)| n).sum()));
+        return Ok(counts);
+    }
+    let est = ops::estimates(client, table)?;
+    let estimated = |status: &'static str, n: Option<i64>| Count {
+        status,
+        n,
+        estimated: true,
+    };
+    counts.push(estimated("done", est.of("done")));
+    if exact_dead {
+        counts.push(exact_count("dead", ops::dead_count(client, table)?));
+    } else {
+        counts.push(estimated("dead", est.of("dead")));
+    }
+    counts.push(estimated("total", est.rows.map(|r| r.round() as i64)));
+    Ok(counts)
 }
 
 fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -282,10 +304,15 @@ fn to_json(r: &Report, checks: &[Check]) -> Value {
 fn render(r: &Report, checks: &[Check]) -> String {
     let mut out = format!("table {}\n", r.table);
     for c in &r.counts {
+        // Dead is an estimate only on a table without the index of dead rows: say so.
+        let why = match c.status {
+            "dead" if !r.dead_index => "no index of dead rows: `dispatchbox migrate` adds it; ",
+            _ => "",
+        };
         let n = match (c.n, c.estimated) {
             (Some(n), false) => n.to_string(),
-            (Some(n), true) => format!("~{n} (estimate; --exact counts)"),
-            (None, _) => "unknown (no statistics yet: ANALYZE the table, or --exact)".into(),
+            (Some(n), true) => format!("~{n} (estimate; {why}--exact counts)"),
+            (None, _) => format!("unknown (no statistics yet; {why}ANALYZE the table, or --exact)"),
         };
         out.push_str(&format!("{:<10}{n}\n", c.status));
     }
@@ -359,6 +386,7 @@ mod tests {
             types: Vec::new(),
             held_back: None,
             dead_blocks: true,
+            dead_index: true,
         }
     }
 

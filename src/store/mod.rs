@@ -2,7 +2,8 @@
 //! file per role: `claim` (the hot path: claim, complete, extend, release), `schema`
 //! (migrate, the start-up table check), `report` (counts for stats, start-up and drain),
 //! `backlog` (the metrics' backlog query), `notify` (LISTEN for the trigger's wake-ups), `ops`
-//! (the operators' commands: status, dead, prune).
+//! (the operators' commands: status, dead, prune), `event` (one event's columns, typed, for
+//! `dead list` and `dead show --json`).
 //! This file holds what they share: placeholders, statuses, session settings.
 //!
 //! Invariants kept here:
@@ -16,6 +17,7 @@
 
 mod backlog;
 mod claim;
+mod event;
 mod notify;
 pub mod ops;
 mod report;
@@ -23,13 +25,14 @@ mod schema;
 
 pub use backlog::backlog;
 pub use claim::{ClaimArgs, Claimed, Completion, Conn};
+pub use event::{dead_list, event_row, EventRow};
 pub use notify::{channel as notify_channel, has_trigger as has_notify_trigger, listen};
 pub use report::{
     held_back, never_due, remaining_work, stats, unrouted, waiting, HeldBack, RemainingWork,
 };
 pub use schema::{
-    check_table, has_ordered_index, migrate, migrate_ordered, migration_sql, needs_migration,
-    ordered_schema_for,
+    check_table, has_dead_index, has_ordered_index, migrate, migrate_ordered, migration_sql,
+    needs_migration, ordered_schema_for,
 };
 
 use crate::config::Table;

@@ -149,7 +149,8 @@ pub fn estimates(client: &mut Client, table: &Table) -> Result<Estimates> {
     })
 }
 
-/// Exact number of dead events. No index has dead rows first: a full scan.
+/// Exact number of dead events: reads only the index of dead rows (`(id) WHERE status =
+/// 'dead'`, `migrate` builds it); a full scan of the table without it.
 pub fn dead_count(client: &mut Client, table: &Table) -> Result<i64> {
     let sql = bind("SELECT count(*) FROM {t} WHERE status = 'dead'", table, &[]);
     Ok(client.query_one(&sql, &[])?.get(0))
@@ -168,7 +169,7 @@ pub struct Selection {
 }
 
 /// The selection as a predicate; its parameters are `SEL_PARAMS`, first.
-const SELECTED: &str = "
+pub(super) const SELECTED: &str = "
     status = 'dead'
     AND (@ids::bigint[] IS NULL OR id = ANY(@ids::bigint[]))
     AND (@type::text IS NULL OR event_type = @type::text
@@ -177,10 +178,10 @@ const SELECTED: &str = "
     AND (@agg_id::text IS NULL OR aggregate_id = @agg_id::text)
     AND (@since::float8 IS NULL OR created_at >= now() - make_interval(secs => @since::float8))";
 
-const SEL_PARAMS: &[&str] = &["ids", "type", "agg_type", "agg_id", "since"];
+pub(super) const SEL_PARAMS: &[&str] = &["ids", "type", "agg_type", "agg_id", "since"];
 
 impl Selection {
-    fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 5] {
+    pub(super) fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 5] {
         [
             &self.ids,
             &self.event_type,
@@ -191,56 +192,12 @@ impl Selection {
     }
 }
 
-/// One dead event as `dead list` shows it.
-pub struct DeadRow {
-    pub id: i64,
-    pub event_type: Option<String>,
-    pub aggregate_type: Option<String>,
-    pub aggregate_id: Option<String>,
-    pub attempts: Option<i32>,
-    pub created_at: Option<String>,
-    pub last_error: Option<String>,
-}
-
-/// Newest first: the primary key scanned backwards, stopping after `limit` matches (with ids:
-/// primary-key lookups).
-const DEAD_LIST: &str = "
-    SELECT id::bigint, event_type::text, aggregate_type::text, aggregate_id::text,
-           attempts::int, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-           left(last_error, 300)
-    FROM {t} WHERE {sel} ORDER BY id DESC LIMIT @limit";
-
-pub fn dead_list(
-    client: &mut Client,
-    table: &Table,
-    sel: &Selection,
-    limit: i64,
-) -> Result<Vec<DeadRow>> {
-    let mut names = SEL_PARAMS.to_vec();
-    names.push("limit");
-    let sql = bind(&DEAD_LIST.replace("{sel}", SELECTED), table, &names);
-    let mut params = sel.params().to_vec();
-    params.push(&limit);
-    let rows = client.query(&sql, &params)?;
-    Ok(rows
-        .iter()
-        .map(|r| DeadRow {
-            id: r.get(0),
-            event_type: r.get(1),
-            aggregate_type: r.get(2),
-            aggregate_id: r.get(3),
-            attempts: r.get(4),
-            created_at: r.get(5),
-            last_error: r.get(6),
-        })
-        .collect())
-}
-
 /// A column's name and its value as text (None: NULL).
 pub type Column = (String, Option<String>);
 
 /// The whole row of one event, every column as text (NULL as None), in table order: for
-/// `dead show` (the table may carry columns of its own, of any type). A primary-key lookup.
+/// `dead show` without `--json` (the table may carry columns of its own, of any type). A
+/// primary-key lookup.
 pub fn event(client: &mut Client, table: &Table, id: i64) -> Result<Option<Vec<Column>>> {
     let names = columns(client, table)?.unwrap_or_default();
     let select: Vec<String> = names
@@ -265,7 +222,8 @@ pub fn event(client: &mut Client, table: &Table, id: i64) -> Result<Option<Vec<C
     ))
 }
 
-/// How many dead events the selection takes (`--dry-run`). A full scan unless ids are given.
+/// How many dead events the selection takes (`--dry-run`). Served by the index of dead rows
+/// (without it: a full scan unless ids are given).
 pub fn selected_count(client: &mut Client, table: &Table, sel: &Selection) -> Result<i64> {
     let sql = bind(
         &format!("SELECT count(*) FROM {{t}} WHERE {SELECTED}"),
@@ -276,7 +234,8 @@ pub fn selected_count(client: &mut Client, table: &Table, sel: &Selection) -> Re
 }
 
 /// The next batch of the selection, in id order after `@after`, locked; skipped when another
-/// transaction holds them. Served by the primary key (a range scan from `@after`).
+/// transaction holds them. Served by the index of dead rows, or the primary key (a range scan
+/// from `@after`).
 const PICK: &str = "
     SELECT id FROM {t} WHERE id > @after AND {sel}
     ORDER BY id LIMIT @n FOR UPDATE SKIP LOCKED";

@@ -1,5 +1,6 @@
 //! The table's shape: `sql/schema.sql` for any table name, `migrate` (with or without the
 //! notify trigger), and the start-up check that the table has what the worker needs.
+//! "Up to date" means every column, the claim index and the index of dead rows.
 //!
 //! Invariant: `migrate` changes nothing on an up-to-date table (no exclusive lock that would
 //! stall the workers), and several `migrate` runs at once are serialized. "Up to date"
@@ -204,14 +205,32 @@ pub fn has_ordered_index(client: &mut impl postgres::GenericClient, table: &Tabl
         .get(0))
 }
 
+/// The same test as in sql/schema.sql: a valid index whose predicate is `status = 'dead'`
+/// (on a varchar column PostgreSQL renders it with casts), whatever its columns.
+const HAS_DEAD_INDEX: &str = "
+    SELECT EXISTS (SELECT 1 FROM pg_index i
+        WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND i.indisready
+          AND regexp_replace(pg_get_expr(i.indpred, i.indrelid),
+                             '[() ]|::(text|character varying)', '', 'g') = 'status=''dead''')";
+
+/// Whether `table` has an index of its dead rows: then counting them (`status`, the dead-rows
+/// gauge) reads only that index.
+pub fn has_dead_index(client: &mut impl postgres::GenericClient, table: &Table) -> Result<bool> {
+    Ok(client.query_one(HAS_DEAD_INDEX, &[&table.quoted()])?.get(0))
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum TableState {
     Missing {
         database: String,
     },
     LacksColumns(Vec<&'static str>),
-    /// Usable, but no valid claim index: `migrate` builds it.
-    NoClaimIndex,
+    /// Usable, but without a valid claim index (`claim`) or an index of dead rows (`dead`):
+    /// `migrate` builds what is missing.
+    LacksIndexes {
+        claim: bool,
+        dead: bool,
+    },
     Ready,
 }
 
@@ -252,11 +271,30 @@ fn inspect(client: &mut impl postgres::GenericClient, table: &Table) -> Result<T
             &[&oid],
         )?
         .get(0);
-    Ok(if indexed {
+    let dead_indexed = has_dead_index(client, table)?;
+    Ok(if indexed && dead_indexed {
         TableState::Ready
     } else {
-        TableState::NoClaimIndex
+        TableState::LacksIndexes {
+            claim: !indexed,
+            dead: !dead_indexed,
+        }
     })
+}
+
+/// What [`TableState::LacksIndexes`] lacks, for people.
+fn missing_indexes(table: &Table, claim: bool, dead: bool) -> String {
+    let mut what = Vec::new();
+    if claim {
+        what.push("no valid claim index on (next_run_at) for pending/retry rows".to_string());
+    }
+    if dead {
+        what.push(format!(
+            "no index of dead rows ({} on (id) WHERE status = 'dead')",
+            table.quoted_derived("_dead_idx")
+        ));
+    }
+    format!("table {table} has {}", what.join(" and "))
 }
 
 /// What `migrate` would change (None: the table is up to date), in one line for people.
@@ -269,15 +307,14 @@ pub fn needs_migration(client: &mut Client, table: &Table) -> Result<Option<Stri
             "table {table} lacks column(s) {}",
             missing.join(", ")
         )),
-        TableState::NoClaimIndex => Some(format!(
-            "table {table} has no valid claim index on (next_run_at) for pending/retry rows"
-        )),
+        TableState::LacksIndexes { claim, dead } => Some(missing_indexes(table, claim, dead)),
         TableState::Ready => None,
     })
 }
 
 /// Checks that the table exists and has every column the worker needs, with an error a user
-/// can act on. A missing claim index is only a warning: claims work, but slowly.
+/// can act on. A missing claim index is only a warning: claims work, but slowly. A missing
+/// index of dead rows is not even that: only counting dead rows needs it.
 pub fn check_table(client: &mut Client, table: &Table) -> Result<()> {
     match inspect(client, table)? {
         TableState::Missing { database } => Err(Error::Database(format!(
@@ -287,14 +324,15 @@ pub fn check_table(client: &mut Client, table: &Table) -> Result<()> {
             "table {table} lacks column(s) {}: run `dispatchbox migrate` to upgrade it",
             missing.join(", ")
         ))),
-        TableState::NoClaimIndex => {
+        TableState::LacksIndexes { claim: true, .. } => {
             crate::warn!(
                 "table {table} has no valid index on (next_run_at) for pending/retry rows: \
                  claims will scan the table; run `dispatchbox migrate`"
             );
             Ok(())
         }
-        TableState::Ready => Ok(()),
+        // Nothing the worker needs: `status` says what it costs.
+        TableState::LacksIndexes { .. } | TableState::Ready => Ok(()),
     }
 }
 
@@ -381,6 +419,9 @@ mod tests {
         assert!(!code(&s).contains("outbox_event"), "{s}");
         assert!(s.contains("CREATE TABLE IF NOT EXISTS \"ops\".\"Events\" ("));
         assert!(s.contains("CREATE INDEX IF NOT EXISTS \"Events_due_idx\" ON \"ops\".\"Events\""));
+        assert!(
+            s.contains("CREATE INDEX IF NOT EXISTS \"Events_dead_idx\" ON \"ops\".\"Events\" (id)")
+        );
         let o = ordered_schema_for(&t);
         assert!(!code(&o).contains("outbox_event"), "{o}");
         assert!(

@@ -245,6 +245,15 @@ fn a_table_name_over_63_bytes_gets_its_claim_index() {
         1,
         "no claim index\n{out}"
     );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = '{}'
+             AND indexname LIKE '%\\_dead\\_idx' AND indexdef LIKE '%(id) WHERE%dead%'",
+            &name[..63]
+        )),
+        1,
+        "no index of dead rows\n{out}"
+    );
     common::insert_events(&mut db.client(), &name, 3, "x");
     let out = super::drain(&db, &["--table", &name]);
     assert_eq!(out.code, Some(0), "{out}");

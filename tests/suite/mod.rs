@@ -2,6 +2,7 @@
 //! throwaway server (or its own cluster when it restarts the server).
 
 mod admin;
+mod admin_output;
 mod bad_input;
 mod brokers;
 mod cli;
