@@ -298,3 +298,62 @@ fn rabbitmq_killed_mid_run_loses_nothing() {
         counts.delivered, counts.duplicates
     );
 }
+
+/// Issue 19 with a real broker: NATS killed for a while with default attempts (5). The bridge
+/// answers `unavailable` for what it cannot publish, the route pauses, the events wait without
+/// using attempts, and once the broker is back a probe resumes the route.
+#[test]
+fn a_nats_outage_pauses_the_route_and_costs_no_attempt_per_event() {
+    let mut nats = Nats::start();
+    let db = db_with_events(1000, "order.created");
+    let route = format!("*=pipe:{}", nats.bridge("outage"));
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &route,
+        "--poll-interval",
+        "0.05",
+    ])
+    .args(RUN)
+    .args(["--retry-backoff", "1"]);
+    let service = common::spawn(&mut cmd);
+    let done = |db: &TestDb| db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'");
+    common::wait_until(Duration::from_secs(60), "200 events are done", || {
+        done(&db) >= 200
+    });
+    nats.kill9();
+    common::insert_events(&mut db.client(), "outbox_event", 500, "order.created");
+    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+        service
+            .stderr_so_far()
+            .contains(" paused: 5 deliveries in a row")
+    });
+    thread::sleep(Duration::from_secs(3)); // the outage itself, not a synchronisation
+    nats.restart();
+    common::wait_until(
+        Duration::from_secs(120),
+        "all 1,500 events are done",
+        || {
+            done(&db) == 1500
+                || db.count("SELECT count(*) FROM outbox_event WHERE status = 'dead'") > 0
+        },
+    );
+    service.signal("TERM");
+    let out = service.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(done(&db), 1500, "none dead, none left\n{out}");
+    let counts = count(&nats, "outage", 1500);
+    assert_eq!(
+        (counts.lost, counts.duplicates),
+        (0, 0),
+        "{}\n{out}",
+        counts.json
+    );
+    // Attempts beyond one per event: the failures that paused the route (fewer than 5 per
+    // run of them), not one per event (hundreds were in flight or waiting).
+    let extra = db.count("SELECT coalesce(sum(attempts), 0) - count(*) FROM outbox_event");
+    assert!(extra < 15, "{extra} attempts beyond the first\n{out}");
+    assert!(out.stderr.contains("resumed after"), "{out}");
+}
