@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod connect;
+mod durations;
 mod exec;
 mod faults;
 mod lifecycle;
