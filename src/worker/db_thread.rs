@@ -204,9 +204,12 @@ impl<'a> DbThread<'a> {
     fn finished(&mut self, id: i64, token: i32, tag: &Tag, outcome: Outcome, took: Duration) {
         let now = Instant::now();
         let (event_type, router) = (tag.event_type.as_deref(), self.router);
-        let about = tag.fields(id, token).route(router.target(event_type));
+        let route = router.index(event_type);
+        let about = tag
+            .fields(id, token)
+            .route(route.map(|r| router.target_at(r)));
         failure_logged(&outcome, id, event_type, token, about);
-        let outcome = match self.router.index(event_type) {
+        let outcome = match route {
             Some(r) if self.ledger.holds(id, token) => {
                 match self.route_outcome(id, token, r, outcome, now, about) {
                     Some(o) => o,
