@@ -31,7 +31,7 @@ pub enum Kind {
     Switch,
     /// Answered at once (`--help`, `--version`); no variable.
     Info,
-    /// A value for an admin command (`status --max-lag 60`), checked by that command; command
+    /// A value for an admin command (`dead list --limit 20`), checked by that command; command
     /// line only, no variable: a threshold or a selection must be visible where it is used.
     Arg,
     /// A duration option of an admin command (`prune --older-than 7d`), command line only like
