@@ -18,6 +18,10 @@
 //! type, a table name, a route) are escaped (in JSON, by JSON's own escapes), so logged values
 //! cannot forge a line.
 //!
+//! A line about an event can carry its id, type, aggregate, route, attempt and outcome as
+//! fields (`fields`; `warn!(event: f, "...")`): JSON lines add them as keys after `msg`, text
+//! lines are unchanged (the message names them).
+//!
 //! The `log` crate's records (our dependencies') and the server's notices become lines of
 //! ours too (`bridge`).
 //!
@@ -26,8 +30,10 @@
 //! (`protocol::LOG_FD`), so its shutdown lines are not lost.
 
 mod bridge;
+mod fields;
 
 pub(crate) use bridge::{install as install_bridge, server_notice};
+pub use fields::{EventFields, Outcome};
 
 use std::fmt;
 use std::io::Write;
@@ -176,6 +182,15 @@ pub fn enabled(level: Level) -> bool {
 }
 
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
+    write_line(level, None, args);
+}
+
+/// A line about an event: `fields` become keys of their own in JSON.
+pub fn write_event(level: Level, fields: &EventFields<'_>, args: fmt::Arguments<'_>) {
+    write_line(level, Some(fields), args);
+}
+
+fn write_line(level: Level, fields: Option<&EventFields<'_>>, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
@@ -190,6 +205,7 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
             process: name,
             pid,
             msg: &args.to_string(),
+            fields,
         },
         format(),
         journal(),
@@ -223,6 +239,7 @@ pub(crate) fn foreign_line(text: &str, process: &str, pid: u32) -> Option<String
         process,
         pid,
         msg: text,
+        fields: None,
     };
     Some(format_line(l, Format::Json, journal()))
 }
@@ -244,6 +261,7 @@ struct Line<'a> {
     process: &'a str,
     pid: u32,
     msg: &'a str,
+    fields: Option<&'a EventFields<'a>>,
 }
 
 /// The physical line, newline included.
@@ -271,14 +289,18 @@ fn format_line(l: Line<'_>, format: Format, journal: bool) -> String {
         )),
         Format::Json => {
             let s = |v: &str| serde_json::Value::from(v).to_string();
-            let json = format!(
-                "{{\"ts\":{},\"level\":{},\"process\":{},\"pid\":{},\"msg\":{}}}",
+            let mut json = format!(
+                "{{\"ts\":{},\"level\":{},\"process\":{},\"pid\":{},\"msg\":{}",
                 s(l.ts),
                 s(l.level.name()),
                 s(l.process),
                 l.pid,
                 s(l.msg)
             );
+            if let Some(f) = l.fields {
+                f.write_json(&mut json);
+            }
+            json.push('}');
             out.push_str(&escape_json_controls(&json));
         }
     }
@@ -343,14 +365,27 @@ pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+// `warn!("...")`, or `warn!(event: fields, "...")` for a line about an event.
 #[macro_export]
-macro_rules! debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
+macro_rules! debug {
+    (event: $f:expr, $($t:tt)*) => { $crate::log::write_event($crate::log::Level::Debug, &$f, format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) };
+}
 #[macro_export]
-macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
+macro_rules! info {
+    (event: $f:expr, $($t:tt)*) => { $crate::log::write_event($crate::log::Level::Info, &$f, format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) };
+}
 #[macro_export]
-macro_rules! warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warning, format_args!($($t)*)) } }
+macro_rules! warn {
+    (event: $f:expr, $($t:tt)*) => { $crate::log::write_event($crate::log::Level::Warning, &$f, format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warning, format_args!($($t)*)) };
+}
 #[macro_export]
-macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
+macro_rules! error {
+    (event: $f:expr, $($t:tt)*) => { $crate::log::write_event($crate::log::Level::Error, &$f, format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) };
+}
 
 /// Current UTC time as RFC 3339 with milliseconds, e.g. `2026-11-29T09:10:11.123Z`.
 pub fn rfc3339_now() -> String {
@@ -416,6 +451,7 @@ mod tests {
             process: "worker 0",
             pid: 42,
             msg,
+            fields: None,
         }
     }
 
@@ -453,6 +489,42 @@ mod tests {
         assert_eq!(v["process"], "worker 0");
         assert_eq!(v["pid"], 42);
         assert_eq!(v["msg"], msg);
+    }
+
+    #[test]
+    fn event_fields_are_keys_in_json_and_absent_from_text() {
+        let f = EventFields::id(7)
+            .event_type(Some("order.created"))
+            .route(Some("exec:/bin/x"))
+            .attempt(3)
+            .outcome(Outcome::Dead);
+        let with = |format| {
+            let mut l = line(Level::Warning, "event 7 is dead: x\ny");
+            l.fields = Some(&f);
+            format_line(l, format, false)
+        };
+        assert_eq!(
+            with(Format::Text),
+            format_line(
+                line(Level::Warning, "event 7 is dead: x\ny"),
+                Format::Text,
+                false
+            )
+        );
+        let l = with(Format::Json);
+        assert!(l.ends_with("}\n") && l.matches('\n').count() == 1, "{l}");
+        assert!(is_json_line(&l));
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["msg"], "event 7 is dead: x\ny");
+        assert_eq!(v["event_id"], 7);
+        assert_eq!(v["event_type"], "order.created");
+        assert_eq!(v["route"], "exec:/bin/x");
+        assert_eq!(v["attempt"], 3);
+        assert_eq!(v["outcome"], "dead");
+        assert!(
+            l.contains(r#""msg":"event 7 is dead: x\ny","event_id":7,"#),
+            "{l}"
+        );
     }
 
     #[test]

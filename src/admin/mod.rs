@@ -62,32 +62,10 @@ fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
     })
 }
 
-/// `30s`, `15m`, `12h`, `7d` (or plain seconds) as seconds; `who` names the flag in errors.
+/// The value of the duration option `who` (`--older-than`) in seconds, by the flag table's
+/// one grammar (`defs::duration`: whether a bare number is seconds is the flag's own).
 pub(crate) fn parse_duration(who: &str, s: &str) -> Result<f64> {
-    let s = s.trim();
-    let bad = || {
-        Error::Usage(format!(
-            "{who}: `{s}` is not a duration (e.g. 30s, 15m, 12h, 7d)"
-        ))
-    };
-    let (number, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        Some(_) => (s, 's'),
-        None => return Err(bad()),
-    };
-    let scale = match unit {
-        's' => 1.0,
-        'm' => 60.0,
-        'h' => 3600.0,
-        'd' => 86_400.0,
-        'w' => 7.0 * 86_400.0,
-        _ => return Err(bad()),
-    };
-    let n: f64 = number.trim().parse().map_err(|_| bad())?;
-    if !n.is_finite() || n < 0.0 || n * scale > 100.0 * 365.0 * 86_400.0 {
-        return Err(bad());
-    }
-    Ok(n * scale)
+    crate::cli::defs::duration_arg(who, s)
 }
 
 /// A whole number `>= min` given to `who`.
@@ -122,15 +100,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("--x", "30s").unwrap(), 30.0);
-        assert_eq!(parse_duration("--x", "15m").unwrap(), 900.0);
-        assert_eq!(parse_duration("--x", "12h").unwrap(), 43_200.0);
-        assert_eq!(parse_duration("--x", "7d").unwrap(), 604_800.0);
-        assert_eq!(parse_duration("--x", "1.5h").unwrap(), 5400.0);
-        assert_eq!(parse_duration("--x", "90").unwrap(), 90.0);
-        for bad in ["", "d", "7x", "-1d", "NaNs", "1e300d", "7 days"] {
+        assert_eq!(parse_duration("--older-than", "7d").unwrap(), 604_800.0);
+        assert_eq!(parse_duration("--since", "1.5h").unwrap(), 5400.0);
+        assert_eq!(parse_duration("--max-lag", "90").unwrap(), 90.0);
+        for bad in ["", "d", "7x", "-1d", "NaNs", "1e300d", "7 days", "7"] {
             let e = parse_duration("--older-than", bad).unwrap_err().to_string();
-            assert!(e.starts_with("--older-than: `"), "{bad}: {e}");
+            assert!(e.starts_with("--older-than"), "{bad}: {e}");
         }
     }
 

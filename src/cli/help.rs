@@ -35,6 +35,12 @@ PIPE TARGETS (--route 'PATTERN=pipe:COMMAND ARGS...', long-running, --pipe-proce
     (no attempt). At a stop: outstanding events answered (or timed out), then EOF on stdin.
 ";
 
+const DURATIONS: &str = "
+DURATIONS (every SECS and DURATION above): a number with a unit, decimals allowed: 250ms, 1.5s,
+    15m, 12h, 7d (units ms, s, m, h, d, w). SECS also takes a bare number, as seconds
+    (--poll-interval 0.5 = 500ms); DURATION needs the unit (`prune --older-than 7` is refused).
+";
+
 const EXIT_CODES: &str = "
 EXIT CODES:
     0 drained or stopped cleanly   2 bad flags/environment/DSN   3 database unreachable
@@ -64,6 +70,7 @@ pub fn render() -> String {
     for f in FLAGS.iter().filter(|f| f.is_command_option()) {
         render_flag(&mut out, f, column);
     }
+    out.push_str(DURATIONS);
     out.push_str(EXEC_CONTRACT);
     out.push_str(EXIT_CODES);
     out
@@ -147,6 +154,9 @@ mod tests {
         assert!(help.lines().all(|l| l.chars().count() <= 110), "{help}");
         assert!(help.contains("Exit 0: delivered"), "{help}");
         assert!(help.contains("exit 65: permanent failure"), "{help}");
+        assert!(help.contains("--older-than DURATION"), "{help}");
+        assert!(help.contains("--poll-interval SECS"), "{help}");
+        assert!(help.contains("DURATION needs the unit"), "{help}");
     }
 
     #[test]

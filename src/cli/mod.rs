@@ -57,7 +57,7 @@ impl Command {
         }
     }
 
-    /// The command options (`Kind::Arg`, `Kind::ArgSwitch`) it takes.
+    /// The command options (`Kind::Arg`, `Kind::ArgSecs`, `Kind::ArgSwitch`) it takes.
     fn options(self) -> &'static [&'static Flag] {
         use defs::*;
         const SELECT: &[&Flag] = &[&TYPE, &AGGREGATE, &SINCE, &ALL, &DRY_RUN];

@@ -305,6 +305,30 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_a_unit_or_bare_seconds_from_flags_and_variables() {
+        let env = |k: &str| match k {
+            "DISPATCHBOX_LEASE" => Some("1m".to_string()),
+            "DISPATCHBOX_RETRY_BACKOFF" => Some("2.5".to_string()),
+            _ => None,
+        };
+        let pairs = [("dsn", "host=h"), ("poll-interval", "500ms")];
+        let c = Config::from_raw(&raw(&pairs), &env).unwrap();
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.lease, Duration::from_secs(60));
+        assert_eq!(c.backoff.base, Duration::from_millis(2500));
+        let pairs = [("dsn", "host=h"), ("poll-interval", "0.5"), ("lease", "30")];
+        let c = Config::from_raw(&raw(&pairs), &no_env).unwrap();
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.lease, Duration::from_secs(30));
+        let env = |k: &str| (k == "DISPATCHBOX_LEASE").then(|| "2x".to_string());
+        let e = Config::from_raw(&raw(&[("dsn", "host=h")]), &env).unwrap_err();
+        assert!(
+            e.to_string().starts_with("DISPATCHBOX_LEASE: `2x` is not"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn out_of_range_values_are_rejected_by_name() {
         for (flag, v, expect) in [
             ("batch-size", "0", "--batch-size: 0 is out of range"),
@@ -314,7 +338,7 @@ mod tests {
             (
                 "poll-interval",
                 "NaN",
-                "--poll-interval: `NaN` is not a number",
+                "--poll-interval: `NaN` is not seconds, or a duration",
             ),
             ("log-level", "loud", "--log-level: `loud` is not one of"),
             ("table", "a.b.c", "--table `a.b.c`"),

@@ -62,28 +62,14 @@ impl Source<'_> {
         }
     }
 
-    /// Seconds in the flag's range; None when not given and without a default.
+    /// A duration in the flag's range (`0.5`, `500ms`, `2m`: see `defs::duration`); None when
+    /// not given and without a default.
     pub(super) fn secs(&self, flag: &Flag) -> Result<Option<Duration>> {
-        let Kind::Secs { min, max } = flag.kind else {
-            return Err(Error::Other(format!("{} is not in seconds", flag.key)));
-        };
         let Some((who, v)) = self.get_or_default(flag) else {
             return Ok(None);
         };
-        let n: f64 = v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n: &f64| n.is_finite())
-            .ok_or_else(|| {
-                Error::Usage(format!("{who}: `{}` is not a number of seconds", v.trim()))
-            })?;
-        if n < min || n > max {
-            return Err(Error::Usage(format!(
-                "{who}: {n} is out of range ({min} to {max} seconds)"
-            )));
-        }
-        Ok(Some(Duration::from_secs_f64(n)))
+        // Range-checked (finite, at most the flag's maximum): the conversion cannot panic.
+        Ok(Some(Duration::from_secs_f64(flag.duration(&who, &v)?)))
     }
 
     /// The `(pattern, target)` pairs of `--route` (or else the variable), and which of the

@@ -18,12 +18,12 @@ use super::ledger::{Finished, Ledger, Limits};
 use super::link::Link;
 use super::pool::{kill_exec_commands, Pool};
 use super::tally::{self, DeadEvent, Tally};
-use super::{Ended, Msg};
+use super::{Ended, Msg, Tag};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
 use crate::protocol::Report;
-use crate::{debug, error, info, warn};
+use crate::{debug, error, info, log, warn};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -166,17 +166,27 @@ impl<'a> DbThread<'a> {
             Msg::Done {
                 id,
                 token,
-                event_type,
+                tag,
                 outcome,
                 took,
-            } => self.finished(id, token, event_type.as_deref(), outcome, took),
+            } => self.finished(id, token, &tag, outcome, took),
             Msg::Unstarted { id, token } => {
                 self.give_back(id, token);
             }
-            Msg::Stale { id, token, why } => {
+            Msg::Stale {
+                id,
+                token,
+                tag,
+                why,
+            } => {
                 // Fenced: the release is a no-op when another worker holds it now.
                 if self.give_back(id, token) {
-                    warn!("event {id} (attempt {token}) not started: {why}; giving it back");
+                    let route = self.router.target(tag.event_type.as_deref());
+                    let fields = tag.fields(id, token).route(route);
+                    warn!(
+                        event: fields.outcome(log::Outcome::NotStarted),
+                        "event {id} (attempt {token}) not started: {why}; giving it back"
+                    );
                 }
             }
             Msg::Woken => self.ledger.woken(),
@@ -198,18 +208,17 @@ impl<'a> DbThread<'a> {
         held
     }
 
-    fn finished(
-        &mut self,
-        id: i64,
-        token: i32,
-        event_type: Option<&str>,
-        outcome: Outcome,
-        took: Duration,
-    ) {
+    fn finished(&mut self, id: i64, token: i32, tag: &Tag, outcome: Outcome, took: Duration) {
         let now = Instant::now();
-        let outcome = match self.router.index(event_type) {
+        let (event_type, router) = (tag.event_type.as_deref(), self.router);
+        let route = router.index(event_type);
+        let about = tag
+            .fields(id, token)
+            .route(route.map(|r| router.target_at(r)));
+        failure_logged(&outcome, id, event_type, token, about);
+        let outcome = match route {
             Some(r) if self.ledger.holds(id, token) => {
-                match self.route_outcome(id, token, r, outcome, now) {
+                match self.route_outcome(id, token, r, outcome, now, about) {
                     Some(o) => o,
                     None => return,
                 }
@@ -221,8 +230,9 @@ impl<'a> DbThread<'a> {
         self.counters.finished(id, token, verdict, &finished, took);
         match finished {
             Finished::Void => {}
-            Finished::Recorded => self.recorded(id, event_type),
+            Finished::Recorded => self.recorded(id, event_type, about),
             Finished::LeaseLost => info!(
+                event: about.outcome(log::Outcome::LeaseLost),
                 "event {id} (attempt {token}) finished after another worker took its lease \
                  over; its result is not written (the other claim decides)"
             ),
@@ -233,23 +243,26 @@ impl<'a> DbThread<'a> {
             // Given back without using an attempt, due again after a pause during which this
             // worker claims nothing.
             Finished::Deferred { why, warn: true } => warn!(
+                event: about.outcome(log::Outcome::Deferred),
                 "event {id}: {why}; not the event's fault: giving it back without using an \
                  attempt and pausing claims until deliveries succeed again (further events \
                  deferred meanwhile are logged at debug level)"
             ),
-            Finished::Deferred { why, warn: false } => {
-                debug!("event {id}: {why}; given back without using an attempt")
-            }
+            Finished::Deferred { why, warn: false } => debug!(
+                event: about.outcome(log::Outcome::Deferred),
+                "event {id}: {why}; given back without using an attempt"
+            ),
         }
     }
 
-    /// Counts the verdict just queued for event `id`; one WARN line if it is dead.
-    fn recorded(&mut self, id: i64, event_type: Option<&str>) {
+    /// Counts the verdict just queued for event `id` (`about`); one WARN line if it is dead.
+    fn recorded(&mut self, id: i64, event_type: Option<&str>, about: log::EventFields<'_>) {
         let Some(c) = self.ledger.results().batch().last().filter(|c| c.id == id) else {
             return;
         };
         if self.tally.recorded(c) {
             warn!(
+                event: about.outcome(log::Outcome::Dead),
                 "{}",
                 tally::dead_line(&DeadEvent {
                     id,
@@ -417,4 +430,33 @@ impl<'a> DbThread<'a> {
         let _ = std::io::stdout().flush();
         Ended::Abandoned { code, why }
     }
+}
+
+/// A handler's failed attempt, as it came back: DEBUG (the error is stored in `last_error`),
+/// or ERROR for an abort.
+fn failure_logged(
+    outcome: &Outcome,
+    id: i64,
+    event_type: Option<&str>,
+    token: i32,
+    about: log::EventFields<'_>,
+) {
+    use log::Outcome as O;
+    let (e, o) = match outcome {
+        Outcome::Delivered => return,
+        Outcome::Abort(e) => {
+            error!(event: about.outcome(O::Abort), "event {id}: {e}; stopping this worker");
+            return;
+        }
+        // Reported as the DB thread decides on it (once per episode).
+        Outcome::Defer(_) => return,
+        Outcome::Retry(e) | Outcome::RetryAfter(e, _) => (e, O::Retry),
+        Outcome::Permanent(e) => (e, O::Permanent),
+        Outcome::Unavailable(e, _) => (e, O::Unavailable),
+    };
+    debug!(
+        event: about.outcome(o),
+        "event {id} ({}) attempt {token} failed: {e}",
+        event_type.unwrap_or("-"),
+    );
 }

@@ -66,11 +66,11 @@ use std::time::{Duration, Instant};
 /// Everything the DB thread waits for arrives here.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// A handler finished an event (its type: for the log line should it be dead).
+    /// A handler finished an event (its type and aggregate: for the log lines about it).
     Done {
         id: i64,
         token: i32,
-        event_type: Option<String>,
+        tag: Tag,
         outcome: Outcome,
         /// How long the handler ran.
         took: Duration,
@@ -78,13 +78,45 @@ pub(crate) enum Msg {
     /// A claimed event that no handler started before shutdown.
     Unstarted { id: i64, token: i32 },
     /// A queued event not started because its lease is lost or expired (see `LeaseClock`).
-    Stale { id: i64, token: i32, why: String },
+    Stale {
+        id: i64,
+        token: i32,
+        tag: Tag,
+        why: String,
+    },
     /// Stop claiming, finish running handlers (bounded), write results, release the rest.
     Stop,
     /// Stop waiting for running handlers.
     StopNow,
     /// A notification: events were inserted (see `listen`). Claim now if a batch fits.
     Woken,
+}
+
+/// An event's type and aggregate, carried back to the DB thread for its log lines (whose
+/// JSON form names them: `log::EventFields`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tag {
+    pub event_type: Option<String>,
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+}
+
+impl Tag {
+    pub fn of(e: &crate::handler::Event) -> Tag {
+        Tag {
+            event_type: e.event_type.clone(),
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+        }
+    }
+
+    /// The log fields of event `id`, attempt `token`, with this type and aggregate.
+    pub fn fields(&self, id: i64, token: i32) -> crate::log::EventFields<'_> {
+        crate::log::EventFields::id(id)
+            .event_type(self.event_type.as_deref())
+            .aggregate(self.aggregate_type.as_deref(), self.aggregate_id.as_deref())
+            .attempt(token)
+    }
 }
 
 /// How a worker ended (the process exit code follows from it).

@@ -11,12 +11,13 @@ use super::db_thread::DbThread;
 use super::health::{Change, Verdict};
 use crate::handler::Outcome;
 use crate::store::{self, ClaimArgs, Claimed};
-use crate::{debug, info, warn};
+use crate::{debug, info, log, warn};
 use std::time::Instant;
 
 impl<'a> DbThread<'a> {
-    /// Route health's say on an outcome of event (id, token) of route `r`: the outcome to
-    /// record, or None when the event was given back to wait for its route.
+    /// Route health's say on an outcome of event (id, token) of route `r` (`about`: its log
+    /// fields): the outcome to record, or None when the event was given back to wait for its
+    /// route.
     pub(super) fn route_outcome(
         &mut self,
         id: i64,
@@ -24,6 +25,7 @@ impl<'a> DbThread<'a> {
         r: usize,
         outcome: Outcome,
         now: Instant,
+        about: log::EventFields<'_>,
     ) -> Option<Outcome> {
         match outcome {
             Outcome::Unavailable(why, after) => {
@@ -40,6 +42,7 @@ impl<'a> DbThread<'a> {
                         let held = self.ledger.hold(id, token, wait);
                         self.counters.given_back(id, token, held);
                         debug!(
+                            event: about.outcome(log::Outcome::Held),
                             "event {id}: {why}; waiting for its route ({:.1}s)",
                             wait.as_secs_f64()
                         );
@@ -108,7 +111,12 @@ impl<'a> DbThread<'a> {
         }
         for c in claimed {
             if self.router.index(c.event.event_type.as_deref()) == Some(r) {
+                let target = Some(self.router.target_at(r));
                 debug!(
+                    event: log::EventFields::of(&c.event)
+                        .attempt(c.token)
+                        .route(target)
+                        .outcome(log::Outcome::Probe),
                     "probing route {} with event {}",
                     self.router.route_at(r),
                     c.event.id

@@ -8,10 +8,10 @@
 //! the pool (`Pool::close`) takes back what is still queued; idle threads then end.
 
 use super::lease_clock::LeaseClock;
-use super::Msg;
+use super::{Msg, Tag};
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome, Reply};
-use crate::{debug, error, warn};
+use crate::{error, log, warn};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -120,7 +120,13 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
             .clock
             .refuse_start(id, token, job.claim_sent, Instant::now())
         {
-            let _ = tx.send(Msg::Stale { id, token, why });
+            let tag = Tag::of(&job.event);
+            let _ = tx.send(Msg::Stale {
+                id,
+                token,
+                tag,
+                why,
+            });
             continue;
         }
         let started = Instant::now();
@@ -129,11 +135,15 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
             continue;
         }
         let outcome = run_handler(&job);
-        logged(&outcome, id, job.event.event_type.as_deref(), token);
+        let tag = Tag {
+            event_type: job.event.event_type,
+            aggregate_type: job.event.aggregate_type,
+            aggregate_id: job.event.aggregate_id,
+        };
         let done = Msg::Done {
             id,
             token,
-            event_type: job.event.event_type,
+            tag,
             outcome,
             took: started.elapsed(),
         };
@@ -153,21 +163,24 @@ fn run_handler(job: &Job) -> Outcome {
 /// own thread). A panic in `start` drops the reply, which answers it as a failed attempt.
 fn start_streaming(job: Job, tx: &Sender<Msg>, started: Instant) {
     let (id, token) = (job.event.id, job.token);
-    let event_type = job.event.event_type.clone();
+    let tag = Tag::of(&job.event);
     let tx = tx.clone();
     let reply = Reply::new(move |outcome| {
-        logged(&outcome, id, event_type.as_deref(), token);
         let _ = tx.send(Msg::Done {
             id,
             token,
-            event_type,
+            tag,
             outcome,
             took: started.elapsed(),
         });
     });
     let handler = job.handler;
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.start(job.event, reply))) {
+        let fields = log::EventFields::id(id)
+            .attempt(token)
+            .outcome(log::Outcome::Retry);
         error!(
+            event: fields,
             "event {id}: handler panicked while starting it: {}",
             message(&*panic)
         );
@@ -180,23 +193,6 @@ fn message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic payload".into())
-}
-
-/// The outcome's log line, if it has one.
-fn logged(outcome: &Outcome, id: i64, event_type: Option<&str>, token: i32) {
-    match outcome {
-        Outcome::Delivered => {}
-        Outcome::Abort(e) => error!("event {id}: {e}; stopping this worker"),
-        // The DB thread reports deferrals (once per episode).
-        Outcome::Defer(_) => {}
-        Outcome::Retry(e)
-        | Outcome::RetryAfter(e, _)
-        | Outcome::Permanent(e)
-        | Outcome::Unavailable(e, _) => debug!(
-            "event {id} ({}) attempt {token} failed: {e}",
-            event_type.unwrap_or("-"),
-        ),
-    }
 }
 
 /// The worker exits with handlers still running: the `exec:` commands they wait for must not

@@ -15,7 +15,7 @@ use super::Ended;
 use crate::config::Order;
 use crate::error::Result;
 use crate::store::{self, ClaimArgs, Claimed};
-use crate::{debug, info, warn};
+use crate::{debug, info, log, warn};
 use std::time::Instant;
 
 impl DbThread<'_> {
@@ -102,7 +102,9 @@ impl DbThread<'_> {
     pub(super) fn extend(&mut self) -> Result<()> {
         let held = self.ledger.to_extend();
         for (id, token, running) in self.ledger.overdue(Instant::now()) {
+            let about = log::EventFields::id(id).attempt(token);
             warn!(
+                event: about.outcome(log::Outcome::InFlight),
                 "event {id} (attempt {token}) has been in flight for {:.0}s; its lease is kept \
                  while its handler runs — is the handler stuck?",
                 running.as_secs_f64()
@@ -193,7 +195,9 @@ impl DbThread<'_> {
             self.counters.dead_at_claim(route.unwrap_or("-"));
             self.tally.exhausted();
             let event_type = c.event.event_type.as_deref();
+            let about = log::EventFields::of(&c.event).attempt(c.token).route(route);
             warn!(
+                event: about.outcome(log::Outcome::Dead),
                 "{}",
                 tally::dead_line(&DeadEvent {
                     id: c.event.id,

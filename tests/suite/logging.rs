@@ -196,3 +196,92 @@ fn the_http_clients_diagnostics_are_debug_lines_without_the_urls_path_or_query()
     let out = drain(&db, &["--route", &route]);
     assert!(!out.stderr.contains("] ureq"), "{out}");
 }
+
+/// The JSON lines of `stderr`, each parsed (a line that is not an object fails the test).
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}\n{stderr}")))
+        .collect()
+}
+
+#[test]
+fn json_lines_about_an_event_name_it_in_fields_of_their_own() {
+    let db = common::test_db();
+    db.migrate();
+    let mut c = db.client();
+    common::insert_events(&mut c, "outbox_event", 2, "x");
+    // Event 1 fails for good at its first attempt; event 2 is found with its attempts used
+    // up (its last claim's lease ran out).
+    c.batch_execute(
+        "UPDATE outbox_event SET aggregate_id = '42' WHERE id = 1;
+         UPDATE outbox_event SET attempts = 3, locked_by = 'gone:1:w0:0' WHERE id = 2",
+    )
+    .unwrap();
+    let route = "exec:sh -c 'exit 65'";
+    let args = ["--route", "x=exec:sh -c 'exit 65'", "--max-attempts", "3"];
+    let out = drain(
+        &db,
+        &[&args[..], &["--log-format", "json", "--log-level", "debug"]].concat(),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let lines = json_lines(&out.stderr);
+    let about = |id: i64, outcome: &str| {
+        lines
+            .iter()
+            .filter(|o| o["event_id"] == id && o["outcome"] == outcome)
+            .collect::<Vec<_>>()
+    };
+    let dead = about(1, "dead");
+    assert_eq!(dead.len(), 1, "{out}");
+    let d = dead[0];
+    assert_eq!(d["level"], "WARNING", "{out}");
+    assert!(d["msg"].as_str().unwrap().contains(") is dead: "), "{out}");
+    assert_eq!(d["event_type"], "x", "{d}");
+    assert_eq!(d["aggregate_type"], "order", "{d}");
+    assert_eq!(d["aggregate_id"], "42", "{d}");
+    assert_eq!(d["route"], route, "{d}");
+    assert_eq!(d["attempt"], 1, "{d}");
+    // The failure itself, at DEBUG, names the handler's answer.
+    let failed = about(1, "permanent");
+    assert_eq!(failed.len(), 1, "{out}");
+    assert_eq!(failed[0]["level"], "DEBUG", "{out}");
+    assert_eq!(failed[0]["route"], route, "{out}");
+    let dead = about(2, "dead");
+    assert_eq!(dead.len(), 1, "{out}");
+    assert!(dead[0]["msg"]
+        .as_str()
+        .unwrap()
+        .contains("attempts exhausted"));
+    assert_eq!(
+        (
+            &dead[0]["attempt"],
+            &dead[0]["route"],
+            &dead[0]["aggregate_id"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(route),
+            &serde_json::json!("2")
+        ),
+        "{out}"
+    );
+    // Lines about no event have none of the fields.
+    let ready = lines
+        .iter()
+        .find(|o| o["msg"].as_str().unwrap().starts_with("worker ready"))
+        .unwrap();
+    assert!(ready.get("event_id").is_none(), "{ready}");
+
+    // Text lines are as before: the message says it, no fields.
+    let db = common::test_db();
+    db.migrate();
+    common::insert_events(&mut db.client(), "outbox_event", 1, "x");
+    let out = drain(&db, &args);
+    assert_eq!(out.code, Some(0), "{out}");
+    let line = format!("] event 1 (type x, route {route}, attempt 1 of 3) is dead: ");
+    let dead: Vec<&str> = out.stderr.lines().filter(|l| l.contains(&line)).collect();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert!(dead[0].contains(" WARNING  [worker 0 pid "), "{out}");
+    assert!(!out.stderr.contains("event_id"), "{out}");
+}

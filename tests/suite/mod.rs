@@ -8,6 +8,7 @@ mod brokers;
 mod cli;
 mod concurrency;
 mod connect;
+mod durations;
 mod exec;
 mod faults;
 mod lifecycle;

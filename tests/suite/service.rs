@@ -172,8 +172,18 @@ fn json_lines_from_the_supervisor_and_workers_carry_the_text_fields() {
         let obj = v
             .as_object()
             .unwrap_or_else(|| panic!("not an object: {line}"));
-        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 5, "{line}");
+        // The text fields, and on a line about an event the fields naming it.
+        const EVENT: [&str; 7] = [
+            "event_id",
+            "event_type",
+            "aggregate_type",
+            "aggregate_id",
+            "route",
+            "attempt",
+            "outcome",
+        ];
+        let extra = obj.keys().filter(|k| !EVENT.contains(&k.as_str())).count();
+        assert_eq!(extra, 5, "{line}");
         for k in ["ts", "level", "process", "pid", "msg"] {
             assert!(obj.contains_key(k), "no {k} in {line}");
         }
@@ -194,6 +204,13 @@ fn json_lines_from_the_supervisor_and_workers_carry_the_text_fields() {
             v["msg"].as_str().unwrap().contains("x\ny\u{85}")
         }),
         "the event type, decoded, is in some message:\n{stderr}"
+    );
+    assert!(
+        stderr.lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["event_type"] == "x\ny\u{85}" && v["outcome"] == "dead"
+        }),
+        "the event type, decoded, is in the dead line's fields:\n{stderr}"
     );
 
     // A refusal once the format is known is a JSON line too.

@@ -1,7 +1,31 @@
 //! The admin commands' own options: command line only (no variable, so that a stray
 //! `DISPATCHBOX_YES` can never confirm a purge); `cli` says which command takes which.
 
-use super::{Flag, Kind};
+use super::{Bare, Flag, Kind, DAY};
+
+/// The longest admin duration: a century.
+const CENTURY: f64 = 100.0 * 365.0 * DAY;
+
+/// A duration option; its value shows whether a bare number is seconds (`SECS`) or needs a
+/// unit (`DURATION`).
+const fn arg_secs(key: &'static str, bare: Bare, help: &'static str) -> Flag {
+    Flag {
+        key,
+        short: None,
+        value: Some(match bare {
+            Bare::Secs => "SECS",
+            Bare::Refused => "DURATION",
+        }),
+        default: None,
+        help,
+        note: None,
+        kind: Kind::ArgSecs {
+            min: 0.0,
+            max: CENTURY,
+            bare,
+        },
+    }
+}
 
 const fn arg(key: &'static str, value: &'static str, help: &'static str) -> Flag {
     Flag {
@@ -34,10 +58,10 @@ pub const EXACT: Flag = arg_switch(
     "--exact",
     "status: count done and dead rows exactly (a full scan) instead of estimating",
 );
-pub const MAX_LAG: Flag = arg(
+pub const MAX_LAG: Flag = arg_secs(
     "--max-lag",
-    "SECS",
-    "status: exit 7 when the oldest due event has waited longer",
+    Bare::Secs,
+    "status: exit 7 when the oldest due event has waited longer (60, 90s, 5m)",
 );
 pub const MAX_DEAD: Flag = arg(
     "--max-dead",
@@ -59,9 +83,9 @@ pub const AGGREGATE: Flag = arg(
     "TYPE[:ID]",
     "dead: only this aggregate type (and id)",
 );
-pub const SINCE: Flag = arg(
+pub const SINCE: Flag = arg_secs(
     "--since",
-    "DURATION",
+    Bare::Refused,
     "dead: only events created within DURATION (30s, 15m, 12h, 7d)",
 );
 pub const LIMIT: Flag = arg("--limit", "N", "dead list: at most N events [default: 50]");
@@ -71,10 +95,10 @@ pub const DRY_RUN: Flag = arg_switch(
     "dead retry/purge, prune: say how many, change nothing",
 );
 pub const YES: Flag = arg_switch("--yes", "dead purge: really delete");
-pub const OLDER_THAN: Flag = arg(
+pub const OLDER_THAN: Flag = arg_secs(
     "--older-than",
-    "DURATION",
-    "prune: done events delivered longer ago than this (30s, 15m, 12h, 7d)",
+    Bare::Refused,
+    "prune: done events delivered longer ago than this (12h, 7d)",
 );
 pub const ARCHIVE: Flag = arg(
     "--archive",

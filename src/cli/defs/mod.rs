@@ -10,14 +10,18 @@
 //! Invariant: a flag's key is `--` + its name; its variable is `DISPATCHBOX_` + the name
 //! upper-cased with `-` as `_` (none for `--help` and `--version`).
 
+use crate::error::{Error, Result};
 use std::sync::OnceLock;
+
+pub use duration::Bare;
 
 /// How a flag's value is read and checked.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     /// A whole number in `min..=max`.
     Whole { min: i64, max: i64 },
-    /// A number of seconds (a float) in `min..=max`.
+    /// A duration in `min..=max` seconds, in the grammar of [`duration`] (`500ms`, `30s`,
+    /// `15m`); a bare number is seconds (`--poll-interval 0.5`, the original's contract).
     Secs { min: f64, max: f64 },
     /// Text checked by its own parser in `config.rs` (the DSN, the table, the log level).
     Text,
@@ -27,9 +31,12 @@ pub enum Kind {
     Switch,
     /// Answered at once (`--help`, `--version`); no variable.
     Info,
-    /// A value for an admin command (`status --max-lag 60`), checked by that command; command
+    /// A value for an admin command (`dead list --limit 20`), checked by that command; command
     /// line only, no variable: a threshold or a selection must be visible where it is used.
     Arg,
+    /// A duration option of an admin command (`prune --older-than 7d`), command line only like
+    /// `Arg`, checked here; `bare` says whether a bare number is seconds or refused.
+    ArgSecs { min: f64, max: f64, bare: Bare },
     /// A switch of an admin command (`--json`, `--yes`); command line only, no variable (a
     /// `DISPATCHBOX_YES` left in an environment must never confirm a purge).
     ArgSwitch,
@@ -63,13 +70,26 @@ impl Flag {
     pub const fn takes_one_value(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text | Kind::Arg
+            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text | Kind::Arg | Kind::ArgSecs { .. }
         )
     }
 
     /// Whether it belongs to an admin command (no variable, not accepted when running).
     pub const fn is_command_option(&self) -> bool {
-        matches!(self.kind, Kind::Arg | Kind::ArgSwitch)
+        matches!(
+            self.kind,
+            Kind::Arg | Kind::ArgSwitch | Kind::ArgSecs { .. }
+        )
+    }
+
+    /// `text` as this duration flag's seconds, range-checked; `who` (the flag or its variable)
+    /// is named in errors.
+    pub fn duration(&self, who: &str, text: &str) -> Result<f64> {
+        match self.kind {
+            Kind::Secs { min, max } => duration::parse(who, text, min, max, Bare::Secs),
+            Kind::ArgSecs { min, max, bare } => duration::parse(who, text, min, max, bare),
+            _ => Err(Error::Other(format!("{} is not a duration", self.key))),
+        }
     }
 
     /// `DISPATCHBOX_BATCH_SIZE` for `--batch-size`; None for `--help` and `--version`.
@@ -107,7 +127,16 @@ pub(super) const fn secs(min: f64, max: f64) -> Kind {
     Kind::Secs { min, max }
 }
 
+/// The value of the admin command's duration option `key` (`--older-than`), in seconds.
+pub fn duration_arg(key: &str, text: &str) -> Result<f64> {
+    match FLAGS.iter().find(|f| f.key == key) {
+        Some(f) => f.duration(key, text),
+        None => Err(Error::Other(format!("{key} is not a flag"))),
+    }
+}
+
 mod commands;
+mod duration;
 mod run;
 
 pub use commands::*;
@@ -264,6 +293,38 @@ mod tests {
     }
 
     #[test]
+    fn durations_say_in_help_whether_a_bare_number_is_seconds() {
+        for f in FLAGS {
+            let bare = match f.kind {
+                Kind::Secs { .. } => Bare::Secs,
+                Kind::ArgSecs { bare, .. } => bare,
+                _ => {
+                    assert!(f.duration(f.key, "1s").is_err());
+                    continue;
+                }
+            };
+            let want = match bare {
+                Bare::Secs => "SECS",
+                Bare::Refused => "DURATION",
+            };
+            assert_eq!(f.value, Some(want), "{}", f.key);
+            assert_eq!(f.duration(f.key, "1.5s").unwrap(), 1.5, "{}", f.key);
+            assert_eq!(f.duration(f.key, "1").is_ok(), bare == Bare::Secs);
+        }
+        assert_eq!(duration_arg("--older-than", "2d").unwrap(), 172_800.0);
+        assert_eq!(
+            duration_arg("--older-than", "7").unwrap_err().to_string(),
+            "--older-than 7: give a unit, e.g. 7d or 7h"
+        );
+        assert_eq!(duration_arg("--since", "30m").unwrap(), 1800.0);
+        assert!(duration_arg("--since", "30").is_err());
+        assert_eq!(duration_arg("--max-lag", "60").unwrap(), 60.0);
+        assert_eq!(duration_arg("--max-lag", "5m").unwrap(), 300.0);
+        assert_eq!(POLL_INTERVAL.duration("x", "500ms").unwrap(), 0.5);
+        assert_eq!(LEASE.duration("x", "1m").unwrap(), 60.0);
+    }
+
+    #[test]
     fn defaults_are_in_range() {
         for f in FLAGS {
             let Some(d) = f.default else { continue };
@@ -272,9 +333,8 @@ mod tests {
                     let n: i64 = d.parse().unwrap();
                     assert!(min <= n && n <= max, "{}", f.key);
                 }
-                Kind::Secs { min, max } => {
-                    let n: f64 = d.parse().unwrap();
-                    assert!(min <= n && n <= max, "{}", f.key);
+                Kind::Secs { .. } => {
+                    f.duration(f.key, d).unwrap();
                 }
                 _ => {}
             }

@@ -282,7 +282,11 @@ pub const LOG_FORMAT: Flag = Flag {
     value: Some("FORMAT"),
     default: Some("text"),
     help: "text or json",
-    note: Some("json: one object per line with the fields ts, level, process, pid, msg"),
+    note: Some(
+        "json: one object per line with the fields ts, level, process, pid, msg; a line about \
+         an event adds event_id, event_type, aggregate_type, aggregate_id, route, attempt and \
+         outcome (those it knows)",
+    ),
     kind: Kind::Text,
 };
 

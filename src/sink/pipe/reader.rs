@@ -20,7 +20,7 @@ use super::process::{lock, millis, unread, Live, Reading};
 use super::stderr::Stderr;
 use crate::handler::{Outcome, Reply};
 use crate::sink::exec::{has_exited, unregister};
-use crate::{debug, warn};
+use crate::{debug, log, warn};
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -47,6 +47,8 @@ struct Reader {
     out: Vec<u8>,
     stdout_eof: bool,
     err: Stderr,
+    /// The event that went unanswered past `--pipe-timeout` (named in the kill line's fields).
+    overdue: Option<i64>,
 }
 
 pub(super) fn run(live: Arc<Live>, r: Reading) {
@@ -56,6 +58,7 @@ pub(super) fn run(live: Arc<Live>, r: Reading) {
         r,
         out: Vec::new(),
         stdout_eof: false,
+        overdue: None,
         err: Stderr::new(who),
     };
     let cause = reader.watch();
@@ -76,6 +79,7 @@ impl Reader {
                 (book.overdue(now), book.next_due())
             };
             if let Some(id) = overdue {
+                self.overdue = Some(id);
                 return Some(format!(
                     "no answer for event {id} within {}s (--pipe-timeout)",
                     self.live.timeout.as_secs_f64()
@@ -242,7 +246,7 @@ impl Reader {
     /// of its group, reap it, then answer every event still outstanding.
     fn settle(mut self, cause: Option<String>) {
         let live = Arc::clone(&self.live);
-        match cause {
+        match cause.clone() {
             Some(why) => live.kill(why),
             // Exited by itself: whatever it started must not outlive it.
             None => live.signal(libc::SIGKILL, String::new()),
@@ -258,6 +262,7 @@ impl Reader {
             Err(e) => format!("cannot be waited for: {e}"),
         };
         self.drain_stderr(Instant::now() + STDERR_LINGER);
+        let killed_for = killed.clone();
         let what = match killed {
             Some(why) => format!("{why}; killed"),
             None => format!("exited ({status})"),
@@ -304,7 +309,18 @@ impl Reader {
                     retried + unread_n
                 )
             };
-            warn!("{}", with_tail(format!("{line}{events}"), &tail));
+            let text = with_tail(format!("{line}{events}"), &tail);
+            // Killed for that event's timeout (the first reason given wins).
+            match self
+                .overdue
+                .filter(|_| cause.is_some() && killed_for == cause)
+            {
+                Some(id) => warn!(
+                    event: log::EventFields::id(id).outcome(log::Outcome::TimedOut),
+                    "{text}"
+                ),
+                None => warn!("{text}"),
+            }
         }
         *lock(&live.ended) = Some(with_tail(what, &tail));
         live.ended_cv.notify_all();
