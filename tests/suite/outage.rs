@@ -38,13 +38,13 @@ fn paused_then_recovered(
         "0.05",
     ]);
     let daemon = common::spawn(&mut cmd);
-    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+    common::wait_until(Duration::from_secs(180), "the route pauses", || {
         daemon
             .stderr_so_far()
             .contains(" paused: 5 deliveries in a row")
     });
     recover();
-    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+    common::wait_until(Duration::from_secs(240), "every event delivered", || {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == n
     });
     daemon.signal("TERM");
@@ -82,7 +82,7 @@ fn a_webhook_outage_pauses_the_route_probes_it_and_costs_no_attempt_per_event() 
         "0.05",
     ]);
     let daemon = common::spawn(&mut cmd);
-    common::wait_until(Duration::from_secs(60), "the route pauses", || {
+    common::wait_until(Duration::from_secs(180), "the route pauses", || {
         daemon.stderr_so_far().contains("route order.*=http")
             && daemon
                 .stderr_so_far()
@@ -111,7 +111,7 @@ fn a_webhook_outage_pauses_the_route_probes_it_and_costs_no_attempt_per_event() 
         receiver.requests().len() >= 2
     });
     up.store(true, Ordering::SeqCst);
-    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+    common::wait_until(Duration::from_secs(240), "every event delivered", || {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 190
     });
     daemon.signal("TERM");
@@ -252,7 +252,7 @@ fn a_paused_route_shows_in_the_metrics_and_the_time_paused_adds_up() {
         value(&scrape(port), "dispatchbox_route_paused", &label) == 1.0
     });
     std::fs::remove_file(&down).unwrap();
-    common::wait_until(Duration::from_secs(120), "every event delivered", || {
+    common::wait_until(Duration::from_secs(240), "every event delivered", || {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == 40
     });
     common::wait_until(Duration::from_secs(30), "the gauge says up", || {
