@@ -86,16 +86,8 @@ impl<'a> DbThread<'a> {
     pub fn report_counters(&mut self, force: bool) {
         let now = Instant::now();
         if force || now >= self.counters.report_at() {
-            for r in 0..self.router.len() {
-                let (paused, secs) = (self.health.is_paused(r), self.health.paused_seconds(r, now));
-                if paused || secs > 0.0 {
-                    let route = self.router.target_at(r);
-                    self.counters
-                        .route_health(route, paused, Duration::from_secs_f64(secs));
-                }
-            }
+            self.count_route_health(now);
         }
-        let now = Instant::now();
         let gauges = counters::Gauges {
             in_flight: self.ledger.in_flight(),
             db_errors: self.link.errors(),
@@ -215,7 +207,7 @@ impl<'a> DbThread<'a> {
         let about = tag
             .fields(id, token)
             .route(route.map(|r| router.target_at(r)));
-        failure_logged(&outcome, id, event_type, token, about);
+        tally::failure_logged(&outcome, id, event_type, token, about);
         let outcome = match route {
             Some(r) if self.ledger.holds(id, token) => {
                 match self.route_outcome(id, token, r, outcome, now, about) {
@@ -430,33 +422,4 @@ impl<'a> DbThread<'a> {
         let _ = std::io::stdout().flush();
         Ended::Abandoned { code, why }
     }
-}
-
-/// A handler's failed attempt, as it came back: DEBUG (the error is stored in `last_error`),
-/// or ERROR for an abort.
-fn failure_logged(
-    outcome: &Outcome,
-    id: i64,
-    event_type: Option<&str>,
-    token: i32,
-    about: log::EventFields<'_>,
-) {
-    use log::Outcome as O;
-    let (e, o) = match outcome {
-        Outcome::Delivered => return,
-        Outcome::Abort(e) => {
-            error!(event: about.outcome(O::Abort), "event {id}: {e}; stopping this worker");
-            return;
-        }
-        // Reported as the DB thread decides on it (once per episode).
-        Outcome::Defer(_) => return,
-        Outcome::Retry(e) | Outcome::RetryAfter(e, _) => (e, O::Retry),
-        Outcome::Permanent(e) => (e, O::Permanent),
-        Outcome::Unavailable(e, _) => (e, O::Unavailable),
-    };
-    debug!(
-        event: about.outcome(o),
-        "event {id} ({}) attempt {token} failed: {e}",
-        event_type.unwrap_or("-"),
-    );
 }

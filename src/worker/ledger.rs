@@ -239,9 +239,8 @@ impl<'a> Ledger<'a> {
         }
     }
 
-    /// The claim (id, token) waits for its route to come back (an outage, see `health`): it
-    /// is to be released without using an attempt, due again after `wait`. False when it is
-    /// not the claim held now.
+    /// The claim (id, token) waits for its route (an outage, see `health`): released without
+    /// using an attempt, due again after `wait`. False when it is not the claim held now.
     pub fn hold(&mut self, id: i64, token: i32, wait: Duration) -> bool {
         if self.take(id, token) {
             self.deferrals.wait(id, wait);

@@ -172,6 +172,18 @@ impl<'a> DbThread<'a> {
         self.filter = self.router.type_filter_pausing(&self.health.paused());
     }
 
+    /// Each route's health for the next counters report (routes ever paused).
+    pub(super) fn count_route_health(&mut self, now: Instant) {
+        for r in 0..self.router.len() {
+            let (paused, secs) = (self.health.is_paused(r), self.health.paused_seconds(r, now));
+            if paused || secs > 0.0 {
+                let route = self.router.target_at(r);
+                let paused_for = std::time::Duration::from_secs_f64(secs);
+                self.counters.route_health(route, paused, paused_for);
+            }
+        }
+    }
+
     /// When the next probe is due (for the DB thread's sleep).
     pub(super) fn next_probe(&self) -> Option<Instant> {
         self.health.next_probe()

@@ -9,7 +9,9 @@
 //! that found the attempts used up) and when a release was written. Line texts are built by
 //! pure functions; the DB thread logs them.
 
+use crate::handler::Outcome;
 use crate::store::{Completion, Status};
+use crate::{debug, error};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -175,6 +177,35 @@ impl<'a> Tally<'a> {
         let d = all.minus(before);
         (d != Counts::default()).then(|| format!("summary: {}", d.describe(now - since)))
     }
+}
+
+/// A handler's failed attempt, as it came back: DEBUG (the error is stored in `last_error`),
+/// or ERROR for an abort.
+pub(super) fn failure_logged(
+    outcome: &Outcome,
+    id: i64,
+    event_type: Option<&str>,
+    token: i32,
+    about: crate::log::EventFields<'_>,
+) {
+    use crate::log::Outcome as O;
+    let (e, o) = match outcome {
+        Outcome::Delivered => return,
+        Outcome::Abort(e) => {
+            error!(event: about.outcome(O::Abort), "event {id}: {e}; stopping this worker");
+            return;
+        }
+        // Reported as the DB thread decides on it (once per episode).
+        Outcome::Defer(_) => return,
+        Outcome::Retry(e) | Outcome::RetryAfter(e, _) => (e, O::Retry),
+        Outcome::Permanent(e) => (e, O::Permanent),
+        Outcome::Unavailable(e, _) => (e, O::Unavailable),
+    };
+    debug!(
+        event: about.outcome(o),
+        "event {id} ({}) attempt {token} failed: {e}",
+        event_type.unwrap_or("-"),
+    );
 }
 
 #[cfg(test)]
