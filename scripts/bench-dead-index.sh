@@ -27,19 +27,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-export LC_ALL=C
-for var in $(compgen -e); do
-    case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
-done
-
-quick=false
-for arg in "$@"; do
-    case $arg in
-    --quick) quick=true ;;
-    -h | --help) sed -n '15,23s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
-    *) echo "bench-dead-index.sh: unknown argument: $arg" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=scripts/lib/bench_util.sh
+source scripts/lib/bench_util.sh
+bench_start 15,23 "$@"
 if $quick; then runs=1; secs=${BENCH_SECONDS:-2}; else runs=5; secs=${BENCH_SECONDS:-5}; fi
 events=${BENCH_EVENTS:-50000}
 sections=${BENCH_SECTIONS:-drain insert bulk}
@@ -51,8 +41,6 @@ done
 
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
-# shellcheck source=scripts/lib/bench_util.sh
-source scripts/lib/bench_util.sh
 
 if [[ -n ${BENCH_BIN:-} ]]; then
     bin=$(readlink -f "$BENCH_BIN")

@@ -19,19 +19,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-export LC_ALL=C
-for var in $(compgen -e); do
-    case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
-done
-
-quick=false
-for arg in "$@"; do
-    case $arg in
-    --quick) quick=true ;;
-    -h | --help) sed -n '14,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
-    *) echo "bench-notify.sh: unknown argument: $arg" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=scripts/lib/bench_util.sh
+source scripts/lib/bench_util.sh
+bench_start 14,17 "$@"
 if $quick; then runs=1; secs=${BENCH_SECONDS:-2}; else runs=3; secs=${BENCH_SECONDS:-5}; fi
 [[ $secs =~ ^[1-9][0-9]*$ ]] || { echo "bench-notify.sh: BENCH_SECONDS must be a positive whole number" >&2; exit 2; }
 
@@ -40,8 +30,6 @@ source scripts/lib/pg.sh
 # shellcheck source=scripts/lib/bench_latency.sh
 source scripts/lib/bench_latency.sh
 
-# shellcheck source=scripts/lib/bench_util.sh
-source scripts/lib/bench_util.sh
 
 say "cargo build --release"
 cargo build --release

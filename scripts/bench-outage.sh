@@ -19,19 +19,9 @@
 # examples/webhook_receiver.rs, on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export LC_ALL=C
-for var in $(compgen -e); do
-    case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
-done
-
-quick=false
-for arg in "$@"; do
-    case $arg in
-    --quick) quick=true ;;
-    -h | --help) sed -n '10,14s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
-    *) echo "bench-outage.sh: unknown argument: $arg" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=scripts/lib/bench_util.sh
+source scripts/lib/bench_util.sh
+bench_start 10,14 "$@"
 events=${BENCH_EVENTS:-20000}
 if $quick; then outage=${BENCH_OUTAGE:-30}; else outage=${BENCH_OUTAGE:-600}; fi
 [[ $events =~ ^[1-9][0-9]*$ && $outage =~ ^[1-9][0-9]*$ ]] ||
@@ -39,8 +29,6 @@ if $quick; then outage=${BENCH_OUTAGE:-30}; else outage=${BENCH_OUTAGE:-600}; fi
 
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
-# shellcheck source=scripts/lib/bench_util.sh
-source scripts/lib/bench_util.sh
 # shellcheck source=scripts/lib/bench_webhook.sh
 source scripts/lib/bench_webhook.sh
 
@@ -92,7 +80,9 @@ say "The same backlog, the receiver down for ${outage} s (connections refused), 
 load_events "$events"
 port=$(free_port)
 err=$tmp/outage.err
-"$bin" --dsn "$DSN" --drain "${flags[@]}" --route "*=http://127.0.0.1:$port/hooks" \
+# A daemon, not a drain: a drain would end while the few events that failed before the
+# pause wait out their backoff (--retry-backoff 30) in `retry`.
+"$bin" --dsn "$DSN" "${flags[@]}" --route "*=http://127.0.0.1:$port/hooks" \
     --metrics-addr 127.0.0.1:0 >/dev/null 2>"$err" &
 live_pid=$!
 t_start=$EPOCHREALTIME
@@ -117,22 +107,32 @@ upd1=$(row_updates)
 webhook_receiver_start "$port"
 t_rec=$EPOCHREALTIME
 t_first=
+# Until every event is done (at most 10 minutes after the recovery).
+t_last=
+t_most=
+most=$((events * 99 / 100))
 while kill -0 "$live_pid" 2>/dev/null; do
     n=$(done_count)
-    if [[ -z $t_first && $n -gt 0 ]]; then t_first=$EPOCHREALTIME; fi
-    [[ $n == "$events" ]] && break
+    if [[ -z $t_first && $n -gt 0 ]]; then t_first=$EPOCHREALTIME; n_first=$n; fi
+    if [[ -z $t_most && $n -ge $most ]]; then t_most=$EPOCHREALTIME; fi
+    if [[ $n == "$events" ]]; then t_last=$EPOCHREALTIME; break; fi
+    awk -v t="$(calc "$EPOCHREALTIME - $t_rec")" 'BEGIN { exit !(t > 600) }' && break
     sleep 0.02
 done
-t_last=$EPOCHREALTIME
-[[ -n $t_first ]] || t_first=$t_last
+[[ -n $t_last ]] || { warn "not every event was done within 10 minutes of the recovery"; t_last=$EPOCHREALTIME; }
+[[ -n $t_first ]] || { t_first=$t_last; n_first=0; }
+[[ -n $t_most ]] || t_most=$t_last
 rc=0
+kill -TERM "$live_pid"
 wait "$live_pid" || rc=$?
 live_pid=
 IFS='|' read -r dead not_done extra max_att < <(psql_q -c "SELECT
     count(*) FILTER (WHERE status = 'dead'), count(*) FILTER (WHERE status <> 'done'),
     coalesce(sum(attempts), 0) - count(*), max(attempts) FROM outbox_event")
 stats=$(webhook_receiver_stats)
-after_rate=$(calc "$events / ($t_last - $t_first)")
+# The rate from the first delivery after recovery until 99 % were done (the few that failed
+# before the pause wait out their backoff and would make it a measure of --retry-backoff).
+after_rate=$(calc "($most - $n_first) / ($t_most - $t_first + 0.000001)")
 grep ' resumed after ' "$err" | head -n 1 | sed 's/^/  log: /'
 if [[ $rc != 0 ]]; then
     warn "the drain exited $rc; last lines:"
@@ -148,8 +148,9 @@ echo "| attempts used beyond the first, all events | $extra (highest attempts of
 echo "| claim statements while paused (${outage} s less the trip) | $((claims1 - claims0)) |"
 echo "| row updates while paused | $((upd1 - upd0)) |"
 printf '| recovery to the first delivery | %.2f s |\n' "$(calc "$t_first - $t_rec")"
-printf '| recovery to the last delivery | %.2f s |\n' "$(calc "$t_last - $t_rec")"
-echo "| delivery rate after recovery (first to last delivery) | $(fmt_int "$after_rate") events/s |"
+printf '| recovery to 99 %% delivered | %.2f s |\n' "$(calc "$t_most - $t_rec")"
+printf '| recovery to the last delivery (the few that failed before the pause wait out their backoff) | %.2f s |\n' "$(calc "$t_last - $t_rec")"
+echo "| delivery rate after recovery (first delivery to 99 % delivered) | $(fmt_int "$after_rate") events/s |"
 echo "| the same drain with no outage (incl. start-up) | $(fmt_int "$base_rate") events/s |"
 echo "| ratio | $(calc "$after_rate / $base_rate" | awk '{ printf "%.2f", $1 }') |"
 echo "| receiver: $stats | |"

@@ -30,3 +30,24 @@ VACUUM ANALYZE outbox_event;
 CHECKPOINT;
 SQL
 }
+
+# The start the benchmark scripts share: the C locale (decimal points in $EPOCHREALTIME and
+# awk), no PG* or DISPATCHBOX_* variable from this shell (only the DSN a script sets
+# configures the tools), and the arguments: --quick sets quick=true; -h/--help prints the
+# script's header lines $1 (a sed range such as 10,14) and exits 2; anything else is an error.
+bench_start() {
+    local help=$1 arg var
+    shift
+    export LC_ALL=C
+    for var in $(compgen -e); do
+        case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
+    done
+    quick=false
+    for arg in "$@"; do
+        case $arg in
+        --quick) quick=true ;;
+        -h | --help) sed -n "${help}s/^# \{0,1\}//p" "$0" >&2; exit 2 ;;
+        *) echo "$(basename "$0"): unknown argument: $arg" >&2; exit 2 ;;
+        esac
+    done
+}
