@@ -28,11 +28,11 @@ EXEC TARGETS (--route 'PATTERN=exec:COMMAND ARGS...', run without a shell, once 
 PIPE TARGETS (--route 'PATTERN=pipe:COMMAND ARGS...', long-running, --pipe-processes per worker):
     stdin: one event JSON line each, written without waiting, up to --pipe-window unanswered
     (outstanding) per process. stdout: one answer per event, in any order, naming an outstanding
-    id: `ok ID`, `retry ID [after=SECS] [REASON]`, `dead ID [REASON]`, `unavailable ID
+    id: `ok ID`, `retry ID [after=SECS] [REASON]`, `dead ID [REASON]`, or `unavailable ID
     [after=SECS] [REASON]` (the destination is down: counts toward pausing the route); anything
-    else is a protocol error. When the process ends, is killed at --pipe-timeout or breaks the protocol,
-    outstanding events it had read are retried (one attempt), those it never read are given back
-    (no attempt). At a stop: outstanding events answered (or timed out), then EOF on stdin.
+    else is a protocol error. When the process ends, is killed at --pipe-timeout or breaks the
+    protocol, outstanding events it had read are retried (one attempt), those it never read are
+    given back (no attempt). At a stop: outstanding events answered (or timed out), then EOF.
 ";
 
 const DURATIONS: &str = "
