@@ -6,33 +6,115 @@
 use postgres::error::SqlState;
 use std::fmt;
 
-/// Exit codes, documented in the README ("Exit codes"). A cron wrapper can act on them.
+/// Exit codes, in one table ([`exit::CODES`]): the constants, the EXIT CODES section of
+/// `--help` and (checked by a test) the README's "Exit codes" table come from it. A cron
+/// wrapper can act on them.
 pub mod exit {
-    /// Drained, or stopped by a signal after a clean shutdown.
-    pub const OK: u8 = 0;
-    /// Unexpected failure (a bug, an I/O error on our own pipes, a crash-looping worker).
-    pub const FAILURE: u8 = 1;
-    /// Bad flags, environment or DSN: nothing was started.
-    pub const USAGE: u8 = 2;
-    /// The database could not be reached, or accepted the connection and did not answer,
-    /// within `--connect-timeout`.
-    pub const UNREACHABLE: u8 = 3;
-    /// The database answered but refused us: bad password, missing database, table or
-    /// column (run `dispatchbox migrate`), missing privilege, a read-only server (a standby,
-    /// `default_transaction_read_only`), or what answered is not PostgreSQL (a wrong port).
+    /// One exit code: its number, its constant's name, and what it means (a README table
+    /// cell: Markdown, one line).
+    #[derive(Debug)]
+    pub struct ExitCode {
+        pub code: u8,
+        pub name: &'static str,
+        pub meaning: &'static str,
+    }
+
+    const fn entry(code: u8, name: &'static str, meaning: &'static str) -> ExitCode {
+        ExitCode {
+            code,
+            name,
+            meaning,
+        }
+    }
+
+    /// Every exit code, in order.
+    pub const CODES: &[ExitCode] = &[
+        entry(
+            0,
+            "OK",
+            "drained (`--drain`), or stopped cleanly by a signal",
+        ),
+        entry(
+            1,
+            "FAILURE",
+            "unexpected failure (a worker crash-looping, an I/O error)",
+        ),
+        entry(
+            2,
+            "USAGE",
+            "bad flags, environment or DSN, a missing `exec:` program, or stdout closed while a \
+             route writes to it; nothing was started",
+        ),
+        entry(
+            3,
+            "UNREACHABLE",
+            "the database could not be reached within `--connect-timeout` (also: it accepted the \
+             connection but never answered)",
+        ),
+        entry(
+            4,
+            "DATABASE",
+            "the database refused: authentication, missing database/table/column (run \
+             `dispatchbox migrate`), privileges, TLS verification, a read-only server \
+             (standby), something that is not PostgreSQL on the port",
+        ),
+        entry(
+            5,
+            "TIME_LIMIT",
+            "`--max-runtime` elapsed before a `--drain` finished",
+        ),
+        entry(
+            6,
+            "DEAD_EVENTS",
+            "only with `--fail-on-dead`: the run ended cleanly (drained, or stopped), but events \
+             went dead during it (each was logged with a WARNING)",
+        ),
+        entry(
+            7,
+            "THRESHOLD",
+            "`dispatchbox status` with `--max-lag`/`--max-dead`/`--max-due`: a threshold was \
+             exceeded",
+        ),
+        entry(
+            8,
+            "MIGRATION_NEEDED",
+            "`dispatchbox migrate --check`: the table is missing, lacks columns, the claim index \
+             or the index of dead rows",
+        ),
+    ];
+
+    /// The code named `name` in [`CODES`]; a name that is not there does not compile.
+    const fn code(name: &str) -> u8 {
+        let mut i = 0;
+        while i < CODES.len() {
+            let (a, b) = (CODES[i].name.as_bytes(), name.as_bytes());
+            let mut same = a.len() == b.len();
+            let mut j = 0;
+            while same && j < a.len() {
+                same = a[j] == b[j];
+                j += 1;
+            }
+            if same {
+                return CODES[i].code;
+            }
+            i += 1;
+        }
+        panic!("not in exit::CODES")
+    }
+
+    pub const OK: u8 = code("OK");
+    /// Also a bug, or a crash-looping worker.
+    pub const FAILURE: u8 = code("FAILURE");
+    pub const USAGE: u8 = code("USAGE");
+    pub const UNREACHABLE: u8 = code("UNREACHABLE");
     /// Retrying will not help.
-    pub const DATABASE: u8 = 4;
-    /// `--max-runtime` elapsed in `--drain` mode before every due event was processed.
-    pub const TIME_LIMIT: u8 = 5;
-    /// `--fail-on-dead`: the run ended cleanly, but events went dead during it. A worker
-    /// ending cleanly exits with this code whenever it saw an event go dead; the supervisor
-    /// passes it on only with `--fail-on-dead` (see `supervisor::policy::run_code`).
-    pub const DEAD_EVENTS: u8 = 6;
-    /// `status` with thresholds: at least one (`--max-lag`, `--max-dead`, `--max-due`) was
-    /// exceeded.
-    pub const THRESHOLD: u8 = 7;
-    /// `migrate --check`: the table is missing, lacks columns or lacks the claim index.
-    pub const MIGRATION_NEEDED: u8 = 8;
+    pub const DATABASE: u8 = code("DATABASE");
+    pub const TIME_LIMIT: u8 = code("TIME_LIMIT");
+    /// A worker ending cleanly exits with this code whenever it saw an event go dead; the
+    /// supervisor passes it on only with `--fail-on-dead` (see `supervisor::policy::run_code`).
+    pub const DEAD_EVENTS: u8 = code("DEAD_EVENTS");
+    pub const THRESHOLD: u8 = code("THRESHOLD");
+    pub const MIGRATION_NEEDED: u8 = code("MIGRATION_NEEDED");
 }
 
 #[derive(Debug)]
@@ -251,3 +333,64 @@ impl From<serde_json::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::exit::{self, CODES};
+
+    #[test]
+    fn exit_codes_are_numbered_in_order_and_named_once() {
+        for (i, c) in CODES.iter().enumerate() {
+            assert_eq!(usize::from(c.code), i, "{c:?}");
+            assert_eq!(CODES.iter().filter(|d| d.name == c.name).count(), 1);
+            assert!(!c.meaning.contains(['\n', '|']), "{c:?}");
+        }
+        assert_eq!(
+            [
+                exit::OK,
+                exit::USAGE,
+                exit::DEAD_EVENTS,
+                exit::MIGRATION_NEEDED
+            ],
+            [0, 2, 6, 8]
+        );
+    }
+
+    /// The README's "Exit codes" table lists exactly these codes, with these meanings (its
+    /// last column, what a cron wrapper should do, is the README's own).
+    #[test]
+    fn the_readme_lists_exactly_these_exit_codes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let section = readme
+            .split("\n### Exit codes\n")
+            .nth(1)
+            .unwrap_or_default();
+        let rows: Vec<(String, String)> = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| --- "))
+            .skip(1)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+                (
+                    cells[0].to_string(),
+                    cells.get(1).unwrap_or(&"").to_string(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = CODES
+            .iter()
+            .map(|c| (c.code.to_string(), c.meaning.to_string()))
+            .collect();
+        let expected: String = CODES
+            .iter()
+            .map(|c| format!("| {} | {} | ... |\n", c.code, c.meaning))
+            .collect();
+        assert!(
+            rows == want,
+            "README.md \"### Exit codes\" differs from error::exit::CODES; its rows should be:\n\
+             {expected}"
+        );
+    }
+}

@@ -104,13 +104,6 @@ impl Format {
             _ => None,
         }
     }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Format::Text => "text",
-            Format::Json => "json",
-        }
-    }
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);

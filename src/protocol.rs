@@ -22,11 +22,13 @@
 //!                          its `process_*` figures (`metrics::process`)
 //!   {"type":"<anything else>",…}                   a report this build does not know: ignored
 //! ```
-//! The configuration carries the resolved flags (the DSN with its password: it travels on a
-//! pipe, never in argv; `--dsn-file` is read by the supervisor and never sent) plus the
+//! The configuration carries every run flag's resolved text (flag, variable or default), found
+//! by walking the flag table (`Config::flag_texts`), so a new flag needs nothing here; then
+//! what is not one flag's text: the resolved DSN (with its password: it travels on a pipe,
+//! never in argv; `--dsn-file` is read by the supervisor and never sent), the `routes`, the
 //! child-only settings `stdout-lock`, `log-fd` and `log-journal`, and `webhook-secret`
-//! (DISPATCHBOX_WEBHOOK_SECRET, which the child's environment lacks); the child
-//! validates it with the same `Config::from_raw` as the supervisor did.
+//! (DISPATCHBOX_WEBHOOK_SECRET, which the child's environment lacks); the child validates it
+//! with the same `Config::from_raw` as the supervisor did.
 //!
 //! Reports have a pipe of their own rather than sharing the child's stderr: stderr also
 //! carries whatever a compiled-in handler prints, and a partial line there (an `eprint!`
@@ -40,12 +42,12 @@
 //! Invariant: the supervisor learns about a child only through these values and the child's
 //! exit status; it never parses a log line.
 
+use crate::cli::defs::{DSN, FLAGS, ROUTE};
 use crate::cli::RawArgs;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::counts::Counts;
 use serde_json::{Map, Value};
-use std::time::Duration;
 
 /// Where a worker finds the copy of the supervisor's stderr, its log fallback once the
 /// supervisor (which forwards its stderr) is gone.
@@ -197,105 +199,67 @@ fn untag(line: &str) -> Result<(String, Map<String, Value>)> {
     }
 }
 
-/// Everything a worker child needs, keyed by flag name (values as they would be typed).
+/// Everything a worker child needs, keyed by flag name (values as they would be typed): every
+/// run flag's resolved text (`Config::flag_texts`), then what is not one flag's text.
 fn config_to_json(cfg: &Config) -> Map<String, Value> {
-    let d = |d: Duration| Value::from(d.as_secs_f64().to_string());
     let mut m = Map::new();
-    m.insert("dsn".into(), cfg.dsn.to_conninfo().into());
-    m.insert("table".into(), cfg.table.to_string().into());
-    m.insert("processes".into(), cfg.processes.to_string().into());
-    m.insert("threads".into(), cfg.threads.to_string().into());
-    m.insert("batch-size".into(), cfg.batch_size.to_string().into());
-    m.insert("poll-interval".into(), d(cfg.poll_interval));
-    m.insert("max-attempts".into(), cfg.max_attempts.to_string().into());
-    m.insert("retry-backoff".into(), d(cfg.backoff.base));
-    m.insert("retry-backoff-max".into(), d(cfg.backoff.max));
-    m.insert("lease".into(), d(cfg.lease));
-    m.insert("exec-timeout".into(), d(cfg.exec_timeout));
-    m.insert("pipe-timeout".into(), d(cfg.pipe_timeout));
-    m.insert("pipe-window".into(), cfg.pipe_window.to_string().into());
-    m.insert(
-        "pipe-processes".into(),
-        cfg.pipe_processes.to_string().into(),
-    );
-    if let Some(p) = &cfg.webhook_config {
-        m.insert(
-            "webhook-config".into(),
-            p.to_string_lossy().into_owned().into(),
-        );
+    for (name, text) in &cfg.flag_texts {
+        m.insert((*name).into(), text.as_str().into());
     }
-    m.insert("webhook-timeout".into(), d(cfg.webhook_timeout));
-    if let Some(s) = &cfg.webhook_secret {
-        m.insert("webhook-secret".into(), s.expose().into());
-    }
-    if let Some(r) = cfg.max_runtime {
-        m.insert("max-runtime".into(), d(r));
-    }
-    m.insert("shutdown-timeout".into(), d(cfg.shutdown_timeout));
-    m.insert("connect-timeout".into(), d(cfg.connect_timeout));
-    m.insert("log-level".into(), cfg.log_level.as_str().into());
-    m.insert("log-format".into(), cfg.log_format.as_str().into());
+    m.insert(DSN.name().into(), cfg.dsn.to_conninfo().into());
     let routes: Vec<String> = cfg.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
-    m.insert("routes".into(), routes.into());
-    m.insert("drain".into(), cfg.drain.into());
-    m.insert("notify".into(), cfg.notify.as_str().into());
-    if let crate::config::Order::ByAggregate { dead_blocks } = cfg.order {
-        m.insert("ordered".into(), true.into());
-        let dead = if dead_blocks { "block" } else { "skip" };
-        m.insert("ordered-dead".into(), dead.into());
+    m.insert(ROUTES.into(), routes.into());
+    if let Some(s) = &cfg.webhook_secret {
+        m.insert(WEBHOOK_SECRET.into(), s.expose().into());
     }
     if let Some(p) = &cfg.stdout_lock {
-        m.insert(
-            "stdout-lock".into(),
-            p.to_string_lossy().into_owned().into(),
-        );
+        m.insert(STDOUT_LOCK.into(), p.to_string_lossy().into_owned().into());
     }
     if let Some(fd) = cfg.log_fd {
-        m.insert("log-fd".into(), fd.into());
+        m.insert(LOG_FD_KEY.into(), fd.into());
     }
     if cfg.log_journal {
-        m.insert("log-journal".into(), true.into());
+        m.insert(LOG_JOURNAL.into(), true.into());
     }
     m
 }
 
-/// The inverse of `config_to_json`, through the same validation as the command line.
+/// The keys of the settings that are not one flag's text (no flag has these names).
+const ROUTES: &str = "routes";
+const WEBHOOK_SECRET: &str = "webhook-secret";
+const STDOUT_LOCK: &str = "stdout-lock";
+const LOG_FD_KEY: &str = "log-fd";
+const LOG_JOURNAL: &str = "log-journal";
+
+/// The inverse of `config_to_json`, through the same validation as the command line: each
+/// run flag's text is given back as if typed.
 fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
     let mut raw = RawArgs::default();
-    for flag in crate::cli::VALUE_FLAGS {
-        if let Some(s) = obj.get(*flag).and_then(|v| v.as_str()) {
-            raw.values.push((flag, s.to_string()));
+    for flag in FLAGS.iter().filter(|f| f.is_run_flag()) {
+        if let Some(text) = obj.get(flag.name()).and_then(Value::as_str) {
+            raw.give(flag, text);
         }
     }
-    raw.routes = obj
-        .get("routes")
-        .and_then(|r| r.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    raw.drain = obj.get("drain").and_then(|d| d.as_bool()).unwrap_or(false);
-    if obj.get("ordered").and_then(Value::as_bool) == Some(true) {
-        raw.switches.push(crate::cli::defs::ORDERED.name());
+    let routes = obj.get(ROUTES).and_then(Value::as_array);
+    for route in routes.into_iter().flatten().filter_map(Value::as_str) {
+        raw.give(&ROUTE, route);
     }
     // Everything is resolved already: no environment lookups on this side.
     let mut cfg = Config::from_raw(&raw, &|_| None)?;
     cfg.stdout_lock = obj
-        .get("stdout-lock")
-        .and_then(|v| v.as_str())
+        .get(STDOUT_LOCK)
+        .and_then(Value::as_str)
         .map(std::path::PathBuf::from);
     cfg.webhook_secret = obj
-        .get("webhook-secret")
-        .and_then(|v| v.as_str())
+        .get(WEBHOOK_SECRET)
+        .and_then(Value::as_str)
         .map(|s| crate::config::SecretText::new(s.to_string()));
     cfg.log_fd = obj
-        .get("log-fd")
-        .and_then(|v| v.as_i64())
+        .get(LOG_FD_KEY)
+        .and_then(Value::as_i64)
         .and_then(|v| i32::try_from(v).ok());
     cfg.log_journal = obj
-        .get("log-journal")
+        .get(LOG_JOURNAL)
         .and_then(Value::as_bool)
         .unwrap_or(false);
     Ok(cfg)
@@ -304,6 +268,115 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::defs::{self, Flag};
+    use std::time::Duration;
+
+    /// A value for every run flag: none is its default, and all are valid together.
+    const SAMPLES: &[(&Flag, &str)] = &[
+        (&defs::DSN, "host=h user=u password='p w'"),
+        // Written by the test: a DSN file (it is never given with `--dsn`).
+        (&defs::DSN_FILE, "dsn-file"),
+        (&defs::PROCESSES, "3"),
+        (&defs::THREADS, "4"),
+        (&defs::BATCH_SIZE, "77"),
+        (&defs::POLL_INTERVAL, "250ms"),
+        (&defs::MAX_ATTEMPTS, "9"),
+        (&defs::RETRY_BACKOFF, "2.5"),
+        (&defs::RETRY_BACKOFF_MAX, "90m"),
+        (&defs::LEASE, "45"),
+        (&defs::TABLE, "app.events"),
+        (&defs::ROUTE, "order.*=exec:sh -c 'cat > /dev/null'"),
+        (&defs::EXEC_TIMEOUT, "7"),
+        (&defs::PIPE_TIMEOUT, "8s"),
+        (&defs::PIPE_WINDOW, "16"),
+        (&defs::PIPE_PROCESSES, "2"),
+        (&defs::WEBHOOK_CONFIG, "/etc/dispatchbox/hooks.json"),
+        (&defs::WEBHOOK_TIMEOUT, "2.5"),
+        (&defs::DRAIN, "true"),
+        (&defs::NOTIFY, "off"),
+        (&defs::MAX_RUNTIME, "9"),
+        (&defs::SHUTDOWN_TIMEOUT, "11"),
+        (&defs::CONNECT_TIMEOUT, "1m"),
+        (&defs::LOG_LEVEL, "debug"),
+        (&defs::LOG_FORMAT, "json"),
+        (&defs::METRICS_ADDR, "127.0.0.1:9187"),
+        (&defs::FAIL_ON_DEAD, "true"),
+        (&defs::ORDERED, "true"),
+        (&defs::ORDERED_DEAD, "skip"),
+    ];
+
+    #[test]
+    fn every_run_flag_has_a_sample_and_no_flag_takes_a_settings_key() {
+        for f in FLAGS.iter().filter(|f| f.is_run_flag()) {
+            assert!(
+                SAMPLES.iter().any(|(s, _)| s.key == f.key),
+                "{}: give it a sample value in protocol::tests::SAMPLES",
+                f.key
+            );
+        }
+        for key in [ROUTES, WEBHOOK_SECRET, STDOUT_LOCK, LOG_FD_KEY, LOG_JOURNAL] {
+            assert!(FLAGS.iter().all(|f| f.name() != key), "{key}");
+        }
+    }
+
+    /// The configuration from every sample but those named in `skip` (`dsn-file` points at
+    /// `dsn_file`), and the webhook secret from the environment.
+    fn sampled(skip: &[&str], dsn_file: &std::path::Path) -> Config {
+        let mut raw = RawArgs::default();
+        for (flag, text) in SAMPLES.iter().filter(|(f, _)| !skip.contains(&f.name())) {
+            match flag.key == defs::DSN_FILE.key {
+                true => raw.give(flag, &dsn_file.to_string_lossy()),
+                false => raw.give(flag, text),
+            }
+        }
+        let secret = |v: &str| (v == defs::WEBHOOK_SECRET_VAR).then(|| "whsec_x y".to_string());
+        let mut c = Config::from_raw(&raw, &secret).unwrap();
+        c.stdout_lock = Some("/proc/1/fd/12".into());
+        c.log_fd = Some(LOG_FD);
+        c.log_journal = true;
+        c
+    }
+
+    /// Every field, the secret ones too; without `flag_texts` unless `texts`.
+    fn fields(c: &Config, texts: bool) -> String {
+        let mut c = c.clone();
+        if !texts {
+            c.flag_texts.clear();
+        }
+        let secret = c.webhook_secret.as_ref().map(|s| s.expose().to_string());
+        format!("{c:?} {} {secret:?}", c.dsn.to_conninfo())
+    }
+
+    #[test]
+    fn every_run_flag_reaches_a_worker_as_resolved() {
+        let dir = std::env::temp_dir().join(format!("dbx-protocol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dsn_file = dir.join("dsn");
+        std::fs::write(&dsn_file, "host=file user=f password='q r'\n").unwrap();
+        let (dsn, file) = (defs::DSN.name(), defs::DSN_FILE.name());
+        for (flag, _) in SAMPLES {
+            // With every sample, and without this one (the DSN from the file instead).
+            let (with, without) = match flag.name() {
+                n if n == dsn => (vec![file], vec![dsn]),
+                n if n == file => (vec![dsn], vec![file]),
+                n => (vec![file], vec![file, n]),
+            };
+            let (with, without) = (sampled(&with, &dsn_file), sampled(&without, &dsn_file));
+            assert_ne!(
+                fields(&with, false),
+                fields(&without, false),
+                "{}: its sample is its default, or Config::from_raw does not read it",
+                flag.key
+            );
+            for c in [with, without] {
+                let setup = Setup::decode(&Setup::encode(&c, Some(REPORT_FD))).unwrap();
+                assert_eq!(setup.report_fd(), Some(REPORT_FD));
+                let back = setup.config().unwrap();
+                assert_eq!(fields(&back, true), fields(&c, true), "{}", flag.key);
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn config_round_trips_with_the_child_only_settings() {

@@ -1,7 +1,9 @@
 //! The `--help` text. Its OPTIONS section is rendered from the flag table (`defs.rs`); the
-//! rest (usage, the `exec:` and `pipe:` contracts, exit codes) is written here.
+//! EXIT CODES from the table of them (`error::exit`); the rest (usage, the `exec:` and `pipe:`
+//! contracts) is written here.
 
 use super::defs::{Flag, BATCH_SIZE, FLAGS};
+use crate::error::exit;
 
 const USAGE: &str = "\
 dispatchbox — deliver transactional-outbox events from PostgreSQL, at least once
@@ -41,15 +43,6 @@ DURATIONS (every SECS and DURATION above): a number with a unit, decimals allowe
     (--poll-interval 0.5 = 500ms); DURATION needs the unit (`prune --older-than 7` is refused).
 ";
 
-const EXIT_CODES: &str = "
-EXIT CODES:
-    0 drained or stopped cleanly   2 bad flags/environment/DSN   3 database unreachable
-    4 database refused (auth, missing table: run `dispatchbox migrate`)   5 --max-runtime hit
-    6 events went dead during the run (only with --fail-on-dead)
-    7 status: a --max-lag/--max-dead/--max-due threshold exceeded
-    8 migrate --check: the table needs `dispatchbox migrate`        1 anything else
-";
-
 /// Where the explanations start.
 const INDENT: usize = 4;
 /// A help line with a note is wrapped to this many columns (one without, never).
@@ -72,8 +65,24 @@ pub fn render() -> String {
     }
     out.push_str(DURATIONS);
     out.push_str(EXEC_CONTRACT);
-    out.push_str(EXIT_CODES);
+    render_exit_codes(&mut out);
     out
+}
+
+/// The EXIT CODES section, from the one table of them (`error::exit::CODES`).
+fn render_exit_codes(out: &mut String) {
+    out.push_str("\nEXIT CODES:\n");
+    for c in exit::CODES {
+        let words: Vec<String> = c.meaning.split_whitespace().map(String::from).collect();
+        for (i, line) in wrap(&words, WIDTH - INDENT - 3).iter().enumerate() {
+            let code = if i == 0 {
+                c.code.to_string()
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("{:INDENT$}{code:3}{line}\n", ""));
+        }
+    }
 }
 
 /// `--batch-size N`, `-h, --help`.
@@ -157,6 +166,18 @@ mod tests {
         assert!(help.contains("--older-than DURATION"), "{help}");
         assert!(help.contains("--poll-interval SECS"), "{help}");
         assert!(help.contains("DURATION needs the unit"), "{help}");
+        assert!(
+            help.contains("\nEXIT CODES:\n    0  drained (`--drain`), or stopped"),
+            "{help}"
+        );
+        for c in exit::CODES {
+            let line = format!(
+                "\n    {:<3}{}",
+                c.code,
+                c.meaning.split(' ').next().unwrap()
+            );
+            assert!(help.contains(&line), "{line}\n{help}");
+        }
     }
 
     #[test]

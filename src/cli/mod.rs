@@ -5,7 +5,6 @@
 pub(crate) mod defs;
 mod help;
 
-pub use defs::VALUE_FLAGS;
 use defs::{Flag, Kind, DRAIN, FLAGS};
 
 use crate::error::{Error, Result};
@@ -85,7 +84,7 @@ impl Command {
 /// Flag values exactly as given (None = not given).
 #[derive(Clone, Debug, Default)]
 pub struct RawArgs {
-    /// `(name, value)` for the flags in [`VALUE_FLAGS`], e.g. `("batch-size", "20")`.
+    /// `(name, value)` for the flags that take one value, e.g. `("batch-size", "20")`.
     pub values: Vec<(&'static str, String)>,
     pub routes: Vec<String>,
     pub drain: bool,
@@ -106,6 +105,27 @@ impl RawArgs {
     /// Whether the switch `name` (without dashes) was given.
     pub fn has(&self, name: &str) -> bool {
         self.switches.contains(&name)
+    }
+
+    /// Records `flag` as given with `text` where `read_flags` puts it (a switch is given when
+    /// `text` is `true`; `--route` adds one route): how a worker takes back the flags its
+    /// supervisor resolved.
+    pub fn give(&mut self, flag: &Flag, text: &str) {
+        match flag.kind {
+            Kind::Whole { .. }
+            | Kind::Secs { .. }
+            | Kind::Text
+            | Kind::Arg
+            | Kind::ArgSecs { .. } => self.values.push((flag.name(), text.to_string())),
+            Kind::Routes => self.routes.push(text.to_string()),
+            Kind::Switch | Kind::ArgSwitch if flag.key == DRAIN.key => self.drain = text == "true",
+            Kind::Switch | Kind::ArgSwitch => {
+                if text == "true" {
+                    self.switches.push(flag.name());
+                }
+            }
+            Kind::Info => {}
+        }
     }
 
     /// The command options given (by key), in table order.

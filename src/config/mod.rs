@@ -82,7 +82,7 @@ pub struct Config {
     /// lines end up, is the systemd journal. Not a flag (detected by the supervisor).
     pub log_journal: bool,
     /// `--metrics-addr`: where the supervisor serves its metrics (None: it does not).
-    /// Not passed to workers.
+    /// Workers receive it with every other flag and ignore it.
     pub metrics_addr: Option<String>,
     /// The lock the supervisor creates when several workers share stdout (a path under
     /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
@@ -90,6 +90,11 @@ pub struct Config {
     /// A worker's descriptor holding a copy of the supervisor's stderr, where it logs once
     /// the supervisor (which forwards its stderr) is gone. Not a flag.
     pub log_fd: Option<i32>,
+    /// `(name, text)`: what each run flag resolved to (the flag, else its variable, else its
+    /// default), as the flag parser takes it back; a switch that is on as `true`. The
+    /// supervisor hands these to its workers (`protocol`), so a new flag reaches them with
+    /// nothing to add. Without the DSN (sent resolved) and the routes (sent as their list).
+    pub flag_texts: Vec<(&'static str, String)>,
 }
 
 /// `--notify`: wake-ups by notification.
@@ -110,14 +115,6 @@ impl Notify {
             "on" => Some(Notify::On),
             "off" => Some(Notify::Off),
             _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Notify::Auto => "auto",
-            Notify::On => "on",
-            Notify::Off => "off",
         }
     }
 }
@@ -220,6 +217,7 @@ impl Config {
             metrics_addr: src.metrics_addr()?,
             stdout_lock: None,
             log_fd: None,
+            flag_texts: src.flag_texts()?,
         })
     }
 }

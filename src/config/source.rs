@@ -117,6 +117,34 @@ impl Source<'_> {
         self.switch(&defs::DRAIN, self.raw.drain)
     }
 
+    /// What every run flag resolved to, as `Config::flag_texts` keeps it: walks the flag
+    /// table, so that no flag can be left out of a worker's configuration.
+    pub(super) fn flag_texts(&self) -> Result<Vec<(&'static str, String)>> {
+        let mut texts = Vec::new();
+        for f in defs::FLAGS.iter().filter(|f| f.is_run_flag()) {
+            // The DSN goes to workers resolved (libpq's variables applied, `--dsn-file` read).
+            if f.key == defs::DSN.key || f.key == defs::DSN_FILE.key {
+                continue;
+            }
+            let text = match f.kind {
+                Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text => {
+                    self.get_or_default(f).map(|(_, v)| v)
+                }
+                Kind::Switch => {
+                    let given =
+                        self.raw.has(f.name()) || (f.key == defs::DRAIN.key && self.raw.drain);
+                    self.switch(f, given)?.then(|| "true".to_string())
+                }
+                // The routes go as their list; the others are not run flags.
+                Kind::Routes | Kind::Info | Kind::Arg | Kind::ArgSecs { .. } | Kind::ArgSwitch => {
+                    None
+                }
+            };
+            texts.extend(text.map(|t| (f.name(), t)));
+        }
+        Ok(texts)
+    }
+
     /// A switch: given, or else its variable as a boolean.
     pub(super) fn switch(&self, flag: &Flag, given: bool) -> Result<bool> {
         if given {

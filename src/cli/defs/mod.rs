@@ -4,7 +4,7 @@
 //! and how its value is checked. Everything else is derived from [`FLAGS`]: the OPTIONS
 //! section of `--help`, the `DISPATCHBOX_*` variable names, the list of variables that
 //! configure something (the "unknown variable" warning), the flags `cli` accepts and
-//! [`VALUE_FLAGS`]. `config.rs` reads values through these definitions, so a range or a
+//! what the supervisor hands its workers. `config.rs` reads values through these definitions, so a range or a
 //! default exists in one place only.
 //!
 //! Invariant: a flag's key is `--` + its name; its variable is `DISPATCHBOX_` + the name
@@ -80,6 +80,12 @@ impl Flag {
             self.kind,
             Kind::Arg | Kind::ArgSwitch | Kind::ArgSecs { .. }
         )
+    }
+
+    /// Whether it configures a run (the supervisor and its workers): not `--help` or
+    /// `--version`, not an admin command's option.
+    pub const fn is_run_flag(&self) -> bool {
+        !matches!(self.kind, Kind::Info) && !self.is_command_option()
     }
 
     /// `text` as this duration flag's seconds, range-checked; `who` (the flag or its variable)
@@ -193,34 +199,6 @@ pub const FLAGS: &[Flag] = &[
     PRINT_SQL,
 ];
 
-const fn value_flag_count() -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while i < FLAGS.len() {
-        if FLAGS[i].takes_one_value() {
-            n += 1;
-        }
-        i += 1;
-    }
-    n
-}
-
-const VALUE_FLAG_NAMES: [&str; value_flag_count()] = {
-    let mut names = [""; value_flag_count()];
-    let (mut i, mut j) = (0, 0);
-    while i < FLAGS.len() {
-        if FLAGS[i].takes_one_value() {
-            names[j] = FLAGS[i].name();
-            j += 1;
-        }
-        i += 1;
-    }
-    names
-};
-
-/// The names (`batch-size`) of the flags that take one value, in `--help` order.
-pub const VALUE_FLAGS: &[&str] = &VALUE_FLAG_NAMES;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,45 +226,6 @@ mod tests {
                 f.key
             );
         }
-        assert_eq!(
-            VALUE_FLAGS,
-            [
-                "dsn",
-                "dsn-file",
-                "processes",
-                "threads",
-                "batch-size",
-                "poll-interval",
-                "max-attempts",
-                "retry-backoff",
-                "retry-backoff-max",
-                "lease",
-                "table",
-                "exec-timeout",
-                "pipe-timeout",
-                "pipe-window",
-                "pipe-processes",
-                "webhook-config",
-                "webhook-timeout",
-                "notify",
-                "max-runtime",
-                "shutdown-timeout",
-                "connect-timeout",
-                "log-level",
-                "log-format",
-                "metrics-addr",
-                "ordered-dead",
-                "max-lag",
-                "max-dead",
-                "max-due",
-                "type",
-                "aggregate",
-                "since",
-                "limit",
-                "older-than",
-                "archive",
-            ]
-        );
         assert_eq!(JSON.env_var(), None);
         assert_eq!(YES.env_var(), None);
         assert_eq!(FAIL_ON_DEAD.env_var(), Some("DISPATCHBOX_FAIL_ON_DEAD"));
