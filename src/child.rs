@@ -52,7 +52,7 @@ pub fn run(index: u32, compiled: &Router) -> Result<u8> {
     match worker::run(&cfg, &router, index, tx, rx, send, exit_now)? {
         // A clean end; 6 tells the supervisor that events went dead meanwhile (it fails the
         // run with it only under --fail-on-dead).
-        Ended::Drained | Ended::Stopped if worker::tally::COUNTS.snapshot().dead > 0 => {
+        Ended::Drained | Ended::Stopped if worker::tally::went_dead() => {
             info!("exiting (events went dead during this run)");
             Ok(exit::DEAD_EVENTS)
         }

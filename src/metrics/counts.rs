@@ -25,7 +25,9 @@ pub(crate) enum Outcome {
     /// Given back unstarted (shutdown, a stale lease) or after an abort: the attempt is not
     /// counted.
     Released,
-    /// Given back after a pause the handler asked for (a local reason, not the event's).
+    /// Given back to be due again after a pause, no attempt used: the handler asked for it
+    /// (a local reason, not the event's), or its route is paused for an outage. (The rule
+    /// for every label is `worker::outcomes`.)
     Deferred,
 }
 

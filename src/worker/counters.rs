@@ -2,11 +2,11 @@
 //! how each ended and how long its handler ran) summed into a `metrics::counts::Counts`, sent
 //! to the supervisor as a `counters` report about every second and once at exit.
 //!
-//! An event is counted once per claim, when the DB thread learns how the claim ended: the
-//! handler's result (delivered, retried, dead; counted when recorded, before it is written),
-//! or a give-back (released, deferred), or dead at claim time (the lease of its last attempt
-//! expired). A result that is void (another claim of the event is held now) or whose lease
-//! was lost is not counted: the claim that holds the event counts it.
+//! An event is counted once per claim, when the DB thread learns how the claim ended, under
+//! the label `outcomes::label` gives it (one rule per outcome): the handler's result
+//! (counted when recorded, before it is written), a give-back (counted when decided, before
+//! the release is written), or dead at claim time. These are the worker's only counts of
+//! outcomes: `tally`'s summaries and the exit code read their [`Counters::totals`].
 //!
 //! Each report also carries the worker's gauges of now: events in flight, whether its database
 //! connection is down and since when (the supervisor's readiness), and the process's own
@@ -19,8 +19,8 @@
 //! Only the report at exit is written by the DB thread itself, so that it is out before the
 //! process ends.
 
-use super::ledger::Finished;
-use crate::handler::Outcome as Verdict;
+use super::outcomes::{self, Ending};
+use super::tally::Totals;
 use crate::metrics::counts::{Counts, Outcome};
 use crate::metrics::process::ProcessStats;
 use crate::protocol::Report;
@@ -85,19 +85,6 @@ fn with_process(mut c: Counts) -> Report {
     Report::Counters(Box::new(c))
 }
 
-/// The outcome label of a handler's verdict on attempt `token`, by the rule the completer
-/// applies (`complete::Completer::push`): a failure on the last allowed attempt is dead.
-pub(super) fn label(v: &Verdict, token: i32, max_attempts: i32) -> Outcome {
-    match v {
-        Verdict::Delivered => Outcome::Delivered,
-        Verdict::Permanent(_) => Outcome::Dead,
-        _ if token >= max_attempts => Outcome::Dead,
-        Verdict::Defer(_) => Outcome::Deferred,
-        Verdict::Abort(_) => Outcome::Released,
-        Verdict::Retry(_) | Verdict::RetryAfter(..) | Verdict::Unavailable(..) => Outcome::Retried,
-    }
-}
-
 impl<'a> Counters<'a> {
     pub fn new(now: Instant) -> Counters<'a> {
         Counters {
@@ -134,39 +121,33 @@ impl<'a> Counters<'a> {
 
     /// The claim found the event's attempts used up (dead without a handler run).
     pub fn dead_at_claim(&mut self, route: &str) {
-        self.counts.count(route, Outcome::Dead);
+        if let Some(o) = outcomes::label(&Ending::DeadAtClaim) {
+            self.counts.count(route, o);
+        }
     }
 
-    /// A handler finished the claim (id, token) after `took`; `verdict` is `label`'s answer
-    /// and `f` what the ledger made of it.
-    pub fn finished(
+    /// The claim (id, token) ended so (`took`: how long its handler ran, if one did): counts
+    /// its label (the rule is `outcomes::label`) and returns it; None when it is not this
+    /// claim's to count (not dispatched with this token, void, lease lost).
+    pub fn ended(
         &mut self,
         id: i64,
         token: i32,
-        verdict: Outcome,
-        f: &Finished,
-        took: Duration,
-    ) {
-        let Some(route) = self.take(id, token) else {
-            return;
-        };
-        self.counts.observe(route, took);
-        let outcome = match f {
-            Finished::Recorded => verdict,
-            Finished::Aborted(_) => Outcome::Released,
-            Finished::Deferred { .. } => Outcome::Deferred,
-            Finished::Void | Finished::LeaseLost => return,
-        };
+        ending: &Ending<'_>,
+        took: Option<Duration>,
+    ) -> Option<Outcome> {
+        let route = self.take(id, token)?;
+        if let Some(took) = took {
+            self.counts.observe(route, took);
+        }
+        let outcome = outcomes::label(ending)?;
         self.counts.count(route, outcome);
+        Some(outcome)
     }
 
-    /// The claim (id, token) was given back unstarted; `held`: it was the claim held.
-    pub fn given_back(&mut self, id: i64, token: i32, held: bool) {
-        if let Some(route) = self.take(id, token) {
-            if held {
-                self.counts.count(route, Outcome::Released);
-            }
-        }
+    /// The totals of every route's labels so far, for the summaries and the exit code.
+    pub fn totals(&self) -> Totals {
+        Totals::of(&self.counts)
     }
 
     fn take(&mut self, id: i64, token: i32) -> Option<&'a str> {
@@ -178,6 +159,12 @@ impl<'a> Counters<'a> {
             }
             _ => None,
         }
+    }
+
+    /// The counts so far (as the next report carries them).
+    #[cfg(test)]
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// When the next report is due.
@@ -215,36 +202,7 @@ impl<'a> Counters<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backoff::Backoff;
-    use crate::store::Status;
-
-    #[test]
-    fn labels_follow_the_completers_rule() {
-        let backoff = Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(10),
-        };
-        let verdicts = [
-            Verdict::Delivered,
-            Verdict::Retry("x".into()),
-            Verdict::RetryAfter("x".into(), Duration::from_secs(3)),
-            Verdict::Permanent("x".into()),
-        ];
-        for token in [1, 2, 3] {
-            for v in &verdicts {
-                let mut c = super::super::complete::Completer::new(3, backoff);
-                c.push(1, token, v.clone());
-                let want = match c.batch()[0].status {
-                    Status::Done => Outcome::Delivered,
-                    Status::Retry => Outcome::Retried,
-                    Status::Dead => Outcome::Dead,
-                };
-                assert_eq!(label(v, token, 3), want, "{v:?} at attempt {token}");
-            }
-        }
-        assert_eq!(label(&Verdict::Defer("x".into()), 1, 3), Outcome::Deferred);
-        assert_eq!(label(&Verdict::Abort("x".into()), 1, 3), Outcome::Released);
-    }
+    use crate::worker::ledger::Finished;
 
     static SENT: Mutex<Vec<Report>> = Mutex::new(Vec::new());
 
@@ -262,11 +220,20 @@ mod tests {
         c.dispatched(2, 1, "stdout");
         c.dispatched(3, 4, "exec:x");
         let ms = Duration::from_millis(2);
-        c.finished(1, 1, Outcome::Delivered, &Finished::Recorded, ms);
-        c.finished(1, 1, Outcome::Delivered, &Finished::Recorded, ms); // twice: void
-        c.finished(2, 9, Outcome::Delivered, &Finished::Void, ms); // another token
-        c.given_back(2, 1, true);
-        c.finished(3, 4, Outcome::Dead, &Finished::LeaseLost, ms);
+        let done = |finished| Ending::Finished {
+            attempt: Outcome::Delivered,
+            finished,
+        };
+        let counted = c.ended(1, 1, &done(&Finished::Recorded), Some(ms));
+        assert_eq!(counted, Some(Outcome::Delivered));
+        let again = c.ended(1, 1, &done(&Finished::Recorded), Some(ms));
+        assert_eq!(again, None, "twice: void");
+        let other = c.ended(2, 9, &done(&Finished::Void), Some(ms));
+        assert_eq!(other, None, "another token");
+        let unstarted = Ending::Unstarted { ours: true };
+        assert_eq!(c.ended(2, 1, &unstarted, None), Some(Outcome::Released));
+        let lost = c.ended(3, 4, &done(&Finished::LeaseLost), Some(ms));
+        assert_eq!(lost, None);
         c.dead_at_claim("exec:x");
         let gauges = |down| Gauges {
             in_flight: 0,

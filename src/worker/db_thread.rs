@@ -16,12 +16,14 @@ use super::health::Health;
 use super::lease_clock::LeaseClock;
 use super::ledger::{Finished, Ledger, Limits};
 use super::link::Link;
+use super::outcomes::{self, Ending};
 use super::pool::{kill_exec_commands, Pool};
 use super::tally::{self, DeadEvent, Tally};
 use super::{Ended, Msg, Tag};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
+use crate::metrics::counts::Outcome as Label;
 use crate::protocol::Report;
 use crate::{debug, error, info, log, warn};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -43,7 +45,7 @@ pub(super) struct DbThread<'a> {
     pub(super) pool: Pool<'a>,
     pub(super) drain: DrainWatch,
     pub(super) counters: Counters<'a>,
-    pub(super) tally: Tally<'static>,
+    pub(super) tally: Tally,
     /// A handler aborted (its destination is gone): stop, then exit 1 with this message.
     failure: Option<String>,
 }
@@ -71,7 +73,7 @@ impl<'a> DbThread<'a> {
             pool,
             drain: DrainWatch::default(),
             counters: Counters::new(Instant::now()),
-            tally: Tally::new(&tally::COUNTS, Instant::now()),
+            tally: Tally::new(Instant::now()),
             failure: None,
         }
     }
@@ -87,6 +89,7 @@ impl<'a> DbThread<'a> {
         let now = Instant::now();
         if force || now >= self.counters.report_at() {
             self.count_route_health(now);
+            tally::publish(self.counters.totals());
         }
         let gauges = counters::Gauges {
             in_flight: self.ledger.in_flight(),
@@ -194,10 +197,11 @@ impl<'a> DbThread<'a> {
     }
 
     /// The ledger's `give_back`, counted.
-    fn give_back(&mut self, id: i64, token: i32) -> bool {
-        let held = self.ledger.give_back(id, token);
-        self.counters.given_back(id, token, held);
-        held
+    pub(super) fn give_back(&mut self, id: i64, token: i32) -> bool {
+        let ours = self.ledger.give_back(id, token);
+        self.counters
+            .ended(id, token, &Ending::Unstarted { ours }, None);
+        ours
     }
 
     fn finished(&mut self, id: i64, token: i32, tag: &Tag, outcome: Outcome, took: Duration) {
@@ -217,12 +221,19 @@ impl<'a> DbThread<'a> {
             }
             _ => outcome,
         };
-        let verdict = counters::label(&outcome, token, self.cfg.max_attempts);
+        let attempt = outcomes::attempt(&outcome, token, self.cfg.max_attempts);
         let finished = self.ledger.finished(id, token, outcome, now);
-        self.counters.finished(id, token, verdict, &finished, took);
+        let ending = Ending::Finished {
+            attempt,
+            finished: &finished,
+        };
+        let label = self.counters.ended(id, token, &ending, Some(took));
         match finished {
             Finished::Void => {}
-            Finished::Recorded => self.recorded(id, event_type, about),
+            Finished::Recorded if label == Some(Label::Dead) => {
+                self.went_dead(id, token, event_type, about)
+            }
+            Finished::Recorded => {}
             Finished::LeaseLost => info!(
                 event: about.outcome(log::Outcome::LeaseLost),
                 "event {id} (attempt {token}) finished after another worker took its lease \
@@ -247,25 +258,28 @@ impl<'a> DbThread<'a> {
         }
     }
 
-    /// Counts the verdict just queued for event `id` (`about`); one WARN line if it is dead.
-    fn recorded(&mut self, id: i64, event_type: Option<&str>, about: log::EventFields<'_>) {
-        let Some(c) = self.ledger.results().batch().last().filter(|c| c.id == id) else {
-            return;
-        };
-        if self.tally.recorded(c) {
-            warn!(
-                event: about.outcome(log::Outcome::Dead),
-                "{}",
-                tally::dead_line(&DeadEvent {
-                    id,
-                    event_type,
-                    route: self.router.target(event_type),
-                    attempts: c.token,
-                    max_attempts: self.cfg.max_attempts,
-                    reason: c.error.as_deref().unwrap_or("-"),
-                })
-            );
-        }
+    /// The verdict just queued for attempt `token` of event `id` (`about`) is dead: one WARN
+    /// line.
+    fn went_dead(
+        &self,
+        id: i64,
+        token: i32,
+        event_type: Option<&str>,
+        about: log::EventFields<'_>,
+    ) {
+        let c = self.ledger.results().batch().last().filter(|c| c.id == id);
+        warn!(
+            event: about.outcome(log::Outcome::Dead),
+            "{}",
+            tally::dead_line(&DeadEvent {
+                id,
+                event_type,
+                route: self.router.target(event_type),
+                attempts: token,
+                max_attempts: self.cfg.max_attempts,
+                reason: c.and_then(|c| c.error.as_deref()).unwrap_or("-"),
+            })
+        );
     }
 
     fn begin_stop(&mut self) {
@@ -303,7 +317,7 @@ impl<'a> DbThread<'a> {
                 self.extend()?;
             }
         }
-        if let Some(line) = self.tally.periodic(now) {
+        if let Some(line) = self.tally.periodic(now, self.counters.totals()) {
             info!("{line}");
             if self.link.usable(now) {
                 self.warn_held_back()?;
@@ -347,6 +361,7 @@ impl<'a> DbThread<'a> {
                 return Err(Error::Other(format!("worker stopped: {why}")));
             }
             info!("stopped cleanly; all results written");
+            info!("{}", self.tally.stopped(now, self.counters.totals()));
             return Ok(Some(Ended::Stopped));
         }
         if self.ledger.stop_overdue(now) && (all_written || !self.link.connected()) {

@@ -20,8 +20,9 @@
 //! `listen` forwards the table's notifications to the DB thread (claim at once, not at the
 //! next poll), `complete` batches results, `lease_clock` tells handler threads whether a
 //! lease is still theirs, `defer` keeps the books on deferred events, `health` on each
-//! route's health (up, paused for an outage, probing) and `outage` acts on it, `counters` counts for
-//! the metrics, `tally` counts what became of them (the dead-event warnings and the summaries).
+//! route's health (up, paused for an outage, probing) and `outage` acts on it, `outcomes` labels how each
+//! claim ended (one rule per outcome), `counters` counts those labels per route (the metrics'
+//! and the only count), `tally` tells them (the summaries, the dead-event warnings, the exit code).
 //!
 //! Ending: every ending is a value that `run` returns ([`Ended`] or the error) and the entry
 //! point maps to an exit code, with one exception. A scope joins its threads when it ends, and
@@ -44,6 +45,7 @@ mod ledger;
 mod link;
 mod listen;
 mod outage;
+mod outcomes;
 mod pool;
 mod round_trips;
 pub(crate) mod tally;

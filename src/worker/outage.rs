@@ -9,6 +9,7 @@
 
 use super::db_thread::DbThread;
 use super::health::{Change, Verdict};
+use super::outcomes::Ending;
 use crate::handler::Outcome;
 use crate::store::{self, ClaimArgs, Claimed};
 use crate::{debug, info, log, warn};
@@ -39,8 +40,8 @@ impl<'a> DbThread<'a> {
                         let wait = after
                             .map_or(wait, |a| a.max(wait))
                             .min(self.cfg.backoff.max);
-                        let held = self.ledger.hold(id, token, wait);
-                        self.counters.given_back(id, token, held);
+                        let ours = self.ledger.hold(id, token, wait);
+                        self.counters.ended(id, token, &Ending::Held { ours }, None);
                         debug!(
                             event: about.outcome(log::Outcome::Held),
                             "event {id}: {why}; waiting for its route ({:.1}s)",
@@ -76,8 +77,8 @@ impl<'a> DbThread<'a> {
         let (id, token) = (c.event.id, c.token);
         self.ledger.dispatched(id, token, now);
         self.counters.dispatched(id, token, route);
-        let held = self.ledger.hold(id, token, wait);
-        self.counters.given_back(id, token, held);
+        let ours = self.ledger.hold(id, token, wait);
+        self.counters.ended(id, token, &Ending::Held { ours }, None);
         true
     }
 

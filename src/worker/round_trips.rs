@@ -83,12 +83,8 @@ impl DbThread<'_> {
     }
 
     pub(super) fn released(&mut self, n: u64, delays: &[f64]) {
+        // Counted when given back (see `outcomes`); this only logs the write.
         let deferred = delays.iter().filter(|d| **d > 0.0).count();
-        // Counted as asked; a release the fence dropped (lease lost) is not ours to count.
-        let given_back = (n as usize).min(delays.len());
-        let released_now = given_back.saturating_sub(deferred);
-        self.tally
-            .released(released_now as u64, given_back.min(deferred) as u64);
         if deferred == 0 {
             info!("released {n} unstarted event(s): claimable again at once");
         } else {
@@ -193,7 +189,6 @@ impl DbThread<'_> {
         let route = self.router.target(c.event.event_type.as_deref());
         if c.exhausted {
             self.counters.dead_at_claim(route.unwrap_or("-"));
-            self.tally.exhausted();
             let event_type = c.event.event_type.as_deref();
             let about = log::EventFields::of(&c.event).attempt(c.token).route(route);
             warn!(
@@ -229,7 +224,7 @@ impl DbThread<'_> {
         };
         if !self.pool.send(job) {
             // No handler thread will take it: give the event back.
-            self.ledger.give_back(id, token);
+            self.give_back(id, token);
         }
     }
 
@@ -272,7 +267,10 @@ impl DbThread<'_> {
             .finished_after(&work, took, now, limits, self.ledger.claimed_total());
         if done {
             self.warn_held_back()?;
-            info!("{}", self.tally.drained(Instant::now()));
+            info!(
+                "{}",
+                self.tally.drained(Instant::now(), self.counters.totals())
+            );
         }
         Ok(done.then_some(Ended::Drained))
     }

@@ -1,16 +1,15 @@
-//! What became of the events this worker claimed: delivered, retried, dead, released (given
-//! back unstarted, attempt not counted) and deferred (given back for a local reason), the
-//! one WARN line per event that goes dead, and the INFO summaries (at the end of a drain, and
-//! every [`REPORT_EVERY`] in daemon mode when anything happened).
+//! What became of the events this worker claimed, told: the INFO summaries (at the end of a
+//! drain, at a clean stop, and every [`REPORT_EVERY`] in daemon mode when anything happened),
+//! the one WARN line per event that goes dead, and whether any went dead (the child's exit
+//! code: 6 after a clean end with deaths, under `--fail-on-dead`).
 //!
-//! The counts are process-wide atomics ([`COUNTS`]: one worker per process) so that other
-//! threads can read them (the child's exit code: 6 after a clean end with deaths; metrics).
-//! Counted when the verdict is recorded (a handler's result queued for writing, or a claim
-//! that found the attempts used up) and when a release was written. Line texts are built by
-//! pure functions; the DB thread logs them.
+//! Nothing is counted here: the figures are [`Totals`] of the per-route counts that
+//! `counters` keeps for the metrics, each claim labelled once by `outcomes::label`. So the
+//! summary lines, `/metrics` and the exit code always agree. Line texts are built by pure
+//! functions; the DB thread logs them.
 
 use crate::handler::Outcome;
-use crate::store::{Completion, Status};
+use crate::metrics::counts::{Counts, Outcome as Label};
 use crate::{debug, error};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -19,28 +18,23 @@ use std::time::{Duration, Instant};
 /// happened in it), at the first wake-up after the interval.
 pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(60);
 
-/// The running totals of this process.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    delivered: AtomicU64,
-    retried: AtomicU64,
-    dead: AtomicU64,
-    released: AtomicU64,
-    deferred: AtomicU64,
+/// Events that went dead in this worker process, as of its last `counters` report (one
+/// worker per process); read by the child's entry point for its exit code.
+static DEAD: AtomicU64 = AtomicU64::new(0);
+
+/// The totals `t` were reported: they are the process's figures from now on.
+pub(super) fn publish(t: Totals) {
+    DEAD.store(t.dead, Relaxed);
 }
 
-/// This worker process's counts.
-pub(crate) static COUNTS: Counters = Counters {
-    delivered: AtomicU64::new(0),
-    retried: AtomicU64::new(0),
-    dead: AtomicU64::new(0),
-    released: AtomicU64::new(0),
-    deferred: AtomicU64::new(0),
-};
+/// Whether an event went dead in this worker process (as of its last report).
+pub(crate) fn went_dead() -> bool {
+    DEAD.load(Relaxed) > 0
+}
 
-/// A snapshot of [`Counters`].
+/// What became of this worker's claims, summed over its routes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Counts {
+pub(crate) struct Totals {
     pub delivered: u64,
     pub retried: u64,
     pub dead: u64,
@@ -48,26 +42,26 @@ pub(crate) struct Counts {
     pub deferred: u64,
 }
 
-impl Counters {
-    pub fn snapshot(&self) -> Counts {
-        Counts {
-            delivered: self.delivered.load(Relaxed),
-            retried: self.retried.load(Relaxed),
-            dead: self.dead.load(Relaxed),
-            released: self.released.load(Relaxed),
-            deferred: self.deferred.load(Relaxed),
+impl Totals {
+    /// The sums of `c`'s per-route counts.
+    pub fn of(c: &Counts) -> Totals {
+        let sum = |l: Label| c.routes.values().map(|r| r.count(l)).sum();
+        Totals {
+            delivered: sum(Label::Delivered),
+            retried: sum(Label::Retried),
+            dead: sum(Label::Dead),
+            released: sum(Label::Released),
+            deferred: sum(Label::Deferred),
         }
     }
-}
 
-impl Counts {
-    fn minus(self, o: Counts) -> Counts {
-        Counts {
-            delivered: self.delivered - o.delivered,
-            retried: self.retried - o.retried,
-            dead: self.dead - o.dead,
-            released: self.released - o.released,
-            deferred: self.deferred - o.deferred,
+    fn minus(self, o: Totals) -> Totals {
+        Totals {
+            delivered: self.delivered.saturating_sub(o.delivered),
+            retried: self.retried.saturating_sub(o.retried),
+            dead: self.dead.saturating_sub(o.dead),
+            released: self.released.saturating_sub(o.released),
+            deferred: self.deferred.saturating_sub(o.deferred),
         }
     }
 
@@ -120,62 +114,40 @@ pub(crate) fn dead_line(d: &DeadEvent<'_>) -> String {
     )
 }
 
-/// The DB thread's view: the counters plus when the last summary was logged.
-pub(crate) struct Tally<'a> {
-    counters: &'a Counters,
+/// When the summaries were logged, and the totals they had then.
+pub(crate) struct Tally {
     started: Instant,
-    last_report: (Instant, Counts),
+    last_report: (Instant, Totals),
 }
 
-impl<'a> Tally<'a> {
-    pub fn new(counters: &'a Counters, now: Instant) -> Tally<'a> {
+impl Tally {
+    pub fn new(now: Instant) -> Tally {
         Tally {
-            counters,
             started: now,
-            last_report: (now, counters.snapshot()),
+            last_report: (now, Totals::default()),
         }
     }
 
-    /// A handler's result was queued for writing as `c`: counts it, and returns whether it
-    /// is dead (the caller logs [`dead_line`]).
-    pub fn recorded(&self, c: &Completion) -> bool {
-        let n = match c.status {
-            Status::Done => &self.counters.delivered,
-            Status::Retry => &self.counters.retried,
-            Status::Dead => &self.counters.dead,
-        };
-        n.fetch_add(1, Relaxed);
-        c.status == Status::Dead
-    }
-
-    /// The claim marked an event dead (its attempts were used up).
-    pub fn exhausted(&self) {
-        self.counters.dead.fetch_add(1, Relaxed);
-    }
-
-    /// A release was written: `released` given back at once, `deferred` after a pause.
-    pub fn released(&self, released: u64, deferred: u64) {
-        self.counters.released.fetch_add(released, Relaxed);
-        self.counters.deferred.fetch_add(deferred, Relaxed);
-    }
-
-    /// The drain's summary: `drained: ...` since the worker started.
-    pub fn drained(&self, now: Instant) -> String {
-        let all = self.counters.snapshot();
+    /// The drain's summary: `drained: ...` since the worker started (`all`: the totals now).
+    pub fn drained(&self, now: Instant, all: Totals) -> String {
         format!("drained: {}", all.describe(now - self.started))
     }
 
+    /// A clean stop's summary: `stopped: ...` since the worker started.
+    pub fn stopped(&self, now: Instant, all: Totals) -> String {
+        format!("stopped: {}", all.describe(now - self.started))
+    }
+
     /// Daemon mode: the last interval's summary, once [`REPORT_EVERY`] has passed since the
-    /// last one and anything happened meanwhile.
-    pub fn periodic(&mut self, now: Instant) -> Option<String> {
+    /// last one and anything happened meanwhile (`all`: the totals now).
+    pub fn periodic(&mut self, now: Instant, all: Totals) -> Option<String> {
         let (since, before) = self.last_report;
         if now.saturating_duration_since(since) < REPORT_EVERY {
             return None;
         }
-        let all = self.counters.snapshot();
         self.last_report = (now, all);
         let d = all.minus(before);
-        (d != Counts::default()).then(|| format!("summary: {}", d.describe(now - since)))
+        (d != Totals::default()).then(|| format!("summary: {}", d.describe(now - since)))
     }
 }
 
@@ -212,46 +184,65 @@ pub(super) fn failure_logged(
 mod tests {
     use super::*;
 
-    fn completion(id: i64, status: Status) -> Completion {
-        Completion {
-            id,
-            token: 1,
-            status,
-            delay: 0.0,
-            error: None,
+    fn totals(delivered: u64, retried: u64, dead: u64, released: u64, deferred: u64) -> Totals {
+        Totals {
+            delivered,
+            retried,
+            dead,
+            released,
+            deferred,
         }
     }
 
     #[test]
-    fn counts_and_summaries() {
-        let counters = Counters::default();
+    fn totals_sum_the_routes() {
+        let mut c = Counts::default();
+        for (route, l) in [
+            ("stdout", Label::Delivered),
+            ("stdout", Label::Released),
+            ("exec:x", Label::Dead),
+            ("exec:x", Label::Retried),
+            ("exec:x", Label::Dead),
+            ("exec:y", Label::Deferred),
+        ] {
+            c.count(route, l);
+        }
+        assert_eq!(Totals::of(&c), totals(1, 1, 2, 1, 1));
+    }
+
+    #[test]
+    fn summaries() {
         let t = Instant::now();
-        let mut tally = Tally::new(&counters, t);
-        assert!(!tally.recorded(&completion(1, Status::Done)));
-        assert!(!tally.recorded(&completion(2, Status::Retry)));
-        assert!(tally.recorded(&completion(3, Status::Dead)));
-        tally.exhausted();
-        tally.released(2, 1);
-        let c = counters.snapshot();
+        let mut tally = Tally::new(t);
+        let all = totals(1, 1, 2, 2, 1);
         assert_eq!(
-            (c.delivered, c.retried, c.dead, c.released, c.deferred),
-            (1, 1, 2, 2, 1)
-        );
-        assert_eq!(
-            tally.drained(t + Duration::from_secs(2)),
+            tally.drained(t + Duration::from_secs(2), all),
             "drained: 1 delivered, 1 retried, 2 dead, 2 released, 1 deferred, 2 events/s over 2.0 s"
         );
-        assert_eq!(tally.periodic(t + Duration::from_secs(59)), None);
-        let line = tally.periodic(t + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            tally.stopped(t + Duration::from_secs(2), all),
+            "stopped: 1 delivered, 1 retried, 2 dead, 2 released, 1 deferred, 2 events/s over 2.0 s"
+        );
+        assert_eq!(tally.periodic(t + Duration::from_secs(59), all), None);
+        let line = tally.periodic(t + Duration::from_secs(60), all).unwrap();
         assert!(line.starts_with("summary: 1 delivered,"), "{line}");
         // Nothing happened since: no line.
-        assert_eq!(tally.periodic(t + Duration::from_secs(130)), None);
-        tally.recorded(&completion(4, Status::Done));
-        let line = tally.periodic(t + Duration::from_secs(200)).unwrap();
+        assert_eq!(tally.periodic(t + Duration::from_secs(130), all), None);
+        let later = totals(2, 1, 2, 2, 1);
+        let line = tally.periodic(t + Duration::from_secs(200), later).unwrap();
         assert_eq!(
             line,
             "summary: 1 delivered, 0 retried, 0 dead, 0 released, 0 events/s over 70.0 s"
         );
+    }
+
+    #[test]
+    fn went_dead_follows_the_last_report() {
+        publish(totals(3, 0, 0, 1, 0));
+        assert!(!went_dead());
+        publish(totals(3, 0, 1, 1, 0));
+        assert!(went_dead());
+        publish(Totals::default());
     }
 
     #[test]

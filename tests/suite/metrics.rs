@@ -277,7 +277,7 @@ pub(super) fn daemon(db: &common::TestDb, args: &[&str]) -> (Spawned, u16) {
 }
 
 /// The pid of one worker child of `pid` (Linux: /proc/PID/task/*/children).
-fn a_worker_of(pid: u32) -> u32 {
+pub(super) fn a_worker_of(pid: u32) -> u32 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc");
     tasks
         .flatten()

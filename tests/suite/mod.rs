@@ -19,6 +19,7 @@ mod migrate;
 mod notify;
 mod ordered;
 mod outage;
+mod outcome_counts;
 pub(super) mod pipe;
 mod pipe_stream;
 mod reliability;
