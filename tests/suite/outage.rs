@@ -38,11 +38,18 @@ fn paused_then_recovered(
         "0.05",
     ]);
     let daemon = common::spawn(&mut cmd);
-    common::wait_until(Duration::from_secs(180), "the route pauses", || {
-        daemon
-            .stderr_so_far()
-            .contains(" paused: 5 deliveries in a row")
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !daemon
+        .stderr_so_far()
+        .contains(" paused: 5 deliveries in a row")
+    {
+        if std::time::Instant::now() > deadline {
+            daemon.signal("KILL");
+            let out = daemon.wait(Duration::from_secs(10));
+            panic!("the route did not pause within 180 s\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     recover();
     common::wait_until(Duration::from_secs(240), "every event delivered", || {
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'") == n
@@ -195,30 +202,50 @@ fn exec_exit_75_is_the_destination_being_unavailable() {
 }
 
 #[test]
-fn a_poison_event_does_not_pause_its_route_and_goes_dead_as_before() {
+fn a_poison_event_among_deliveries_does_not_pause_its_route_and_goes_dead_as_before() {
     let db = db_with_events(60, "x");
+    // The others come due one every 50 ms, so deliveries fall between the poison event's
+    // failures (a poison event alone cannot be told from an outage: see `health`).
+    db.client()
+        .execute(
+            "UPDATE outbox_event SET next_run_at = now() + id * interval '50 ms' WHERE id <> 7",
+            &[],
+        )
+        .unwrap();
     let dir = TempDir::new("outage-poison");
     let body = format!(
         "{READ}\n  if (( id == 7 )); then echo \"unavailable $id always\"; \
          else echo \"ok $id\"; fi\ndone"
     );
     let publisher = script(&dir, "publisher.sh", &body);
-    let out = drain(
-        &db,
-        &[
-            "--route",
-            &route(&publisher),
-            "--retry-backoff",
-            "0",
-            "--max-attempts",
-            "8",
-        ],
+    let mut cmd = common::dispatchbox();
+    cmd.args([
+        "--dsn",
+        &db.dsn,
+        "--route",
+        &route(&publisher),
+        "--poll-interval",
+        "0.02",
+        "--retry-backoff",
+        "0.1",
+        "--retry-backoff-max",
+        "0.25",
+        "--max-attempts",
+        "6",
+    ]);
+    let daemon = common::spawn(&mut cmd);
+    common::wait_until(
+        Duration::from_secs(120),
+        "59 done and the poison event dead",
+        || db.count("SELECT count(*) FROM outbox_event WHERE status IN ('done', 'dead')") == 60,
     );
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(60));
     assert_eq!(out.code, Some(0), "{out}");
     assert!(!out.stderr.contains(" paused: "), "{out}");
     assert_eq!(
         db.count(
-            "SELECT count(*) FROM outbox_event WHERE status = 'dead' AND id = 7 AND attempts = 8"
+            "SELECT count(*) FROM outbox_event WHERE status = 'dead' AND id = 7 AND attempts = 6"
         ),
         1,
         "{out}"
@@ -228,6 +255,26 @@ fn a_poison_event_does_not_pause_its_route_and_goes_dead_as_before() {
         59,
         "{out}"
     );
+}
+
+#[test]
+fn a_lone_event_failing_in_an_outage_waits_instead_of_going_dead() {
+    let db = db_with_events(1, "x");
+    let dir = TempDir::new("outage-lone");
+    let down = dir.join("down");
+    std::fs::write(&down, "").unwrap();
+    let body = format!(
+        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
+         else echo \"ok $id\"; fi\ndone"
+    );
+    let publisher = script(&dir, "publisher.sh", &body);
+    let out = paused_then_recovered(&db, &route(&publisher), 1, || {
+        std::fs::remove_file(&down).unwrap()
+    });
+    // Four failed attempts, then it waited for the probes instead of its fifth.
+    let attempts = db.count("SELECT attempts FROM outbox_event");
+    assert!(attempts <= TRIP, "{attempts}\n{out}");
+    assert!(out.stderr.contains("resumed after"), "{out}");
 }
 
 #[test]
@@ -278,7 +325,8 @@ fn a_bridge_that_keeps_exiting_once_it_worked_pauses_its_route_instead_of_stoppi
     let body = format!(
         "[[ -e $dir/down ]] && {{ echo 'cannot reach the broker' >&2; exit 3; }}\n{READ}\n  \
          [[ -e $dir/down ]] && exit 3\n  echo \"delivered $id\" >> \"$dir/log\"\n  \
-         if (( id == 10 )); then touch \"$dir/down\"; fi\n  echo \"ok $id\"\ndone"
+         if (( ++n == 10 )) && [[ ! -e $dir/once ]]; then touch \"$dir/once\" \"$dir/down\"; fi\n  \
+         echo \"ok $id\"\ndone"
     );
     let publisher = script(&dir, "publisher.sh", &body);
     let out = paused_then_recovered(&db, &route(&publisher), 100, || {

@@ -149,6 +149,7 @@ impl Pipe {
             &self.args,
             self.window,
             self.timeout,
+            r.worked,
         ) {
             Ok(live) => {
                 debug!("{}: started process {}", self.name, live.pid);

@@ -39,6 +39,9 @@ pub(super) struct Live {
     /// `pipe PROGRAM`, for messages.
     pub name: Arc<str>,
     pub timeout: Duration,
+    /// A process of the route had answered before this one started: if this one ends
+    /// without answering anything, the destination (not the command) is the likely cause.
+    pub route_worked: bool,
     pub stdin: Mutex<Stdin>,
     pub book: Mutex<Book<Reply>>,
     /// Signalled when the window gains room or the books close.
@@ -79,6 +82,7 @@ impl Live {
         args: &[String],
         window: usize,
         timeout: Duration,
+        route_worked: bool,
     ) -> std::io::Result<Arc<Live>> {
         let mut child = Command::new(program)
             .args(args)
@@ -99,6 +103,7 @@ impl Live {
             pid,
             name,
             timeout,
+            route_worked,
             stdin: Mutex::new(Stdin {
                 pipe: stdin,
                 written: 0,

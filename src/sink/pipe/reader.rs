@@ -4,7 +4,8 @@
 //!
 //! Settling: an event whose line the process never began to read (still in its stdin pipe,
 //! or not written because the pipe was closed) cannot have been delivered, and is given back
-//! without using an attempt (`Outcome::Defer`); an event it read and did not answer may have
+//! without using an attempt (`Outcome::Defer`; `Outcome::Unavailable` when the process answered
+//! nothing although the command worked before: the destination is down, and the route pauses); an event it read and did not answer may have
 //! been delivered, and is retried (one attempt used). So a process that dies between answers
 //! costs nothing, and a crash costs at most the events outstanding.
 //!
@@ -277,6 +278,10 @@ impl Reader {
             (stdin.written, left)
         };
         let (mut retried, mut unread_n) = (0, 0);
+        // A process of a command that worked before, ending without answering anything: its
+        // destination is unavailable (it could not connect, say). What it never read counts
+        // toward pausing the route, instead of a local pause of every claim.
+        let unavailable = live.route_worked && live.answered() == 0;
         for u in outstanding {
             let outcome = if was_read(u.start, written, left) {
                 retried += 1;
@@ -289,10 +294,15 @@ impl Reader {
                 ))
             } else {
                 unread_n += 1;
-                Outcome::Defer(format!(
+                let why = format!(
                     "{} process {}: {what}, before reading this event",
                     live.name, live.pid
-                ))
+                );
+                if unavailable {
+                    Outcome::Unavailable(why, None)
+                } else {
+                    Outcome::Defer(why)
+                }
             };
             u.reply.send(outcome);
         }
