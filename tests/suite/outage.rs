@@ -7,7 +7,7 @@
 
 use super::pipe::{logged, route, script, READ};
 use super::webhook::{Receiver, Reply};
-use super::{assert_exactly_once, db_with_events, drain};
+use super::{assert_exactly_once, db_with_events};
 use crate::common::{self, TempDir};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
