@@ -244,6 +244,7 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
         let dead = if dead_blocks { "block" } else { "skip" };
         m.insert("ordered-dead".into(), dead.into());
     }
+    m.insert("on-done".into(), cfg.on_done.as_str().into());
     if let Some(p) = &cfg.stdout_lock {
         m.insert(
             "stdout-lock".into(),
