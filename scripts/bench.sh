@@ -15,7 +15,7 @@
 #                    later retries are added; see scripts/lib/bench_scale.sh)
 #   BENCH_SECTIONS   only these optional sections, comma-separated, beside the ceiling, the
 #                    main drains and the signal timings: pipe, webhook, batch1000, big,
-#                    ordered, rss, latency (default: all)
+#                    ordered, rss, latency, cpu (default: all)
 #
 # Prints figures and never asserts timings: it exits 0 unless something could not run at
 # all. Correctness checks (every event done with attempts = 1, each id delivered once, no
@@ -65,6 +65,8 @@ source scripts/lib/bench_scale.sh
 source scripts/lib/bench_latency.sh
 # shellcheck source=scripts/lib/bench_ordered.sh
 source scripts/lib/bench_ordered.sh
+# shellcheck source=scripts/lib/bench_cpu.sh
+source scripts/lib/bench_cpu.sh
 
 # shellcheck source=scripts/lib/bench_util.sh
 source scripts/lib/bench_util.sh
@@ -337,6 +339,10 @@ if want ordered; then
 fi
 if want rss; then bench_rss; fi
 if want latency; then bench_latency; fi
+if want cpu; then
+    say "CPU per event: relay (supervisor + workers) and PostgreSQL, --on-done keep beside delete, $events events, median of $runs"
+    bench_cpu
+fi
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
@@ -459,6 +465,7 @@ if want webhook; then webhook_summary_rows; fi
 if want batch1000 && want big && want rss; then scale_summary_rows; fi
 if want latency; then latency_summary_rows; fi
 if want ordered; then ordered_summary_rows; fi
+if want cpu; then cpu_summary_rows; fi
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"

@@ -51,7 +51,7 @@ pub use handler::{Event, Handler, Outcome, Pattern, Reply, Router};
 /// directly): not part of the API, no stability promised.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::config::{Order, Table};
+    pub use crate::config::{OnDone, Order, Table};
     pub use crate::dsn::Dsn;
     pub use crate::handler::TypeFilter;
     pub use crate::store::{ClaimArgs, Claimed, Completion, Conn, Status};

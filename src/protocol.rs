@@ -278,6 +278,7 @@ mod tests {
         (&defs::DSN_FILE, "dsn-file"),
         (&defs::PROCESSES, "3"),
         (&defs::THREADS, "4"),
+        (&defs::ON_DONE, "delete"),
         (&defs::BATCH_SIZE, "77"),
         (&defs::POLL_INTERVAL, "250ms"),
         (&defs::MAX_ATTEMPTS, "9"),

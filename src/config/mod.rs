@@ -73,6 +73,8 @@ pub struct Config {
     pub notify: Notify,
     /// `--ordered`, `--ordered-dead`.
     pub order: Order,
+    /// `--on-done`: a delivered event's row is kept as `done` or deleted.
+    pub on_done: OnDone,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -125,6 +127,32 @@ impl Notify {
 pub enum Order {
     Unordered,
     ByAggregate { dead_blocks: bool },
+}
+
+/// `--on-done`: what the completion does with a delivered event's row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDone {
+    /// Updated to `done` (`delivered_at` set), as the original did.
+    Keep,
+    /// Deleted, in the same fenced statement: no history is kept.
+    Delete,
+}
+
+impl OnDone {
+    pub fn parse(s: &str) -> Option<OnDone> {
+        match s {
+            "keep" => Some(OnDone::Keep),
+            "delete" => Some(OnDone::Delete),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDone::Keep => "keep",
+            OnDone::Delete => "delete",
+        }
+    }
 }
 
 /// What `migrate` and `stats` need: no worker settings.
@@ -184,6 +212,7 @@ impl Config {
         let fail_on_dead = src.switch(&defs::FAIL_ON_DEAD, raw.has(defs::FAIL_ON_DEAD.name()))?;
         let notify = src.notify()?;
         let order = src.order(raw.has(defs::ORDERED.name()))?;
+        let on_done = src.on_done()?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -208,6 +237,7 @@ impl Config {
             fail_on_dead,
             notify,
             order,
+            on_done,
             max_runtime,
             shutdown_timeout,
             connect_timeout,

@@ -260,6 +260,16 @@ impl Source<'_> {
         })
     }
 
+    /// `--on-done`: keep (the default) or delete.
+    pub(super) fn on_done(&self) -> Result<super::OnDone> {
+        match self.get_or_default(&defs::ON_DONE) {
+            None => Ok(super::OnDone::Keep),
+            Some((who, v)) => super::OnDone::parse(v.trim()).ok_or_else(|| {
+                Error::Usage(format!("{who}: `{}` is not keep or delete", v.trim()))
+            }),
+        }
+    }
+
     /// `HOST:PORT`, checked for its shape here; the host is resolved when it is bound.
     pub(super) fn metrics_addr(&self) -> Result<Option<String>> {
         let Some((who, v)) = self.get(&defs::METRICS_ADDR) else {

@@ -6,7 +6,7 @@
 //! per batch (arrays + unnest), never one per event.
 
 use super::{bind, session_settings, Status};
-use crate::config::{Order, Table};
+use crate::config::{OnDone, Order, Table};
 use crate::handler::{Event, TypeFilter};
 use postgres::{Client, Statement};
 use std::time::Duration;
@@ -122,7 +122,15 @@ const LEASE: &str = "
               e.aggregate_type::text, e.aggregate_id::text, coalesce(e.payload::text, 'null') AS payload,
               CASE WHEN e.status = 'dead' THEN e.last_error END AS dead_reason";
 
-/// Writes a batch of results. Primary-key lookups, fenced by owner and token.
+/// A batch of results as rows `r(id, token, status, delay, error)`.
+const RESULTS: &str =
+    "unnest(@ids::bigint[], @tokens::int[], @statuses::text[], @delays::float8[], @errors::text[])
+         AS r(id, token, status, delay, error)";
+
+/// Every write of a result is fenced by this: the row is still the one this worker leased.
+const FENCE: &str = "e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text";
+
+/// Writes a batch of results (`r`). Primary-key lookups, fenced by owner and token.
 const COMPLETE: &str = "
     UPDATE {t} AS e SET
         status       = r.status,
@@ -132,9 +140,28 @@ const COMPLETE: &str = "
         delivered_at = CASE WHEN r.status = 'done' THEN now() ELSE e.delivered_at END,
         locked_by    = NULL,
         locked_at    = NULL
-    FROM unnest(@ids::bigint[], @tokens::int[], @statuses::text[], @delays::float8[], @errors::text[])
-         AS r(id, token, status, delay, error)
-    WHERE e.id = r.id AND e.attempts = r.token AND e.locked_by = @owner::text";
+    FROM {results}
+    WHERE {fence}";
+
+/// `--on-done delete`: the delivered rows of a batch are deleted, with the same fence.
+const DELETE_DONE: &str = "
+    DELETE FROM {t} AS e USING {results}
+    WHERE {fence} AND r.status = 'done'";
+
+/// The completion as CTEs ending in `done`, one row per result written (the rows still ours).
+/// `keep`: one UPDATE. `delete`: the delivered rows are deleted, the retries and dead ones
+/// updated as with `keep` — two parts of one statement, so still one round trip.
+fn complete_ctes(on_done: OnDone) -> String {
+    let text = match on_done {
+        OnDone::Keep => format!("done AS ({COMPLETE} RETURNING 1)"),
+        OnDone::Delete => format!(
+            "gone AS ({DELETE_DONE} RETURNING 1),
+             kept AS ({COMPLETE} AND r.status <> 'done' RETURNING 1),
+             done AS (SELECT 1 FROM gone UNION ALL SELECT 1 FROM kept)"
+        ),
+    };
+    text.replace("{results}", RESULTS).replace("{fence}", FENCE)
+}
 
 /// Returns the ids still held: the others were taken over (their lease had expired).
 const EXTEND: &str = "
@@ -145,12 +172,14 @@ const EXTEND: &str = "
     RETURNING e.id::bigint";
 
 /// Of a batch of results sent again after a lost reply: how many rows already hold exactly
-/// what the first send wrote (same token, no lease, the intended status). Primary-key lookups.
+/// what the first send wrote (same token, no lease, the intended status), or, with
+/// `@gone_is_done` (`--on-done delete`), are gone when the result was `done`. Primary-key
+/// lookups.
 const ALREADY_WRITTEN: &str = "
-    SELECT count(*) FROM {t} AS e
-    JOIN unnest(@ids::bigint[], @tokens::int[], @statuses::text[]) AS r(id, token, status)
-      ON e.id = r.id
-    WHERE e.attempts = r.token AND e.locked_by IS NULL AND e.status = r.status";
+    SELECT count(*) FROM unnest(@ids::bigint[], @tokens::int[], @statuses::text[]) AS r(id, token, status)
+    LEFT JOIN {t} AS e ON e.id = r.id
+    WHERE (e.attempts = r.token AND e.locked_by IS NULL AND e.status = r.status)
+       OR (e.id IS NULL AND r.status = 'done' AND @gone_is_done::bool)";
 
 /// Given back with its attempt: unstarted at shutdown (delay 0, due again at once), or
 /// deferred by its handler for a local reason (due again after `delay` seconds).
@@ -182,6 +211,7 @@ const RELEASE_PARAMS: &[&str] = &["ids", "tokens", "owner", "delays"];
 /// A connection with this worker's statements prepared on it.
 pub struct Conn {
     pub client: Client,
+    on_done: OnDone,
     claim: Statement,
     complete: Statement,
     complete_and_claim: Statement,
@@ -199,13 +229,24 @@ pub struct ClaimArgs<'a> {
 }
 
 impl Conn {
+    /// [`Conn::prepare_with`] with `--on-done keep`.
+    pub fn prepare(
+        client: Client,
+        table: &Table,
+        lease: Duration,
+        order: Order,
+    ) -> Result<Conn, postgres::Error> {
+        Conn::prepare_with(client, table, lease, order, OnDone::Keep)
+    }
+
     /// Applies [`session_settings`] (again, if the caller already did before its own
     /// start-up queries: it is one cheap round trip) and prepares the statements.
-    pub fn prepare(
+    pub fn prepare_with(
         mut client: Client,
         table: &Table,
         lease: Duration,
         order: Order,
+        on_done: OnDone,
     ) -> Result<Conn, postgres::Error> {
         session_settings(&mut client, lease)?;
         let due = due_for(order);
@@ -214,19 +255,25 @@ impl Conn {
             table,
             CLAIM_PARAMS,
         ))?;
-        let complete = client.prepare(&bind(COMPLETE, table, COMPLETE_PARAMS))?;
+        let done = complete_ctes(on_done);
+        let complete = client.prepare(&bind(
+            &format!("WITH {done} SELECT count(*) FROM done"),
+            table,
+            COMPLETE_PARAMS,
+        ))?;
         // One round trip and one commit for "write the last results, claim the next batch".
         // The completed rows are leased by us (next_run_at in the future), so `due` does not
         // see them. Should a result arrive after its own lease expired, the row may match both
         // updates; PostgreSQL then applies only the first and the other skips the row — either
         // the result is written, or the event is claimed again: nothing is lost. Ordered: all
         // parts see one snapshot, so `due` still sees the events completed here as waiting
-        // and holds their successors back until the next claim (never early).
+        // and holds their successors back until the next claim (never early); a deleted one
+        // is simply not there at the next claim.
         let mut names: Vec<&str> = COMPLETE_PARAMS.to_vec();
         names.extend(CLAIM_PARAMS.iter().filter(|n| !COMPLETE_PARAMS.contains(n)));
         let complete_and_claim = client.prepare(&bind(
             &format!(
-                "WITH done AS ({COMPLETE} RETURNING 1), due AS ({due}), claimed AS ({LEASE})
+                "WITH {done}, due AS ({due}), claimed AS ({LEASE})
                  SELECT w.n, c.* FROM (SELECT count(*) AS n FROM done) AS w
                  LEFT JOIN claimed AS c ON true"
             ),
@@ -237,6 +284,7 @@ impl Conn {
         let release = client.prepare(&bind(RELEASE, table, RELEASE_PARAMS))?;
         Ok(Conn {
             client,
+            on_done,
             claim,
             complete,
             complete_and_claim,
@@ -268,10 +316,14 @@ impl Conn {
     /// Writes a batch of results; returns how many still belonged to us.
     pub fn complete(&mut self, owner: &str, batch: &[Completion]) -> Result<u64, postgres::Error> {
         let c = CompletionColumns::new(batch);
-        self.client.execute(
-            &self.complete,
-            &[&c.ids, &c.tokens, &c.statuses, &c.delays, &c.errors, &owner],
-        )
+        let written: i64 = self
+            .client
+            .query_one(
+                &self.complete,
+                &[&c.ids, &c.tokens, &c.statuses, &c.delays, &c.errors, &owner],
+            )?
+            .get(0);
+        Ok(u64::try_from(written).unwrap_or(0))
     }
 
     /// `complete` and `claim` in one statement: (results written, events claimed).
@@ -332,10 +384,12 @@ impl Conn {
         batch: &[Completion],
     ) -> Result<i64, postgres::Error> {
         let c = CompletionColumns::new(batch);
-        let sql = bind(ALREADY_WRITTEN, table, &["ids", "tokens", "statuses"]);
+        let names = ["ids", "tokens", "statuses", "gone_is_done"];
+        let sql = bind(ALREADY_WRITTEN, table, &names);
+        let gone_is_done = self.on_done == OnDone::Delete;
         Ok(self
             .client
-            .query_one(&sql, &[&c.ids, &c.tokens, &c.statuses])?
+            .query_one(&sql, &[&c.ids, &c.tokens, &c.statuses, &gone_is_done])?
             .get(0))
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Prepares this worker's statements on a new connection.
 pub(super) fn prepare(client: postgres::Client, cfg: &Config) -> Result<Conn> {
-    Conn::prepare(client, &cfg.table, cfg.lease, cfg.order).map_err(|e| {
+    Conn::prepare_with(client, &cfg.table, cfg.lease, cfg.order, cfg.on_done).map_err(|e| {
         if is_transient(&e) {
             Error::Postgres(e)
         } else {

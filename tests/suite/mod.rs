@@ -17,6 +17,7 @@ pub(super) mod metrics;
 mod metrics_outage;
 mod migrate;
 mod notify;
+mod on_done;
 mod ordered;
 mod outage;
 mod outcome_counts;

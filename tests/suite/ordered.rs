@@ -174,6 +174,39 @@ fn two_supervisors_of_two_processes_keep_every_aggregate_in_order() {
 }
 
 #[test]
+fn ordered_delivery_holds_with_on_done_delete() {
+    // 20 aggregates of 5 interleaved events; ids 3, 8, 13, ... fail their first attempt.
+    let ids: Vec<String> = (0..20).map(|a| a.to_string()).collect();
+    let mut events: Vec<(Option<&str>, &str)> = Vec::new();
+    for _ in 0..5 {
+        events.extend(ids.iter().map(|a| (Some(a.as_str()), "order.changed")));
+    }
+    let n = events.len() as i64;
+    let db = db_with(&events);
+    let dir = common::TempDir::new("ordered-delete");
+    let fail: Vec<String> = (1..=n)
+        .filter(|i| i % 5 == 3)
+        .map(|i| i.to_string())
+        .collect();
+    std::fs::write(dir.join("fail_once"), fail.join("\n") + "\n").unwrap();
+    let route = logging_route(dir.path());
+    let extra = [
+        "--on-done",
+        "delete",
+        "--processes",
+        "2",
+        "--batch-size",
+        "4",
+    ];
+    let run = ordered_run(&db, &route, &extra);
+    assert_eq!(run.code, Some(0), "{run}");
+    let lines = log_lines(dir.path());
+    super::assert_exactly_once(n, assert_ordered(&lines));
+    assert_eq!(lines.iter().filter(|l| l.0 == "F").count(), fail.len());
+    assert_eq!(db.count("SELECT count(*) FROM outbox_event"), 0);
+}
+
+#[test]
 fn a_dead_event_blocks_its_aggregate_until_retried() {
     // Aggregate a: 1 (dies), 2, 3; aggregate b: 4, 5.
     let a = Some("a");

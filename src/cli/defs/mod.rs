@@ -179,6 +179,7 @@ pub const FLAGS: &[Flag] = &[
     FAIL_ON_DEAD,
     ORDERED,
     ORDERED_DEAD,
+    ON_DONE,
     HELP,
     VERSION,
     JSON,

@@ -337,6 +337,20 @@ pub const ORDERED_DEAD: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const ON_DONE: Flag = Flag {
+    key: "--on-done",
+    short: None,
+    value: Some("MODE"),
+    default: Some("keep"),
+    help: "what a delivered event's row becomes: keep (status done) or delete",
+    note: Some(
+        "delete: the row is deleted by the fenced completion itself, no history is kept \
+         (`status` shows ~0 done, `prune` has nothing to do); retries and dead rows are kept \
+         either way",
+    ),
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),

@@ -1,0 +1,138 @@
+# shellcheck shell=bash
+# bench.sh's cpu section, sourced by it: where a drain's CPU goes, per event, with the default
+# completion (--on-done keep) and with --on-done delete, interleaved runs, $events events each,
+# --route '*=stdout' into a file, batch 10 and 100 at 1 and 2 processes:
+# - relay: the supervisor and its workers (bash's `times` for this shell's reaped children,
+#   taken around the drain: the supervisor waits for its workers, so their CPU is in its own);
+# - PostgreSQL: the postmaster's own CPU, its reaped children's (cutime + cstime in
+#   /proc/PID/stat: the drain's backends exit with it) and its live children's (on-CPU time in
+#   /proc/PID/schedstat: background writer, WAL writer, checkpointer, autovacuum), as deltas
+#   around the drain. Autovacuum work that starts after a drain is not in its figure.
+# Every drain must print each id once and leave every event done with attempts = 1 (keep) or
+# no row at all (delete).
+#
+# Uses bench.sh's psql_q, calc, median, fmt_int, ratio, warn, load_events, $tmp, $bin, $DSN,
+# $data, $events, $runs. cpu_summary_rows prints the summary table's rows.
+
+declare -A cpu_rate cpu_relay cpu_pg # [<processes>_<batch>_<keep|delete>] = median
+cpu_configs=(1:10 1:100 2:100 2:10)
+clk_tck=$(getconf CLK_TCK)
+
+# Sets relay_s: this shell's reaped children's CPU (user + system) so far, in seconds. Call it
+# as a command, not in $(...): `times` must run in this shell (a command substitution is a
+# fresh child with no children of its own yet).
+relay_cpu() {
+    times >"$tmp/times"
+    relay_s=$(sed -n 2p "$tmp/times" | awk '{ s = 0
+        for (i = 1; i <= 2; i++) { split($i, p, "m"); sub(/s$/, "", p[2]); s += p[1] * 60 + p[2] }
+        printf "%.6f\n", s }')
+}
+
+# The postmaster's children (there is no /proc/PID/task/*/children on every kernel).
+pg_children() {
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$1" '{ pid = $1; sub(/^.*\) /, ""); if ($2 == pm) print pid }'
+}
+
+# Waits (at most 5 s) until no client backend is left: one exiting while the CPU is read could
+# be counted both live and reaped, or neither.
+pg_settle() {
+    local pm=$1 k c busy
+    for _ in $(seq 1 500); do
+        busy=false
+        for k in $(pg_children "$pm"); do
+            c=$(tr '\0' ' ' 2>/dev/null <"/proc/$k/cmdline" || true)
+            if [[ $c == *'127.0.0.1('* || $c == *'[local]'* ]]; then busy=true; break; fi
+        done
+        $busy || return 0
+        sleep 0.01
+    done
+}
+
+# PostgreSQL's CPU so far, in seconds (see the header).
+pg_cpu() {
+    local pm ns=0 k a f
+    pm=$(head -n 1 "$data/postmaster.pid")
+    pg_settle "$pm"
+    for k in "$pm" $(pg_children "$pm"); do
+        read -r a _ 2>/dev/null <"/proc/$k/schedstat" && ns=$((ns + a))
+    done
+    # Fields 16 and 17 (cutime, cstime) are 14 and 15 after "pid (comm) ".
+    read -r -a f < <(sed 's/^.*) //' "/proc/$pm/stat")
+    calc "$ns / 1e9 + (${f[13]} + ${f[14]}) / $clk_tck"
+}
+
+# One drain: processes $1, batch $2, --on-done $3, run $4; sets rate, relay_us, pg_us.
+cpu_once() {
+    local p=$1 b=$2 mode=$3 r=$4 rc=0 t0 t1 c0 c1 g0 g1 left ok lines uniq_ids
+    load_events "$events"
+    g0=$(pg_cpu)
+    relay_cpu
+    c0=$relay_s
+    t0=$EPOCHREALTIME
+    "$bin" --dsn "$DSN" --drain --batch-size "$b" --processes "$p" --on-done "$mode" \
+        --route '*=stdout' --poll-interval 0.05 --log-level warning >"$tmp/cpu.out" 2>"$tmp/cpu.err" || rc=$?
+    t1=$EPOCHREALTIME
+    relay_cpu
+    c1=$relay_s
+    g1=$(pg_cpu)
+    rate=$(calc "$events / ($t1 - $t0)")
+    relay_us=$(calc "($c1 - $c0) * 1e6 / $events")
+    pg_us=$(calc "($g1 - $g0) * 1e6 / $events")
+    IFS='|' read -r left ok < <(psql_q -c "SELECT count(*),
+        count(*) FILTER (WHERE status = 'done' AND attempts = 1) FROM outbox_event")
+    lines=$(wc -l <"$tmp/cpu.out")
+    uniq_ids=$(sed -n 's/^{"id":\([0-9]*\),.*/\1/p' "$tmp/cpu.out" | sort -u | wc -l)
+    printf '  processes %d, batch %3d, --on-done %-6s run %d: %7s events/s  relay %5.2f µs/event  PostgreSQL %5.2f µs/event  (rows left: %s, done with attempts=1: %s, unique ids: %s, exit %s)\n' \
+        "$p" "$b" "$mode" "$r" "$(fmt_int "$rate")" "$relay_us" "$pg_us" "$left" "$ok" "$uniq_ids" "$rc"
+    local want_left=$events
+    [[ $mode == delete ]] && want_left=0
+    if [[ $rc != 0 || $left != "$want_left" || $ok != "$want_left" || $lines != "$events" || $uniq_ids != "$events" ]]; then
+        warn "processes $p batch $b --on-done $mode run $r: expected exit 0, each of $events events delivered once and $want_left rows left, all done with attempts = 1"
+    fi
+    if [[ -s $tmp/cpu.err ]]; then
+        warn "processes $p batch $b --on-done $mode run $r: output on stderr at --log-level warning; first lines:"
+        head -n 5 "$tmp/cpu.err" | sed 's/^/    /'
+    fi
+}
+
+bench_cpu() {
+    local pb p b r mode key
+    for pb in "${cpu_configs[@]}"; do
+        p=${pb%%:*}
+        b=${pb##*:}
+        declare -A rates=() relays=() pgs=()
+        for r in $(seq 1 "$runs"); do
+            for mode in keep delete; do
+                cpu_once "$p" "$b" "$mode" "$r"
+                rates[$mode]+=" $rate"
+                relays[$mode]+=" $relay_us"
+                pgs[$mode]+=" $pg_us"
+            done
+        done
+        for mode in keep delete; do
+            key=${p}_${b}_$mode
+            # shellcheck disable=SC2086 # the lists of figures
+            cpu_rate[$key]=$(median ${rates[$mode]})
+            # shellcheck disable=SC2086
+            cpu_relay[$key]=$(median ${relays[$mode]})
+            # shellcheck disable=SC2086
+            cpu_pg[$key]=$(median ${pgs[$mode]})
+            printf '  => processes %d, batch %3d, --on-done %-6s median %7s events/s, relay %.2f µs/event, PostgreSQL %.2f µs/event\n' \
+                "$p" "$b" "$mode" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}"
+        done
+    done
+}
+
+cpu_summary_rows() {
+    local pb p b mode key
+    for pb in "${cpu_configs[@]}"; do
+        p=${pb%%:*}
+        b=${pb##*:}
+        for mode in keep delete; do
+            key=${p}_${b}_$mode
+            printf '| Dispatchbox --drain, %s events, --on-done %s: rate; CPU per event, relay / PostgreSQL | %d | %d | %s events/s; %.2f / %.2f µs | %s | - |\n' \
+                "$events" "$mode" "$p" "$b" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}" \
+                "$(ratio "${cpu_rate[$key]}" "${ceiling[two_$b]}")"
+        done
+    done
+}
