@@ -64,17 +64,6 @@ echo "PostgreSQL: $DSN; NATS: $nats_url ($(nats-server --version)); RabbitMQ: $r
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 "$bin" migrate --dsn "$DSN" >/dev/null
 
-load_events() {
-    psql_q -v n="$events" >/dev/null <<'SQL'
-TRUNCATE outbox_event RESTART IDENTITY;
-INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-FROM generate_series(1, :n::bigint) AS g;
-VACUUM ANALYZE outbox_event;
-CHECKPOINT;
-SQL
-}
-
 cat >"$tmp/ack.py" <<'EOF'
 import sys
 for line in sys.stdin:
@@ -107,7 +96,7 @@ run_n=0
 drain_once() {
     local route=$1 label=$2 r=$3 rc=0 t0 t1 ok
     shift 3
-    load_events
+    load_events "$events"
     t0=$EPOCHREALTIME
     "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --route "$route" \
         --poll-interval 0.05 --log-level warning "$@" >"$tmp/drain.out" 2>"$tmp/drain.err" || rc=$?

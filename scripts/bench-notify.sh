@@ -43,17 +43,6 @@ bench_cluster bench-notify
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 "$bin" migrate --dsn "$DSN" --log-level warning
 
-load_events() {
-    psql_q -v n="$1" >/dev/null <<'SQL'
-TRUNCATE outbox_event RESTART IDENTITY;
-INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-FROM generate_series(1, :n::bigint) AS g;
-VACUUM ANALYZE outbox_event;
-CHECKPOINT;
-SQL
-}
-
 # ---------------------------------------------------------------------------------------
 say "What the trigger costs producers: one-row INSERT transactions/s, ${secs} s per run, median of $runs"
 cat >"$tmp/insert.sql" <<'SQL'
