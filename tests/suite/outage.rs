@@ -60,6 +60,18 @@ fn paused_then_recovered(
     out
 }
 
+/// A bridge that answers `unavailable ID broker down` while the file it returns second
+/// exists (it does at first), and otherwise logs `delivered ID` and answers `ok ID`.
+fn unavailable_while_down(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let down = dir.join("down");
+    std::fs::write(&down, "").unwrap();
+    let body = format!(
+        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
+         else echo \"delivered $id\" >> \"$dir/log\"; echo \"ok $id\"; fi\ndone"
+    );
+    (script(dir, "publisher.sh", &body), down)
+}
+
 fn attempts_sum(db: &common::TestDb) -> i64 {
     db.count("SELECT coalesce(sum(attempts), 0) FROM outbox_event")
 }
@@ -153,13 +165,7 @@ fn a_webhook_outage_pauses_the_route_probes_it_and_costs_no_attempt_per_event() 
 fn a_pipe_bridge_answering_unavailable_pauses_its_route_until_the_broker_is_back() {
     let db = db_with_events(120, "x");
     let dir = TempDir::new("outage-pipe");
-    let down = dir.join("down");
-    std::fs::write(&down, "").unwrap();
-    let body = format!(
-        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
-         else echo \"delivered $id\" >> \"$dir/log\"; echo \"ok $id\"; fi\ndone"
-    );
-    let publisher = script(&dir, "publisher.sh", &body);
+    let (publisher, down) = unavailable_while_down(&dir);
     let out = paused_then_recovered(&db, &route(&publisher), 120, || {
         std::fs::remove_file(&down).unwrap()
     });
@@ -261,13 +267,7 @@ fn a_poison_event_among_deliveries_does_not_pause_its_route_and_goes_dead_as_bef
 fn a_lone_event_failing_in_an_outage_waits_instead_of_going_dead() {
     let db = db_with_events(1, "x");
     let dir = TempDir::new("outage-lone");
-    let down = dir.join("down");
-    std::fs::write(&down, "").unwrap();
-    let body = format!(
-        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
-         else echo \"ok $id\"; fi\ndone"
-    );
-    let publisher = script(&dir, "publisher.sh", &body);
+    let (publisher, down) = unavailable_while_down(&dir);
     let out = paused_then_recovered(&db, &route(&publisher), 1, || {
         std::fs::remove_file(&down).unwrap()
     });
@@ -282,13 +282,7 @@ fn a_paused_route_shows_in_the_metrics_and_the_time_paused_adds_up() {
     use super::metrics::{daemon, scrape, value};
     let db = db_with_events(40, "x");
     let dir = TempDir::new("outage-metrics");
-    let down = dir.join("down");
-    std::fs::write(&down, "").unwrap();
-    let body = format!(
-        "{READ}\n  if [[ -e $dir/down ]]; then echo \"unavailable $id broker down\"; \
-         else echo \"ok $id\"; fi\ndone"
-    );
-    let publisher = script(&dir, "publisher.sh", &body);
+    let (publisher, down) = unavailable_while_down(&dir);
     let target = format!("pipe:{}", publisher.display());
     let (sup, port) = daemon(
         &db,
