@@ -52,8 +52,7 @@ fi
 
 say "starting a throwaway PostgreSQL on 127.0.0.1"
 bindir=$(find_bindir)
-pgbench=$bindir/pgbench
-[[ -x $pgbench ]] || pgbench=$(command -v pgbench) || { echo "pgbench not found" >&2; exit 1; }
+pgbench=$(find_pgbench) || exit 1
 bench_cluster bench-dead-index
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 "$bin" migrate --dsn "$DSN" --log-level warning

@@ -30,15 +30,13 @@ source scripts/lib/pg.sh
 # shellcheck source=scripts/lib/bench_latency.sh
 source scripts/lib/bench_latency.sh
 
-
 say "cargo build --release"
 cargo build --release
 bin=$(readlink -f "${CARGO_TARGET_DIR:-target}/release/dispatchbox")
 
 say "starting a throwaway PostgreSQL on 127.0.0.1"
 bindir=$(find_bindir)
-pgbench=$bindir/pgbench
-[[ -x $pgbench ]] || pgbench=$(command -v pgbench) || { echo "pgbench not found" >&2; exit 1; }
+pgbench=$(find_pgbench) || exit 1
 bench_cluster bench-notify
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }
 "$bin" migrate --dsn "$DSN" --log-level warning

@@ -85,9 +85,7 @@ fi
 
 say "starting a throwaway PostgreSQL on 127.0.0.1"
 bindir=$(find_bindir)
-pgbench=$bindir/pgbench
-[[ -x $pgbench ]] || pgbench=$(command -v pgbench) ||
-    { echo "pgbench not found (Debian/Ubuntu: apt-get install -y postgresql-contrib)" >&2; exit 1; }
+pgbench=$(find_pgbench) || exit 1
 bench_cluster bench
 echo "server: $DSN"
 psql_q() { "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$DSN" "$@"; }

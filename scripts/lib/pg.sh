@@ -22,6 +22,13 @@ find_bindir() {
     exit 1
 }
 
+# pgbench beside the server binaries in $bindir, else on PATH.
+find_pgbench() {
+    local p=$bindir/pgbench
+    [[ -x $p ]] || p=$(command -v pgbench) || { echo "pgbench not found (Debian/Ubuntu: apt-get install -y postgresql-contrib)" >&2; exit 1; }
+    echo "$p"
+}
+
 # A TCP port nobody listens on (bash's /dev/tcp: a refused connect means free).
 free_port() {
     local port
