@@ -304,6 +304,8 @@ mod tests {
         (&defs::FAIL_ON_DEAD, "true"),
         (&defs::ORDERED, "true"),
         (&defs::ORDERED_DEAD, "skip"),
+        (&defs::RETAIN_DONE, "7d"),
+        (&defs::RETAIN_ARCHIVE, "app.events_archive"),
     ];
 
     #[test]
@@ -360,6 +362,10 @@ mod tests {
             let (with, without) = match flag.name() {
                 n if n == dsn => (vec![file], vec![dsn]),
                 n if n == file => (vec![dsn], vec![file]),
+                // The archive is refused without retention.
+                n if n == defs::RETAIN_DONE.name() => {
+                    (vec![file], vec![file, n, defs::RETAIN_ARCHIVE.name()])
+                }
                 n => (vec![file], vec![file, n]),
             };
             let (with, without) = (sampled(&with, &dsn_file), sampled(&without, &dsn_file));

@@ -9,7 +9,7 @@
 
 mod dead;
 mod migrate;
-mod prune;
+pub(crate) mod prune;
 mod status;
 
 use crate::cli::{Command, RawArgs};

@@ -46,7 +46,7 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
     }
     let columns = match &archive {
         None => Vec::new(),
-        Some(to) => archive_columns(&mut client, cfg, to)?,
+        Some(to) => archive_columns(&mut client, defs::ARCHIVE.key, &cfg.table, to)?,
     };
     ops::batch_settings(&mut client)?;
     let started = Instant::now();
@@ -76,20 +76,22 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// The outbox table's columns, once the archive table is known to have them all.
-fn archive_columns(
+/// The outbox table's columns, once the archive table is known to have them all (also
+/// `--retain-archive`'s check).
+pub(crate) fn archive_columns(
     client: &mut postgres::Client,
-    cfg: &AdminConfig,
+    who: &str,
+    table: &Table,
     to: &Table,
 ) -> Result<Vec<String>> {
     let Some(theirs) = ops::columns(client, to)? else {
         return Err(Error::Database(format!(
-            "--archive: table {to} does not exist; create it first, e.g. CREATE TABLE {} (LIKE {})",
+            "{who}: table {to} does not exist; create it first, e.g. CREATE TABLE {} (LIKE {})",
             to.quoted(),
-            cfg.table.quoted()
+            table.quoted()
         )));
     };
-    let ours = ops::columns(client, &cfg.table)?.unwrap_or_default();
+    let ours = ops::columns(client, table)?.unwrap_or_default();
     let missing: Vec<&str> = ours
         .iter()
         .filter(|c| !theirs.contains(c))
@@ -97,9 +99,9 @@ fn archive_columns(
         .collect();
     if !missing.is_empty() {
         return Err(Error::Database(format!(
-            "--archive: table {to} lacks column(s) {} of {}",
+            "{who}: table {to} lacks column(s) {} of {}",
             missing.join(", "),
-            cfg.table
+            table
         )));
     }
     Ok(ours)

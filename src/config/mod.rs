@@ -75,6 +75,10 @@ pub struct Config {
     pub order: Order,
     /// `--on-done`: a delivered event's row is kept as `done` or deleted.
     pub on_done: OnDone,
+    /// `--retain-done`: the supervisor deletes done events delivered longer ago (None: never).
+    pub retain_done: Option<Duration>,
+    /// `--retain-archive`: retention moves the rows into this table instead.
+    pub retain_archive: Option<Table>,
     pub max_runtime: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub connect_timeout: Duration,
@@ -213,6 +217,8 @@ impl Config {
         let notify = src.notify()?;
         let order = src.order(raw.has(defs::ORDERED.name()))?;
         let on_done = src.on_done()?;
+        let retain_done = src.secs(&defs::RETAIN_DONE)?;
+        let retain_archive = src.retain_archive(retain_done.is_some())?;
 
         Ok(Config {
             dsn: src.dsn()?,
@@ -238,6 +244,8 @@ impl Config {
             notify,
             order,
             on_done,
+            retain_done,
+            retain_archive,
             max_runtime,
             shutdown_timeout,
             connect_timeout,

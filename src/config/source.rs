@@ -270,6 +270,20 @@ impl Source<'_> {
         }
     }
 
+    /// `--retain-archive TABLE`: only with `--retain-done` (`retaining`).
+    pub(super) fn retain_archive(&self, retaining: bool) -> Result<Option<Table>> {
+        let Some((who, v)) = self.get(&defs::RETAIN_ARCHIVE) else {
+            return Ok(None);
+        };
+        if !retaining {
+            return Err(Error::Usage(format!(
+                "{who} needs {}: the rows are moved when retention deletes them",
+                defs::RETAIN_DONE.key
+            )));
+        }
+        Table::parse_for(&who, v.trim()).map(Some)
+    }
+
     /// `HOST:PORT`, checked for its shape here; the host is resolved when it is bound.
     pub(super) fn metrics_addr(&self) -> Result<Option<String>> {
         let Some((who, v)) = self.get(&defs::METRICS_ADDR) else {

@@ -28,6 +28,8 @@ struct State {
     slots: Vec<SlotBook>,
     stopping: bool,
     next_incarnation: u64,
+    /// Rows the supervisor's retention removed (`--retain-done`).
+    retained: u64,
 }
 
 #[derive(Default)]
@@ -64,6 +66,8 @@ pub(crate) struct Snapshot {
     /// Children started, restarts included.
     pub starts: u64,
     pub stopping: bool,
+    /// Done rows removed by `--retain-done` (deleted or moved to the archive).
+    pub retained: u64,
     /// The `process_*` figures of each slot's running child, by slot.
     pub processes: Vec<(usize, ProcessStats)>,
 }
@@ -118,10 +122,16 @@ impl Board {
         self.lock().stopping = true;
     }
 
+    /// The supervisor's retention removed `n` more rows.
+    pub(crate) fn retained(&self, n: u64) {
+        self.lock().retained += n;
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         let s = self.lock();
         let mut snap = Snapshot {
             stopping: s.stopping,
+            retained: s.retained,
             ..Snapshot::default()
         };
         for (slot, book) in s.slots.iter().enumerate() {

@@ -84,6 +84,7 @@ pub(crate) fn render(snap: &Snapshot, backlog: BacklogView, p: &Process) -> Stri
     single(o, CLAIMED, "", t.claimed.to_string());
     single(o, DB_ERRORS, "", t.db_errors.to_string());
     single(o, STARTS, "", snap.starts.to_string());
+    single(o, RETAINED, "", snap.retained.to_string());
     let (name, kind, help) = WORKERS;
     family(o, name, kind, help);
     let w = snap.workers;
@@ -185,6 +186,11 @@ const STARTS: Family = (
     "dispatchbox_worker_starts_total",
     "counter",
     "Worker processes started, restarts included.",
+);
+const RETAINED: Family = (
+    "dispatchbox_retention_removed_total",
+    "counter",
+    "Done events removed by --retain-done (deleted, or moved to --retain-archive).",
 );
 const WORKERS: Family = (
     "dispatchbox_workers",

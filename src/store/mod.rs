@@ -21,6 +21,7 @@ mod event;
 mod notify;
 pub mod ops;
 mod report;
+pub mod retain;
 mod schema;
 
 pub use backlog::backlog;

@@ -339,6 +339,27 @@ pub fn prune_batch(
     n: i64,
     archive: Option<(&Table, &[String])>,
 ) -> Result<Batch> {
+    let sql = moving(
+        PRUNE.replace("{prunable}", PRUNABLE),
+        table,
+        &["older", "after", "n"],
+        archive,
+    );
+    let row = client.query_one(&sql, &[&older, &after, &n])?;
+    Ok(Batch {
+        rows: row.get(0),
+        last_id: row.get(1),
+    })
+}
+
+/// `template` (with `{cols}` returned by its DELETE and `{archived}` after it) bound, deleting
+/// or, with `archive`, moving the rows into it.
+pub(super) fn moving(
+    template: String,
+    table: &Table,
+    names: &[&str],
+    archive: Option<(&Table, &[String])>,
+) -> String {
     let (cols, list, insert) = match archive {
         None => ("e.id".to_string(), String::new(), ""),
         Some((_, columns)) => {
@@ -351,19 +372,12 @@ pub fn prune_batch(
         }
     };
     let archive_name = archive.map(|(to, _)| to.quoted()).unwrap_or_default();
-    let sql = bind_parts(
-        &PRUNE
-            .replace("{prunable}", PRUNABLE)
-            .replace("{archived}", insert),
+    bind_parts(
+        &template.replace("{archived}", insert),
         table,
-        &["older", "after", "n"],
+        names,
         &[("cols", &cols), ("list", &list), ("archive", &archive_name)],
-    );
-    let row = client.query_one(&sql, &[&older, &after, &n])?;
-    Ok(Batch {
-        rows: row.get(0),
-        last_id: row.get(1),
-    })
+    )
 }
 
 /// How many done rows `prune` would take now (`--dry-run`): a full scan.

@@ -23,6 +23,7 @@
 
 mod notify;
 mod policy;
+mod retain;
 mod spawn;
 mod verdict;
 
@@ -94,6 +95,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
     if let Some(addr) = &cfg.metrics_addr {
         crate::metrics::start(cfg, addr, &sup.board)?;
     }
+    retain::start(cfg, &sup.board)?;
     info!(
         "starting {} worker process(es) for table {} on {}",
         cfg.processes,

@@ -24,6 +24,7 @@ mod outcome_counts;
 pub(super) mod pipe;
 mod pipe_stream;
 mod reliability;
+mod retention;
 mod samples;
 mod service;
 mod sinks;

@@ -180,6 +180,8 @@ pub const FLAGS: &[Flag] = &[
     ORDERED,
     ORDERED_DEAD,
     ON_DONE,
+    RETAIN_DONE,
+    RETAIN_ARCHIVE,
     HELP,
     VERSION,
     JSON,

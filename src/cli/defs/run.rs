@@ -351,6 +351,30 @@ pub const ON_DONE: Flag = Flag {
     kind: Kind::Text,
 };
 
+pub const RETAIN_DONE: Flag = Flag {
+    key: "--retain-done",
+    short: None,
+    value: Some("SECS"),
+    default: None,
+    help: "delete done events delivered longer ago than this (e.g. 7d), in the background",
+    note: Some(
+        "off unless given; the supervisor does it on a connection of its own, in batches of \
+         1,000 rows taken FOR UPDATE SKIP LOCKED, a pass every 10 s; like `prune --older-than` \
+         run by the daemon (README, \"Retention\")",
+    ),
+    kind: secs(1.0, 3650.0 * DAY),
+};
+
+pub const RETAIN_ARCHIVE: Flag = Flag {
+    key: "--retain-archive",
+    short: None,
+    value: Some("TABLE"),
+    default: None,
+    help: "with --retain-done: move the rows into this existing table of the same shape",
+    note: Some("like `prune --archive`; the delete and the insert are one statement"),
+    kind: Kind::Text,
+};
+
 pub const HELP: Flag = Flag {
     key: "--help",
     short: Some("-h"),

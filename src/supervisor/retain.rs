@@ -1,0 +1,299 @@
+//! `--retain-done`: the supervisor deletes the done events delivered longer ago than the
+//! retention (or moves them into `--retain-archive`), on a thread and a connection of its own,
+//! like `prune` run by the daemon itself.
+//!
+//! Why the supervisor and not a worker: there is one per daemon however many `--processes`
+//! run (no two processes of a daemon ever delete, nothing to elect), it goes on while a worker
+//! is killed or restarted, and the workers' DB threads stay on the claim path only: no
+//! retention work is ever done per event or between claims. The cost is one more connection.
+//! Two daemons on one table both retain; their batches take rows `FOR UPDATE SKIP LOCKED`, so
+//! they share the work rather than wait on each other.
+//!
+//! A pass every [`PASS_EVERY`] (the first at start-up) goes on with a sweep of the primary
+//! key, or starts one: each statement reads a span of at most [`SPAN`] ids and removes the
+//! old done rows among them (`store::retain`), in its own transaction under a statement
+//! timeout of [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`]; a pass starts no
+//! statement after [`PASS_BUDGET`] (a backlog of old rows is worked off over several passes,
+//! at most a third of the time) and the next pass resumes the sweep where it stopped. A quick
+//! sweep stops at the first row created within the retention (`store::retain::quick_bound`):
+//! it reads the old rows only. A full sweep, once per retention (at least [`FULL_EVERY_MIN`]
+//! apart), reads the whole table, for rows whose `created_at` is out of id order.
+//!
+//! Invariants: at most one statement of retention runs at any time; a failure (a read-only
+//! role, a standby, a timeout, a lost connection) costs one warning per streak of failures and
+//! the rest of that pass, never a worker's progress; only `done` rows are ever removed (the
+//! statement checks the status again under the row lock).
+
+use crate::admin::human_secs;
+use crate::admin::prune::archive_columns;
+use crate::cli::defs;
+use crate::config::{Config, Table};
+use crate::connect::{Attempt, Connector};
+use crate::error::{describe_pg, Error, Result};
+use crate::metrics::board::Board;
+use crate::store::retain::{self, Span};
+use crate::{info, warn};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ids read per statement (and transaction), at most.
+const SPAN: i64 = 5000;
+/// Time between the starts of two passes.
+const PASS_EVERY: Duration = Duration::from_secs(10);
+/// A pass starts no new statement after this long.
+const PASS_BUDGET: Duration = Duration::from_secs(3);
+/// A statement running longer is cancelled by the server.
+const STATEMENT_LIMIT: Duration = Duration::from_secs(5);
+const LOCK_LIMIT: Duration = Duration::from_secs(1);
+/// Full sweeps are at least this far apart (and at least the retention).
+const FULL_EVERY_MIN: Duration = Duration::from_secs(600);
+/// At most one INFO line about removed rows per this long.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Starts the retention thread when `--retain-done` is given.
+pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
+    let Some(older) = cfg.retain_done else {
+        return Ok(());
+    };
+    let mut connector = cfg.dsn.connector()?;
+    connector.cap_attempt_timeout(STATEMENT_LIMIT);
+    let mut r = Retainer {
+        full_every: older.max(FULL_EVERY_MIN),
+        sweep: None,
+        last_full: None,
+        connector,
+        table: cfg.table.clone(),
+        archive: cfg.retain_archive.clone(),
+        older: older.as_secs_f64(),
+        client: None,
+        columns: Vec::new(),
+        board: Arc::clone(board),
+        book: Book::default(),
+    };
+    let verb = match &cfg.retain_archive {
+        Some(to) => format!("moved to {to}"),
+        None => "deleted".into(),
+    };
+    info!(
+        "retention: done events delivered more than {} ago are {verb} (a pass every {} s)",
+        human_secs(r.older),
+        PASS_EVERY.as_secs()
+    );
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || r.run())?;
+    Ok(())
+}
+
+struct Retainer {
+    full_every: Duration,
+    /// The sweep under way.
+    sweep: Option<Sweep>,
+    /// When the last full sweep started.
+    last_full: Option<Instant>,
+    connector: Connector,
+    table: Table,
+    archive: Option<Table>,
+    /// The retention, in seconds.
+    older: f64,
+    client: Option<postgres::Client>,
+    /// The outbox table's columns, for the archive's insert (checked on each connection).
+    columns: Vec<String>,
+    board: Arc<Board>,
+    book: Book,
+}
+
+impl Retainer {
+    fn run(&mut self) {
+        loop {
+            let started = Instant::now();
+            let result = self.pass();
+            let now = Instant::now();
+            match result {
+                Ok(n) => {
+                    if self.book.succeeded() {
+                        info!("retention works again");
+                    }
+                    if let Some((rows, over)) = self.book.removed(n, now) {
+                        info!(
+                            "retention: {rows} done event(s) delivered more than {} ago {} in \
+                             the last {}",
+                            human_secs(self.older),
+                            self.verb(),
+                            human_secs(over.as_secs_f64())
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.client = None;
+                    if self.book.failed() {
+                        warn!(
+                            "retention: cannot remove old done events ({e}); delivery goes on, \
+                             retrying every {} s",
+                            PASS_EVERY.as_secs()
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(PASS_EVERY.saturating_sub(started.elapsed()));
+        }
+    }
+
+    fn verb(&self) -> &'static str {
+        match self.archive {
+            Some(_) => "archived",
+            None => "deleted",
+        }
+    }
+
+    /// One pass: rows removed, or the first error.
+    fn pass(&mut self) -> Result<u64> {
+        let started = Instant::now();
+        self.connect()?;
+        let Some(client) = self.client.as_mut() else {
+            return Err(Error::Database("not connected".into()));
+        };
+        let mut sweep = match self.sweep {
+            Some(s) => s,
+            None if self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.full_every) =>
+            {
+                self.last_full = Some(started);
+                Sweep::from_start(i64::MAX)
+            }
+            None => {
+                let bound = retain::quick_bound(client, &self.table, self.older)?;
+                Sweep::from_start(bound.unwrap_or(i64::MAX))
+            }
+        };
+        let archive = self.archive.as_ref().map(|t| (t, self.columns.as_slice()));
+        let mut total = 0u64;
+        while started.elapsed() < PASS_BUDGET {
+            let span = Span {
+                older: self.older,
+                after: sweep.after,
+                below: sweep.below,
+                n: SPAN,
+            };
+            let batch = retain::span(client, &self.table, span, archive);
+            let batch = batch.inspect_err(|_| self.sweep = Some(sweep))?;
+            let rows = u64::try_from(batch.rows).unwrap_or(0);
+            total += rows;
+            self.board.retained(rows);
+            match batch.last_id {
+                Some(last) => sweep.after = last,
+                None => {
+                    self.sweep = None;
+                    return Ok(total);
+                }
+            }
+        }
+        self.sweep = Some(sweep);
+        Ok(total)
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        let mut client = match self.connector.poll(self.connector.attempt_limit()) {
+            Attempt::Done(Ok(c)) => c,
+            Attempt::Done(Err(e)) => return Err(Error::Database(describe_pg(&e))),
+            Attempt::Pending => return Err(Error::Database("no answer from the server".into())),
+        };
+        retain::settings(&mut client, LOCK_LIMIT, STATEMENT_LIMIT)?;
+        if let Some(to) = &self.archive {
+            self.columns = archive_columns(&mut client, defs::RETAIN_ARCHIVE.key, &self.table, to)?;
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+}
+
+/// Where a sweep of the primary key is: the next span starts after `after`; it ends at
+/// `below` (a quick sweep) or at the end of the table.
+#[derive(Clone, Copy, Debug)]
+struct Sweep {
+    after: i64,
+    below: i64,
+}
+
+impl Sweep {
+    fn from_start(below: i64) -> Sweep {
+        Sweep {
+            after: i64::MIN,
+            below,
+        }
+    }
+}
+
+/// What the logs say and when: one INFO line about removed rows per [`LOG_EVERY`] at most
+/// (with the rows since the last one), one warning per streak of failed passes and a line when
+/// it works again. Pure bookkeeping.
+#[derive(Default)]
+struct Book {
+    /// Rows removed since the last INFO line, and when that line was written.
+    unreported: u64,
+    reported_at: Option<Instant>,
+    failing: bool,
+}
+
+impl Book {
+    /// A pass removed `n` rows at `now`: the rows to report and over how long, if a line is
+    /// due (something was removed, and the last line is old enough).
+    fn removed(&mut self, n: u64, now: Instant) -> Option<(u64, Duration)> {
+        self.unreported += n;
+        let since = self.reported_at.map(|t| now.saturating_duration_since(t));
+        if n == 0 || since.is_some_and(|s| s < LOG_EVERY) {
+            return None;
+        }
+        self.reported_at = Some(now);
+        let rows = std::mem::take(&mut self.unreported);
+        Some((rows, since.unwrap_or(PASS_EVERY)))
+    }
+
+    /// A pass failed: whether to warn (the first of a streak).
+    fn failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.failing, true)
+    }
+
+    /// A pass worked: whether a streak of failures just ended.
+    fn succeeded(&mut self) -> bool {
+        std::mem::take(&mut self.failing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_rows_are_reported_at_most_once_a_minute_and_none_are_lost() {
+        let t0 = Instant::now();
+        let mut b = Book::default();
+        assert_eq!(b.removed(0, t0), None, "nothing removed, nothing said");
+        assert_eq!(b.removed(5, t0), Some((5, PASS_EVERY)));
+        assert_eq!(b.removed(7, t0 + Duration::from_secs(10)), None);
+        assert_eq!(
+            b.removed(0, t0 + LOG_EVERY),
+            None,
+            "only a pass that removed"
+        );
+        assert_eq!(
+            b.removed(1, t0 + LOG_EVERY + Duration::from_secs(1)),
+            Some((8, LOG_EVERY + Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn a_streak_of_failures_warns_once_and_says_when_it_ends() {
+        let mut b = Book::default();
+        assert!(!b.succeeded());
+        assert!(b.failed());
+        assert!(!b.failed());
+        assert!(b.succeeded());
+        assert!(!b.succeeded());
+        assert!(b.failed());
+    }
+}
