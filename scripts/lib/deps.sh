@@ -17,6 +17,7 @@
 #   nats-server      NATS with JetStream (the example bridges' tests and bench-broker.sh)
 #   rabbitmq-server  RabbitMQ (the same; its Erlang runtime comes with it)
 #   python-venv      python3 with venv and ensurepip (scripts/test-deps.sh makes the venv)
+#   gnuplot  gnuplot without X (scripts/soak.sh draws its PNG with it)
 # Installing a broker package must not leave a broker running on its default port: with apt,
 # a temporary /usr/sbin/policy-rc.d (exit 101) stops the packages' services from starting; it
 # is removed afterwards, and one that was there before is left as it was.
@@ -48,6 +49,7 @@ missing_deps() {
             server) have_server && command -v runuser >/dev/null || echo server ;;
             cc) command -v cc >/dev/null || echo cc ;;
             promtool) command -v promtool >/dev/null || echo promtool ;;
+            gnuplot) command -v gnuplot >/dev/null || echo gnuplot ;;
             ssl-dev)
                 command -v pkg-config >/dev/null || echo pkg-config
                 pkg-config --exists openssl 2>/dev/null || echo ssl-dev
@@ -77,6 +79,8 @@ packages_for() {
             apt-get:server) echo postgresql ;;
             apt-get:cc) echo gcc libc6-dev ;;
             apt-get:promtool | apk:promtool) echo prometheus ;;
+            apt-get:gnuplot) echo gnuplot-nox ;;
+            dnf:gnuplot | apk:gnuplot) echo gnuplot ;;
             dnf:promtool) echo golang-github-prometheus ;;
             apt-get:pkg-config) echo pkg-config ;;
             apt-get:ssl-dev) echo libssl-dev ;;

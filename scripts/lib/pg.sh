@@ -78,8 +78,8 @@ pg_start() {
         >/dev/null) || { tail -n 30 "$tmp/server.log" >&2; exit 1; }
 }
 
-# bench_cluster NAME: a throwaway cluster for a benchmark script: stock durable settings, TCP on
-# 127.0.0.1 with trust auth, a database `bench`. Sets tmp, data, port and DSN, and an EXIT trap
+# bench_cluster NAME [CONF_LINE...]: a throwaway cluster for a benchmark script: stock durable
+# settings (plus the CONF_LINEs given), TCP on 127.0.0.1 with trust auth, a database `bench`. Sets tmp, data, port and DSN, and an EXIT trap
 # that stops what the script left running (the supervisor in $live_pid, the webhook receiver in
 # $receiver_pid) and then the cluster, and removes the directory. Needs $bindir.
 # shellcheck disable=SC2034 # data, DSN, live_pid, receiver_pid are for the sourcing script
@@ -92,7 +92,7 @@ bench_cluster() {
     trap 'exit 130' INT TERM
     # Not a pipe into pg_start: it must run in this shell, which gets its $port.
     pg_start "$tmp" trust < <(printf '%s\n' "# dispatchbox $1: stock durable settings, TCP on 127.0.0.1 only" \
-        "fsync = on" "synchronous_commit = on" "full_page_writes = on")
+        "fsync = on" "synchronous_commit = on" "full_page_writes = on" "${@:2}")
     DSN="host=127.0.0.1 port=$port dbname=bench user=postgres"
     "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres bench
 }
