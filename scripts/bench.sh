@@ -15,7 +15,8 @@
 #                    later retries are added; see scripts/lib/bench_scale.sh)
 #   BENCH_SECTIONS   only these optional sections, comma-separated, beside the ceiling, the
 #                    main drains and the signal timings: pipe, webhook, batch1000, big,
-#                    ordered, rss, latency, cpu (default: all)
+#                    ordered, rss, latency, cpu, retention (default: all)
+#   BENCH_RETAIN_ROWS old done rows beside the events in the retention section (default 200000)
 #
 # Prints figures and never asserts timings: it exits 0 unless something could not run at
 # all. Correctness checks (every event done with attempts = 1, each id delivered once, no
@@ -35,7 +36,7 @@ for var in $(compgen -e); do
 done
 
 usage() {
-    sed -n '7,18s/^# \{0,1\}//p' "$0" >&2
+    sed -n '7,19s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -67,6 +68,8 @@ source scripts/lib/bench_latency.sh
 source scripts/lib/bench_ordered.sh
 # shellcheck source=scripts/lib/bench_cpu.sh
 source scripts/lib/bench_cpu.sh
+# shellcheck source=scripts/lib/bench_retention.sh
+source scripts/lib/bench_retention.sh
 
 # shellcheck source=scripts/lib/bench_util.sh
 source scripts/lib/bench_util.sh
@@ -341,6 +344,10 @@ if want cpu; then
     say "CPU per event: relay (supervisor + workers) and PostgreSQL, --on-done keep beside delete, $events events, median of $runs"
     bench_cpu
 fi
+if want retention; then
+    say "Retention: --retain-done 1h deleting $retain_rows old done rows during a drain of $events events, beside the same drain without it, median of $runs"
+    bench_retention
+fi
 
 # ---------------------------------------------------------------------------------------
 say "SIGTERM to exit, nothing in flight: --poll-interval 1.0, empty table, $sig_runs run(s)"
@@ -464,6 +471,7 @@ if want batch1000 && want big && want rss; then scale_summary_rows; fi
 if want latency; then latency_summary_rows; fi
 if want ordered; then ordered_summary_rows; fi
 if want cpu; then cpu_summary_rows; fi
+if want retention; then retention_summary_rows; fi
 printf '| Dispatchbox --drain on an empty table (start-up + one empty poll) | 1 | 100 | %.1f ms | - | - |\n' "$startup_median"
 printf '| SIGTERM to exit, idle (--poll-interval 1.0), %d run(s) | 1 | - | %.1f ms (max %.1f ms) | - | - |\n' \
     "$sig_runs" "$sig_median" "$sig_max"
