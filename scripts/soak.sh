@@ -18,6 +18,8 @@
 #   SOAK_FAULTS     off: no faults (for comparing settings)
 #   SOAK_RELOPTIONS storage parameters set on the table after `migrate`, e.g.
 #                   "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000"
+#   SOAK_PREFILL    done rows (delivered 2 days ago) put in the table first (default 0); with a
+#                   longer SOAK_RETAIN they stay: a big table, as after weeks of history
 #
 # Each sample (a minute; 10 s with --quick) goes to SOAK_OUT/samples.csv: delivered, produced,
 # commit-to-handler p50/p99/max, RSS/fds/threads of the supervisor and each worker slot, table
@@ -32,7 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/bench_util.sh
 source scripts/lib/bench_util.sh
-bench_start 10,21 "$@"
+bench_start 10,23 "$@"
 if $quick; then
     minutes=${SOAK_MINUTES:-5} interval=10 outage=30 kill_every=60 retain=${SOAK_RETAIN:-1m}
 else
@@ -42,10 +44,11 @@ rate=${SOAK_RATE:-2000}
 clients=${SOAK_CLIENTS:-4}
 faults=${SOAK_FAULTS:-on}
 reloptions=${SOAK_RELOPTIONS:-}
+prefill=${SOAK_PREFILL:-0}
 out=${SOAK_OUT:-target/soak}
 read -r -a extra <<<"${SOAK_FLAGS:-}"
-[[ $minutes =~ ^[1-9][0-9]*$ && $rate =~ ^[1-9][0-9]*$ && $clients =~ ^[1-9][0-9]*$ ]] ||
-    { echo "soak.sh: SOAK_MINUTES, SOAK_RATE and SOAK_CLIENTS must be positive whole numbers" >&2; exit 2; }
+[[ $minutes =~ ^[1-9][0-9]*$ && $rate =~ ^[1-9][0-9]*$ && $clients =~ ^[1-9][0-9]*$ && $prefill =~ ^[0-9]+$ ]] ||
+    { echo "soak.sh: SOAK_MINUTES, SOAK_RATE and SOAK_CLIENTS must be positive whole numbers, SOAK_PREFILL a whole number" >&2; exit 2; }
 
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
@@ -74,6 +77,18 @@ bin=$tmp/dispatchbox
 "$bin" migrate --dsn "$DSN" --notify on 2>/dev/null
 psql_q -c "CREATE EXTENSION pg_stat_statements; CREATE TABLE outbox_archive (LIKE outbox_event)"
 if [[ -n $reloptions ]]; then psql_q -c "ALTER TABLE outbox_event SET ($reloptions)"; fi
+if ((prefill > 0)); then
+    say "prefill: $prefill done rows delivered 2 days ago"
+    psql_q -v n="$prefill" >/dev/null <<'SQL'
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
+                          created_at, delivered_at)
+SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g), 'done', 1,
+       now() - interval '2 days', now() - interval '2 days'
+FROM generate_series(1, :n::bigint) AS g;
+VACUUM ANALYZE outbox_event;
+CHECKPOINT;
+SQL
+fi
 cat >"$tmp/insert.sql" <<'SQL'
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', '1', 'order.created', jsonb_build_object('t', extract(epoch FROM clock_timestamp())));
 SQL
@@ -196,7 +211,7 @@ for ((s = kill_every; s < minutes * 60 - 30; s += kill_every)); do plan[$s]="kil
 pg_at=$((minutes * 60 * 35 / 100)) outage_at=$((minutes * 60 / 2)) restart_at=$((minutes * 60 * 65 / 100))
 [[ $faults == off ]] || { plan[$pg_at]=pg plan[$outage_at]=outage plan[$restart_at]=daemon; }
 say "soak: $minutes min at $rate events/s from $clients connections; results in $out"
-echo "  retention $retain; table options: ${reloptions:-(defaults)}; daemon flags: --processes 2 --notify on ${extra[*]}"
+echo "  retention $retain; prefill $prefill; table options: ${reloptions:-(defaults)}; daemon flags: --processes 2 --notify on ${extra[*]}"
 echo "  faults at (s): $(printf '%s\n' "${!plan[@]}" | sort -n | while read -r s; do printf '%s=%s ' "$s" "${plan[$s]// /}"; done)"
 for s in $(printf '%s\n' "${!plan[@]}" | sort -n); do
     now=$(($(date +%s) - t0))

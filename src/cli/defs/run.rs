@@ -358,8 +358,8 @@ pub const RETAIN_DONE: Flag = Flag {
     default: None,
     help: "delete done events delivered longer ago than this (e.g. 7d), in the background",
     note: Some(
-        "off unless given; the supervisor does it on a connection of its own, in batches of \
-         1,000 rows taken FOR UPDATE SKIP LOCKED, a pass every 10 s; like `prune --older-than` \
+        "off unless given; the supervisor does it on a connection of its own, in statements of \
+         at most 5,000 ids taken FOR UPDATE SKIP LOCKED, a pass every 10 s; like `prune --older-than` \
          run by the daemon (README, \"Retention\")",
     ),
     kind: secs(1.0, 3650.0 * DAY),
