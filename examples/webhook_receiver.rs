@@ -88,7 +88,9 @@ fn serve(stream: TcpStream, counts: &Counts) -> std::io::Result<()> {
             }
         }
         let mut content = Vec::new();
-        (&mut reader).take(length as u64).read_to_end(&mut content)?;
+        (&mut reader)
+            .take(length as u64)
+            .read_to_end(&mut content)?;
         let body = if is_stats {
             let unique = counts.ids.lock().map(|s| s.len()).unwrap_or(0);
             format!(

@@ -211,3 +211,39 @@ fn a_role_that_may_not_delete_gets_one_warning_and_delivery_goes_on() {
         "{out}"
     );
 }
+
+#[test]
+fn retention_flags_are_checked_before_anything_starts() {
+    let db = common::test_db();
+    db.migrate();
+    common::insert_events(&mut db.client(), "outbox_event", 1, "order.created");
+    for (args, want) in [
+        (
+            &["--retain-archive", "outbox_archive"][..],
+            "--retain-archive needs --retain-done: the rows are moved when retention deletes them",
+        ),
+        (
+            &["--retain-done", "7"][..],
+            "--retain-done 7: give a unit, e.g. 7d or 7h",
+        ),
+        (
+            &["--retain-done", "1h", "--retain-archive", "a.b.c"][..],
+            "--retain-archive `a.b.c`",
+        ),
+    ] {
+        let run = super::drain(&db, args);
+        assert_eq!(run.code, Some(2), "{run}");
+        assert!(run.stderr.contains(want), "{want}\n{run}");
+        assert!(run.stdout.is_empty(), "{run}");
+    }
+    let mut cmd = common::dispatchbox();
+    cmd.env("DISPATCHBOX_RETAIN_DONE", "2h");
+    cmd.env("DISPATCHBOX_RETAIN_ARCHIVE", "outbox_archive");
+    let run = super::drain_cmd(cmd, &db, &["--max-runtime", "1"]);
+    assert!(
+        run.stderr.contains(
+            "retention: done events delivered more than 2 h 0 min ago are moved to outbox_archive"
+        ),
+        "{run}"
+    );
+}

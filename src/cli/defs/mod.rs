@@ -21,8 +21,9 @@ pub enum Kind {
     /// A whole number in `min..=max`.
     Whole { min: i64, max: i64 },
     /// A duration in `min..=max` seconds, in the grammar of [`duration`] (`500ms`, `30s`,
-    /// `15m`); a bare number is seconds (`--poll-interval 0.5`, the original's contract).
-    Secs { min: f64, max: f64 },
+    /// `15m`); `bare` says whether a bare number is seconds (`--poll-interval 0.5`, the
+    /// original's contract) or refused (`--retain-done 7` would read as days).
+    Secs { min: f64, max: f64, bare: Bare },
     /// Text checked by its own parser in `config.rs` (the DSN, the table, the log level).
     Text,
     /// `PATTERN=TARGET`, repeatable; the variable takes several, separated by `;` or newlines.
@@ -92,7 +93,7 @@ impl Flag {
     /// is named in errors.
     pub fn duration(&self, who: &str, text: &str) -> Result<f64> {
         match self.kind {
-            Kind::Secs { min, max } => duration::parse(who, text, min, max, Bare::Secs),
+            Kind::Secs { min, max, bare } => duration::parse(who, text, min, max, bare),
             Kind::ArgSecs { min, max, bare } => duration::parse(who, text, min, max, bare),
             _ => Err(Error::Other(format!("{} is not a duration", self.key))),
         }
@@ -130,7 +131,20 @@ pub(super) const fn whole(min: i64, max: i64) -> Kind {
 }
 
 pub(super) const fn secs(min: f64, max: f64) -> Kind {
-    Kind::Secs { min, max }
+    Kind::Secs {
+        min,
+        max,
+        bare: Bare::Secs,
+    }
+}
+
+/// A duration that needs its unit (a bare number is refused).
+pub(super) const fn duration_with_unit(min: f64, max: f64) -> Kind {
+    Kind::Secs {
+        min,
+        max,
+        bare: Bare::Refused,
+    }
 }
 
 /// The value of the admin command's duration option `key` (`--older-than`), in seconds.
@@ -238,7 +252,7 @@ mod tests {
     fn durations_say_in_help_whether_a_bare_number_is_seconds() {
         for f in FLAGS {
             let bare = match f.kind {
-                Kind::Secs { .. } => Bare::Secs,
+                Kind::Secs { bare, .. } => bare,
                 Kind::ArgSecs { bare, .. } => bare,
                 _ => {
                     assert!(f.duration(f.key, "1s").is_err());

@@ -1,7 +1,7 @@
 //! The flags of a run (the supervisor and its workers), in `--help` order; the shared ones
 //! (`--dsn`, `--table`, `--log-level`, ...) serve the admin commands too.
 
-use super::{secs, whole, Flag, Kind, DAY};
+use super::{duration_with_unit, secs, whole, Flag, Kind, DAY};
 
 pub const DSN: Flag = Flag {
     key: "--dsn",
@@ -354,7 +354,7 @@ pub const ON_DONE: Flag = Flag {
 pub const RETAIN_DONE: Flag = Flag {
     key: "--retain-done",
     short: None,
-    value: Some("SECS"),
+    value: Some("DURATION"),
     default: None,
     help: "delete done events delivered longer ago than this (e.g. 7d), in the background",
     note: Some(
@@ -362,7 +362,7 @@ pub const RETAIN_DONE: Flag = Flag {
          at most 5,000 ids taken FOR UPDATE SKIP LOCKED, a pass every 10 s; like `prune --older-than` \
          run by the daemon (README, \"Retention\")",
     ),
-    kind: secs(1.0, 3650.0 * DAY),
+    kind: duration_with_unit(1.0, 3650.0 * DAY),
 };
 
 pub const RETAIN_ARCHIVE: Flag = Flag {
