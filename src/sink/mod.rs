@@ -3,10 +3,12 @@
 //! event), `exec:COMMAND ARGS...` (run a program per event), `pipe:COMMAND ARGS...` (a
 //! long-running process that acknowledges each event) and `http://…` / `https://…` (a Standard
 //! Webhooks POST per event). Compiled-in handlers are the other kind of target (see `lib.rs`);
-//! `build_router` joins the `--route`s to the compiled-in routes.
+//! `build_router` joins the `--route`s to the compiled-in routes. `process/` is what `exec:`
+//! and `pipe:` share (starting a program, the registry of running process groups).
 
 pub mod exec;
 pub mod pipe;
+pub(crate) mod process;
 pub mod stdout;
 pub mod webhook;
 

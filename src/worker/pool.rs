@@ -198,7 +198,7 @@ fn message(panic: &(dyn std::any::Any + Send)) -> String {
 /// The worker exits with handlers still running: the `exec:` commands they wait for must not
 /// run on (their events will be delivered again once the lease expires).
 pub(super) fn kill_exec_commands() {
-    let n = crate::sink::exec::kill_running();
+    let n = crate::sink::process::kill_running();
     if n > 0 {
         warn!("killed {n} `exec:` command(s) and `pipe:` process(es) still running (with their process groups)");
     }

@@ -35,7 +35,7 @@ mod stderr;
 use crate::backoff::reconnect_delay;
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome, Reply};
-use crate::sink::exec::{check_program, is_local_shortage, split_words};
+use crate::sink::process::{check_program, is_local_shortage, split_words};
 use crate::{debug, warn};
 use process::{lock, Live};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -6,17 +6,16 @@
 //!
 //! Invariants: every event admitted to the books is answered exactly once, by its answer or
 //! when the process ends (`reader::settle`); a kill reaches the group only before the
-//! process is reaped (so never a recycled pid); the process is in the `exec` registry from
-//! its start until just before it is reaped, so a worker that exits without waiting kills
-//! it with the `exec:` commands (`kill_running`).
+//! process is reaped (so never a recycled pid); the process is in the registry of
+//! `sink/process` from its start until just before it is reaped, so a worker that exits
+//! without waiting kills it with the `exec:` commands (`kill_running`).
 
 use super::book::{Book, Refused};
 use crate::handler::{Outcome, Reply};
-use crate::sink::exec::{pidfd_open, register, set_nonblocking};
+use crate::sink::process::{self, kill_group, pidfd_open, poll_millis, register, set_nonblocking};
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -74,8 +73,8 @@ pub(super) struct Reading {
 }
 
 impl Live {
-    /// Starts `program args` with the environment rules of `exec:` (no DISPATCHBOX_DSN, no
-    /// PGPASSWORD), in its own process group, and the reader thread that answers for it.
+    /// Starts `program args` (see [`process::command`]: no DISPATCHBOX_DSN, no PGPASSWORD,
+    /// its own process group) and the reader thread that answers for it.
     pub(super) fn start(
         name: Arc<str>,
         program: &str,
@@ -84,16 +83,11 @@ impl Live {
         timeout: Duration,
         route_worked: bool,
     ) -> std::io::Result<Arc<Live>> {
-        let mut child = Command::new(program)
-            .args(args)
-            .env_remove("DISPATCHBOX_DSN")
-            .env_remove("PGPASSWORD")
+        // A graceful stop closes its stdin instead of signalling it.
+        let mut child = process::command(program, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its own group: a Ctrl-C meant for dispatchbox does not kill it mid-event (a
-            // graceful stop closes its stdin instead), and a kill reaches what it started.
-            .process_group(0)
             .spawn()?;
         let pid = child.id() as libc::pid_t;
         register(pid);
@@ -211,9 +205,8 @@ impl Live {
             return;
         }
         fate.killed.get_or_insert(why);
-        // SAFETY: plain syscall on a group whose leader is not reaped (checked under the lock
-        // the reader takes before reaping).
-        unsafe { libc::killpg(self.pid, sig) };
+        // Its leader is not reaped (checked under the lock the reader takes before reaping).
+        kill_group(self.pid, sig);
     }
 
     /// Whether it no longer takes events.
@@ -280,7 +273,7 @@ fn write_all(
                     events: libc::POLLOUT,
                     revents: 0,
                 };
-                let ms = millis(deadline - now);
+                let ms = poll_millis(deadline - now);
                 // SAFETY: one live pollfd.
                 unsafe { libc::poll(&mut fd, 1, ms) };
             }
@@ -288,11 +281,6 @@ fn write_all(
         }
     }
     Ok(())
-}
-
-/// A `poll` timeout in milliseconds, rounded up.
-pub(super) fn millis(d: Duration) -> i32 {
-    i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
 }
 
 /// Bytes written to the pipe `fd` and not read yet (FIONREAD works on either end of a
@@ -311,6 +299,7 @@ pub(super) fn unread(fd: std::os::fd::RawFd) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn bytes_a_process_never_read_are_still_counted_after_it_exited() {
