@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -223,6 +224,21 @@ impl Drop for Spawned {
 
 fn text(buf: &Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+/// Starts `sh -c script` detached from the test run: in its own process group (a Ctrl-C of
+/// the test run must not kill a cleanup), no stdio. `what` names it in the panic message.
+pub(super) fn detached_shell(script: &str, what: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what} (sh): {e}"))
 }
 
 /// A command line for messages.

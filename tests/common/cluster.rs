@@ -5,11 +5,10 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::binary::{remove_env, show};
+use super::binary::{detached_shell, remove_env, show};
 use super::ports::free_port;
 use super::{sh_quote, unique};
 
@@ -329,16 +328,7 @@ impl Cluster {
             std::process::id(),
             sh_quote(&self.root.to_string_lossy()),
         );
-        Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0) // a Ctrl-C of the test run must not kill the cleanup
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn the cluster watchdog (sh): {e}"))
+        detached_shell(&script, "the cluster watchdog")
     }
 }
 
