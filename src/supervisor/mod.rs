@@ -12,18 +12,18 @@
 //! (`start_due`), reap the children that exited (`reap`), decide the exits 3 that waited for
 //! the other slots (`settle`), stop or kill when it is time (`escalate`), return the exit
 //! code once nothing runs (`outcome`), and sleep until a signal or a deadline (`wait`); each
-//! round also tells systemd what changed, when it asked (`notify`: ready, stopping, watchdog). What
-//! happens to a slot whose child ended is `policy::decide`, a pure function; the phases
-//! gather its facts and carry out (and log) its decision.
+//! round also tells systemd what changed, when it asked (`tell_systemd`: ready, stopping,
+//! watchdog). What happens to a slot whose child ended is `policy::decide`, a pure function;
+//! the phases gather its facts and carry out (and log) its decision.
 //!
 //! Invariants: no secret in any child's argv (see `spawn`); a child that fails for a reason
 //! a restart cannot fix stops everything with that child's error (from its `fatal` report;
 //! log lines are never parsed) and exit code instead of being restarted forever (see
 //! `policy` for which reasons those are).
 
-mod notify;
 mod policy;
 mod spawn;
+mod systemd;
 mod verdict;
 
 use crate::config::Config;
@@ -82,7 +82,7 @@ struct Supervisor<'a> {
     /// Set when a child failed in a way restarting cannot fix: (code, message).
     fatal: Option<(u8, String)>,
     /// systemd's notification socket, when we run as a `Type=notify` service.
-    notifier: Option<notify::Notifier>,
+    systemd: Option<systemd::Systemd>,
     /// What the children report, for `--metrics-addr`.
     board: Arc<Board>,
 }
@@ -106,7 +106,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
         sup.settle();
         sup.escalate();
         let result = sup.outcome();
-        sup.notify(result.is_some());
+        sup.tell_systemd(result.is_some());
         if let Some(result) = result {
             return result;
         }
@@ -170,7 +170,7 @@ impl Supervisor<'_> {
             kill_at: None,
             time_limit_hit: false,
             fatal: None,
-            notifier: notify::Notifier::from_env(),
+            systemd: systemd::Systemd::from_env(),
             board: Board::new(cfg.processes as usize),
         })
     }
@@ -382,9 +382,9 @@ impl Supervisor<'_> {
 
     /// Each round: tell systemd (if it asked) how many workers are ready, that we stop, and
     /// that the loop still turns (the watchdog).
-    fn notify(&mut self, ending: bool) {
+    fn tell_systemd(&mut self, ending: bool) {
         let stopping = ending || self.stopping();
-        let Some(notifier) = &mut self.notifier else {
+        let Some(systemd) = &mut self.systemd else {
             return;
         };
         let ready = self
@@ -392,7 +392,7 @@ impl Supervisor<'_> {
             .iter()
             .filter(|s| matches!(&s.state, State::Running(r) if r.ready()))
             .count();
-        notifier.tick(ready, self.slots.len(), stopping);
+        systemd.tick(ready, self.slots.len(), stopping);
     }
 
     /// Phase 6: sleep until a signal (SIGCHLD included), a restart, the time limit or the
@@ -406,7 +406,7 @@ impl Supervisor<'_> {
             }
         }
         let time_limit = self.deadline.filter(|_| !self.time_limit_hit);
-        let watchdog = self.notifier.as_ref().and_then(notify::Notifier::next_wake);
+        let watchdog = self.systemd.as_ref().and_then(systemd::Systemd::next_wake);
         for t in [time_limit, self.kill_at, watchdog].into_iter().flatten() {
             wake = wake.min(t);
         }
