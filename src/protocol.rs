@@ -457,7 +457,7 @@ mod tests {
             message: "line one\nline \"two\"\u{1}".into(),
         };
         let mut counts = Counts::default();
-        counts.count("stdout", crate::metrics::counts::Outcome::Delivered);
+        counts.count("stdout", crate::metrics::counts::Label::Delivered);
         counts.claims = 3;
         for r in [Report::Ready, fatal, Report::Counters(Box::new(counts))] {
             let line = r.encode();

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use verdict::Ended;
+use verdict::ChildEnd;
 
 enum State {
     Running(Box<Running>),
@@ -49,7 +49,7 @@ enum State {
     },
     /// Exited 3 (database unreachable): decided by `settle` once it is known whether any
     /// worker has been ready.
-    Parked(Ended),
+    Parked(ChildEnd),
     /// Exited on its own terms with this code.
     Exited(u8),
 }
@@ -202,7 +202,7 @@ impl Supervisor<'_> {
                 Ok(running) => self.slots[i].state = State::Running(Box::new(running)),
                 // e.g. EAGAIN: try again later, like a crash at start-up.
                 Err(e) => {
-                    let ended = Ended {
+                    let ended = ChildEnd {
                         exit: Exit {
                             ending: Ending::NotStarted,
                             lived: Duration::ZERO,
@@ -247,7 +247,7 @@ impl Supervisor<'_> {
             if !stopping {
                 self.slots[i].ever_ready |= exit.was_ready;
             }
-            let ended = Ended {
+            let ended = ChildEnd {
                 exit,
                 status: Some(status),
                 message,

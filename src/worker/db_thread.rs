@@ -23,7 +23,7 @@ use super::{Ended, Msg, Tag};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
 use crate::handler::{Outcome, Router, TypeFilter};
-use crate::metrics::counts::Outcome as Label;
+use crate::metrics::counts::Label;
 use crate::protocol::Report;
 use crate::{debug, error, info, log, warn};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
