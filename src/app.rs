@@ -90,8 +90,8 @@ fn run_supervisor(raw: &cli::RawArgs, compiled: &Router) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
-    log::set_level(cfg.log_level);
-    log::set_format(cfg.log_format);
+    log::set_level(cfg.log.level);
+    log::set_format(cfg.log.format);
     log::set_process("supervisor");
     log::install_bridge();
     let names: Vec<String> = std::env::vars_os()

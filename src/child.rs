@@ -118,11 +118,11 @@ fn read_setup() -> Result<crate::config::Config> {
         }
     }
     let cfg = setup.config()?;
-    crate::log::set_level(cfg.log_level);
-    crate::log::set_format(cfg.log_format);
+    crate::log::set_level(cfg.log.level);
+    crate::log::set_format(cfg.log.format);
     crate::log::install_bridge();
-    crate::log::set_journal(cfg.log_journal);
-    if let Some(file) = cfg.log_fd.and_then(adopt_fd) {
+    crate::log::set_journal(cfg.log.journal);
+    if let Some(file) = cfg.log.fd.and_then(adopt_fd) {
         crate::log::set_fallback(file);
     }
     Ok(cfg)

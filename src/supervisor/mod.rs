@@ -91,12 +91,12 @@ pub fn run(cfg: &Config) -> Result<u8> {
     // Signals first, before any thread or child exists.
     let signals = listen_for_signals()?;
     let mut sup = Supervisor::new(cfg)?;
-    if let Some(addr) = &cfg.metrics_addr {
+    if let Some(addr) = &cfg.supervision.metrics_addr {
         crate::metrics::start(cfg, addr, &sup.board)?;
     }
     info!(
         "starting {} worker process(es) for table {} on {}",
-        cfg.processes,
+        cfg.supervision.processes,
         cfg.table,
         cfg.dsn.redacted()
     );
@@ -138,17 +138,17 @@ impl Supervisor<'_> {
     fn new(cfg: &Config) -> Result<Supervisor<'_>> {
         let exe = spawn::own_exe()?;
         // Several workers writing stdout lines need a lock they all can open.
-        let stdout_lock = if cfg.processes > 1 {
+        let stdout_lock = if cfg.supervision.processes > 1 {
             Some(LockFile::create()?)
         } else {
             None
         };
         let mut child_cfg = cfg.clone();
-        child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
+        child_cfg.sinks.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
         let log_copy = spawn::stderr_copy();
-        child_cfg.log_fd = log_copy.as_ref().map(|_| crate::protocol::LOG_FD);
-        child_cfg.log_journal = crate::log::journal();
-        let slots = (0..cfg.processes)
+        child_cfg.log.fd = log_copy.as_ref().map(|_| crate::protocol::LOG_FD);
+        child_cfg.log.journal = crate::log::journal();
+        let slots = (0..cfg.supervision.processes)
             .map(|index| Slot {
                 index,
                 state: State::Restarting { at: Instant::now() },
@@ -165,13 +165,13 @@ impl Supervisor<'_> {
             _stdout_lock: stdout_lock,
             rng: fastrand::Rng::new(),
             slots,
-            deadline: cfg.max_runtime.map(|d| Instant::now() + d),
+            deadline: cfg.supervision.max_runtime.map(|d| Instant::now() + d),
             stop_requests: 0,
             kill_at: None,
             time_limit_hit: false,
             fatal: None,
             systemd: systemd::Systemd::from_env(),
-            board: Board::new(cfg.processes as usize),
+            board: Board::new(cfg.supervision.processes as usize),
         })
     }
 
@@ -365,7 +365,7 @@ impl Supervisor<'_> {
             State::Exited(c) => Some(c),
             _ => None,
         });
-        let code = policy::run_code(codes, self.cfg.fail_on_dead);
+        let code = policy::run_code(codes, self.cfg.supervision.fail_on_dead);
         if self.time_limit_hit && self.cfg.drain {
             info!("--max-runtime reached before the drain finished");
             return Some(Ok(exit::TIME_LIMIT));
