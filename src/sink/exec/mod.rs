@@ -70,7 +70,6 @@ impl Exec {
             .env("DISPATCHBOX_AGGREGATE_TYPE", opt(&event.aggregate_type))
             .env("DISPATCHBOX_AGGREGATE_ID", opt(&event.aggregate_id))
             .env("DISPATCHBOX_ATTEMPT", event.attempt.to_string())
-            .env_remove(crate::cli::defs::WEBHOOK_SECRET_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

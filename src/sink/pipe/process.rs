@@ -73,8 +73,8 @@ pub(super) struct Reading {
 }
 
 impl Live {
-    /// Starts `program args` (see [`process::command`]: no DISPATCHBOX_DSN, no PGPASSWORD,
-    /// its own process group) and the reader thread that answers for it.
+    /// Starts `program args` (see [`process::command`]: no secrets in its environment, its
+    /// own process group) and the reader thread that answers for it.
     pub(super) fn start(
         name: Arc<str>,
         program: &str,

@@ -1,7 +1,7 @@
 //! What the two targets that run a program — `exec:` (one run per event) and `pipe:` (one
 //! long-running process) — share: the command line split like a shell would and the program
 //! found like `execvp` would (`words.rs`, `program.rs`), the command itself (no shell, its own
-//! process group, no database credentials in its environment), the registry of running
+//! process group, no secrets in its environment), the registry of running
 //! process groups that a worker kills when it exits without waiting (`registry.rs`), and the
 //! system calls for learning an exit without blocking (`os.rs`).
 //!
@@ -25,15 +25,17 @@ use std::process::Command;
 /// How much of a program's stderr is kept for the error message.
 pub(crate) const STDERR_TAIL: usize = 1500;
 
-/// `program args`, without a shell, without the database's credentials in its environment
-/// (DISPATCHBOX_DSN, PGPASSWORD), in its own process group: a Ctrl-C meant for dispatchbox
-/// does not kill a delivery in progress (a graceful stop lets it finish), and a kill of the
-/// group reaches what the program started too. The caller sets the pipes.
+/// `program args`, without a shell, without secrets in its environment (DISPATCHBOX_DSN,
+/// PGPASSWORD, the webhook secret: the supervisor keeps them from its workers already, this
+/// is the second lock), in its own process group: a Ctrl-C meant for dispatchbox does not
+/// kill a delivery in progress (a graceful stop lets it finish), and a kill of the group
+/// reaches what the program started too. The caller sets the pipes.
 pub(crate) fn command(program: &str, args: &[String]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove("DISPATCHBOX_DSN")
         .env_remove("PGPASSWORD")
+        .env_remove(crate::cli::defs::WEBHOOK_SECRET_VAR)
         .process_group(0);
     cmd
 }
