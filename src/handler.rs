@@ -152,6 +152,14 @@ pub trait Handler: Send + Sync {
         reply.send(self.handle(&event));
     }
 
+    /// Starts several events (a claim's events for this route, in claim order): `start` for
+    /// each by default; a streaming handler may hand them over together.
+    fn start_batch(&self, events: Vec<(Event, Reply)>) {
+        for (event, reply) in events {
+            self.start(event, reply);
+        }
+    }
+
     /// Whether this handler takes a claimed batch's events in one call
     /// ([`Handler::handle_batch`]), because doing them together is cheaper than one by one
     /// (`stdout`: one write for the batch). false, the default: one event per call, the

@@ -169,9 +169,7 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
         }
         let started = Instant::now();
         if handler.window() > 0 {
-            for item in items {
-                start_streaming(item, handler.clone(), &tx, started);
-            }
+            start_streaming(items, &*handler, &tx, started);
             continue;
         }
         let sent = match items.len() {
@@ -275,30 +273,47 @@ fn panicked(panic: Box<dyn std::any::Any + Send>) -> Outcome {
     Outcome::Retry(format!("handler panicked: {}", message(&*panic)))
 }
 
-/// Hands the event to a streaming handler, which answers through the reply later (from its
-/// own thread). A panic in `start` drops the reply, which answers it as a failed attempt.
-fn start_streaming(item: Item, handler: Arc<dyn Handler>, tx: &Sender<Msg>, started: Instant) {
-    let (id, token) = (item.event.id, item.token);
-    let tag = Tag::of(&item.event);
-    let tx = tx.clone();
-    let reply = Reply::new(move |outcome| {
-        let _ = tx.send(Msg::Done(Done {
-            id,
-            token,
-            tag,
-            outcome,
-            took: started.elapsed(),
-        }));
-    });
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.start(item.event, reply))) {
-        let fields = log::EventFields::id(id)
-            .attempt(token)
-            .outcome(log::Outcome::Retry);
-        error!(
-            event: fields,
-            "event {id}: handler panicked while starting it: {}",
-            message(&*panic)
-        );
+/// Hands the events to a streaming handler, which answers each through its reply later (from
+/// its own thread). A panic in `start_batch` drops the replies it still held, which answer
+/// those events as failed attempts.
+fn start_streaming(items: Vec<Item>, handler: &dyn Handler, tx: &Sender<Msg>, started: Instant) {
+    let ids: Vec<(i64, i32)> = items.iter().map(|i| (i.event.id, i.token)).collect();
+    let events = items
+        .into_iter()
+        .map(|item| {
+            let (id, token) = (item.event.id, item.token);
+            let tag = Tag::of(&item.event);
+            let tx = tx.clone();
+            let reply = Reply::new(move |outcome| {
+                let _ = tx.send(Msg::Done(Done {
+                    id,
+                    token,
+                    tag,
+                    outcome,
+                    took: started.elapsed(),
+                }));
+            });
+            (item.event, reply)
+        })
+        .collect();
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.start_batch(events))) {
+        let msg = message(&*panic);
+        match ids[..] {
+            [(id, token)] => {
+                let fields = log::EventFields::id(id)
+                    .attempt(token)
+                    .outcome(log::Outcome::Retry);
+                error!(event: fields, "event {id}: handler panicked while starting it: {msg}");
+            }
+            _ => {
+                let list: Vec<String> = ids.iter().map(|(id, _)| id.to_string()).collect();
+                error!(
+                    "events {}: handler panicked while starting them: {msg}; those it had not \
+                     started yet count as failed attempts",
+                    list.join(", ")
+                );
+            }
+        }
     }
 }
 
