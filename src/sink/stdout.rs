@@ -30,7 +30,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 const FD: libc::c_int = 1;
 
@@ -167,7 +167,13 @@ pub struct Stdout {
     fd1: OnceLock<io::Result<Fd1>>,
     /// Whether this process has looked for a torn last line yet.
     tail_checked: AtomicBool,
+    /// Line buffers to reuse (one per handler thread at most), so that a batch's lines cost
+    /// no allocation once the first batches ran.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// A spare buffer above this size is dropped rather than kept.
+const KEEP_BUFFER: usize = 1 << 20;
 
 impl Stdout {
     pub fn new(lock_path: Option<&Path>) -> Result<Stdout> {
@@ -181,6 +187,7 @@ impl Stdout {
             cross_process,
             fd1: OnceLock::new(),
             tail_checked: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
         })
     }
 }
@@ -198,11 +205,23 @@ impl Handler for Stdout {
     }
 
     fn handle_batch(&self, events: &[Event]) -> Vec<Outcome> {
-        let mut buf = Vec::with_capacity(events.iter().map(|e| 128 + e.payload.len()).sum());
+        let mut buf = lock(&self.spare).pop().unwrap_or_default();
+        buf.clear();
         for e in events {
             e.write_json_line(&mut buf);
             buf.push(b'\n');
         }
+        let outcomes = self.write_batch(events, &buf);
+        if buf.capacity() <= KEEP_BUFFER {
+            lock(&self.spare).push(buf);
+        }
+        outcomes
+    }
+}
+
+impl Stdout {
+    /// Writes a batch's lines (`buf`), under the locks; one outcome per event.
+    fn write_batch(&self, events: &[Event], buf: &[u8]) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; events.len()];
         // The in-process lock first: threads of one process share the lock file's open file
         // description, so only one of them at a time may take and release the file lock.
@@ -225,7 +244,7 @@ impl Handler for Stdout {
             }
         }
         let check_tail = !self.tail_checked.swap(true, Ordering::SeqCst);
-        let written = write_lines(fd1, &buf, check_tail);
+        let written = write_lines(fd1, buf, check_tail);
         if let Some(f) = &self.cross_process {
             let _ = f.unlock();
         }
@@ -294,4 +313,8 @@ fn write_lines(
     let _ = fd1.write_all(b"\n");
     BROKEN.store(true, Ordering::SeqCst);
     Err((kept, e))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -158,10 +158,11 @@ impl<'a> DbThread<'a> {
 
     fn absorb(&mut self, msg: Msg) {
         match msg {
-            Msg::Done(d) => self.finished(d),
+            Msg::Done(d) => self.finished(d, Instant::now()),
             Msg::Batch(dones) => {
+                let now = Instant::now();
                 for d in dones {
-                    self.finished(d);
+                    self.finished(d, now);
                 }
             }
             Msg::Unstarted { id, token } => {
@@ -203,7 +204,7 @@ impl<'a> DbThread<'a> {
         ours
     }
 
-    fn finished(&mut self, done: Done) {
+    fn finished(&mut self, done: Done, now: Instant) {
         let Done {
             id,
             token,
@@ -211,7 +212,6 @@ impl<'a> DbThread<'a> {
             outcome,
             took,
         } = done;
-        let now = Instant::now();
         let (event_type, router) = (tag.event_type.as_deref(), self.router);
         let route = router.index(event_type);
         let about = tag

@@ -40,6 +40,7 @@ mod db_thread;
 mod defer;
 mod drain;
 mod health;
+mod ids;
 mod lease_clock;
 mod ledger;
 mod link;

@@ -128,7 +128,7 @@ impl<'a> DbThread<'a> {
             } else {
                 self.health.probe_ended(r, -1, Instant::now());
             }
-            self.dispatch(c, sent, &mut jobs);
+            self.dispatch(c, sent, Instant::now(), &mut jobs);
         }
         self.send_jobs(jobs);
         Ok(())

@@ -175,10 +175,11 @@ impl DbThread<'_> {
         if count > 0 {
             self.drain.work_found();
         }
-        self.ledger.claim_returned(Instant::now());
+        let now = Instant::now();
+        self.ledger.claim_returned(now);
         let mut jobs = Jobs::default();
         for c in claimed {
-            self.dispatch(c, sent, &mut jobs);
+            self.dispatch(c, sent, now, &mut jobs);
         }
         self.send_jobs(jobs);
         if count > 0 {
@@ -196,7 +197,13 @@ impl DbThread<'_> {
 
     /// Books a claimed event as dispatched and adds it to `jobs` (or ends it here: dead at
     /// claim, held back for a paused route).
-    pub(super) fn dispatch(&mut self, c: Claimed, claim_sent: Instant, jobs: &mut Jobs) {
+    pub(super) fn dispatch(
+        &mut self,
+        c: Claimed,
+        claim_sent: Instant,
+        now: Instant,
+        jobs: &mut Jobs,
+    ) {
         let route = self.router.target(c.event.event_type.as_deref());
         if c.exhausted {
             self.counters.dead_at_claim(route.unwrap_or("-"));
@@ -216,7 +223,7 @@ impl DbThread<'_> {
             );
             return;
         }
-        if self.held_at_dispatch(&c, route.unwrap_or("-"), Instant::now()) {
+        if self.held_at_dispatch(&c, route.unwrap_or("-"), now) {
             return;
         }
         let (id, token) = (c.event.id, c.token);
@@ -225,7 +232,7 @@ impl DbThread<'_> {
             self.ledger.unroutable(id, token);
             return;
         };
-        self.ledger.dispatched(id, token, Instant::now());
+        self.ledger.dispatched(id, token, now);
         self.counters.dispatched(id, token, route.unwrap_or("-"));
         jobs.add(c.event, token, &handler, claim_sent);
     }
