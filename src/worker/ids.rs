@@ -52,13 +52,17 @@ mod tests {
         }
         assert!((-1000..100_000i64).all(|id| m.get(&id) == Some(&(id * 2))));
         assert_eq!(m.get(&100_000), None);
-        let buckets: std::collections::HashSet<u64> = (0..1024i64)
+        // hashbrown picks the bucket from the low bits and a tag from the top 7.
+        let hashes: Vec<u64> = (0..1024i64)
             .map(|id| {
                 let mut h = IdHasher::default();
                 h.write_i64(id);
-                h.finish() >> 54
+                h.finish()
             })
             .collect();
-        assert!(buckets.len() > 512, "{}", buckets.len());
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(low.len(), 1024);
+        assert!(tags.len() > 100, "{}", tags.len());
     }
 }
