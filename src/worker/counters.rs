@@ -19,12 +19,12 @@
 //! Only the report at exit is written by the DB thread itself, so that it is out before the
 //! process ends.
 
+use super::ids::{id_map, IdMap};
 use super::outcomes::{self, Ending};
 use super::tally::Totals;
 use crate::metrics::counts::{Counts, Label};
 use crate::metrics::process::ProcessStats;
 use crate::protocol::Report;
-use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ pub(super) struct Gauges {
 pub(super) struct Counters<'a> {
     counts: Counts,
     /// The route of each claim in flight: id → (token, route target).
-    routes: HashMap<i64, (i32, &'a str)>,
+    routes: IdMap<(i32, &'a str)>,
     next_report: Instant,
     /// Where reports go (none: counted, not sent).
     send: Option<fn(Report)>,
@@ -89,7 +89,7 @@ impl<'a> Counters<'a> {
     pub fn new(now: Instant) -> Counters<'a> {
         Counters {
             counts: Counts::default(),
-            routes: HashMap::new(),
+            routes: id_map(),
             next_report: now,
             send: None,
             outbox: None,

@@ -13,6 +13,7 @@
 use super::book::{Book, Refused};
 use crate::handler::{Outcome, Reply};
 use crate::sink::process::{self, kill_group, pidfd_open, poll_millis, register, set_nonblocking};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
@@ -22,6 +23,13 @@ use std::time::{Duration, Instant};
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An event on its way to a process: its line (newline-terminated) and where its answer goes.
+pub(super) struct Outgoing {
+    pub id: i64,
+    pub line: Vec<u8>,
+    pub reply: Reply,
 }
 
 /// The writers' end of the process's stdin.
@@ -146,51 +154,74 @@ impl Live {
         Ok(live)
     }
 
-    /// Writes event `id` (its `line`, newline-terminated) once the window has room. Returns
-    /// the reply when this process no longer takes events (it ended or is ending): the
-    /// caller sends the event to another one. Otherwise the reply is answered later, by the
-    /// event's answer or when the process ends.
-    pub(super) fn send(&self, id: i64, line: &[u8], reply: Reply) -> Result<(), Reply> {
+    /// Writes events (their lines, newline-terminated), in order, as the window has room:
+    /// those admitted together go out in one write. Returns, in order, the events this
+    /// process no longer takes (it ended or is ending): the caller sends them to another
+    /// one. The others are answered later, by their answers or when the process ends.
+    pub(super) fn send(&self, mut batch: VecDeque<Outgoing>) -> VecDeque<Outgoing> {
         let mut stdin = lock(&self.stdin);
-        if stdin.pipe.is_none() {
-            return Err(reply);
-        }
-        {
-            let mut book = lock(&self.book);
-            while book.is_full() && !book.is_closed() {
-                book = match self.space.wait_timeout(book, Duration::from_secs(1)) {
-                    Ok((b, _)) => b,
-                    Err(e) => e.into_inner().0,
-                };
+        let mut run = Vec::new();
+        while !batch.is_empty() {
+            if stdin.pipe.is_none() {
+                return batch;
             }
-            let due = Instant::now() + self.timeout;
-            match book.admit(id, reply, stdin.written, due) {
-                Ok(()) => {}
-                Err((reply, Refused::Closed)) => return Err(reply),
-                Err((reply, Refused::Duplicate)) => {
-                    drop(book);
-                    reply.send(Outcome::Defer(format!(
-                        "{}: event {id} is outstanding on the process already",
-                        self.name
-                    )));
-                    return Ok(());
+            run.clear();
+            let closed = self.admit(&mut batch, stdin.written, &mut run);
+            let deadline = Instant::now() + self.timeout;
+            let Stdin { pipe, written } = &mut *stdin;
+            if let (Some(p), false) = (pipe.as_mut(), run.is_empty()) {
+                if let Err(Stalled) = write_all(p, &run, deadline, written) {
+                    self.kill(format!(
+                        "took no input for {}s (--pipe-timeout)",
+                        self.timeout.as_secs_f64()
+                    ));
                 }
             }
-        }
-        let deadline = Instant::now() + self.timeout;
-        let Stdin { pipe, written } = &mut *stdin;
-        if let Some(p) = pipe.as_mut() {
-            match write_all(p, line, deadline, written) {
-                Ok(()) => {}
-                Err(Stalled) => self.kill(format!(
-                    "took no input for {}s (--pipe-timeout)",
-                    self.timeout.as_secs_f64()
-                )),
+            // A failed write (the process closed its stdin or ended) is the reader's to
+            // settle: the events are in the books, and what the pipe did not take counts as
+            // unread.
+            if closed {
+                break;
             }
         }
-        // A failed write (the process closed its stdin or ended) is the reader's to settle:
-        // the event is in the books, and what the pipe did not take counts as unread.
-        Ok(())
+        batch
+    }
+
+    /// Admits events from the front of `batch` while the window has room (waiting until it
+    /// has some), their lines appended to `run`, which will start at byte `written`. true
+    /// when the books are closed (the rest stays in `batch`).
+    fn admit(&self, batch: &mut VecDeque<Outgoing>, written: u64, run: &mut Vec<u8>) -> bool {
+        let mut book = lock(&self.book);
+        while book.is_full() && !book.is_closed() {
+            book = match self.space.wait_timeout(book, Duration::from_secs(1)) {
+                Ok((b, _)) => b,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        let due = Instant::now() + self.timeout;
+        let mut twice = Vec::new();
+        let mut closed = false;
+        while !book.is_full() {
+            let Some(o) = batch.pop_front() else { break };
+            let start = written + run.len() as u64;
+            match book.admit(o.id, o.reply, start, due) {
+                Ok(()) => run.extend_from_slice(&o.line),
+                Err((reply, Refused::Closed)) => {
+                    batch.push_front(Outgoing { reply, ..o });
+                    closed = true;
+                    break;
+                }
+                Err((reply, Refused::Duplicate)) => twice.push((o.id, reply)),
+            }
+        }
+        drop(book);
+        for (id, reply) in twice {
+            reply.send(Outcome::Defer(format!(
+                "{}: event {id} is outstanding on the process already",
+                self.name
+            )));
+        }
+        closed
     }
 
     /// Kills its process group (SIGKILL) unless it is reaped already, recording why (the
