@@ -4,8 +4,9 @@
 //! Stdin after the configuration carries `stop` / `stop-now` (`protocol::Control`); EOF means
 //! the supervisor is gone (even killed with SIGKILL), and the worker shuts down gracefully.
 //! SIGTERM/SIGINT stop it like `stop` / `stop-now`; SIGHUP is logged and ignored (no reload).
-//! Reports to the supervisor (`ready`, `counters`, and `fatal` from the entry point) go through `report`,
-//! which writes nothing when the supervisor gave us no report pipe (a child started by hand).
+//! Reports to the supervisor (`ready`, `counters`, and the entry point's error through
+//! `report_fatal`) go through `report`, which writes nothing when the supervisor gave us no
+//! report pipe (a child started by hand).
 
 use crate::error::{exit, Error, Result};
 use crate::handler::Router;
@@ -18,6 +19,15 @@ use std::sync::{Mutex, OnceLock};
 
 /// The write end of the report pipe, once the configuration named it.
 static REPORTS: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// The entry point's error, for the supervisor (which reports it once, with context); false
+/// when there is none to send it to (a child started by hand says it itself).
+pub(crate) fn report_fatal(e: &Error) -> bool {
+    report(&Report::Fatal {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })
+}
 
 /// Sends `r` to the supervisor; false when there is none to send it to.
 pub(crate) fn report(r: &Report) -> bool {
@@ -108,11 +118,11 @@ fn read_setup() -> Result<crate::config::Config> {
         }
     }
     let cfg = setup.config()?;
-    crate::log::set_level(cfg.log_level);
-    crate::log::set_format(cfg.log_format);
+    crate::log::set_level(cfg.log.level);
+    crate::log::set_format(cfg.log.format);
     crate::log::install_bridge();
-    crate::log::set_journal(cfg.log_journal);
-    if let Some(file) = cfg.log_fd.and_then(adopt_fd) {
+    crate::log::set_journal(cfg.log.journal);
+    if let Some(file) = cfg.log.fd.and_then(adopt_fd) {
         crate::log::set_fallback(file);
     }
     Ok(cfg)

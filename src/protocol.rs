@@ -207,18 +207,23 @@ fn config_to_json(cfg: &Config) -> Map<String, Value> {
         m.insert((*name).into(), text.as_str().into());
     }
     m.insert(DSN.name().into(), cfg.dsn.to_conninfo().into());
-    let routes: Vec<String> = cfg.routes.iter().map(|(p, t)| format!("{p}={t}")).collect();
+    let routes: Vec<String> = cfg
+        .sinks
+        .routes
+        .iter()
+        .map(|(p, t)| format!("{p}={t}"))
+        .collect();
     m.insert(ROUTES.into(), routes.into());
-    if let Some(s) = &cfg.webhook_secret {
+    if let Some(s) = &cfg.sinks.webhook_secret {
         m.insert(WEBHOOK_SECRET.into(), s.expose().into());
     }
-    if let Some(p) = &cfg.stdout_lock {
+    if let Some(p) = &cfg.sinks.stdout_lock {
         m.insert(STDOUT_LOCK.into(), p.to_string_lossy().into_owned().into());
     }
-    if let Some(fd) = cfg.log_fd {
+    if let Some(fd) = cfg.log.fd {
         m.insert(LOG_FD_KEY.into(), fd.into());
     }
-    if cfg.log_journal {
+    if cfg.log.journal {
         m.insert(LOG_JOURNAL.into(), true.into());
     }
     m
@@ -246,19 +251,19 @@ fn config_from_json(obj: &Map<String, Value>) -> Result<Config> {
     }
     // Everything is resolved already: no environment lookups on this side.
     let mut cfg = Config::from_raw(&raw, &|_| None)?;
-    cfg.stdout_lock = obj
+    cfg.sinks.stdout_lock = obj
         .get(STDOUT_LOCK)
         .and_then(Value::as_str)
         .map(std::path::PathBuf::from);
-    cfg.webhook_secret = obj
+    cfg.sinks.webhook_secret = obj
         .get(WEBHOOK_SECRET)
         .and_then(Value::as_str)
         .map(|s| crate::config::SecretText::new(s.to_string()));
-    cfg.log_fd = obj
+    cfg.log.fd = obj
         .get(LOG_FD_KEY)
         .and_then(Value::as_i64)
         .and_then(|v| i32::try_from(v).ok());
-    cfg.log_journal = obj
+    cfg.log.journal = obj
         .get(LOG_JOURNAL)
         .and_then(Value::as_bool)
         .unwrap_or(false);
@@ -334,9 +339,9 @@ mod tests {
         }
         let secret = |v: &str| (v == defs::WEBHOOK_SECRET_VAR).then(|| "whsec_x y".to_string());
         let mut c = Config::from_raw(&raw, &secret).unwrap();
-        c.stdout_lock = Some("/proc/1/fd/12".into());
-        c.log_fd = Some(LOG_FD);
-        c.log_journal = true;
+        c.sinks.stdout_lock = Some("/proc/1/fd/12".into());
+        c.log.fd = Some(LOG_FD);
+        c.log.journal = true;
         c
     }
 
@@ -346,7 +351,11 @@ mod tests {
         if !texts {
             c.flag_texts.clear();
         }
-        let secret = c.webhook_secret.as_ref().map(|s| s.expose().to_string());
+        let secret = c
+            .sinks
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose().to_string());
         format!("{c:?} {} {secret:?}", c.dsn.to_conninfo())
     }
 
@@ -407,9 +416,9 @@ mod tests {
             (v == "DISPATCHBOX_WEBHOOK_SECRET").then(|| "whsec_x y".to_string())
         })
         .unwrap();
-        c.stdout_lock = Some("/proc/1/fd/12".into());
-        c.log_fd = Some(LOG_FD);
-        c.log_journal = true;
+        c.sinks.stdout_lock = Some("/proc/1/fd/12".into());
+        c.log.fd = Some(LOG_FD);
+        c.log.journal = true;
         let line = Setup::encode(&c, Some(REPORT_FD));
         assert!(!line.contains('\n'));
         let setup = Setup::decode(&line).unwrap();
@@ -418,17 +427,20 @@ mod tests {
         assert_eq!(back.dsn, c.dsn);
         assert_eq!(back.batch_size, 77);
         assert_eq!(back.poll_interval, Duration::from_millis(250));
-        assert_eq!(back.max_runtime, Some(Duration::from_secs(9)));
-        assert_eq!(back.routes, c.routes);
+        assert_eq!(back.supervision.max_runtime, Some(Duration::from_secs(9)));
+        assert_eq!(back.sinks.routes, c.sinks.routes);
         assert!(back.drain);
         assert_eq!(back.notify, crate::config::Notify::Off);
-        assert_eq!(back.stdout_lock, c.stdout_lock);
-        assert_eq!(back.log_fd, Some(LOG_FD));
-        assert_eq!(back.log_format, crate::log::Format::Json);
-        assert!(back.log_journal);
-        assert_eq!(back.webhook_config, c.webhook_config);
-        assert_eq!(back.webhook_timeout, Duration::from_millis(2500));
-        assert_eq!(back.webhook_secret.as_ref().unwrap().expose(), "whsec_x y");
+        assert_eq!(back.sinks.stdout_lock, c.sinks.stdout_lock);
+        assert_eq!(back.log.fd, Some(LOG_FD));
+        assert_eq!(back.log.format, crate::log::Format::Json);
+        assert!(back.log.journal);
+        assert_eq!(back.sinks.webhook_config, c.sinks.webhook_config);
+        assert_eq!(back.sinks.webhook_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            back.sinks.webhook_secret.as_ref().unwrap().expose(),
+            "whsec_x y"
+        );
         assert!(!format!("{back:?}").contains("whsec_x"));
         let without = Setup::decode(&Setup::encode(&c, None)).unwrap();
         assert_eq!(without.report_fd(), None);
@@ -463,7 +475,7 @@ mod tests {
             message: "line one\nline \"two\"\u{1}".into(),
         };
         let mut counts = Counts::default();
-        counts.count("stdout", crate::metrics::counts::Outcome::Delivered);
+        counts.count("stdout", crate::metrics::counts::Label::Delivered);
         counts.claims = 3;
         for r in [Report::Ready, fatal, Report::Counters(Box::new(counts))] {
             let line = r.encode();

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # bench.sh's cpu section, sourced by it: where a drain's CPU goes, per event, with the default
-# completion (--on-done keep) and with --on-done delete, interleaved runs, $events events each,
+# completion (--on-done keep) and with --on-done delete, and with BENCH_COMPARE's binary
+# (--on-done keep, shown as `compare`) when it is set: interleaved runs, $events events each,
 # --route '*=stdout' into a file, batch 10 and 100 at 1 and 2 processes:
 # - relay: the supervisor and its workers (bash's `times` for this shell's reaped children,
 #   taken around the drain: the supervisor waits for its workers, so their CPU is in its own);
@@ -61,15 +62,21 @@ pg_cpu() {
     calc "$ns / 1e9 + (${f[13]} + ${f[14]}) / $clk_tck"
 }
 
-# One drain: processes $1, batch $2, --on-done $3, run $4; sets rate, relay_us, pg_us.
+# The modes each configuration runs in: keep, delete, and compare (BENCH_COMPARE, keep); set
+# by bench_cpu.
+cpu_modes=(keep delete)
+
+# One drain: processes $1, batch $2, mode $3 (see cpu_modes), run $4; sets rate, relay_us,
+# pg_us.
 cpu_once() {
-    local p=$1 b=$2 mode=$3 r=$4 rc=0 t0 t1 c0 c1 g0 g1 left ok lines uniq_ids
+    local p=$1 b=$2 mode=$3 r=$4 rc=0 t0 t1 c0 c1 g0 g1 left ok lines uniq_ids exe=$bin on_done=$3
+    if [[ $mode == compare ]]; then exe=$compare on_done=keep; fi
     load_events "$events"
     g0=$(pg_cpu)
     relay_cpu
     c0=$relay_s
     t0=$EPOCHREALTIME
-    "$bin" --dsn "$DSN" --drain --batch-size "$b" --processes "$p" --on-done "$mode" \
+    "$exe" --dsn "$DSN" --drain --batch-size "$b" --processes "$p" --on-done "$on_done" \
         --route '*=stdout' --poll-interval 0.05 --log-level warning >"$tmp/cpu.out" 2>"$tmp/cpu.err" || rc=$?
     t1=$EPOCHREALTIME
     relay_cpu
@@ -82,10 +89,10 @@ cpu_once() {
         count(*) FILTER (WHERE status = 'done' AND attempts = 1) FROM outbox_event")
     lines=$(wc -l <"$tmp/cpu.out")
     uniq_ids=$(sed -n 's/^{"id":\([0-9]*\),.*/\1/p' "$tmp/cpu.out" | sort -u | wc -l)
-    printf '  processes %d, batch %3d, --on-done %-6s run %d: %7s events/s  relay %5.2f µs/event  PostgreSQL %5.2f µs/event  (rows left: %s, done with attempts=1: %s, unique ids: %s, exit %s)\n' \
+    printf '  processes %d, batch %3d, %-7s run %d: %7s events/s  relay %5.2f µs/event  PostgreSQL %5.2f µs/event  (rows left: %s, done with attempts=1: %s, unique ids: %s, exit %s)\n' \
         "$p" "$b" "$mode" "$r" "$(fmt_int "$rate")" "$relay_us" "$pg_us" "$left" "$ok" "$uniq_ids" "$rc"
     local want_left=$events
-    [[ $mode == delete ]] && want_left=0
+    [[ $on_done == delete ]] && want_left=0
     if [[ $rc != 0 || $left != "$want_left" || $ok != "$want_left" || $lines != "$events" || $uniq_ids != "$events" ]]; then
         warn "processes $p batch $b --on-done $mode run $r: expected exit 0, each of $events events delivered once and $want_left rows left, all done with attempts = 1"
     fi
@@ -97,19 +104,20 @@ cpu_once() {
 
 bench_cpu() {
     local pb p b r mode key
+    [[ -n $compare ]] && cpu_modes+=(compare)
     for pb in "${cpu_configs[@]}"; do
         p=${pb%%:*}
         b=${pb##*:}
         declare -A rates=() relays=() pgs=()
         for r in $(seq 1 "$runs"); do
-            for mode in keep delete; do
+            for mode in "${cpu_modes[@]}"; do
                 cpu_once "$p" "$b" "$mode" "$r"
                 rates[$mode]+=" $rate"
                 relays[$mode]+=" $relay_us"
                 pgs[$mode]+=" $pg_us"
             done
         done
-        for mode in keep delete; do
+        for mode in "${cpu_modes[@]}"; do
             key=${p}_${b}_$mode
             # shellcheck disable=SC2086 # the lists of figures
             cpu_rate[$key]=$(median ${rates[$mode]})
@@ -117,7 +125,7 @@ bench_cpu() {
             cpu_relay[$key]=$(median ${relays[$mode]})
             # shellcheck disable=SC2086
             cpu_pg[$key]=$(median ${pgs[$mode]})
-            printf '  => processes %d, batch %3d, --on-done %-6s median %7s events/s, relay %.2f µs/event, PostgreSQL %.2f µs/event\n' \
+            printf '  => processes %d, batch %3d, %-7s median %7s events/s, relay %.2f µs/event, PostgreSQL %.2f µs/event\n' \
                 "$p" "$b" "$mode" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}"
         done
     done
@@ -128,9 +136,9 @@ cpu_summary_rows() {
     for pb in "${cpu_configs[@]}"; do
         p=${pb%%:*}
         b=${pb##*:}
-        for mode in keep delete; do
+        for mode in "${cpu_modes[@]}"; do
             key=${p}_${b}_$mode
-            printf '| Dispatchbox --drain, %s events, --on-done %s: rate; CPU per event, relay / PostgreSQL | %d | %d | %s events/s; %.2f / %.2f µs | %s | - |\n' \
+            printf '| Dispatchbox --drain, %s events, %s: rate; CPU per event, relay / PostgreSQL | %d | %d | %s events/s; %.2f / %.2f µs | %s | - |\n' \
                 "$events" "$mode" "$p" "$b" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}" \
                 "$(ratio "${cpu_rate[$key]}" "${ceiling[two_$b]}")"
         done

@@ -39,17 +39,41 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
+/// The resolved run configuration, grouped by who reads it: the top-level fields are the
+/// database's and the worker's (its DB thread and pool), [`Sinks`] the built-in targets',
+/// [`Supervision`] the supervisor's alone, [`Logging`] every process's logger.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub dsn: Dsn,
     pub table: Table,
-    pub processes: u32,
+    pub connect_timeout: Duration,
     pub threads: usize,
     pub batch_size: u32,
     pub poll_interval: Duration,
     pub max_attempts: i32,
     pub backoff: Backoff,
     pub lease: Duration,
+    pub drain: bool,
+    /// `--notify`: whether the worker LISTENs (auto: when the table has the trigger).
+    pub notify: Notify,
+    /// `--ordered`, `--ordered-dead`.
+    pub order: Order,
+    /// `--on-done`: a delivered event's row is kept as `done` or deleted.
+    pub on_done: OnDone,
+    pub shutdown_timeout: Duration,
+    pub sinks: Sinks,
+    pub supervision: Supervision,
+    pub log: Logging,
+    /// `(name, text)`: what each run flag resolved to (the flag, else its variable, else its
+    /// default), as the flag parser takes it back; a switch that is on as `true`. The
+    /// supervisor hands these to its workers (`protocol`), so a new flag reaches them with
+    /// nothing to add. Without the DSN (sent resolved) and the routes (sent as their list).
+    pub flag_texts: Vec<(&'static str, String)>,
+}
+
+/// The routes and what the built-in targets need (`sink::build_router`).
+#[derive(Clone, Debug)]
+pub struct Sinks {
     /// `(pattern, target)` as given; `*=stdout` when none were.
     pub routes: Vec<(String, String)>,
     /// Where the routes came from, for error messages: `--route` or `DISPATCHBOX_ROUTE`.
@@ -66,41 +90,38 @@ pub struct Config {
     /// `DISPATCHBOX_WEBHOOK_SECRET`, checked where the routes are built. Environment only;
     /// a worker gets it on its configuration pipe (the variable is not passed on).
     pub webhook_secret: Option<SecretText>,
-    pub drain: bool,
+    /// The lock the supervisor creates when several workers share stdout (a path under
+    /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
+    pub stdout_lock: Option<std::path::PathBuf>,
+}
+
+/// What only the supervisor reads (workers receive it with every other flag and ignore it).
+#[derive(Clone, Debug)]
+pub struct Supervision {
+    /// `--processes`: worker processes.
+    pub processes: u32,
+    pub max_runtime: Option<Duration>,
     /// `--fail-on-dead`: the supervisor exits 6 when a worker saw an event go dead.
     pub fail_on_dead: bool,
-    /// `--notify`: whether the worker LISTENs (auto: when the table has the trigger).
-    pub notify: Notify,
-    /// `--ordered`, `--ordered-dead`.
-    pub order: Order,
-    /// `--on-done`: a delivered event's row is kept as `done` or deleted.
-    pub on_done: OnDone,
+    /// `--metrics-addr`: where the supervisor serves its metrics (None: it does not).
+    pub metrics_addr: Option<String>,
     /// `--retain-done`: the supervisor deletes done events delivered longer ago (None: never).
     pub retain_done: Option<Duration>,
     /// `--retain-archive`: retention moves the rows into this table instead.
     pub retain_archive: Option<Table>,
-    pub max_runtime: Option<Duration>,
-    pub shutdown_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub log_level: Level,
-    pub log_format: Format,
+}
+
+/// How a process logs.
+#[derive(Clone, Debug)]
+pub struct Logging {
+    pub level: Level,
+    pub format: Format,
     /// Log lines carry syslog priority prefixes: the supervisor's stderr, where a worker's
     /// lines end up, is the systemd journal. Not a flag (detected by the supervisor).
-    pub log_journal: bool,
-    /// `--metrics-addr`: where the supervisor serves its metrics (None: it does not).
-    /// Workers receive it with every other flag and ignore it.
-    pub metrics_addr: Option<String>,
-    /// The lock the supervisor creates when several workers share stdout (a path under
-    /// `/proc/<supervisor pid>/fd/`): every `stdout` line is written under it. Not a flag.
-    pub stdout_lock: Option<std::path::PathBuf>,
+    pub journal: bool,
     /// A worker's descriptor holding a copy of the supervisor's stderr, where it logs once
     /// the supervisor (which forwards its stderr) is gone. Not a flag.
-    pub log_fd: Option<i32>,
-    /// `(name, text)`: what each run flag resolved to (the flag, else its variable, else its
-    /// default), as the flag parser takes it back; a switch that is on as `true`. The
-    /// supervisor hands these to its workers (`protocol`), so a new flag reaches them with
-    /// nothing to add. Without the DSN (sent resolved) and the routes (sent as their list).
-    pub flag_texts: Vec<(&'static str, String)>,
+    pub fd: Option<i32>,
 }
 
 /// `--notify`: wake-ups by notification.
@@ -223,38 +244,44 @@ impl Config {
         Ok(Config {
             dsn: src.dsn()?,
             table: src.table()?,
-            processes,
+            connect_timeout,
             threads,
             batch_size,
             poll_interval,
             max_attempts,
             backoff: Backoff { base, max },
             lease,
-            routes,
-            route_source,
-            exec_timeout,
-            pipe_timeout,
-            pipe_window,
-            pipe_processes,
-            webhook_config,
-            webhook_timeout,
-            webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
             drain,
-            fail_on_dead,
             notify,
             order,
             on_done,
-            retain_done,
-            retain_archive,
-            max_runtime,
             shutdown_timeout,
-            connect_timeout,
-            log_level,
-            log_format,
-            log_journal: false,
-            metrics_addr: src.metrics_addr()?,
-            stdout_lock: None,
-            log_fd: None,
+            sinks: Sinks {
+                routes,
+                route_source,
+                exec_timeout,
+                pipe_timeout,
+                pipe_window,
+                pipe_processes,
+                webhook_config,
+                webhook_timeout,
+                webhook_secret: env(defs::WEBHOOK_SECRET_VAR).map(SecretText::new),
+                stdout_lock: None,
+            },
+            supervision: Supervision {
+                processes,
+                max_runtime,
+                fail_on_dead,
+                metrics_addr: src.metrics_addr()?,
+                retain_done,
+                retain_archive,
+            },
+            log: Logging {
+                level: log_level,
+                format: log_format,
+                journal: false,
+                fd: None,
+            },
             flag_texts: src.flag_texts()?,
         })
     }
@@ -313,13 +340,13 @@ mod tests {
     fn defaults_match_the_original_tool() {
         let c = Config::from_raw(&raw(&[("dsn", "host=h user=u")]), &no_env).unwrap();
         assert_eq!(c.batch_size, 10);
-        assert_eq!(c.processes, 1);
+        assert_eq!(c.supervision.processes, 1);
         assert_eq!(c.threads, 10);
         assert_eq!(c.poll_interval, Duration::from_secs(1));
-        assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.log.level, Level::Info);
         assert_eq!(c.max_attempts, 5);
         assert_eq!(c.table.quoted(), "\"outbox_event\"");
-        assert!(c.routes.is_empty());
+        assert!(c.sinks.routes.is_empty());
     }
 
     #[test]
@@ -336,7 +363,7 @@ mod tests {
         assert_eq!(c.batch_size, 20);
         assert_eq!(c.threads, 3);
         assert_eq!(c.dsn.get("host"), Some("envhost"));
-        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.sinks.routes.len(), 2);
         assert!(c.drain);
     }
 

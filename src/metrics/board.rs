@@ -199,13 +199,13 @@ impl Drop for Tap {
 
 #[cfg(test)]
 mod tests {
-    use super::super::counts::Outcome;
+    use super::super::counts::Label;
     use super::*;
 
     fn delivered(n: u64) -> Counts {
         let mut c = Counts::default();
         for _ in 0..n {
-            c.count("stdout", Outcome::Delivered);
+            c.count("stdout", Label::Delivered);
         }
         c.in_flight = 1;
         c
@@ -216,7 +216,7 @@ mod tests {
             .total
             .routes
             .get("stdout")
-            .map_or(0, |r| r.count(Outcome::Delivered))
+            .map_or(0, |r| r.count(Label::Delivered))
     }
 
     #[test]

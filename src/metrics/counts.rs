@@ -14,9 +14,10 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// How an event's attempt ended, as the `outcome` label says it.
+/// How an event's attempt ended, as the `outcome` label of the metrics says it (not the
+/// handler's `Outcome`, which is its verdict, nor the `outcome` field of a log line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Label {
     Delivered,
     /// Failed; due again after the backoff.
     Retried,
@@ -31,22 +32,22 @@ pub(crate) enum Outcome {
     Deferred,
 }
 
-impl Outcome {
-    pub(crate) const ALL: [Outcome; 5] = [
-        Outcome::Delivered,
-        Outcome::Retried,
-        Outcome::Dead,
-        Outcome::Released,
-        Outcome::Deferred,
+impl Label {
+    pub(crate) const ALL: [Label; 5] = [
+        Label::Delivered,
+        Label::Retried,
+        Label::Dead,
+        Label::Released,
+        Label::Deferred,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Retried => "retried",
-            Outcome::Dead => "dead",
-            Outcome::Released => "released",
-            Outcome::Deferred => "deferred",
+            Label::Delivered => "delivered",
+            Label::Retried => "retried",
+            Label::Dead => "dead",
+            Label::Released => "released",
+            Label::Deferred => "deferred",
         }
     }
 
@@ -63,7 +64,7 @@ pub(crate) const BUCKETS: [f64; 12] = [
 /// One route's numbers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RouteCounts {
-    /// By `Outcome as usize`.
+    /// By `Label as usize`.
     pub outcomes: [u64; 5],
     /// Handler runs per bucket, not cumulative; the last one is above every bound.
     pub buckets: [u64; BUCKETS.len() + 1],
@@ -101,7 +102,7 @@ pub(crate) struct Counts {
 }
 
 impl RouteCounts {
-    pub(crate) fn count(&self, o: Outcome) -> u64 {
+    pub(crate) fn count(&self, o: Label) -> u64 {
         self.outcomes[o.index()]
     }
 
@@ -135,7 +136,7 @@ impl RouteCounts {
 }
 
 impl Counts {
-    pub(crate) fn count(&mut self, route: &str, o: Outcome) {
+    pub(crate) fn count(&mut self, route: &str, o: Label) {
         self.route(route).outcomes[o.index()] += 1;
     }
 
@@ -220,7 +221,7 @@ impl Counts {
             .map(|(name, r)| {
                 let mut o = Map::new();
                 o.insert("route".into(), name.as_str().into());
-                for k in Outcome::ALL {
+                for k in Label::ALL {
                     o.insert(k.as_str().into(), r.count(k).into());
                 }
                 o.insert("duration-us".into(), r.sum_us.into());
@@ -262,7 +263,7 @@ impl Counts {
             let o = r.as_object()?;
             let name = o.get("route")?.as_str()?.to_string();
             let mut rc = RouteCounts::default();
-            for k in Outcome::ALL {
+            for k in Label::ALL {
                 rc.outcomes[k.index()] = num(o, k.as_str())?;
             }
             rc.sum_us = num(o, "duration-us")?;
@@ -287,9 +288,9 @@ mod tests {
 
     fn sample() -> Counts {
         let mut c = Counts::default();
-        c.count("stdout", Outcome::Delivered);
-        c.count("stdout", Outcome::Delivered);
-        c.count("exec:sh -c \"x\"", Outcome::Dead);
+        c.count("stdout", Label::Delivered);
+        c.count("stdout", Label::Delivered);
+        c.count("exec:sh -c \"x\"", Label::Dead);
         c.observe("stdout", Duration::from_millis(3));
         c.observe("stdout", Duration::from_millis(70));
         c.observe("stdout", Duration::from_secs(90));
@@ -312,7 +313,7 @@ mod tests {
         assert_eq!(r.buckets[BUCKETS.len()], 1, "90 s: +Inf only");
         assert_eq!(r.runs(), 3);
         assert_eq!(r.sum_us, 90_073_000);
-        assert_eq!(r.count(Outcome::Delivered), 2);
+        assert_eq!(r.count(Label::Delivered), 2);
     }
 
     #[test]
@@ -335,16 +336,16 @@ mod tests {
     fn add_sums_and_merge_max_never_goes_down() {
         let mut total = sample();
         total.add(&sample());
-        assert_eq!(total.routes["stdout"].count(Outcome::Delivered), 4);
+        assert_eq!(total.routes["stdout"].count(Label::Delivered), 4);
         assert_eq!(total.in_flight, 4);
         assert_eq!((total.db_down, total.db_down_us), (2, 1_500_000));
         let mut last = sample();
         let mut older = Counts::default();
-        older.count("stdout", Outcome::Retried);
+        older.count("stdout", Label::Retried);
         older.in_flight = 0;
         last.merge_max(&older);
-        assert_eq!(last.routes["stdout"].count(Outcome::Delivered), 2);
-        assert_eq!(last.routes["stdout"].count(Outcome::Retried), 1);
+        assert_eq!(last.routes["stdout"].count(Label::Delivered), 2);
+        assert_eq!(last.routes["stdout"].count(Label::Retried), 1);
         assert_eq!(last.claims, 4);
         assert_eq!(last.in_flight, 0);
         assert_eq!((last.db_down, last.db_down_us, last.process), (0, 0, None));

@@ -5,7 +5,7 @@
 //! Invariant: pure — the same input gives the same text; nothing here blocks.
 
 use super::board::Snapshot;
-use super::counts::{Outcome, BUCKETS};
+use super::counts::{Label, BUCKETS};
 use super::process::ProcessStats;
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -272,7 +272,7 @@ fn events(o: &mut String, snap: &Snapshot) {
     );
     for (route, r) in &snap.total.routes {
         let route = escape(route);
-        for k in Outcome::ALL {
+        for k in Label::ALL {
             let _ = writeln!(
                 o,
                 "dispatchbox_events_total{{route=\"{route}\",outcome=\"{}\"}} {}",
@@ -350,7 +350,7 @@ mod tests {
     fn families_come_once_with_help_and_type_and_buckets_are_cumulative() {
         let mut snap = Snapshot::default();
         let mut c = Counts::default();
-        c.count("exec:say \"hi\"\\", Outcome::Delivered);
+        c.count("exec:say \"hi\"\\", Label::Delivered);
         c.observe("exec:say \"hi\"\\", Duration::from_millis(7));
         c.observe("exec:say \"hi\"\\", Duration::from_secs(100));
         snap.total = c;

@@ -3,10 +3,12 @@
 //! event), `exec:COMMAND ARGS...` (run a program per event), `pipe:COMMAND ARGS...` (a
 //! long-running process that acknowledges each event) and `http://…` / `https://…` (a Standard
 //! Webhooks POST per event). Compiled-in handlers are the other kind of target (see `lib.rs`);
-//! `build_router` joins the `--route`s to the compiled-in routes.
+//! `build_router` joins the `--route`s to the compiled-in routes. `process/` is what `exec:`
+//! and `pipe:` share (starting a program, the registry of running process groups).
 
 pub mod exec;
 pub mod pipe;
+pub(crate) mod process;
 pub mod stdout;
 pub mod webhook;
 
@@ -23,7 +25,7 @@ pub struct SinkOptions {
     pub pipe_timeout: Duration,
     pub pipe_window: usize,
     pub pipe_processes: usize,
-    /// See `Config::stdout_lock`.
+    /// See `config::Sinks::stdout_lock`.
     pub stdout_lock: Option<std::path::PathBuf>,
     pub webhook: webhook::WebhookDefaults,
     /// `--webhook-config`, read and checked.
@@ -60,23 +62,23 @@ pub fn build(target: &str, opts: &SinkOptions) -> Result<Arc<dyn Handler>> {
 /// Builds the router from compiled-in routes plus `--route`s (`*=stdout` when both are empty).
 pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
     let opts = SinkOptions {
-        exec_timeout: cfg.exec_timeout,
-        pipe_timeout: cfg.pipe_timeout,
-        pipe_window: cfg.pipe_window,
-        pipe_processes: cfg.pipe_processes,
-        stdout_lock: cfg.stdout_lock.clone(),
+        exec_timeout: cfg.sinks.exec_timeout,
+        pipe_timeout: cfg.sinks.pipe_timeout,
+        pipe_window: cfg.sinks.pipe_window,
+        pipe_processes: cfg.sinks.pipe_processes,
+        stdout_lock: cfg.sinks.stdout_lock.clone(),
         webhook: webhook_defaults(cfg)?,
-        webhook_file: match &cfg.webhook_config {
+        webhook_file: match &cfg.sinks.webhook_config {
             Some(path) => Some(webhook::SettingsFile::load(path)?),
             None => None,
         },
     };
     let mut router = compiled.clone();
-    let mut routes = cfg.routes.clone();
+    let mut routes = cfg.sinks.routes.clone();
     if routes.is_empty() && router.is_empty() {
         routes.push(("*".into(), "stdout".into()));
     }
-    let from = cfg.route_source;
+    let from = cfg.sinks.route_source;
     for (pattern, target) in &routes {
         let p = Pattern::parse(pattern).map_err(|e| Error::Usage(format!("{from}: {e}")))?;
         let shown = format!("{pattern}={}", crate::redact::route_target(target));
@@ -99,15 +101,15 @@ pub(crate) fn build_router(cfg: &Config, compiled: &Router) -> Result<Router> {
 /// The settings every webhook route starts from: the flags, and the secret from the
 /// environment (checked here, so that a bad one is a usage error even without a route).
 fn webhook_defaults(cfg: &Config) -> Result<webhook::WebhookDefaults> {
-    let secrets = match &cfg.webhook_secret {
+    let secrets = match &cfg.sinks.webhook_secret {
         Some(s) => webhook::Secret::parse_list(s.expose())
             .map_err(|e| Error::Usage(format!("{}: {e}", crate::cli::defs::WEBHOOK_SECRET_VAR)))?,
         None => Vec::new(),
     };
     Ok(webhook::WebhookDefaults {
         secrets,
-        timeout: cfg.webhook_timeout,
-        connect_timeout: cfg.webhook_timeout.min(webhook::CONNECT_TIMEOUT),
+        timeout: cfg.sinks.webhook_timeout,
+        connect_timeout: cfg.sinks.webhook_timeout.min(webhook::CONNECT_TIMEOUT),
         threads: cfg.threads,
     })
 }

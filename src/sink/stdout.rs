@@ -25,11 +25,12 @@ use crate::handler::{Event, Handler, Outcome, Router};
 use crate::warn;
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 const FD: libc::c_int = 1;
 
@@ -81,19 +82,20 @@ pub fn check_at_start(router: &Router) -> Result<()> {
 }
 
 fn is_dev_null() -> bool {
-    let Ok(null) = std::fs::metadata("/dev/null") else {
+    let (Ok(null), Ok(fd1)) = (
+        std::fs::metadata("/dev/null"),
+        std::fs::metadata("/proc/self/fd/1"),
+    ) else {
         return false;
     };
-    // SAFETY: fstat writes into the zeroed struct we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(FD, &mut st) } != 0 {
-        return false;
-    }
-    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == null.rdev()
+    fd1.file_type().is_char_device() && fd1.rdev() == null.rdev()
 }
 
-/// What fd 1 is, looked at once, at the first line.
+/// What fd 1 is, looked at once, at the first batch.
 struct Fd1 {
+    /// fd 1, duplicated: the same open file description (offset, append flag), so writing,
+    /// seeking and truncating through it is doing so on stdout, with std's safe calls.
+    file: File,
     /// A regular file: a failed write can be taken back.
     regular: bool,
     /// Opened with O_APPEND: lines land at the end of the file, not at the offset.
@@ -104,32 +106,74 @@ struct Fd1 {
 }
 
 impl Fd1 {
-    fn probe() -> Fd1 {
-        // SAFETY: fstat writes into the zeroed struct we own.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let regular =
-            unsafe { libc::fstat(FD, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    fn probe() -> io::Result<Fd1> {
+        // SAFETY: fd 1 is open for the whole process (the runtime reopens a closed one on
+        // /dev/null before `main`); it is only borrowed to duplicate it.
+        let file = File::from(unsafe { BorrowedFd::borrow_raw(FD) }.try_clone_to_owned()?);
+        let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
         // SAFETY: F_GETFL only reads the descriptor's flags.
-        let flags = unsafe { libc::fcntl(FD, libc::F_GETFL) };
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         let append = flags != -1 && flags & libc::O_APPEND != 0;
         let reader = regular
             .then(|| File::open("/proc/self/fd/1").ok())
             .flatten();
-        Fd1 {
+        Ok(Fd1 {
+            file,
             regular,
             append,
             reader,
+        })
+    }
+
+    /// Where the next write to the regular file lands.
+    fn line_start(&self) -> Option<u64> {
+        if self.append {
+            self.file.metadata().ok().map(|m| m.len())
+        } else {
+            (&self.file).stream_position().ok()
         }
+    }
+
+    /// Truncates the file back to `pos` (and moves the shared offset there).
+    fn cut_back(&self, pos: u64) -> io::Result<()> {
+        self.file.set_len(pos)?;
+        if !self.append {
+            (&self.file).seek(SeekFrom::Start(pos))?;
+        }
+        Ok(())
+    }
+
+    /// `write(2)` until all of `buf` is out; on failure, how much was written and why not.
+    fn write_all(&self, mut buf: &[u8]) -> std::result::Result<(), (usize, io::Error)> {
+        let mut done = 0;
+        while !buf.is_empty() {
+            match (&self.file).write(buf) {
+                Ok(0) => return Err((done, io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    done += n;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((done, e)),
+            }
+        }
+        Ok(())
     }
 }
 
 pub struct Stdout {
     /// Shared with the other worker processes (each opens the file itself).
     cross_process: Option<File>,
-    fd1: OnceLock<Fd1>,
+    fd1: OnceLock<io::Result<Fd1>>,
     /// Whether this process has looked for a torn last line yet.
     tail_checked: AtomicBool,
+    /// Line buffers to reuse (one per handler thread at most), so that a batch's lines cost
+    /// no allocation once the first batches ran.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// A spare buffer above this size is dropped rather than kept.
+const KEEP_BUFFER: usize = 1 << 20;
 
 impl Stdout {
     pub fn new(lock_path: Option<&Path>) -> Result<Stdout> {
@@ -143,14 +187,42 @@ impl Stdout {
             cross_process,
             fd1: OnceLock::new(),
             tail_checked: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
         })
     }
 }
 
 impl Handler for Stdout {
     fn handle(&self, event: &Event) -> Outcome {
-        let mut line = event.to_json_line();
-        line.push('\n');
+        let mut outcomes = self.handle_batch(std::slice::from_ref(event));
+        outcomes.pop().unwrap_or(Outcome::Delivered)
+    }
+
+    /// A batch's lines go out in one write (per lock), so the cost per event is building its
+    /// line.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    fn handle_batch(&self, events: &[Event]) -> Vec<Outcome> {
+        let mut buf = lock(&self.spare).pop().unwrap_or_default();
+        buf.clear();
+        for e in events {
+            e.write_json_line(&mut buf);
+            buf.push(b'\n');
+        }
+        let outcomes = self.write_batch(events, &buf);
+        if buf.capacity() <= KEEP_BUFFER {
+            lock(&self.spare).push(buf);
+        }
+        outcomes
+    }
+}
+
+impl Stdout {
+    /// Writes a batch's lines (`buf`), under the locks; one outcome per event.
+    fn write_batch(&self, events: &[Event], buf: &[u8]) -> Vec<Outcome> {
+        let all = |o: Outcome| vec![o; events.len()];
         // The in-process lock first: threads of one process share the lock file's open file
         // description, so only one of them at a time may take and release the file lock.
         let mut out = io::stdout().lock();
@@ -158,111 +230,91 @@ impl Handler for Stdout {
         // that a failed write leaves nothing behind in it.
         let _ = out.flush();
         if BROKEN.load(Ordering::SeqCst) {
-            return Outcome::Abort(
+            return all(Outcome::Abort(
                 "stdout is unusable: an earlier line could not be completed or taken back".into(),
-            );
+            ));
         }
+        let fd1 = match self.fd1.get_or_init(Fd1::probe) {
+            Ok(fd1) => fd1,
+            Err(e) => return all(Outcome::Abort(format!("cannot use stdout: {e}"))),
+        };
         if let Some(f) = &self.cross_process {
             if let Err(e) = f.lock() {
-                return Outcome::Retry(format!("cannot lock stdout: {e}"));
+                return all(Outcome::Retry(format!("cannot lock stdout: {e}")));
             }
         }
-        let fd1 = self.fd1.get_or_init(Fd1::probe);
         let check_tail = !self.tail_checked.swap(true, Ordering::SeqCst);
-        let written = write_line(fd1, line.as_bytes(), check_tail);
+        let written = write_lines(fd1, buf, check_tail);
         if let Some(f) = &self.cross_process {
             let _ = f.unlock();
         }
         drop(out);
-        match written {
-            Ok(()) => Outcome::Delivered,
-            Err(e) => Outcome::Abort(format!("cannot write to stdout: {e}")),
-        }
+        let Err((kept, e)) = written else {
+            return all(Outcome::Delivered);
+        };
+        // The lines within the first `kept` bytes are out for good; the rest are not.
+        let mut end = 0;
+        events
+            .iter()
+            .zip(buf.split_inclusive(|b| *b == b'\n'))
+            .map(|(_, line)| {
+                end += line.len();
+                if end <= kept {
+                    Outcome::Delivered
+                } else {
+                    Outcome::Abort(format!("cannot write to stdout: {e}"))
+                }
+            })
+            .collect()
     }
 }
 
-/// Writes one line to fd 1; on failure nothing of it stays (or, on a pipe, it is ended).
-/// `check_tail`: end a torn last line first. Called under the locks.
-fn write_line(fd1: &Fd1, line: &[u8], check_tail: bool) -> io::Result<()> {
-    let start = if fd1.regular {
-        line_start(fd1.append)
-    } else {
-        None
-    };
-    let mut buf = Cow::Borrowed(line);
+/// Writes whole lines (`buf` ends with a newline) to fd 1. `check_tail`: end a torn last line
+/// first. Called under the locks. On failure: how many bytes of `buf` stay written, always
+/// whole lines — a regular file is cut back to the last whole line; where that is impossible
+/// (a pipe), a partial line is ended with a newline, best effort, and this process writes
+/// nothing more.
+fn write_lines(
+    fd1: &Fd1,
+    buf: &[u8],
+    check_tail: bool,
+) -> std::result::Result<(), (usize, io::Error)> {
+    let start = if fd1.regular { fd1.line_start() } else { None };
+    let mut out = Cow::Borrowed(buf);
     let reader = fd1.reader.as_ref().filter(|_| check_tail);
     if let (Some(pos), Some(reader)) = (start, reader) {
         let mut last = [0u8; 1];
         if pos > 0 && matches!(reader.read_at(&mut last, pos - 1), Ok(1) if last[0] != b'\n') {
-            let mut fixed = Vec::with_capacity(line.len() + 1);
+            let mut fixed = Vec::with_capacity(buf.len() + 1);
             fixed.push(b'\n');
-            fixed.extend_from_slice(line);
-            buf = Cow::Owned(fixed);
+            fixed.extend_from_slice(buf);
+            out = Cow::Owned(fixed);
         }
     }
-    match write_all(&buf) {
-        Ok(()) => Ok(()),
-        Err((0, e)) => Err(e),
-        Err((_, e)) => {
-            if let Some(pos) = start {
-                if cut_back(pos, fd1.append).is_ok() {
-                    return Err(e);
-                }
-            }
-            let _ = write_all(b"\n");
-            BROKEN.store(true, Ordering::SeqCst);
-            Err(e)
-        }
-    }
-}
-
-/// Where the next write to the regular file on fd 1 lands.
-fn line_start(append: bool) -> Option<u64> {
-    // SAFETY: fstat and lseek only read descriptor state into values we own.
-    let pos = if append {
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(FD, &mut st) } != 0 {
-            return None;
-        }
-        st.st_size
-    } else {
-        unsafe { libc::lseek(FD, 0, libc::SEEK_CUR) }
+    let prefix = out.len() - buf.len();
+    let (n, e) = match fd1.write_all(&out) {
+        Ok(()) => return Ok(()),
+        Err((0, e)) => return Err((0, e)),
+        Err(failed) => failed,
     };
-    u64::try_from(pos).ok()
+    let done = n.saturating_sub(prefix);
+    let kept = buf[..done]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    if kept == done {
+        return Err((kept, e));
+    }
+    if let Some(pos) = start {
+        if fd1.cut_back(pos + (prefix + kept) as u64).is_ok() {
+            return Err((kept, e));
+        }
+    }
+    let _ = fd1.write_all(b"\n");
+    BROKEN.store(true, Ordering::SeqCst);
+    Err((kept, e))
 }
 
-/// Truncates the file on fd 1 back to `pos` (and moves the shared offset there).
-fn cut_back(pos: u64, append: bool) -> io::Result<()> {
-    let off = libc::off_t::try_from(pos).map_err(|_| io::Error::other("offset too large"))?;
-    // SAFETY: plain syscalls on fd 1.
-    if unsafe { libc::ftruncate(FD, off) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if !append && unsafe { libc::lseek(FD, off, libc::SEEK_SET) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `write(2)` until all of `buf` is out; on failure, how much was written and why not.
-fn write_all(mut buf: &[u8]) -> std::result::Result<(), (usize, io::Error)> {
-    let mut done = 0;
-    while !buf.is_empty() {
-        // SAFETY: the pointer and length describe `buf`, which outlives the call.
-        let n = unsafe { libc::write(FD, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err((done, e));
-        }
-        if n == 0 {
-            return Err((done, io::ErrorKind::WriteZero.into()));
-        }
-        let n = n as usize;
-        done += n;
-        buf = &buf[n..];
-    }
-    Ok(())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

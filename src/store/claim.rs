@@ -431,7 +431,7 @@ impl<'a> CompletionColumns<'a> {
 /// A `LEASE ... RETURNING` row whose columns start at `at`.
 fn claimed_from(r: &postgres::Row, at: usize) -> Claimed {
     let token: i32 = r.get(at + 1);
-    let status: Option<String> = r.get(at + 2);
+    let status: Option<&str> = r.get(at + 2);
     Claimed {
         event: Event {
             id: r.get(at),
@@ -442,7 +442,7 @@ fn claimed_from(r: &postgres::Row, at: usize) -> Claimed {
             attempt: token,
         },
         token,
-        exhausted: status.as_deref() == Some(Status::Dead.as_str()),
+        exhausted: status == Some(Status::Dead.as_str()),
         dead_reason: r.get(at + 7),
     }
 }

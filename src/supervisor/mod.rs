@@ -12,19 +12,19 @@
 //! (`start_due`), reap the children that exited (`reap`), decide the exits 3 that waited for
 //! the other slots (`settle`), stop or kill when it is time (`escalate`), return the exit
 //! code once nothing runs (`outcome`), and sleep until a signal or a deadline (`wait`); each
-//! round also tells systemd what changed, when it asked (`notify`: ready, stopping, watchdog). What
-//! happens to a slot whose child ended is `policy::decide`, a pure function; the phases
-//! gather its facts and carry out (and log) its decision.
+//! round also tells systemd what changed, when it asked (`tell_systemd`: ready, stopping,
+//! watchdog). What happens to a slot whose child ended is `policy::decide`, a pure function;
+//! the phases gather its facts and carry out (and log) its decision.
 //!
 //! Invariants: no secret in any child's argv (see `spawn`); a child that fails for a reason
 //! a restart cannot fix stops everything with that child's error (from its `fatal` report;
 //! log lines are never parsed) and exit code instead of being restarted forever (see
 //! `policy` for which reasons those are).
 
-mod notify;
 mod policy;
 mod retain;
 mod spawn;
+mod systemd;
 mod verdict;
 
 use crate::config::Config;
@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use verdict::Ended;
+use verdict::ChildEnd;
 
 enum State {
     Running(Box<Running>),
@@ -50,7 +50,7 @@ enum State {
     },
     /// Exited 3 (database unreachable): decided by `settle` once it is known whether any
     /// worker has been ready.
-    Parked(Ended),
+    Parked(ChildEnd),
     /// Exited on its own terms with this code.
     Exited(u8),
 }
@@ -83,7 +83,7 @@ struct Supervisor<'a> {
     /// Set when a child failed in a way restarting cannot fix: (code, message).
     fatal: Option<(u8, String)>,
     /// systemd's notification socket, when we run as a `Type=notify` service.
-    notifier: Option<notify::Notifier>,
+    systemd: Option<systemd::Systemd>,
     /// What the children report, for `--metrics-addr`.
     board: Arc<Board>,
 }
@@ -92,13 +92,13 @@ pub fn run(cfg: &Config) -> Result<u8> {
     // Signals first, before any thread or child exists.
     let signals = listen_for_signals()?;
     let mut sup = Supervisor::new(cfg)?;
-    if let Some(addr) = &cfg.metrics_addr {
+    if let Some(addr) = &cfg.supervision.metrics_addr {
         crate::metrics::start(cfg, addr, &sup.board)?;
     }
     retain::start(cfg, &sup.board)?;
     info!(
         "starting {} worker process(es) for table {} on {}",
-        cfg.processes,
+        cfg.supervision.processes,
         cfg.table,
         cfg.dsn.redacted()
     );
@@ -108,7 +108,7 @@ pub fn run(cfg: &Config) -> Result<u8> {
         sup.settle();
         sup.escalate();
         let result = sup.outcome();
-        sup.notify(result.is_some());
+        sup.tell_systemd(result.is_some());
         if let Some(result) = result {
             return result;
         }
@@ -140,17 +140,17 @@ impl Supervisor<'_> {
     fn new(cfg: &Config) -> Result<Supervisor<'_>> {
         let exe = spawn::own_exe()?;
         // Several workers writing stdout lines need a lock they all can open.
-        let stdout_lock = if cfg.processes > 1 {
+        let stdout_lock = if cfg.supervision.processes > 1 {
             Some(LockFile::create()?)
         } else {
             None
         };
         let mut child_cfg = cfg.clone();
-        child_cfg.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
+        child_cfg.sinks.stdout_lock = stdout_lock.as_ref().map(|l| l.path.clone());
         let log_copy = spawn::stderr_copy();
-        child_cfg.log_fd = log_copy.as_ref().map(|_| crate::protocol::LOG_FD);
-        child_cfg.log_journal = crate::log::journal();
-        let slots = (0..cfg.processes)
+        child_cfg.log.fd = log_copy.as_ref().map(|_| crate::protocol::LOG_FD);
+        child_cfg.log.journal = crate::log::journal();
+        let slots = (0..cfg.supervision.processes)
             .map(|index| Slot {
                 index,
                 state: State::Restarting { at: Instant::now() },
@@ -167,13 +167,13 @@ impl Supervisor<'_> {
             _stdout_lock: stdout_lock,
             rng: fastrand::Rng::new(),
             slots,
-            deadline: cfg.max_runtime.map(|d| Instant::now() + d),
+            deadline: cfg.supervision.max_runtime.map(|d| Instant::now() + d),
             stop_requests: 0,
             kill_at: None,
             time_limit_hit: false,
             fatal: None,
-            notifier: notify::Notifier::from_env(),
-            board: Board::new(cfg.processes as usize),
+            systemd: systemd::Systemd::from_env(),
+            board: Board::new(cfg.supervision.processes as usize),
         })
     }
 
@@ -204,7 +204,7 @@ impl Supervisor<'_> {
                 Ok(running) => self.slots[i].state = State::Running(Box::new(running)),
                 // e.g. EAGAIN: try again later, like a crash at start-up.
                 Err(e) => {
-                    let ended = Ended {
+                    let ended = ChildEnd {
                         exit: Exit {
                             ending: Ending::NotStarted,
                             lived: Duration::ZERO,
@@ -249,7 +249,7 @@ impl Supervisor<'_> {
             if !stopping {
                 self.slots[i].ever_ready |= exit.was_ready;
             }
-            let ended = Ended {
+            let ended = ChildEnd {
                 exit,
                 status: Some(status),
                 message,
@@ -367,7 +367,7 @@ impl Supervisor<'_> {
             State::Exited(c) => Some(c),
             _ => None,
         });
-        let code = policy::run_code(codes, self.cfg.fail_on_dead);
+        let code = policy::run_code(codes, self.cfg.supervision.fail_on_dead);
         if self.time_limit_hit && self.cfg.drain {
             info!("--max-runtime reached before the drain finished");
             return Some(Ok(exit::TIME_LIMIT));
@@ -384,9 +384,9 @@ impl Supervisor<'_> {
 
     /// Each round: tell systemd (if it asked) how many workers are ready, that we stop, and
     /// that the loop still turns (the watchdog).
-    fn notify(&mut self, ending: bool) {
+    fn tell_systemd(&mut self, ending: bool) {
         let stopping = ending || self.stopping();
-        let Some(notifier) = &mut self.notifier else {
+        let Some(systemd) = &mut self.systemd else {
             return;
         };
         let ready = self
@@ -394,7 +394,7 @@ impl Supervisor<'_> {
             .iter()
             .filter(|s| matches!(&s.state, State::Running(r) if r.ready()))
             .count();
-        notifier.tick(ready, self.slots.len(), stopping);
+        systemd.tick(ready, self.slots.len(), stopping);
     }
 
     /// Phase 6: sleep until a signal (SIGCHLD included), a restart, the time limit or the
@@ -408,7 +408,7 @@ impl Supervisor<'_> {
             }
         }
         let time_limit = self.deadline.filter(|_| !self.time_limit_hit);
-        let watchdog = self.notifier.as_ref().and_then(notify::Notifier::next_wake);
+        let watchdog = self.systemd.as_ref().and_then(systemd::Systemd::next_wake);
         for t in [time_limit, self.kill_at, watchdog].into_iter().flatten() {
             wake = wake.min(t);
         }

@@ -52,7 +52,7 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Starts the retention thread when `--retain-done` is given.
 pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
-    let Some(older) = cfg.retain_done else {
+    let Some(older) = cfg.supervision.retain_done else {
         return Ok(());
     };
     let mut connector = cfg.dsn.connector()?;
@@ -63,14 +63,14 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
         last_full: None,
         connector,
         table: cfg.table.clone(),
-        archive: cfg.retain_archive.clone(),
+        archive: cfg.supervision.retain_archive.clone(),
         older: older.as_secs_f64(),
         client: None,
         columns: Vec::new(),
         board: Arc::clone(board),
         book: Book::default(),
     };
-    let verb = match &cfg.retain_archive {
+    let verb = match &cfg.supervision.retain_archive {
         Some(to) => format!("moved to {to}"),
         None => "deleted".into(),
     };

@@ -201,7 +201,7 @@ pub(super) fn spawn(
         .arg(index.to_string())
         .env_remove("DISPATCHBOX_DSN")
         .env_remove("PGPASSWORD")
-        // Only the supervisor speaks to systemd (`notify`).
+        // Only the supervisor speaks to systemd (`systemd.rs`).
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
 
 /// A child's end, with what the log lines about it need.
-pub(super) struct Ended {
+pub(super) struct ChildEnd {
     pub exit: Exit,
     /// `None`: the child could not be started (`message` says why).
     pub status: Option<ExitStatus>,
@@ -23,7 +23,7 @@ pub(super) struct Ended {
     pub message: Option<String>,
 }
 
-impl Ended {
+impl ChildEnd {
     /// `failed` when it had been ready (it lost something it had), else `cannot run`.
     fn what(&self) -> &'static str {
         if self.exit.was_ready {
@@ -71,7 +71,7 @@ impl Supervisor<'_> {
     }
 
     /// Carries out `decision` for slot `i`, whose child ended as `ended`.
-    pub(super) fn apply(&mut self, i: usize, decision: Decision, ended: Ended) {
+    pub(super) fn apply(&mut self, i: usize, decision: Decision, ended: ChildEnd) {
         let index = self.slots[i].index;
         let state = match decision {
             Decision::Exited(code) => State::Exited(code),
@@ -126,7 +126,7 @@ impl Supervisor<'_> {
     }
 
     /// The error everything stops with (logged once, by the caller of `run`).
-    fn fatal_text(&mut self, i: usize, why: Fatal, ended: &Ended) -> String {
+    fn fatal_text(&mut self, i: usize, why: Fatal, ended: &ChildEnd) -> String {
         let index = self.slots[i].index;
         match why {
             Fatal::Refused => {

@@ -19,12 +19,12 @@
 //! Only the report at exit is written by the DB thread itself, so that it is out before the
 //! process ends.
 
+use super::ids::{id_map, IdMap};
 use super::outcomes::{self, Ending};
 use super::tally::Totals;
-use crate::metrics::counts::{Counts, Outcome};
+use crate::metrics::counts::{Counts, Label};
 use crate::metrics::process::ProcessStats;
 use crate::protocol::Report;
-use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ pub(super) struct Gauges {
 pub(super) struct Counters<'a> {
     counts: Counts,
     /// The route of each claim in flight: id → (token, route target).
-    routes: HashMap<i64, (i32, &'a str)>,
+    routes: IdMap<(i32, &'a str)>,
     next_report: Instant,
     /// Where reports go (none: counted, not sent).
     send: Option<fn(Report)>,
@@ -89,7 +89,7 @@ impl<'a> Counters<'a> {
     pub fn new(now: Instant) -> Counters<'a> {
         Counters {
             counts: Counts::default(),
-            routes: HashMap::new(),
+            routes: id_map(),
             next_report: now,
             send: None,
             outbox: None,
@@ -135,7 +135,7 @@ impl<'a> Counters<'a> {
         token: i32,
         ending: &Ending<'_>,
         took: Option<Duration>,
-    ) -> Option<Outcome> {
+    ) -> Option<Label> {
         let route = self.take(id, token)?;
         if let Some(took) = took {
             self.counts.observe(route, took);
@@ -221,17 +221,17 @@ mod tests {
         c.dispatched(3, 4, "exec:x");
         let ms = Duration::from_millis(2);
         let done = |finished| Ending::Finished {
-            attempt: Outcome::Delivered,
+            attempt: Label::Delivered,
             finished,
         };
         let counted = c.ended(1, 1, &done(&Finished::Recorded), Some(ms));
-        assert_eq!(counted, Some(Outcome::Delivered));
+        assert_eq!(counted, Some(Label::Delivered));
         let again = c.ended(1, 1, &done(&Finished::Recorded), Some(ms));
         assert_eq!(again, None, "twice: void");
         let other = c.ended(2, 9, &done(&Finished::Void), Some(ms));
         assert_eq!(other, None, "another token");
         let unstarted = Ending::Unstarted { ours: true };
-        assert_eq!(c.ended(2, 1, &unstarted, None), Some(Outcome::Released));
+        assert_eq!(c.ended(2, 1, &unstarted, None), Some(Label::Released));
         let lost = c.ended(3, 4, &done(&Finished::LeaseLost), Some(ms));
         assert_eq!(lost, None);
         c.dead_at_claim("exec:x");
@@ -260,11 +260,11 @@ mod tests {
         }
         assert_eq!(counts.routes, last.routes);
         let stdout = &counts.routes["stdout"];
-        assert_eq!(stdout.count(Outcome::Delivered), 1);
-        assert_eq!(stdout.count(Outcome::Released), 1);
+        assert_eq!(stdout.count(Label::Delivered), 1);
+        assert_eq!(stdout.count(Label::Released), 1);
         assert_eq!(stdout.runs(), 1);
         let exec = &counts.routes["exec:x"];
-        assert_eq!(exec.count(Outcome::Dead), 1, "only the one dead at claim");
+        assert_eq!(exec.count(Label::Dead), 1, "only the one dead at claim");
         assert_eq!(exec.runs(), 1, "its handler did run");
         assert_eq!((counts.claims, counts.claimed, counts.db_errors), (1, 3, 2));
     }

@@ -19,15 +19,15 @@ use super::link::Link;
 use super::outcomes::{self, Ending};
 use super::pool::{kill_exec_commands, Pool};
 use super::tally::{self, DeadEvent, Tally};
-use super::{Ended, Msg, Tag};
+use super::{Done, Ended, Msg};
 use crate::config::Config;
 use crate::error::{exit, Error, Result};
-use crate::handler::{Outcome, Router, TypeFilter};
-use crate::metrics::counts::Outcome as Label;
+use crate::handler::{Router, TypeFilter};
+use crate::metrics::counts::Label;
 use crate::protocol::Report;
 use crate::{debug, error, info, log, warn};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The DB thread's state: the rooms it sequences. Its round trips are in `round_trips`.
 pub(super) struct DbThread<'a> {
@@ -158,13 +158,13 @@ impl<'a> DbThread<'a> {
 
     fn absorb(&mut self, msg: Msg) {
         match msg {
-            Msg::Done {
-                id,
-                token,
-                tag,
-                outcome,
-                took,
-            } => self.finished(id, token, &tag, outcome, took),
+            Msg::Done(d) => self.finished(d, Instant::now()),
+            Msg::Batch(dones) => {
+                let now = Instant::now();
+                for d in dones {
+                    self.finished(d, now);
+                }
+            }
             Msg::Unstarted { id, token } => {
                 self.give_back(id, token);
             }
@@ -204,8 +204,14 @@ impl<'a> DbThread<'a> {
         ours
     }
 
-    fn finished(&mut self, id: i64, token: i32, tag: &Tag, outcome: Outcome, took: Duration) {
-        let now = Instant::now();
+    fn finished(&mut self, done: Done, now: Instant) {
+        let Done {
+            id,
+            token,
+            ref tag,
+            outcome,
+            took,
+        } = done;
         let (event_type, router) = (tag.event_type.as_deref(), self.router);
         let route = router.index(event_type);
         let about = tag

@@ -7,8 +7,8 @@
 //!
 //! Pure bookkeeping: the caller passes the time and does the I/O.
 
+use super::ids::IdMap;
 use crate::backoff::reconnect_delay;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The claim pause (and the deferred event's wait) grows up to this.
@@ -28,7 +28,7 @@ pub(crate) struct Deferrals {
     /// When the last deferred event is due again at the latest (for `--drain`).
     due_by: Option<Instant>,
     /// Deferred events whose release is not written yet: id → seconds until due again.
-    delays: HashMap<i64, f64>,
+    delays: IdMap<f64>,
     in_episode: bool,
     warned_at: Option<Instant>,
 }

@@ -14,11 +14,12 @@
 
 use super::complete::Completer;
 use super::defer::Deferrals;
+use super::ids::{id_map, IdMap};
 use super::lease_clock::LeaseClock;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::handler::Outcome;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// The ledger's limits (from the configuration).
@@ -85,7 +86,7 @@ pub(super) struct Ledger<'a> {
     limits: Limits,
     clock: &'a LeaseClock,
     /// Claimed and handed to the pool, no result yet.
-    in_flight: HashMap<i64, Held>,
+    in_flight: IdMap<Held>,
     /// To be given back: (id, token).
     to_release: Vec<(i64, i32)>,
     results: Completer,
@@ -105,7 +106,7 @@ impl<'a> Ledger<'a> {
         Ledger {
             limits,
             clock,
-            in_flight: HashMap::new(),
+            in_flight: id_map(),
             to_release: Vec::new(),
             results: Completer::new(limits.max_attempts, limits.backoff),
             deferrals: Deferrals::default(),

@@ -88,7 +88,7 @@ struct Run {
 }
 
 /// Why a listening session ended.
-enum Ended {
+enum SessionEnd {
     /// Told to stop, or the DB thread is gone.
     Stop,
     Lost(String),
@@ -119,8 +119,8 @@ impl Run {
                         return;
                     }
                     match self.listen(&mut client) {
-                        Ended::Stop => return,
-                        Ended::Lost(why) => why,
+                        SessionEnd::Stop => return,
+                        SessionEnd::Lost(why) => why,
                     }
                 }
                 Err(why) => why,
@@ -161,11 +161,11 @@ impl Run {
 
     /// Forwards notifications until the session ends or the thread is told to stop. Those
     /// already buffered together are forwarded as one wake-up.
-    fn listen(&self, client: &mut postgres::Client) -> Ended {
+    fn listen(&self, client: &mut postgres::Client) -> SessionEnd {
         loop {
             let next = client.notifications().timeout_iter(STOP_CHECK).next();
             if self.stopping() {
-                return Ended::Stop;
+                return SessionEnd::Stop;
             }
             match next {
                 Ok(Some(_)) => {
@@ -175,11 +175,13 @@ impl Run {
                         debug!("{} notifications in one wake-up", more + 1);
                     }
                     if self.tx.send(Msg::Woken).is_err() {
-                        return Ended::Stop;
+                        return SessionEnd::Stop;
                     }
                 }
-                Err(e) => return Ended::Lost(describe_pg(&e)),
-                Ok(None) if client.is_closed() => return Ended::Lost("connection closed".into()),
+                Err(e) => return SessionEnd::Lost(describe_pg(&e)),
+                Ok(None) if client.is_closed() => {
+                    return SessionEnd::Lost("connection closed".into())
+                }
                 Ok(None) => {}
             }
         }

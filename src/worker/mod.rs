@@ -40,6 +40,7 @@ mod db_thread;
 mod defer;
 mod drain;
 mod health;
+mod ids;
 mod lease_clock;
 mod ledger;
 mod link;
@@ -68,15 +69,10 @@ use std::time::{Duration, Instant};
 /// Everything the DB thread waits for arrives here.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// A handler finished an event (its type and aggregate: for the log lines about it).
-    Done {
-        id: i64,
-        token: i32,
-        tag: Tag,
-        outcome: Outcome,
-        /// How long the handler ran.
-        took: Duration,
-    },
+    /// A handler finished an event.
+    Done(Done),
+    /// A batch handler finished a claim's events for its route (in claim order).
+    Batch(Vec<Done>),
     /// A claimed event that no handler started before shutdown.
     Unstarted { id: i64, token: i32 },
     /// A queued event not started because its lease is lost or expired (see `LeaseClock`).
@@ -92,6 +88,17 @@ pub(crate) enum Msg {
     StopNow,
     /// A notification: events were inserted (see `listen`). Claim now if a batch fits.
     Woken,
+}
+
+/// How a handler finished an event (its type and aggregate: for the log lines about it).
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub id: i64,
+    pub token: i32,
+    pub tag: Tag,
+    pub outcome: Outcome,
+    /// How long the handler ran.
+    pub took: Duration,
 }
 
 /// An event's type and aggregate, carried back to the DB thread for its log lines (whose

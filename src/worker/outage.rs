@@ -10,6 +10,7 @@
 use super::db_thread::DbThread;
 use super::health::{Change, Verdict};
 use super::outcomes::Ending;
+use super::pool::Jobs;
 use crate::handler::Outcome;
 use crate::store::{self, ClaimArgs, Claimed};
 use crate::{debug, info, log, warn};
@@ -110,6 +111,7 @@ impl<'a> DbThread<'a> {
             }
             return Ok(());
         }
+        let mut jobs = Jobs::default();
         for c in claimed {
             if self.router.index(c.event.event_type.as_deref()) == Some(r) {
                 let target = Some(self.router.target_at(r));
@@ -126,8 +128,9 @@ impl<'a> DbThread<'a> {
             } else {
                 self.health.probe_ended(r, -1, Instant::now());
             }
-            self.dispatch(c, sent);
+            self.dispatch(c, sent, Instant::now(), &mut jobs);
         }
+        self.send_jobs(jobs);
         Ok(())
     }
 

@@ -17,7 +17,7 @@
 
 use super::ledger::Finished;
 use crate::handler::Outcome as Verdict;
-use crate::metrics::counts::Outcome;
+use crate::metrics::counts::Label;
 
 /// How the DB thread learnt that a claim ended.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub(super) enum Ending<'a> {
     /// A handler answered; `attempt` is [`attempt`]'s label of its verdict, `finished` what
     /// the ledger made of it.
     Finished {
-        attempt: Outcome,
+        attempt: Label,
         finished: &'a Finished,
     },
     /// Given back unstarted (stopping, a stale lease, no handler thread took it); `ours`:
@@ -40,30 +40,30 @@ pub(super) enum Ending<'a> {
 /// The label of a handler's verdict on attempt `token` should it be recorded, by the rule
 /// the completer applies (`complete::Completer::push`): a failure on the last allowed
 /// attempt is dead.
-pub(super) fn attempt(v: &Verdict, token: i32, max_attempts: i32) -> Outcome {
+pub(super) fn attempt(v: &Verdict, token: i32, max_attempts: i32) -> Label {
     match v {
-        Verdict::Delivered => Outcome::Delivered,
-        Verdict::Permanent(_) => Outcome::Dead,
-        _ if token >= max_attempts => Outcome::Dead,
-        Verdict::Defer(_) => Outcome::Deferred,
-        Verdict::Abort(_) => Outcome::Released,
-        Verdict::Retry(_) | Verdict::RetryAfter(..) | Verdict::Unavailable(..) => Outcome::Retried,
+        Verdict::Delivered => Label::Delivered,
+        Verdict::Permanent(_) => Label::Dead,
+        _ if token >= max_attempts => Label::Dead,
+        Verdict::Defer(_) => Label::Deferred,
+        Verdict::Abort(_) => Label::Released,
+        Verdict::Retry(_) | Verdict::RetryAfter(..) | Verdict::Unavailable(..) => Label::Retried,
     }
 }
 
 /// The label of a claim that ended so (None: not this claim's to count).
-pub(super) fn label(ending: &Ending<'_>) -> Option<Outcome> {
+pub(super) fn label(ending: &Ending<'_>) -> Option<Label> {
     match ending {
         Ending::Finished { attempt, finished } => match finished {
             Finished::Recorded => Some(*attempt),
-            Finished::Aborted(_) => Some(Outcome::Released),
-            Finished::Deferred { .. } => Some(Outcome::Deferred),
+            Finished::Aborted(_) => Some(Label::Released),
+            Finished::Deferred { .. } => Some(Label::Deferred),
             Finished::Void | Finished::LeaseLost => None,
         },
-        Ending::Unstarted { ours: true } => Some(Outcome::Released),
-        Ending::Held { ours: true } => Some(Outcome::Deferred),
+        Ending::Unstarted { ours: true } => Some(Label::Released),
+        Ending::Held { ours: true } => Some(Label::Deferred),
         Ending::Unstarted { ours: false } | Ending::Held { ours: false } => None,
-        Ending::DeadAtClaim => Some(Outcome::Dead),
+        Ending::DeadAtClaim => Some(Label::Dead),
     }
 }
 
@@ -92,21 +92,15 @@ mod tests {
                 let mut c = super::super::complete::Completer::new(3, backoff);
                 c.push(1, token, v.clone());
                 let want = match c.batch()[0].status {
-                    Status::Done => Outcome::Delivered,
-                    Status::Retry => Outcome::Retried,
-                    Status::Dead => Outcome::Dead,
+                    Status::Done => Label::Delivered,
+                    Status::Retry => Label::Retried,
+                    Status::Dead => Label::Dead,
                 };
                 assert_eq!(attempt(v, token, 3), want, "{v:?} at attempt {token}");
             }
         }
-        assert_eq!(
-            attempt(&Verdict::Defer("x".into()), 1, 3),
-            Outcome::Deferred
-        );
-        assert_eq!(
-            attempt(&Verdict::Abort("x".into()), 1, 3),
-            Outcome::Released
-        );
+        assert_eq!(attempt(&Verdict::Defer("x".into()), 1, 3), Label::Deferred);
+        assert_eq!(attempt(&Verdict::Abort("x".into()), 1, 3), Label::Released);
     }
 
     #[test]
@@ -115,7 +109,7 @@ mod tests {
             attempt,
             finished: &Finished::Recorded,
         };
-        assert_eq!(label(&recorded(Outcome::Retried)), Some(Outcome::Retried));
+        assert_eq!(label(&recorded(Label::Retried)), Some(Label::Retried));
         let aborted = Finished::Aborted("gone".into());
         let deferred = Finished::Deferred {
             why: "EMFILE".into(),
@@ -123,22 +117,22 @@ mod tests {
         };
         // What the ledger made of it decides over the verdict's own label.
         for (finished, want) in [
-            (&aborted, Some(Outcome::Released)),
-            (&deferred, Some(Outcome::Deferred)),
+            (&aborted, Some(Label::Released)),
+            (&deferred, Some(Label::Deferred)),
             (&Finished::Void, None),
             (&Finished::LeaseLost, None),
         ] {
-            let attempt = Outcome::Dead;
+            let attempt = Label::Dead;
             assert_eq!(label(&Ending::Finished { attempt, finished }), want);
         }
-        assert_eq!(label(&Ending::Held { ours: true }), Some(Outcome::Deferred));
+        assert_eq!(label(&Ending::Held { ours: true }), Some(Label::Deferred));
         assert_eq!(
             label(&Ending::Unstarted { ours: true }),
-            Some(Outcome::Released)
+            Some(Label::Released)
         );
         assert_eq!(label(&Ending::Held { ours: false }), None);
         assert_eq!(label(&Ending::Unstarted { ours: false }), None);
-        assert_eq!(label(&Ending::DeadAtClaim), Some(Outcome::Dead));
+        assert_eq!(label(&Ending::DeadAtClaim), Some(Label::Dead));
     }
 
     /// A scenario of every way a claim ends, fed to the one count: the metrics' view (the
@@ -167,8 +161,8 @@ mod tests {
         };
         let aborted = Finished::Aborted("gone".into());
         let scenario = [
-            (1, recorded(Outcome::Delivered), ms),
-            (2, recorded(Outcome::Delivered), ms),
+            (1, recorded(Label::Delivered), ms),
+            (2, recorded(Label::Delivered), ms),
             (
                 3,
                 recorded(attempt(&Verdict::Unavailable("x".into(), None), 1, 5)),
@@ -180,7 +174,7 @@ mod tests {
             (
                 7,
                 Ending::Finished {
-                    attempt: Outcome::Dead,
+                    attempt: Label::Dead,
                     finished: &deferred,
                 },
                 ms,
@@ -188,7 +182,7 @@ mod tests {
             (
                 8,
                 Ending::Finished {
-                    attempt: Outcome::Released,
+                    attempt: Label::Released,
                     finished: &aborted,
                 },
                 ms,
@@ -196,14 +190,14 @@ mod tests {
             (
                 9,
                 Ending::Finished {
-                    attempt: Outcome::Delivered,
+                    attempt: Label::Delivered,
                     finished: &Finished::LeaseLost,
                 },
                 ms,
             ),
             (10, Ending::Unstarted { ours: false }, None),
             // Told twice: the second time is void.
-            (1, recorded(Outcome::Delivered), ms),
+            (1, recorded(Label::Delivered), ms),
         ];
         for (id, ending, took) in &scenario {
             c.ended(*id, 1, ending, *took);
@@ -211,7 +205,7 @@ mod tests {
         c.dead_at_claim("exec:y");
         let mut metrics = [0u64; 5];
         for r in c.counts().routes.values() {
-            for (i, o) in Outcome::ALL.into_iter().enumerate() {
+            for (i, o) in Label::ALL.into_iter().enumerate() {
                 metrics[i] += r.count(o);
             }
         }

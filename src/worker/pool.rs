@@ -8,7 +8,7 @@
 //! the pool (`Pool::close`) takes back what is still queued; idle threads then end.
 
 use super::lease_clock::LeaseClock;
-use super::{Msg, Tag};
+use super::{Done, Msg, Tag};
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome, Reply};
 use crate::{error, log, warn};
@@ -19,13 +19,52 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Instant;
 
-/// A claimed event on its way to a handler thread.
+/// Claimed events on their way to a handler thread: one event, or for a handler that takes
+/// batches (`Handler::batched`, or a streaming one) all of a claim's events for its route.
 pub(super) struct Job {
+    pub items: Vec<Item>,
+    pub handler: Arc<dyn Handler>,
+    /// When the claim that leased them was sent (their lease runs from a later instant).
+    pub claim_sent: Instant,
+}
+
+/// One claimed event of a job, with its claim token.
+pub(super) struct Item {
     pub event: Event,
     pub token: i32,
-    pub handler: Arc<dyn Handler>,
-    /// When the claim that leased it was sent (its lease runs from a later instant).
-    pub claim_sent: Instant,
+}
+
+/// A claim's jobs, put together while its events are dispatched: one job per event, except
+/// for handlers that take batches (`Handler::batched`) or stream (`Handler::window`), which
+/// get one job per claim with all their events in claim order.
+#[derive(Default)]
+pub(super) struct Jobs {
+    ready: Vec<Job>,
+}
+
+impl Jobs {
+    pub fn add(
+        &mut self,
+        event: Event,
+        token: i32,
+        handler: &Arc<dyn Handler>,
+        claim_sent: Instant,
+    ) {
+        let item = Item { event, token };
+        if handler.batched() || handler.window() > 0 {
+            let same =
+                |j: &&mut Job| std::ptr::addr_eq(Arc::as_ptr(&j.handler), Arc::as_ptr(handler));
+            if let Some(job) = self.ready.iter_mut().find(same) {
+                job.items.push(item);
+                return;
+            }
+        }
+        self.ready.push(Job {
+            items: vec![item],
+            handler: handler.clone(),
+            claim_sent,
+        });
+    }
 }
 
 /// What the handler threads share with the DB thread.
@@ -78,10 +117,20 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Queues a job; false when no thread will take it (the pool is closed or every thread
-    /// is gone).
-    pub fn send(&self, job: Job) -> bool {
-        self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    /// Queues the jobs; returns the claims (id, token) no thread will take (the pool is
+    /// closed or every thread is gone).
+    pub fn send(&self, jobs: Jobs) -> Vec<(i64, i32)> {
+        let mut refused = Vec::new();
+        for job in jobs.ready {
+            let Some(tx) = self.jobs.as_ref() else {
+                refused.extend(job.items.iter().map(|i| (i.event.id, i.token)));
+                continue;
+            };
+            if let Err(mpsc::SendError(job)) = tx.send(job) {
+                refused.extend(job.items.iter().map(|i| (i.event.id, i.token)));
+            }
+        }
+        refused
     }
 
     /// Stops the threads taking new jobs, and returns the claims (id, token) still queued.
@@ -92,7 +141,7 @@ impl<'a> Pool<'a> {
         // recv(), the queue is empty; threads check `stopping` themselves after recv().
         if let Ok(rx) = self.shared.queue.try_lock() {
             while let Ok(job) = rx.try_recv() {
-                queued.push((job.event.id, job.token));
+                queued.extend(job.items.iter().map(|i| (i.event.id, i.token)));
             }
         }
         // Idle threads exit once the queue is closed and empty.
@@ -109,81 +158,162 @@ fn handler_loop(shared: &Shared, tx: Sender<Msg>) {
             Err(poisoned) => poisoned.into_inner().recv(),
         };
         let Ok(job) = job else { return };
-        let (id, token) = (job.event.id, job.token);
-        if shared.stopping.load(Ordering::SeqCst) {
-            let _ = tx.send(Msg::Unstarted { id, token });
+        let Job {
+            items,
+            handler,
+            claim_sent,
+        } = job;
+        let items = startable(shared, items, claim_sent, &tx);
+        if items.is_empty() {
             continue;
         }
-        // A worker that was stopped (SIGSTOP, a paused VM) must not deliver what another
-        // worker has taken over meanwhile.
-        if let Some(why) = shared
-            .clock
-            .refuse_start(id, token, job.claim_sent, Instant::now())
-        {
-            let tag = Tag::of(&job.event);
+        let started = Instant::now();
+        if handler.window() > 0 {
+            start_streaming(items, &*handler, &tx, started);
+            continue;
+        }
+        let sent = match items.len() {
+            1 => {
+                let item = items.into_iter().next().map(|i| (i.event, i.token));
+                item.is_some_and(|(event, token)| {
+                    let outcome = run_handler(&*handler, &event);
+                    tx.send(Msg::Done(done(event, token, outcome, started)))
+                        .is_ok()
+                })
+            }
+            _ => {
+                let (events, tokens): (Vec<Event>, Vec<i32>) =
+                    items.into_iter().map(|i| (i.event, i.token)).unzip();
+                let outcomes = run_batch(&*handler, &events);
+                let dones = events
+                    .into_iter()
+                    .zip(tokens)
+                    .zip(outcomes)
+                    .map(|((event, token), outcome)| done(event, token, outcome, started))
+                    .collect();
+                tx.send(Msg::Batch(dones)).is_ok()
+            }
+        };
+        if !sent {
+            return;
+        }
+    }
+}
+
+/// The items that may start: once the worker is stopping, none (answered `Unstarted`); a
+/// worker that was stopped (SIGSTOP, a paused VM) must not deliver what another worker has
+/// taken over meanwhile (answered `Stale`).
+fn startable(
+    shared: &Shared,
+    items: Vec<Item>,
+    claim_sent: Instant,
+    tx: &Sender<Msg>,
+) -> Vec<Item> {
+    let stopping = shared.stopping.load(Ordering::SeqCst);
+    let now = Instant::now();
+    let mut fresh = Vec::with_capacity(items.len());
+    for item in items {
+        let (id, token) = (item.event.id, item.token);
+        if stopping {
+            let _ = tx.send(Msg::Unstarted { id, token });
+        } else if let Some(why) = shared.clock.refuse_start(id, token, claim_sent, now) {
+            let tag = Tag::of(&item.event);
             let _ = tx.send(Msg::Stale {
                 id,
                 token,
                 tag,
                 why,
             });
-            continue;
+        } else {
+            fresh.push(item);
         }
-        let started = Instant::now();
-        if job.handler.window() > 0 {
-            start_streaming(job, &tx, started);
-            continue;
-        }
-        let outcome = run_handler(&job);
-        let tag = Tag {
-            event_type: job.event.event_type,
-            aggregate_type: job.event.aggregate_type,
-            aggregate_id: job.event.aggregate_id,
-        };
-        let done = Msg::Done {
-            id,
-            token,
-            tag,
-            outcome,
-            took: started.elapsed(),
-        };
-        if tx.send(done).is_err() {
-            return;
-        }
+    }
+    fresh
+}
+
+/// A handler's answer for `event`, its type and aggregate moved into the tag.
+fn done(event: Event, token: i32, outcome: Outcome, started: Instant) -> Done {
+    Done {
+        id: event.id,
+        token,
+        tag: Tag {
+            event_type: event.event_type,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+        },
+        outcome,
+        took: started.elapsed(),
     }
 }
 
 /// Runs the handler, a panic caught as a failed attempt.
-fn run_handler(job: &Job) -> Outcome {
-    catch_unwind(AssertUnwindSafe(|| job.handler.handle(&job.event)))
-        .unwrap_or_else(|panic| Outcome::Retry(format!("handler panicked: {}", message(&*panic))))
+fn run_handler(handler: &dyn Handler, event: &Event) -> Outcome {
+    catch_unwind(AssertUnwindSafe(|| handler.handle(event))).unwrap_or_else(panicked)
 }
 
-/// Hands the job to a streaming handler, which answers through the reply later (from its
-/// own thread). A panic in `start` drops the reply, which answers it as a failed attempt.
-fn start_streaming(job: Job, tx: &Sender<Msg>, started: Instant) {
-    let (id, token) = (job.event.id, job.token);
-    let tag = Tag::of(&job.event);
-    let tx = tx.clone();
-    let reply = Reply::new(move |outcome| {
-        let _ = tx.send(Msg::Done {
-            id,
-            token,
-            tag,
-            outcome,
-            took: started.elapsed(),
-        });
-    });
-    let handler = job.handler;
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.start(job.event, reply))) {
-        let fields = log::EventFields::id(id)
-            .attempt(token)
-            .outcome(log::Outcome::Retry);
-        error!(
-            event: fields,
-            "event {id}: handler panicked while starting it: {}",
-            message(&*panic)
+/// Runs a batch handler: one outcome per event, whatever it returns (a panic fails them all,
+/// a missing outcome fails its event).
+fn run_batch(handler: &dyn Handler, events: &[Event]) -> Vec<Outcome> {
+    let mut outcomes = match catch_unwind(AssertUnwindSafe(|| handler.handle_batch(events))) {
+        Ok(o) => o,
+        Err(panic) => vec![panicked(panic); events.len()],
+    };
+    let got = outcomes.len();
+    if got != events.len() {
+        let why = format!(
+            "the handler returned {got} outcome(s) for a batch of {}",
+            events.len()
         );
+        outcomes.resize(events.len(), Outcome::Retry(why));
+    }
+    outcomes
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> Outcome {
+    Outcome::Retry(format!("handler panicked: {}", message(&*panic)))
+}
+
+/// Hands the events to a streaming handler, which answers each through its reply later (from
+/// its own thread). A panic in `start_batch` drops the replies it still held, which answer
+/// those events as failed attempts.
+fn start_streaming(items: Vec<Item>, handler: &dyn Handler, tx: &Sender<Msg>, started: Instant) {
+    let ids: Vec<(i64, i32)> = items.iter().map(|i| (i.event.id, i.token)).collect();
+    let events = items
+        .into_iter()
+        .map(|item| {
+            let (id, token) = (item.event.id, item.token);
+            let tag = Tag::of(&item.event);
+            let tx = tx.clone();
+            let reply = Reply::new(move |outcome| {
+                let _ = tx.send(Msg::Done(Done {
+                    id,
+                    token,
+                    tag,
+                    outcome,
+                    took: started.elapsed(),
+                }));
+            });
+            (item.event, reply)
+        })
+        .collect();
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler.start_batch(events))) {
+        let msg = message(&*panic);
+        match ids[..] {
+            [(id, token)] => {
+                let fields = log::EventFields::id(id)
+                    .attempt(token)
+                    .outcome(log::Outcome::Retry);
+                error!(event: fields, "event {id}: handler panicked while starting it: {msg}");
+            }
+            _ => {
+                let list: Vec<String> = ids.iter().map(|(id, _)| id.to_string()).collect();
+                error!(
+                    "events {}: handler panicked while starting them: {msg}; those it had not \
+                     started yet count as failed attempts",
+                    list.join(", ")
+                );
+            }
+        }
     }
 }
 
@@ -198,7 +328,7 @@ fn message(panic: &(dyn std::any::Any + Send)) -> String {
 /// The worker exits with handlers still running: the `exec:` commands they wait for must not
 /// run on (their events will be delivered again once the lease expires).
 pub(super) fn kill_exec_commands() {
-    let n = crate::sink::exec::kill_running();
+    let n = crate::sink::process::kill_running();
     if n > 0 {
         warn!("killed {n} `exec:` command(s) and `pipe:` process(es) still running (with their process groups)");
     }

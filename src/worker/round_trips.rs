@@ -9,7 +9,7 @@
 
 use super::db_thread::DbThread;
 use super::drain::DrainLimits;
-use super::pool::Job;
+use super::pool::Jobs;
 use super::tally::{self, DeadEvent};
 use super::Ended;
 use crate::config::Order;
@@ -175,17 +175,35 @@ impl DbThread<'_> {
         if count > 0 {
             self.drain.work_found();
         }
-        self.ledger.claim_returned(Instant::now());
+        let now = Instant::now();
+        self.ledger.claim_returned(now);
+        let mut jobs = Jobs::default();
         for c in claimed {
-            self.dispatch(c, sent);
+            self.dispatch(c, sent, now, &mut jobs);
         }
+        self.send_jobs(jobs);
         if count > 0 {
             debug!("claimed {count} event(s)");
         }
         Ok(Some(count))
     }
 
-    pub(super) fn dispatch(&mut self, c: Claimed, claim_sent: Instant) {
+    /// Hands a claim's jobs to the handler threads; what none will take is given back.
+    pub(super) fn send_jobs(&mut self, jobs: Jobs) {
+        for (id, token) in self.pool.send(jobs) {
+            self.give_back(id, token);
+        }
+    }
+
+    /// Books a claimed event as dispatched and adds it to `jobs` (or ends it here: dead at
+    /// claim, held back for a paused route).
+    pub(super) fn dispatch(
+        &mut self,
+        c: Claimed,
+        claim_sent: Instant,
+        now: Instant,
+        jobs: &mut Jobs,
+    ) {
         let route = self.router.target(c.event.event_type.as_deref());
         if c.exhausted {
             self.counters.dead_at_claim(route.unwrap_or("-"));
@@ -205,7 +223,7 @@ impl DbThread<'_> {
             );
             return;
         }
-        if self.held_at_dispatch(&c, route.unwrap_or("-"), Instant::now()) {
+        if self.held_at_dispatch(&c, route.unwrap_or("-"), now) {
             return;
         }
         let (id, token) = (c.event.id, c.token);
@@ -214,18 +232,9 @@ impl DbThread<'_> {
             self.ledger.unroutable(id, token);
             return;
         };
-        self.ledger.dispatched(id, token, Instant::now());
+        self.ledger.dispatched(id, token, now);
         self.counters.dispatched(id, token, route.unwrap_or("-"));
-        let job = Job {
-            token,
-            event: c.event,
-            handler,
-            claim_sent,
-        };
-        if !self.pool.send(job) {
-            // No handler thread will take it: give the event back.
-            self.give_back(id, token);
-        }
+        jobs.add(c.event, token, &handler, claim_sent);
     }
 
     /// `--ordered-dead block`: one WARN line naming the aggregates a dead event holds back

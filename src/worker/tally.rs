@@ -9,7 +9,7 @@
 //! functions; the DB thread logs them.
 
 use crate::handler::Outcome;
-use crate::metrics::counts::{Counts, Outcome as Label};
+use crate::metrics::counts::{Counts, Label};
 use crate::{debug, error};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::binary::detached_shell;
 use super::{remove_env, sh_quote, TempDir};
 
 /// What to run when a broker or the venv is missing.
@@ -152,16 +153,7 @@ impl Home {
             sh_quote(&pgids.to_string_lossy()),
             sh_quote(&dir.path().to_string_lossy()),
         );
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn the broker watchdog (sh): {e}"));
+        let watchdog = detached_shell(&script, "the broker watchdog");
         Home {
             dir,
             watchdog: Some(watchdog),

@@ -203,3 +203,30 @@ fn stdout_on_dev_null_is_allowed_with_a_warning() {
         5
     );
 }
+
+#[test]
+fn a_pretty_printed_json_payload_is_still_one_line() {
+    // A `json` (not `jsonb`) column keeps the text as written, line breaks included.
+    let db = common::test_db();
+    db.client()
+        .batch_execute(
+            "CREATE TABLE outbox_event (id bigint PRIMARY KEY GENERATED ALWAYS AS IDENTITY,
+                aggregate_type text, aggregate_id text, event_type text, payload json,
+                status varchar(10) DEFAULT 'pending', attempts smallint DEFAULT 0,
+                next_run_at timestamptz DEFAULT now(), created_at timestamptz DEFAULT now());
+             INSERT INTO outbox_event (event_type, payload) VALUES
+                ('x', E'{\\n  \"a\": \"line\\\\nbreak\",\\r\\n  \"b\": [1,\\n2]\\n}'),
+                ('x', E'\\n\"s\"\\n')",
+        )
+        .unwrap();
+    db.migrate();
+    let out = drain(&db, &[]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_exactly_once(2, ids_of(&out.stdout));
+    let first: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["payload"],
+        serde_json::json!({"a": "line\nbreak", "b": [1, 2]})
+    );
+}

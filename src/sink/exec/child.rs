@@ -1,20 +1,18 @@
 //! One started `exec:` program: feeding its stdin, keeping the tail of its stderr, learning
-//! its exit with `poll` (on a pidfd where the kernel has them), killing its process group;
-//! and the registry of the process groups running now, for [`kill_running`] (shared with the
-//! `pipe:` target's long-running processes, which register through [`register`]).
+//! its exit with `poll` (on a pidfd where the kernel has them), killing its process group.
 //!
-//! Invariant: a program is in the registry from its start until just before it is reaped, so
-//! a group killed through the registry is never a recycled pid; an unexpected path (an I/O
-//! error, a panic) kills and reaps it on drop.
+//! Invariant: a program is in the registry (`sink/process`) from its start until just before
+//! it is reaped, so a group killed through the registry is never a recycled pid; an
+//! unexpected path (an I/O error, a panic) kills and reaps it on drop.
 
+use crate::sink::process::{
+    has_exited, kill_group, pidfd_open, poll_millis, register, set_nonblocking, unregister,
+    STDERR_TAIL,
+};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, ChildStderr, ChildStdin, ExitStatus};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// How much of the program's stderr is kept for the error message.
-pub(crate) const STDERR_TAIL: usize = 1500;
 
 /// Reads what a non-blocking stderr pipe has now (a bounded number of reads, so a chatty
 /// program cannot hold the caller past a deadline), keeping at most about the last
@@ -45,37 +43,7 @@ fn read_tail(stderr: &mut Option<ChildStderr>, tail: &mut Vec<u8>) {
 /// Without a pidfd the exit is polled: first after 1 ms, doubling up to this.
 const MAX_EXIT_POLL: Duration = Duration::from_millis(20);
 
-/// Process groups (= the programs' pids) of the commands running now. A pid leaves this set
-/// before it is reaped, so a group killed through it is never a recycled pid.
-static RUNNING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
-
-fn running() -> MutexGuard<'static, Vec<libc::pid_t>> {
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Kills (SIGKILL) the process group of every `exec:` command and `pipe:` process still
-/// running, and returns how many. For a worker that exits without waiting for its handlers: what it started must
-/// not outlive it, or the event's next delivery would run next to the old one.
-pub(crate) fn kill_running() -> usize {
-    let groups = running();
-    for &pgid in groups.iter() {
-        // SAFETY: plain syscall; the group exists (its leader is not reaped yet).
-        unsafe { libc::killpg(pgid, libc::SIGKILL) };
-    }
-    groups.len()
-}
-
-/// Adds a started process (the leader of its own group) to the registry [`kill_running`] uses.
-pub(crate) fn register(pid: libc::pid_t) {
-    running().push(pid);
-}
-
-/// Takes a process out of the registry; call it before reaping the process.
-pub(crate) fn unregister(pid: libc::pid_t) {
-    running().retain(|&p| p != pid);
-}
-
-/// One started program: its pipes, its pidfd, and its registration in [`RUNNING`].
+/// One started program: its pipes, its pidfd, and its registration in the registry.
 pub(super) struct Running {
     child: Child,
     pid: libc::pid_t,
@@ -86,7 +54,7 @@ pub(super) struct Running {
     tail: Vec<u8>,
     /// Readable once the program exited; None where pidfd_open is unavailable.
     pidfd: Option<OwnedFd>,
-    /// In [`RUNNING`] and not reaped yet.
+    /// In the registry and not reaped yet.
     registered: bool,
 }
 
@@ -166,7 +134,7 @@ impl Running {
             std::thread::sleep(wait);
             return;
         }
-        let ms = i32::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX);
+        let ms = poll_millis(wait);
         // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n < 0 {
@@ -213,12 +181,12 @@ impl Running {
     /// Kills the program's whole process group (and the program itself, should it have left
     /// the group).
     pub(super) fn kill(&mut self) {
-        // SAFETY: plain syscall on a group whose leader we have not reaped.
-        unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+        // Its leader is not reaped yet (we reap it, after `unregister`).
+        kill_group(self.pid, libc::SIGKILL);
         let _ = self.child.kill();
     }
 
-    /// Waits for the exit and reaps the program, after taking it out of [`RUNNING`].
+    /// Waits for the exit and reaps the program, after taking it out of the registry.
     pub(super) fn reap(&mut self) -> std::io::Result<ExitStatus> {
         self.stdin = None;
         self.pidfd = None;
@@ -253,40 +221,4 @@ impl Drop for Running {
             let _ = self.reap();
         }
     }
-}
-
-/// True once the child `pid` has exited; it stays unreaped (a zombie) until it is waited for.
-pub(crate) fn has_exited(pid: libc::pid_t) -> std::io::Result<bool> {
-    // SAFETY: waitid writes into the zeroed siginfo we own.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let r = libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(info.si_pid() != 0)
-    }
-}
-
-pub(crate) fn set_nonblocking(fd: RawFd) -> bool {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    }
-}
-
-/// A descriptor that becomes readable when the process exits (close-on-exec), or None on
-/// kernels without pidfd_open (before 5.3) or when out of descriptors: then the exit is polled.
-pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: just opened, owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }

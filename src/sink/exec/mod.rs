@@ -14,25 +14,18 @@
 //! has them), and stops reading stderr shortly after the program exited, so a background
 //! process holding the pipe costs nothing. Each program runs in its own process group, killed
 //! as a whole at the timeout and when the worker exits with commands still running
-//! ([`kill_running`]).
+//! (`sink::process::kill_running`).
 //!
-//! This file is the handler and how a run maps to an [`Outcome`]; `words.rs` splits the
-//! command line, `program.rs` finds the program, `child.rs` runs it.
+//! This file is the handler and how a run maps to an [`Outcome`]; `child.rs` runs the program;
+//! splitting the command line, finding the program and the process registry are shared with
+//! `pipe:` in `sink/process/`.
 
 mod child;
-mod program;
-mod words;
-
-pub(crate) use child::{
-    has_exited, kill_running, pidfd_open, register, set_nonblocking, unregister, STDERR_TAIL,
-};
-pub(crate) use program::check_program;
-pub(crate) use words::split_words;
 
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome};
+use crate::sink::process::{self, check_program, is_local_shortage, split_words};
 use child::Running;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,23 +64,15 @@ impl Exec {
 
     fn command(&self, event: &Event) -> Command {
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .env("DISPATCHBOX_EVENT_ID", event.id.to_string())
+        let mut cmd = process::command(&self.program, &self.args);
+        cmd.env("DISPATCHBOX_EVENT_ID", event.id.to_string())
             .env("DISPATCHBOX_EVENT_TYPE", opt(&event.event_type))
             .env("DISPATCHBOX_AGGREGATE_TYPE", opt(&event.aggregate_type))
             .env("DISPATCHBOX_AGGREGATE_ID", opt(&event.aggregate_id))
             .env("DISPATCHBOX_ATTEMPT", event.attempt.to_string())
-            .env_remove("DISPATCHBOX_DSN")
-            .env_remove("PGPASSWORD")
-            .env_remove(crate::cli::defs::WEBHOOK_SECRET_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C meant for dispatchbox does not kill a delivery
-            // in progress (graceful shutdown lets it finish), and a timeout kills what the
-            // program started too.
-            .process_group(0);
+            .stderr(Stdio::piped());
         cmd
     }
 
@@ -147,12 +132,4 @@ impl Handler for Exec {
             Err(o) => o,
         }
     }
-}
-
-/// Out of file descriptors, processes or memory: this machine's problem, not the event's.
-pub(crate) fn is_local_shortage(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
-    )
 }

@@ -35,9 +35,10 @@ mod stderr;
 use crate::backoff::reconnect_delay;
 use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome, Reply};
-use crate::sink::exec::{check_program, is_local_shortage, split_words};
+use crate::sink::process::{check_program, is_local_shortage, split_words};
 use crate::{debug, warn};
-use process::{lock, Live};
+use process::{lock, Live, Outgoing};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -210,34 +211,46 @@ impl Pipe {
         r.not_before = Some(Instant::now() + reconnect_delay(r.failures, RESTART_CAP, &mut r.rng));
     }
 
-    /// Writes the event to the route's process; `reply` is answered by the process's reader
-    /// (or here, when no process can be had).
-    fn submit(&self, event: &Event, mut reply: Reply) {
-        let mut line = one_line(event.to_json_line()).into_bytes();
-        line.push(b'\n');
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % lock(&self.route).live.len();
-        loop {
-            let live = match self.live(slot) {
-                Ok(l) => l,
-                Err(outcome) => return reply.send(outcome),
-            };
-            match live.send(event.id, &line, reply) {
-                Ok(()) => return,
-                // It ended meanwhile: the next turn books that and starts another.
-                Err(r) => reply = r,
-            }
+    /// Writes events to the route's processes, a share of them to each (in turn); each
+    /// reply is answered by the process's reader (or here, when no process can be had).
+    fn submit(&self, events: Vec<(Event, Reply)>) {
+        let slots = lock(&self.route).live.len();
+        let share = events.len().div_ceil(slots).max(1);
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let batch: VecDeque<Outgoing> = events
+                .by_ref()
+                .take(share)
+                .map(|(event, reply)| {
+                    let mut line = Vec::with_capacity(128 + event.payload.len());
+                    event.write_json_line(&mut line);
+                    line.push(b'\n');
+                    Outgoing {
+                        id: event.id,
+                        line,
+                        reply,
+                    }
+                })
+                .collect();
+            let slot = self.next.fetch_add(1, Ordering::Relaxed) % slots;
+            self.submit_to(slot, batch);
         }
     }
-}
 
-/// The event as exactly one line. A `json` (not `jsonb`) payload column keeps the text as
-/// written, which may be pretty-printed; in valid JSON a raw line break can only be white
-/// space between tokens (inside strings it is escaped), so a space replaces it.
-fn one_line(json: String) -> String {
-    if json.contains(['\n', '\r']) {
-        json.replace(['\n', '\r'], " ")
-    } else {
-        json
+    fn submit_to(&self, slot: usize, mut batch: VecDeque<Outgoing>) {
+        while !batch.is_empty() {
+            match self.live(slot) {
+                // What it did not take (it ended meanwhile): the next turn books that and
+                // starts another.
+                Ok(live) => batch = live.send(batch),
+                Err(outcome) => {
+                    for o in batch {
+                        o.reply.send(outcome.clone());
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -245,12 +258,10 @@ impl Handler for Pipe {
     /// One event, waiting for its answer (what the handler threads do is [`Pipe::start`]).
     fn handle(&self, event: &Event) -> Outcome {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(
-            event,
-            Reply::new(move |o| {
-                let _ = tx.send(o);
-            }),
-        );
+        let reply = Reply::new(move |o| {
+            let _ = tx.send(o);
+        });
+        self.submit(vec![(event.clone(), reply)]);
         rx.recv()
             .unwrap_or_else(|_| Outcome::Retry(format!("{}: no answer", self.name)))
     }
@@ -260,7 +271,13 @@ impl Handler for Pipe {
     }
 
     fn start(&self, event: Event, reply: Reply) {
-        self.submit(&event, reply);
+        self.submit(vec![(event, reply)]);
+    }
+
+    /// A claim's events for this route: a share to each process, each share written in as
+    /// few writes as the window allows.
+    fn start_batch(&self, events: Vec<(Event, Reply)>) {
+        self.submit(events);
     }
 }
 
@@ -297,16 +314,5 @@ impl Drop for Pipe {
                 live.wait_ended(Instant::now() + SETTLE_WAIT);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_are_sent_as_one_line() {
-        assert_eq!(one_line("{\"a\":\n  1\r\n}".into()), "{\"a\":   1  }");
-        assert_eq!(one_line("{\"a\":\"x\\ny\"}".into()), "{\"a\":\"x\\ny\"}");
     }
 }

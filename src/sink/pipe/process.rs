@@ -6,23 +6,30 @@
 //!
 //! Invariants: every event admitted to the books is answered exactly once, by its answer or
 //! when the process ends (`reader::settle`); a kill reaches the group only before the
-//! process is reaped (so never a recycled pid); the process is in the `exec` registry from
-//! its start until just before it is reaped, so a worker that exits without waiting kills
-//! it with the `exec:` commands (`kill_running`).
+//! process is reaped (so never a recycled pid); the process is in the registry of
+//! `sink/process` from its start until just before it is reaped, so a worker that exits
+//! without waiting kills it with the `exec:` commands (`kill_running`).
 
 use super::book::{Book, Refused};
 use crate::handler::{Outcome, Reply};
-use crate::sink::exec::{pidfd_open, register, set_nonblocking};
+use crate::sink::process::{self, kill_group, pidfd_open, poll_millis, register, set_nonblocking};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An event on its way to a process: its line (newline-terminated) and where its answer goes.
+pub(super) struct Outgoing {
+    pub id: i64,
+    pub line: Vec<u8>,
+    pub reply: Reply,
 }
 
 /// The writers' end of the process's stdin.
@@ -74,8 +81,8 @@ pub(super) struct Reading {
 }
 
 impl Live {
-    /// Starts `program args` with the environment rules of `exec:` (no DISPATCHBOX_DSN, no
-    /// PGPASSWORD), in its own process group, and the reader thread that answers for it.
+    /// Starts `program args` (see [`process::command`]: no secrets in its environment, its
+    /// own process group) and the reader thread that answers for it.
     pub(super) fn start(
         name: Arc<str>,
         program: &str,
@@ -84,16 +91,11 @@ impl Live {
         timeout: Duration,
         route_worked: bool,
     ) -> std::io::Result<Arc<Live>> {
-        let mut child = Command::new(program)
-            .args(args)
-            .env_remove("DISPATCHBOX_DSN")
-            .env_remove("PGPASSWORD")
+        // A graceful stop closes its stdin instead of signalling it.
+        let mut child = process::command(program, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Its own group: a Ctrl-C meant for dispatchbox does not kill it mid-event (a
-            // graceful stop closes its stdin instead), and a kill reaches what it started.
-            .process_group(0)
             .spawn()?;
         let pid = child.id() as libc::pid_t;
         register(pid);
@@ -152,51 +154,74 @@ impl Live {
         Ok(live)
     }
 
-    /// Writes event `id` (its `line`, newline-terminated) once the window has room. Returns
-    /// the reply when this process no longer takes events (it ended or is ending): the
-    /// caller sends the event to another one. Otherwise the reply is answered later, by the
-    /// event's answer or when the process ends.
-    pub(super) fn send(&self, id: i64, line: &[u8], reply: Reply) -> Result<(), Reply> {
+    /// Writes events (their lines, newline-terminated), in order, as the window has room:
+    /// those admitted together go out in one write. Returns, in order, the events this
+    /// process no longer takes (it ended or is ending): the caller sends them to another
+    /// one. The others are answered later, by their answers or when the process ends.
+    pub(super) fn send(&self, mut batch: VecDeque<Outgoing>) -> VecDeque<Outgoing> {
         let mut stdin = lock(&self.stdin);
-        if stdin.pipe.is_none() {
-            return Err(reply);
-        }
-        {
-            let mut book = lock(&self.book);
-            while book.is_full() && !book.is_closed() {
-                book = match self.space.wait_timeout(book, Duration::from_secs(1)) {
-                    Ok((b, _)) => b,
-                    Err(e) => e.into_inner().0,
-                };
+        let mut run = Vec::new();
+        while !batch.is_empty() {
+            if stdin.pipe.is_none() {
+                return batch;
             }
-            let due = Instant::now() + self.timeout;
-            match book.admit(id, reply, stdin.written, due) {
-                Ok(()) => {}
-                Err((reply, Refused::Closed)) => return Err(reply),
-                Err((reply, Refused::Duplicate)) => {
-                    drop(book);
-                    reply.send(Outcome::Defer(format!(
-                        "{}: event {id} is outstanding on the process already",
-                        self.name
-                    )));
-                    return Ok(());
+            run.clear();
+            let closed = self.admit(&mut batch, stdin.written, &mut run);
+            let deadline = Instant::now() + self.timeout;
+            let Stdin { pipe, written } = &mut *stdin;
+            if let (Some(p), false) = (pipe.as_mut(), run.is_empty()) {
+                if let Err(Stalled) = write_all(p, &run, deadline, written) {
+                    self.kill(format!(
+                        "took no input for {}s (--pipe-timeout)",
+                        self.timeout.as_secs_f64()
+                    ));
                 }
             }
-        }
-        let deadline = Instant::now() + self.timeout;
-        let Stdin { pipe, written } = &mut *stdin;
-        if let Some(p) = pipe.as_mut() {
-            match write_all(p, line, deadline, written) {
-                Ok(()) => {}
-                Err(Stalled) => self.kill(format!(
-                    "took no input for {}s (--pipe-timeout)",
-                    self.timeout.as_secs_f64()
-                )),
+            // A failed write (the process closed its stdin or ended) is the reader's to
+            // settle: the events are in the books, and what the pipe did not take counts as
+            // unread.
+            if closed {
+                break;
             }
         }
-        // A failed write (the process closed its stdin or ended) is the reader's to settle:
-        // the event is in the books, and what the pipe did not take counts as unread.
-        Ok(())
+        batch
+    }
+
+    /// Admits events from the front of `batch` while the window has room (waiting until it
+    /// has some), their lines appended to `run`, which will start at byte `written`. true
+    /// when the books are closed (the rest stays in `batch`).
+    fn admit(&self, batch: &mut VecDeque<Outgoing>, written: u64, run: &mut Vec<u8>) -> bool {
+        let mut book = lock(&self.book);
+        while book.is_full() && !book.is_closed() {
+            book = match self.space.wait_timeout(book, Duration::from_secs(1)) {
+                Ok((b, _)) => b,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        let due = Instant::now() + self.timeout;
+        let mut twice = Vec::new();
+        let mut closed = false;
+        while !book.is_full() {
+            let Some(o) = batch.pop_front() else { break };
+            let start = written + run.len() as u64;
+            match book.admit(o.id, o.reply, start, due) {
+                Ok(()) => run.extend_from_slice(&o.line),
+                Err((reply, Refused::Closed)) => {
+                    batch.push_front(Outgoing { reply, ..o });
+                    closed = true;
+                    break;
+                }
+                Err((reply, Refused::Duplicate)) => twice.push((o.id, reply)),
+            }
+        }
+        drop(book);
+        for (id, reply) in twice {
+            reply.send(Outcome::Defer(format!(
+                "{}: event {id} is outstanding on the process already",
+                self.name
+            )));
+        }
+        closed
     }
 
     /// Kills its process group (SIGKILL) unless it is reaped already, recording why (the
@@ -211,9 +236,8 @@ impl Live {
             return;
         }
         fate.killed.get_or_insert(why);
-        // SAFETY: plain syscall on a group whose leader is not reaped (checked under the lock
-        // the reader takes before reaping).
-        unsafe { libc::killpg(self.pid, sig) };
+        // Its leader is not reaped (checked under the lock the reader takes before reaping).
+        kill_group(self.pid, sig);
     }
 
     /// Whether it no longer takes events.
@@ -280,7 +304,7 @@ fn write_all(
                     events: libc::POLLOUT,
                     revents: 0,
                 };
-                let ms = millis(deadline - now);
+                let ms = poll_millis(deadline - now);
                 // SAFETY: one live pollfd.
                 unsafe { libc::poll(&mut fd, 1, ms) };
             }
@@ -288,11 +312,6 @@ fn write_all(
         }
     }
     Ok(())
-}
-
-/// A `poll` timeout in milliseconds, rounded up.
-pub(super) fn millis(d: Duration) -> i32 {
-    i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
 }
 
 /// Bytes written to the pipe `fd` and not read yet (FIONREAD works on either end of a
@@ -311,6 +330,7 @@ pub(super) fn unread(fd: std::os::fd::RawFd) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn bytes_a_process_never_read_are_still_counted_after_it_exited() {

@@ -17,10 +17,10 @@
 
 use super::answer;
 use super::book::was_read;
-use super::process::{lock, millis, unread, Live, Reading};
+use super::process::{lock, unread, Live, Reading};
 use super::stderr::Stderr;
 use crate::handler::{Outcome, Reply};
-use crate::sink::exec::{has_exited, unregister};
+use crate::sink::process::{has_exited, poll_millis, unregister};
 use crate::{debug, log, warn};
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
@@ -177,8 +177,9 @@ impl Reader {
                 revents: 0,
             })
             .collect();
+        let ms = poll_millis(wait);
         // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis(wait)) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             return if e.kind() == ErrorKind::Interrupted {

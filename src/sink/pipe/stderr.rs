@@ -7,7 +7,7 @@
 //! [`PER_SECOND`] a second after that, and lines left out are counted in the next line logged.
 
 use crate::info;
-use crate::sink::exec::STDERR_TAIL;
+use crate::sink::process::STDERR_TAIL;
 use std::time::Instant;
 
 const MAX_LOGGED: usize = 2000;

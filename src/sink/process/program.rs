@@ -1,5 +1,5 @@
-//! Finding an `exec:` program at start-up the way `execvp` will find it, so that a typo is a
-//! usage error rather than dead events.
+//! Finding an `exec:` or `pipe:` program at start-up the way `execvp` will find it, so that a
+//! typo is a usage error rather than dead events.
 
 use crate::error::{Error, Result};
 use std::io::ErrorKind;

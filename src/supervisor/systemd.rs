@@ -1,4 +1,5 @@
-//! The systemd notification protocol (`Type=notify`), for the supervisor: `READY=1` once
+//! Talking to systemd (its notification protocol, `Type=notify`; not to be confused with
+//! PostgreSQL's LISTEN/NOTIFY, `--notify`), for the supervisor: `READY=1` once
 //! every worker has reported ready, `STOPPING=1` when stopping begins, `STATUS=` lines, and
 //! `WATCHDOG=1` every half `WATCHDOG_USEC` while the main loop turns.
 //!
@@ -13,7 +14,7 @@ use crate::warn;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
-pub(super) struct Notifier {
+pub(super) struct Systemd {
     socket: UnixDatagram,
     addr: SocketAddr,
     /// Half of `WATCHDOG_USEC`, and when the next ping is due.
@@ -24,9 +25,9 @@ pub(super) struct Notifier {
     failed: bool,
 }
 
-impl Notifier {
+impl Systemd {
     /// None when systemd did not ask for notifications (or the socket is unusable: logged).
-    pub fn from_env() -> Option<Notifier> {
+    pub fn from_env() -> Option<Systemd> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         let addr = match path.as_encoded_bytes() {
             [b'@', name @ ..] => {
@@ -43,7 +44,7 @@ impl Notifier {
                 return None;
             }
         };
-        Some(Notifier {
+        Some(Systemd {
             socket,
             addr,
             watchdog: watchdog_interval(

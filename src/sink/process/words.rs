@@ -1,5 +1,5 @@
-//! Splitting an `exec:` command line into words, the way a POSIX shell would (but with no
-//! expansions: there is no shell). A unit test compares the result with `sh` itself.
+//! Splitting an `exec:` or `pipe:` command line into words, the way a POSIX shell would (but
+//! with no expansions: there is no shell). A unit test compares the result with `sh` itself.
 
 use crate::error::{Error, Result};
 
