@@ -171,12 +171,14 @@ worker_pid() {
         tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null | grep -q -- "--worker-index $1 " && { echo "$c"; return; }
     done
 }
+# The killed worker's leases stay in the table under its name until they run out: counted
+# after the kill, they are exactly the events it had in flight.
 kill_worker() {
     local pid n
     pid=$(worker_pid "$1")
     [[ -n $pid ]] || { fault worker-kill - "no worker $1 found"; return; }
-    n=$(leased "AND locked_by LIKE '%:$pid:w%'")
     kill -KILL "$pid"
+    n=$(leased "AND locked_by LIKE '%:$pid:w%'")
     fault worker-kill "$n" "worker $1 pid $pid"
 }
 restart_pg() {
