@@ -11,7 +11,7 @@
 #  3. 200,000-row statements (INSERT ... SELECT; UPDATE to done; UPDATE to dead), server-side
 #     time per row: the index's predicate test, and an entry per dead row, without the noise
 #     of round trips and commits (2 × runs + 1 rounds).
-# The figures are in README.md ("The index of dead rows: what it costs").
+# The figures are in docs/performance.md ("The index of dead rows: what it costs").
 #
 #   scripts/bench-dead-index.sh [--quick]
 #

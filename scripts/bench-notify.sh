@@ -7,7 +7,7 @@
 #  2. the wake-up rows bench.sh also prints (scripts/lib/bench_latency.sh): commit-to-handler
 #     latency with notifications and with polling only, an idle worker's queries/s and CPU,
 #     and a 2-process drain's end with the default poll interval vs 0.05.
-# The figures are in README.md, "Wake-ups by notification".
+# The figures are in docs/guide.md, "Wake-ups by notification".
 #
 #   scripts/bench-notify.sh [--quick]
 #

@@ -2,7 +2,7 @@
 # Benchmark: Dispatchbox's drain rate (stdout, pipe:, exec:, a local webhook receiver), SIGTERM
 # latency and orphaned-worker exit beside the SQL ceiling that PostgreSQL itself allows on this
 # machine, all measured in the same run. The method, the figures and the original tool's
-# baseline are in README.md, "Performance".
+# baseline are in docs/performance.md.
 #
 #   scripts/bench.sh [--quick]
 #

@@ -8,6 +8,7 @@ mod brokers;
 mod cli;
 mod concurrency;
 mod connect;
+mod docs;
 mod durations;
 mod exec;
 mod faults;

@@ -231,7 +231,7 @@ pub const NOTIFY: Flag = Flag {
         "workers: auto listens when the table has the insert trigger, on always, off never \
          (off behind a transaction-pooling PgBouncer: LISTEN needs a session). `migrate`: on \
          installs the trigger, off drops it, auto leaves it as it is. The trigger serializes \
-         the commits of inserting transactions (README, \"Wake-ups by notification\")",
+         the commits of inserting transactions (docs/guide.md, \"Wake-ups by notification\")",
     ),
     kind: Kind::Text,
 };
@@ -319,7 +319,7 @@ pub const ORDERED: Flag = Flag {
     note: Some(
         "no event is handed out while an earlier one (lower id) of its (aggregate_type, \
          aggregate_id) is pending, retrying or in flight; events without an aggregate are not \
-         ordered; `migrate --ordered` builds its index; see README \"Ordered delivery\"",
+         ordered; `migrate --ordered` builds its index; see docs/guide.md, \"Ordered delivery\"",
     ),
     kind: Kind::Switch,
 };
