@@ -5,6 +5,7 @@ mod admin;
 mod admin_output;
 mod bad_input;
 mod brokers;
+mod choices;
 mod cli;
 mod concurrency;
 mod connect;
