@@ -98,12 +98,13 @@ $quick && echo "(--quick: one run each: a smoke check, not figures to quote)"
 echo
 echo "| one-row INSERT transactions/s | 1 client | 8 clients |"
 echo "| --- | ---: | ---: |"
-label_none="no trigger (\`migrate --notify off\`)"
-label_trigger="notify trigger, nobody listening"
-label_listened="notify trigger, an idle worker listening"
+declare -A label=(
+    [none]="no trigger (\`migrate --notify off\`)"
+    [trigger]="notify trigger, nobody listening"
+    [listened]="notify trigger, an idle worker listening"
+)
 for mode in $modes; do
-    label=label_$mode
-    printf '| %s | %s (%s) | %s (%s) |\n' "${!label}" \
+    printf '| %s | %s (%s) | %s (%s) |\n' "${label[$mode]}" \
         "$(fmt_int "${cost[${mode}_1]}")" "$(calc "${cost[${mode}_1]} / ${cost[none_1]}" | awk '{ printf "%.2fx", $1 }')" \
         "$(fmt_int "${cost[${mode}_8]}")" "$(calc "${cost[${mode}_8]} / ${cost[none_8]}" | awk '{ printf "%.2fx", $1 }')"
 done

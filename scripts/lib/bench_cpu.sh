@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $tmp, $data, $events, $bin, $runs, $ceiling come from the script that sources this file.)
 # bench.sh's cpu section, sourced by it: where a drain's CPU goes, per event, with the default
 # completion (--on-done keep) and with --on-done delete, interleaved runs, $events events each,
 # --route '*=stdout' into a file, batch 10 and 100 at 1 and 2 processes:
@@ -100,11 +102,11 @@ bench_cpu() {
     for pb in "${cpu_configs[@]}"; do
         p=${pb%%:*}
         b=${pb##*:}
-        declare -A rates=() relays=() pgs=()
+        declare -A mode_rates=() relays=() pgs=()
         for r in $(seq 1 "$runs"); do
             for mode in keep delete; do
                 cpu_once "$p" "$b" "$mode" "$r"
-                rates[$mode]+=" $rate"
+                mode_rates[$mode]+=" $rate"
                 relays[$mode]+=" $relay_us"
                 pgs[$mode]+=" $pg_us"
             done
@@ -112,7 +114,7 @@ bench_cpu() {
         for mode in keep delete; do
             key=${p}_${b}_$mode
             # shellcheck disable=SC2086 # the lists of figures
-            cpu_rate[$key]=$(median ${rates[$mode]})
+            cpu_rate[$key]=$(median ${mode_rates[$mode]})
             # shellcheck disable=SC2086
             cpu_relay[$key]=$(median ${relays[$mode]})
             # shellcheck disable=SC2086
