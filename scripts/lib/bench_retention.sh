@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154 # $events, $bin, $tmp, $runs, $ceiling come from bench.sh
 # bench.sh's retention section, sourced by it: whether --retain-done slows delivery. The
 # table holds $events pending events and $retain_rows done rows delivered two hours ago; a
 # --processes 2 --batch-size 100 drain to '*=stdout' runs with --retain-done 1h (the

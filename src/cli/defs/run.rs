@@ -392,9 +392,9 @@ pub const RETAIN_DONE: Flag = Flag {
     default: None,
     help: "delete done events delivered longer ago than this (e.g. 7d), in the background",
     note: Some(
-        "off unless given; the supervisor does it on a connection of its own, in statements of \
-         at most 5,000 ids taken FOR UPDATE SKIP LOCKED, a pass every 10 s; like `prune --older-than` \
-         run by the daemon (README, \"Retention\")",
+        "off unless given; the supervisor does it on a connection of its own, in short \
+         statements (FOR UPDATE SKIP LOCKED), a pass every 10 s; like `prune --older-than` run \
+         by the daemon (docs/operations.md, \"Retention\")",
     ),
     kind: duration_with_unit(1.0, 3650.0 * DAY),
     scope: Scope::Run,
