@@ -431,7 +431,9 @@ def write_plot(out, rows):
     arrows = "\n".join(
         f"set arrow from {m},graph 0 to {m},graph 1 nohead lc rgb '#bbbbbb' dt 2"
         for m, _ in faults)
-    labels = "; ".join(f"{m:g} {k}" for m, k in faults)
+    kills = sum(1 for _, k in faults if k == "worker-kill")
+    labels = "; ".join([f"{k} at {m:g}" for m, k in faults if k != "worker-kill"]
+                       + ([f"worker-kill x{kills}"] if kills else []))
     col = {c: i + 1 for i, c in enumerate(COLUMNS)}
     gp = f"""set terminal pngcairo size 1400,1000 font ',9' noenhanced
 set output '{out}/soak.png'
