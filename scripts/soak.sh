@@ -214,7 +214,9 @@ pg_at=$((minutes * 60 * 35 / 100)) outage_at=$((minutes * 60 / 2)) restart_at=$(
 [[ $faults == off ]] || { plan[$pg_at]=pg plan[$outage_at]=outage plan[$restart_at]=daemon; }
 say "soak: $minutes min at $rate events/s from $clients connections; results in $out"
 echo "  retention $retain; prefill $prefill; table options: ${reloptions:-(defaults)}; daemon flags: --processes 2 --notify on ${extra[*]}"
-echo "  faults at (s): $(printf '%s\n' "${!plan[@]}" | sort -n | while read -r s; do printf '%s=%s ' "$s" "${plan[$s]// /}"; done)"
+if ((${#plan[@]})); then
+    echo "  faults at (s): $(printf '%s\n' "${!plan[@]}" | sort -n | while read -r s; do printf '%s=%s ' "$s" "${plan[$s]// /}"; done)"
+fi
 for s in $(printf '%s\n' "${!plan[@]}" | sort -n); do
     now=$(($(date +%s) - t0))
     ((s > now)) && sleep $((s - now))

@@ -356,7 +356,7 @@ def report(out, dsn, minutes):
         ratio = l / b if b else (1.0 if l == 0 else float("inf"))
         if limit == 0.10:
             ok = abs(ratio - 1) <= 0.10 or (lower_ok and ratio < 1)
-            rule = "within 10 %"
+            rule = "at most +10 %" if lower_ok else "within 10 %"
         else:
             ok = ratio <= limit
             rule = f"<= {limit}x"
@@ -466,9 +466,11 @@ set y2tics
 plot '' using {col['minute']}:{col['table_mb']} with lines, \\
      '' using {col['minute']}:{col['index_mb']} with lines, \\
      '' using {col['minute']}:(column({col['dead_tup']})/1000) axes x1y2 with lines title 'dead_tup (k)'
-set title 'claim statement mean (ms); autovacuum runs (right axis)'
+set title 'claim statement mean (ms, log); autovacuum runs per sample (points, right axis)'
+set logscale y
+set y2range [0:*]
 plot '' using {col['minute']}:{col['claim_ms']} with lines, \\
-     '' using {col['minute']}:{col['autovacuum_runs']} axes x1y2 with impulses lw 2
+     '' using {col['minute']}:{col['autovacuum_runs']} axes x1y2 with points pt 7 ps 0.6
 unset multiplot
 """
     with open(os.path.join(out, "plot.gp"), "w") as f:
