@@ -12,9 +12,11 @@
 //! A pass every [`PASS_EVERY`] (the first at start-up) goes on with a sweep of the primary
 //! key, or starts one: each statement reads a span of at most [`SPAN`] ids and removes the
 //! old done rows among them (`store::retain`), in its own transaction under a statement
-//! timeout of [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`]; a pass starts no
-//! statement after [`PASS_BUDGET`] (a backlog of old rows is worked off over several passes,
-//! at most a third of the time) and the next pass resumes the sweep where it stopped. A quick
+//! timeout of [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`], and is followed by a
+//! pause of [`PAUSE`] times its own duration (retention takes at most a third of the
+//! database time it could: a backlog of old rows never competes with delivery at full speed);
+//! a pass starts no statement after [`PASS_BUDGET`] (a backlog is worked off over several
+//! passes) and the next pass resumes the sweep where it stopped. A quick
 //! sweep stops at the first row created within the retention (`store::retain::quick_bound`):
 //! it reads the old rows only. A full sweep, once per retention (at least [`FULL_EVERY_MIN`]
 //! apart), reads the whole table, for rows whose `created_at` is out of id order.
@@ -41,7 +43,9 @@ const SPAN: i64 = 5000;
 /// Time between the starts of two passes.
 const PASS_EVERY: Duration = Duration::from_secs(10);
 /// A pass starts no new statement after this long.
-const PASS_BUDGET: Duration = Duration::from_secs(3);
+const PASS_BUDGET: Duration = Duration::from_secs(5);
+/// After each statement, a pause this many times as long as the statement took.
+const PAUSE: u32 = 2;
 /// A statement running longer is cancelled by the server.
 const STATEMENT_LIMIT: Duration = Duration::from_secs(5);
 const LOCK_LIMIT: Duration = Duration::from_secs(1);
@@ -176,8 +180,10 @@ impl Retainer {
                 below: sweep.below,
                 n: SPAN,
             };
+            let took = Instant::now();
             let batch = retain::span(client, &self.table, span, archive);
             let batch = batch.inspect_err(|_| self.sweep = Some(sweep))?;
+            std::thread::sleep(took.elapsed() * PAUSE);
             let rows = u64::try_from(batch.rows).unwrap_or(0);
             total += rows;
             self.board.retained(rows);
