@@ -77,7 +77,7 @@ bench_retention() {
     done
     printf '  => without retention median %s events/s; with --retain-done 1h %s events/s (%s); old rows removed during the drains: %s\n' \
         "$(fmt_int "${retention_rate[off]}")" "$(fmt_int "${retention_rate[on]}")" \
-        "$(ratio "${retention_rate[on]}" "${retention_rate[off]}")x" "${retention_removed[*]}"
+        "$(calc "${retention_rate[on]} / ${retention_rate[off]}" | awk '{ printf "%.2fx", $1 }')" "${retention_removed[*]}"
 }
 
 retention_summary_rows() {
