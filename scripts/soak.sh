@@ -207,7 +207,7 @@ restart_daemon() {
 
 # The schedule, in seconds from the start: the worker kills alternate between the slots; the
 # other faults fall between 35 % and 65 % of the run, outside the windows the verdict compares.
-declare -A plan
+declare -A plan=()
 [[ $faults == off ]] && kill_every=$((minutes * 60))
 for ((s = kill_every; s < minutes * 60 - 30; s += kill_every)); do plan[$s]="kill $(((s / kill_every) % 2))"; done
 pg_at=$((minutes * 60 * 35 / 100)) outage_at=$((minutes * 60 / 2)) restart_at=$((minutes * 60 * 65 / 100))
