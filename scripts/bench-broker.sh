@@ -8,6 +8,8 @@
 #   BENCH_RUNS         runs per figure; the median is shown (default 3)
 #   BENCH_WINDOW       the bridges' --window, also in --from-file mode (default 1000)
 #   BENCH_PIPE_FLAGS   extra dispatchbox flags for the pipe: drains, e.g. "--pipe-window 256"
+#   BENCH_COMPARE      another dispatchbox binary (e.g. an older build): each pipe: drain is
+#                      followed by the same drain with it, and the summary shows both
 #
 # Each run: 20,000 order.created events, --batch-size 100, 1 worker (--processes 1, default
 # --threads), --drain, including start-up. Rows measured:
@@ -52,6 +54,11 @@ bridges=$(readlink -f examples/bridges)
 say "cargo build --release"
 cargo build --release
 bin=$(readlink -f "${CARGO_TARGET_DIR:-target}/release/dispatchbox")
+compare=${BENCH_COMPARE:-}
+if [[ -n $compare ]]; then
+    [[ -x $compare ]] || { echo "bench-broker.sh: BENCH_COMPARE is not an executable: $compare" >&2; exit 2; }
+    compare=$(readlink -f "$compare")
+fi
 
 say "starting a throwaway PostgreSQL, NATS server (JetStream) and RabbitMQ node on 127.0.0.1"
 bindir=$(find_bindir)
@@ -92,13 +99,14 @@ count_at() {
 }
 
 # One drain with route $1 (label $2, run $3), extra flags after; sets $rate and checks the rows.
+# The binary is $exe (default: this build).
 run_n=0
 drain_once() {
     local route=$1 label=$2 r=$3 rc=0 t0 t1 ok
     shift 3
     load_events "$events"
     t0=$EPOCHREALTIME
-    "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --route "$route" \
+    "${exe:-$bin}" --dsn "$DSN" --drain --batch-size 100 --processes 1 --route "$route" \
         --poll-interval 0.05 --log-level warning "$@" >"$tmp/drain.out" 2>"$tmp/drain.err" || rc=$?
     t1=$EPOCHREALTIME
     rate=$(calc "$events / ($t1 - $t0)")
@@ -129,8 +137,10 @@ measure() {
             rate=$(echo "$out" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["events_per_s"])')
             count_at "$broker" "$run_id"
             ;;
-        pipe)
+        pipe | pipe-compare)
+            if [[ $kind == pipe-compare ]]; then exe=$compare; fi
             drain_once "*=pipe:$(bridge_cmd "$broker" "$run_id")" "$label" "$r" "${pipe_flags[@]}"
+            exe=
             count_at "$broker" "$run_id"
             ;;
         esac
@@ -147,6 +157,7 @@ measure "python ack loop" ack
 for broker in nats rabbitmq; do
     measure "$broker ceiling" ceiling "$broker"
     measure "$broker pipe:" pipe "$broker"
+    if [[ -n $compare ]]; then measure "$broker compare" pipe-compare "$broker"; fi
 done
 
 say "summary (medians; ratios to the ceiling measured in this run)"
@@ -158,6 +169,7 @@ row "python ack loop" "$(calc "${figure[python ack loop]} / ${figure[stdout]}" |
 for broker in nats rabbitmq; do
     row "$broker ceiling" ""
     row "$broker pipe:" "$(calc "${figure[$broker pipe:]} / ${figure[$broker ceiling]}" | xargs printf '%.2f')x ceiling"
+    if [[ -n $compare ]]; then row "$broker compare" "$(calc "${figure[$broker compare]} / ${figure[$broker ceiling]}" | xargs printf '%.2f')x ceiling (BENCH_COMPARE)"; fi
 done
 echo
 echo "machine: $(nproc) cores, $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo '?');" \
