@@ -11,7 +11,7 @@
 #  3. 200,000-row statements (INSERT ... SELECT; UPDATE to done; UPDATE to dead), server-side
 #     time per row: the index's predicate test, and an entry per dead row, without the noise
 #     of round trips and commits (2 × runs + 1 rounds).
-# The figures are in README.md ("The index of dead rows: what it costs").
+# The figures are in docs/performance.md ("The index of dead rows: what it costs").
 #
 #   scripts/bench-dead-index.sh [--quick]
 #
@@ -66,7 +66,7 @@ set_mode() {
 }
 
 # 20,000 dead rows, then $events pending ones, 1 % with their attempts used up.
-load_events() {
+load_dead_and_pending() {
     psql_q -v n="$events" >/dev/null <<'SQL'
 TRUNCATE outbox_event RESTART IDENTITY;
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts, last_error)
@@ -90,6 +90,7 @@ pg_cpu_ms() {
     pm=$(head -n 1 "$data/postmaster.pid")
     for _ in $(seq 1 250); do
         busy=false
+        # shellcheck disable=SC2013 # the children files hold pids separated by spaces
         for c in $(cat /proc/"$pm"/task/*/children 2>/dev/null); do
             if { tr '\0' ' ' <"/proc/$c/cmdline"; } 2>/dev/null | grep -q '^postgres: postgres bench'; then busy=true; fi
         done
@@ -97,6 +98,7 @@ pg_cpu_ms() {
         sleep 0.02
     done
     ticks=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat")
+    # shellcheck disable=SC2013 # the children files hold pids separated by spaces
     for c in $(cat /proc/"$pm"/task/*/children 2>/dev/null); do
         ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || echo 0)))
     done
@@ -113,7 +115,7 @@ declare -A rates wals cpus
 drain_once() {
     local mode=$1 r=$2 t0 t1 lsn0 cpu0 cpu1 rc=0 elapsed rate wal cpu dead
     set_mode "$mode"
-    load_events
+    load_dead_and_pending
     lsn0=$(psql_q -c "SELECT pg_current_wal_lsn()")
     cpu0=$(pg_cpu_ms)
     t0=$EPOCHREALTIME
@@ -210,7 +212,7 @@ for r in $(seq 1 "$bulk_runs"); do
     done
 done
 for mode in without with; do
-    for stmt in insert done dead; do
+    for stmt in insert 'done' dead; do
         # shellcheck disable=SC2086 # the list of runs
         printf '  => %-7s %-6s median %7.1f ms (%4.0f ns/row), min %7.1f ms (%4.0f ns/row)\n' "$mode" "$stmt" \
             "$(median ${bulk[${mode}_$stmt]})" "$(calc "$(median ${bulk[${mode}_$stmt]}) * 5")" \

@@ -7,7 +7,7 @@
 #  2. the wake-up rows bench.sh also prints (scripts/lib/bench_latency.sh): commit-to-handler
 #     latency with notifications and with polling only, an idle worker's queries/s and CPU,
 #     and a 2-process drain's end with the default poll interval vs 0.05.
-# The figures are in README.md, "Wake-ups by notification".
+# The figures are in docs/guide.md, "Wake-ups by notification".
 #
 #   scripts/bench-notify.sh [--quick]
 #
@@ -98,12 +98,13 @@ $quick && echo "(--quick: one run each: a smoke check, not figures to quote)"
 echo
 echo "| one-row INSERT transactions/s | 1 client | 8 clients |"
 echo "| --- | ---: | ---: |"
-label_none="no trigger (\`migrate --notify off\`)"
-label_trigger="notify trigger, nobody listening"
-label_listened="notify trigger, an idle worker listening"
+declare -A label=(
+    [none]="no trigger (\`migrate --notify off\`)"
+    [trigger]="notify trigger, nobody listening"
+    [listened]="notify trigger, an idle worker listening"
+)
 for mode in $modes; do
-    label=label_$mode
-    printf '| %s | %s (%s) | %s (%s) |\n' "${!label}" \
+    printf '| %s | %s (%s) | %s (%s) |\n' "${label[$mode]}" \
         "$(fmt_int "${cost[${mode}_1]}")" "$(calc "${cost[${mode}_1]} / ${cost[none_1]}" | awk '{ printf "%.2fx", $1 }')" \
         "$(fmt_int "${cost[${mode}_8]}")" "$(calc "${cost[${mode}_8]} / ${cost[none_8]}" | awk '{ printf "%.2fx", $1 }')"
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: a destination outage (README: "Destination outages"). A backlog of events for a
+# Benchmark: a destination outage (docs/operations.md: "Destination outages"). A backlog of events for a
 # webhook route whose receiver is down (connections refused) for a while, then comes back;
 # default retry settings (--retry-backoff 30, --max-attempts 5). Reports what the outage cost:
 # events dead (want 0), attempts used beyond the first per event, claims and row updates

@@ -2,7 +2,7 @@
 # Benchmark: Dispatchbox's drain rate (stdout, pipe:, exec:, a local webhook receiver), SIGTERM
 # latency and orphaned-worker exit beside the SQL ceiling that PostgreSQL itself allows on this
 # machine, all measured in the same run. The method, the figures and the original tool's
-# baseline are in README.md, "Performance".
+# baseline are in docs/performance.md.
 #
 #   scripts/bench.sh [--quick]
 #
@@ -265,6 +265,7 @@ SH
     # Python (the trivial acking loop a user would write first, flushing every answer).
     local perl_ack=$tmp/pipe-ack.pl py_ack=$tmp/pipe-ack.py
     if command -v perl >/dev/null; then
+        # shellcheck disable=SC2016 # perl code, not shell
         printf '%s\n' '#!/usr/bin/env perl' '$| = 1;' \
             'while (<STDIN>) { /^\{"id":(\d+),/ or exit 1; print "ok $1\n"; }' >"$perl_ack"
         chmod +x "$perl_ack"

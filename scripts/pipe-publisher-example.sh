@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An example publisher for Dispatchbox's `pipe:` target (README: "Routes and handlers", `pipe:`).
+# An example publisher for Dispatchbox's `pipe:` target (docs/guide.md: "Routes and handlers", `pipe:`).
 #
 #   dispatchbox --route 'order.*=pipe:/path/to/pipe-publisher-example.sh'
 #

@@ -117,8 +117,9 @@ say "SSL_CERT_FILE naming a missing file: one WARNING line, and it still works"
 SSL_CERT_FILE=$tmp/missing.pem "$bin" stats --dsn "$dsn" >/dev/null 2>"$tmp/warn.log" ||
     { cat "$tmp/warn.log" >&2; fail "stats with a missing SSL_CERT_FILE"; }
 cat "$tmp/warn.log"
-[[ $(grep -c WARNING "$tmp/warn.log") == 1 ]] &&
-    grep -q "SSL_CERT_FILE=$tmp/missing.pem does not exist" "$tmp/warn.log" ||
+if [[ $(grep -c WARNING "$tmp/warn.log") != 1 ]] ||
+    ! grep -q "SSL_CERT_FILE=$tmp/missing.pem does not exist" "$tmp/warn.log"; then
     fail "expected one WARNING line naming SSL_CERT_FILE"
+fi
 
 say "ok: $count events over verify-full, exact counts"

@@ -1,6 +1,6 @@
 -- Dispatchbox: the index `--ordered` claims use (built by `dispatchbox migrate --ordered`, or
 -- with DISPATCHBOX_ORDERED set; plain `migrate` does not build it: it roughly doubles the cost
--- of bulk inserts into the outbox, see README "Ordered delivery").
+-- of bulk inserts into the outbox, see docs/guide.md, "Ordered delivery").
 --
 -- The ordered claim asks, for each due candidate, whether an earlier event of its aggregate
 -- is still pending, retrying (or dead): one probe of this index. Done rows are not in it, so

@@ -7,10 +7,10 @@ use postgres::error::SqlState;
 use std::fmt;
 
 /// Exit codes, in one table ([`exit::CODES`]): the constants, the EXIT CODES section of
-/// `--help` and (checked by a test) the README's "Exit codes" table come from it. A cron
+/// `--help` and (checked by a test) docs/operations.md's "Exit codes" table come from it. A cron
 /// wrapper can act on them.
 pub mod exit {
-    /// One exit code: its number, its constant's name, and what it means (a README table
+    /// One exit code: its number, its constant's name, and what it means (a docs table
     /// cell: Markdown, one line).
     #[derive(Debug)]
     pub struct ExitCode {
@@ -356,16 +356,13 @@ mod tests {
         );
     }
 
-    /// The README's "Exit codes" table lists exactly these codes, with these meanings (its
-    /// last column, what a cron wrapper should do, is the README's own).
+    /// The "Exit codes" table of docs/operations.md lists exactly these codes, with these
+    /// meanings (its last column, what a cron wrapper should do, is that page's own).
     #[test]
-    fn the_readme_lists_exactly_these_exit_codes() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-        let readme = std::fs::read_to_string(path).unwrap();
-        let section = readme
-            .split("\n### Exit codes\n")
-            .nth(1)
-            .unwrap_or_default();
+    fn the_operations_page_lists_exactly_these_exit_codes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md");
+        let page = std::fs::read_to_string(path).unwrap();
+        let section = page.split("\n## Exit codes\n").nth(1).unwrap_or_default();
         let rows: Vec<(String, String)> = section
             .lines()
             .skip_while(|l| !l.starts_with("| --- "))
@@ -389,7 +386,7 @@ mod tests {
             .collect();
         assert!(
             rows == want,
-            "README.md \"### Exit codes\" differs from error::exit::CODES; its rows should be:\n\
+            "docs/operations.md \"## Exit codes\" differs from error::exit::CODES; its rows should be:\n\
              {expected}"
         );
     }

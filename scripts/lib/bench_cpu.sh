@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $tmp, $data, $events, $bin, $runs, $ceiling come from the script that sources this file.)
 # bench.sh's cpu section, sourced by it: where a drain's CPU goes, per event, with the default
 # completion (--on-done keep) and with --on-done delete, and with BENCH_COMPARE's binary
 # (--on-done keep, shown as `compare`) when it is set: interleaved runs, $events events each,
@@ -108,11 +110,11 @@ bench_cpu() {
     for pb in "${cpu_configs[@]}"; do
         p=${pb%%:*}
         b=${pb##*:}
-        declare -A rates=() relays=() pgs=()
+        declare -A mode_rates=() relays=() pgs=()
         for r in $(seq 1 "$runs"); do
             for mode in "${cpu_modes[@]}"; do
                 cpu_once "$p" "$b" "$mode" "$r"
-                rates[$mode]+=" $rate"
+                mode_rates[$mode]+=" $rate"
                 relays[$mode]+=" $relay_us"
                 pgs[$mode]+=" $pg_us"
             done
@@ -120,7 +122,7 @@ bench_cpu() {
         for mode in "${cpu_modes[@]}"; do
             key=${p}_${b}_$mode
             # shellcheck disable=SC2086 # the lists of figures
-            cpu_rate[$key]=$(median ${rates[$mode]})
+            cpu_rate[$key]=$(median ${mode_rates[$mode]})
             # shellcheck disable=SC2086
             cpu_relay[$key]=$(median ${relays[$mode]})
             # shellcheck disable=SC2086

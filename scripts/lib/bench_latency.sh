@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $tmp, $bin, $pgbench, $port, $runs, $secs come from the script that sources this file.)
 # Wake-up figures, sourced by bench.sh and scripts/bench-notify.sh:
 #  - commit-to-handler latency (p50/p99/max) at a steady rate of single-event transactions
 #    (pgbench --rate; the event's payload carries clock_timestamp() taken in the inserting
@@ -116,6 +118,7 @@ idle_once() {
     after=$(wc -l <"$tmp/server.log")
     kill -TERM "$sup"
     wait "$sup" 2>/dev/null || true
+    # shellcheck disable=SC2034 # bench.sh's EXIT trap reads $live_pid
     live_pid=
     lines=$(sed -n "$((before + 1)),${after}p" "$tmp/server.log" | grep -cE 'LOG:  (statement|execute)' || true)
     hz=$(getconf CLK_TCK)
@@ -154,8 +157,8 @@ bench_latency() {
         warn "perl not found: commit-to-handler latency skipped"
     fi
     idle_once "${BENCH_IDLE_SECONDS:-20}"
-    local r default=() fast=()
-    for r in $(seq 1 "$runs"); do
+    local default=() fast=()
+    for _ in $(seq 1 "$runs"); do
         drain_tail_once 1.0
         default+=("$rate")
         drain_tail_once 0.05

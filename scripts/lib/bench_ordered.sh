@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $events, $bin, $tmp, $runs come from the script that sources this file.)
 # bench.sh's ordered section, sourced by it: the drain rate with --ordered beside the same
 # drain without it, on the same table (built by `migrate --ordered`, so both pay the same
 # index upkeep), interleaved runs, 2 processes, batch 100, $events events each:
@@ -50,16 +52,16 @@ bench_ordered() {
     "$bin" migrate --ordered --table ordered_bench --dsn "$DSN" --log-level warning
     local per mode r
     for per in 1 10; do
-        declare -A rates=([ordered]="" [unordered]="")
+        declare -A mode_rates=([ordered]="" [unordered]="")
         for r in $(seq 1 "$runs"); do
             for mode in unordered ordered; do
                 ordered_once "$per" "$mode" "$r"
-                rates[$mode]+=" $rate"
+                mode_rates[$mode]+=" $rate"
             done
         done
         for mode in unordered ordered; do
             # shellcheck disable=SC2086 # the list of rates
-            ordered[${per}_$mode]=$(median ${rates[$mode]})
+            ordered[${per}_$mode]=$(median ${mode_rates[$mode]})
         done
         echo "  => $per per aggregate: unordered $(fmt_int "${ordered[${per}_unordered]}"), ordered $(fmt_int "${ordered[${per}_ordered]}") events/s"
     done

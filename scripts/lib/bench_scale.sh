@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $bin, $tmp, $runs, $drain, $drain_cmp, $ceiling, $startup_median come from the script that sources this file.)
 # bench.sh's scale section, sourced by it: what a big table, a big batch and the processes'
 # memory cost.
 #
@@ -132,6 +134,7 @@ bench_rss() {
     done
     sup=$(vm_hwm "$live_pid")
     w=
+    # shellcheck disable=SC2013 # the children files hold pids separated by spaces
     for c in $(cat /proc/"$live_pid"/task/*/children 2>/dev/null); do
         hwm=$(vm_hwm "$c")
         [[ -n $hwm ]] || continue

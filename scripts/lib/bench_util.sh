@@ -42,7 +42,9 @@ bench_start() {
     for var in $(compgen -e); do
         case $var in PG* | DISPATCHBOX_*) unset "$var" ;; esac
     done
+    # shellcheck disable=SC2034 # read by the script that calls bench_start
     quick=false
+    # shellcheck disable=SC2034
     for arg in "$@"; do
         case $arg in
         --quick) quick=true ;;

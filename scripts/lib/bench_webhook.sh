@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $tmp, $events, $bin, $runs, $ceiling come from the script that sources this file.)
 # bench.sh's webhook section, sourced by it: drains to an http:// route whose receiver is
 # examples/webhook_receiver.rs (a keep-alive HTTP/1.1 server answering 200 at once, on the
 # same machine: it shares the CPUs with Dispatchbox and PostgreSQL). Written in Rust so the
@@ -11,12 +13,11 @@
 declare -A webhook # webhook[P_B] = median events/s
 webhook_configs="1:100 2:100"
 
-# Starts the receiver (on port $1, default any free one), sets $receiver_pid and
-# $receiver_port.
+# Starts the receiver on a free port, sets $receiver_pid and $receiver_port.
 webhook_receiver_start() {
     local out=$tmp/receiver.out
     cargo build --release --quiet --example webhook_receiver
-    "${CARGO_TARGET_DIR:-target}/release/examples/webhook_receiver" "${1:-0}" >"$out" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/release/examples/webhook_receiver" 0 >"$out" 2>&1 &
     receiver_pid=$!
     receiver_port=
     for _ in $(seq 1 500); do

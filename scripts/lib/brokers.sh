@@ -46,6 +46,7 @@ nats_start() {
     port=$(free_port)
     nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir/jetstream" >"$dir/nats.log" 2>&1 &
     nats_pid=$!
+    # shellcheck disable=SC2034 # for the script that sources this file
     nats_url=nats://127.0.0.1:$port
     wait_port "$port" "$nats_pid" "$dir/nats.log" nats-server
 }
@@ -65,7 +66,7 @@ rabbit_start() {
     epmd_pid=$!
     wait_port "$epmd_port" "$epmd_pid" "$dir/epmd.log" epmd
     (
-        cd "$dir"
+        cd "$dir" || exit 1
         for var in $(compgen -e); do
             case $var in RABBITMQ_* | ERL_*) unset "$var" ;; esac
         done
@@ -81,6 +82,7 @@ rabbit_start() {
         exec /usr/lib/rabbitmq/bin/rabbitmq-server
     ) >"$dir/startup.log" 2>&1 &
     rabbit_pid=$!
+    # shellcheck disable=SC2034 # for the script that sources this file
     rabbit_url=amqp://guest:guest@127.0.0.1:$port/%2F
     wait_port "$port" "$rabbit_pid" "$dir/rabbit.log" rabbitmq-server
 }
@@ -93,5 +95,5 @@ brokers_stop() {
         for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
-    rabbit_pid= nats_pid= epmd_pid=
+    rabbit_pid='' nats_pid='' epmd_pid=''
 }

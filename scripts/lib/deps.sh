@@ -17,6 +17,9 @@
 #   nats-server      NATS with JetStream (the example bridges' tests and bench-broker.sh)
 #   rabbitmq-server  RabbitMQ (the same; its Erlang runtime comes with it)
 #   python-venv      python3 with venv and ensurepip (scripts/test-deps.sh makes the venv)
+#   man groff zsh fish   man-db's man and groff (the generated man page's test renders it),
+#                    zsh and fish (the generated completions' tests run them)
+#   ShellCheck's `shellcheck` (.ci/run lints scripts/ and .ci/run with it)
 # Installing a broker package must not leave a broker running on its default port: with apt,
 # a temporary /usr/sbin/policy-rc.d (exit 101) stops the packages' services from starting; it
 # is removed afterwards, and one that was there before is left as it was.
@@ -56,6 +59,7 @@ missing_deps() {
             nats-server) command -v nats-server >/dev/null || echo nats-server ;;
             rabbitmq-server) have_rabbitmq || echo rabbitmq-server ;;
             python-venv) "$(system_python)" -c 'import venv, ensurepip' 2>/dev/null || echo python-venv ;;
+            man | groff | zsh | fish | shellcheck) command -v "$what" >/dev/null || echo "$what" ;;
             *) echo "deps.sh: unknown dependency $what" >&2; exit 2 ;;
         esac
     done
@@ -94,6 +98,13 @@ packages_for() {
             apt-get:python-venv) echo python3-venv ;;
             dnf:python-venv) echo python3 ;;
             apk:python-venv) echo python3 py3-pip ;;
+            apt-get:man | dnf:man | apk:man) echo man-db ;;
+            apt-get:groff | dnf:groff) echo groff-base ;;
+            apk:groff) echo groff ;;
+            *:zsh) echo zsh ;;
+            *:fish) echo fish ;;
+            apt-get:shellcheck | apk:shellcheck) echo shellcheck ;;
+            dnf:shellcheck) echo ShellCheck ;;
         esac
     done
 }

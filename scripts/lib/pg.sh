@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154
+# (SC2154: $bindir (find_pgbench) come from the script that sources this file.)
 # Shared by scripts/quickstart.sh and scripts/bench.sh (sourced, not run): finding the
 # PostgreSQL server binaries, a free TCP port, and running the server's programs as the
 # postgres OS user when we are root (initdb and postgres refuse to run as root).

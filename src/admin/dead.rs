@@ -8,7 +8,8 @@
 //! batches of [`BATCH`] rows (one short transaction each: safe while workers run), and report
 //! how many; `--dry-run` only counts; `purge` needs `--yes`.
 
-use super::{connect, parse_count, parse_duration};
+use super::connect;
+use crate::cli::defs::{AGGREGATE, ALL, DRY_RUN, JSON, LIMIT, SINCE, TYPE, YES};
 use crate::cli::{Command, RawArgs};
 use crate::config::AdminConfig;
 use crate::error::{exit, Error, Result};
@@ -20,15 +21,15 @@ use std::io::Write;
 
 /// Rows per statement (and transaction) of `retry` and `purge`.
 const BATCH: i64 = 1000;
-/// `dead list` shows this many unless `--limit` says otherwise.
-const DEFAULT_LIMIT: i64 = 50;
 
 pub fn run(cmd: Command, cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
     let sel = selection(cmd, raw)?;
+    // `--limit` has a default: always Some. Checked before connecting, like the selection.
+    let limit = raw.whole(&LIMIT)?.unwrap_or(i64::MAX);
     let mut client = connect(cfg)?;
     store::check_table(&mut client, &cfg.table)?;
     match cmd {
-        Command::DeadList => list(&mut client, cfg, raw, &sel),
+        Command::DeadList => list(&mut client, cfg, raw, &sel, limit),
         Command::DeadShow => show(&mut client, cfg, raw, &sel),
         _ => change(cmd, &mut client, cfg, raw, &sel),
     }
@@ -39,7 +40,7 @@ fn selection(cmd: Command, raw: &RawArgs) -> Result<ops::Selection> {
     let mut ids = raw.ids.clone();
     ids.sort_unstable();
     ids.dedup();
-    let (aggregate_type, aggregate_id) = match raw.get("aggregate") {
+    let (aggregate_type, aggregate_id) = match raw.text(&AGGREGATE) {
         None => (None, None),
         Some(a) => match a.split_once(':') {
             Some((t, id)) => (Some(t.to_string()), Some(id.to_string())),
@@ -48,16 +49,13 @@ fn selection(cmd: Command, raw: &RawArgs) -> Result<ops::Selection> {
     };
     let sel = ops::Selection {
         ids: (!ids.is_empty()).then_some(ids),
-        event_type: raw.get("type").map(String::from),
+        event_type: raw.text(&TYPE).map(String::from),
         aggregate_type,
         aggregate_id,
-        since: raw
-            .get("since")
-            .map(|v| parse_duration("--since", v))
-            .transpose()?,
+        since: raw.secs(&SINCE)?,
     };
     let filtered = sel.event_type.is_some() || sel.aggregate_type.is_some() || sel.since.is_some();
-    let all = raw.has("all");
+    let all = raw.switch(&ALL);
     let usage = |m: &str| Err(Error::Usage(format!("{}: {m}", cmd.name())));
     match cmd {
         Command::DeadShow if sel.ids.as_ref().is_none_or(|i| i.len() != 1) => {
@@ -70,7 +68,7 @@ fn selection(cmd: Command, raw: &RawArgs) -> Result<ops::Selection> {
             if !all && !filtered && sel.ids.is_none() {
                 return usage("give event ids, a filter (--type, --aggregate, --since) or --all");
             }
-            if cmd == Command::DeadPurge && !raw.has("yes") && !raw.has("dry-run") {
+            if cmd == Command::DeadPurge && !raw.switch(&YES) && !raw.switch(&DRY_RUN) {
                 return usage("deleting events needs --yes (or --dry-run to count them)");
             }
             Ok(sel)
@@ -84,15 +82,11 @@ fn list(
     cfg: &AdminConfig,
     raw: &RawArgs,
     sel: &ops::Selection,
+    limit: i64,
 ) -> Result<u8> {
-    let limit = raw
-        .get("limit")
-        .map(|v| parse_count("--limit", v, 1))
-        .transpose()?
-        .unwrap_or(DEFAULT_LIMIT);
     let rows = store::dead_list(client, &cfg.table, sel, limit)?;
     let mut out = std::io::stdout().lock();
-    if raw.has("json") {
+    if raw.switch(&JSON) {
         let v: Vec<Value> = rows.iter().map(event_json).collect();
         writeln!(out, "{:#}", Value::from(v))?;
         return Ok(exit::OK);
@@ -129,7 +123,7 @@ fn show(
         .and_then(|i| i.first())
         .copied()
         .unwrap_or(0);
-    if raw.has("json") {
+    if raw.switch(&JSON) {
         let Some(row) = store::event_row(client, &cfg.table, id)? else {
             return Err(no_event(id, cfg));
         };
@@ -223,7 +217,7 @@ fn change(
         "deleted"
     };
     let mut out = std::io::stdout().lock();
-    if raw.has("dry-run") {
+    if raw.switch(&DRY_RUN) {
         let n = ops::selected_count(client, &cfg.table, sel)?;
         writeln!(out, "{n} dead event(s) would be {verb} (dry run)")?;
         return Ok(exit::OK);

@@ -4,14 +4,14 @@
 //! DISPATCHBOX_ORDERED) it also builds the index ordered claims use (`sql/ordered.sql`).
 
 use super::connect;
-use crate::cli::RawArgs;
+use crate::cli::{defs, RawArgs};
 use crate::config::{AdminConfig, Notify};
 use crate::error::{exit, read_only_message, Result};
 use crate::{info, store, warn};
 use std::io::Write;
 
 pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
-    if raw.has("print-sql") {
+    if raw.switch(&defs::PRINT_SQL) {
         // What `migrate` runs when the table is not up to date (an up-to-date one: nothing).
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -29,7 +29,7 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
     let mut client = connect(cfg)?;
-    if raw.has("check") {
+    if raw.switch(&defs::CHECK) {
         return Ok(match store::needs_migration(&mut client, &cfg.table)? {
             None => {
                 info!("table {} is up to date", cfg.table);

@@ -62,23 +62,6 @@ fn connect(cfg: &AdminConfig) -> Result<postgres::Client> {
     })
 }
 
-/// The value of the duration option `who` (`--older-than`) in seconds, by the flag table's
-/// one grammar (`defs::duration`: whether a bare number is seconds is the flag's own).
-pub(crate) fn parse_duration(who: &str, s: &str) -> Result<f64> {
-    crate::cli::defs::duration_arg(who, s)
-}
-
-/// A whole number `>= min` given to `who`.
-pub(crate) fn parse_count(who: &str, s: &str, min: i64) -> Result<i64> {
-    match s.trim().parse::<i64>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(Error::Usage(format!(
-            "{who}: `{}` is not a whole number of at least {min}",
-            s.trim()
-        ))),
-    }
-}
-
 /// Seconds as people read them: `12.3 s`, `4 min 2 s`, `3 h 20 min`, `2 d 4 h`.
 pub(crate) fn human_secs(secs: f64) -> String {
     if !secs.is_finite() {
@@ -100,20 +83,25 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("--older-than", "7d").unwrap(), 604_800.0);
-        assert_eq!(parse_duration("--since", "1.5h").unwrap(), 5400.0);
-        assert_eq!(parse_duration("--max-lag", "90").unwrap(), 90.0);
+        use crate::cli::defs::{MAX_LAG, OLDER_THAN, SINCE};
+        assert_eq!(OLDER_THAN.duration("x", "7d").unwrap(), 604_800.0);
+        assert_eq!(SINCE.duration("x", "1.5h").unwrap(), 5400.0);
+        assert_eq!(MAX_LAG.duration("x", "90").unwrap(), 90.0);
         for bad in ["", "d", "7x", "-1d", "NaNs", "1e300d", "7 days", "7"] {
-            let e = parse_duration("--older-than", bad).unwrap_err().to_string();
+            let e = OLDER_THAN
+                .duration("--older-than", bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("--older-than"), "{bad}: {e}");
         }
     }
 
     #[test]
     fn counts_and_human_times() {
-        assert_eq!(parse_count("--limit", "5", 1).unwrap(), 5);
-        assert!(parse_count("--limit", "0", 1).is_err());
-        assert!(parse_count("--limit", "x", 0).is_err());
+        use crate::cli::defs::LIMIT;
+        assert_eq!(LIMIT.whole("--limit", "5").unwrap(), 5);
+        assert!(LIMIT.whole("--limit", "0").is_err());
+        assert!(LIMIT.whole("--limit", "x").is_err());
         assert_eq!(human_secs(12.34), "12.3 s");
         assert_eq!(human_secs(242.0), "4 min 2 s");
         assert_eq!(human_secs(12_000.0), "3 h 20 min");

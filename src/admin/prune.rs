@@ -7,7 +7,7 @@
 //! lock; no worker writes a done row. With `--archive`, the delete and the insert are one
 //! statement: a row is in exactly one of the two tables at every instant.
 
-use super::{connect, human_secs, parse_duration};
+use super::{connect, human_secs};
 use crate::cli::{defs, RawArgs};
 use crate::config::{AdminConfig, Table};
 use crate::error::{exit, Error, Result};
@@ -20,22 +20,21 @@ use std::time::Instant;
 const BATCH: i64 = 5000;
 
 pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
-    let Some(older) = raw.get("older-than") else {
+    let Some(older) = raw.secs(&defs::OLDER_THAN)? else {
         return Err(Error::Usage(
             "prune: give --older-than DURATION (e.g. 7d): done events delivered longer ago are \
              deleted"
                 .into(),
         ));
     };
-    let older = parse_duration("--older-than", older)?;
     let archive = raw
-        .get("archive")
+        .text(&defs::ARCHIVE)
         .map(|a| Table::parse_for(defs::ARCHIVE.key, a))
         .transpose()?;
     let mut client = connect(cfg)?;
     store::check_table(&mut client, &cfg.table)?;
     let mut out = std::io::stdout().lock();
-    if raw.has("dry-run") {
+    if raw.switch(&defs::DRY_RUN) {
         let n = ops::prunable_count(&mut client, &cfg.table, older)?;
         writeln!(
             out,

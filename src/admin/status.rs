@@ -9,7 +9,8 @@
 //! only when `--max-dead` asks.
 //! Gathering is one function, judging the thresholds and rendering are pure.
 
-use super::{connect, human_secs, parse_count, parse_duration};
+use super::{connect, human_secs};
+use crate::cli::defs::{EXACT, JSON, MAX_DEAD, MAX_DUE, MAX_LAG};
 use crate::cli::RawArgs;
 use crate::config::{AdminConfig, Table};
 use crate::error::{exit, Result};
@@ -39,18 +40,9 @@ struct Thresholds {
 impl Thresholds {
     fn from_raw(raw: &RawArgs) -> Result<Thresholds> {
         Ok(Thresholds {
-            max_lag: raw
-                .get("max-lag")
-                .map(|v| parse_duration("--max-lag", v))
-                .transpose()?,
-            max_dead: raw
-                .get("max-dead")
-                .map(|v| parse_count("--max-dead", v, 0))
-                .transpose()?,
-            max_due: raw
-                .get("max-due")
-                .map(|v| parse_count("--max-due", v, 0))
-                .transpose()?,
+            max_lag: raw.secs(&MAX_LAG)?,
+            max_dead: raw.whole(&MAX_DEAD)?,
+            max_due: raw.whole(&MAX_DUE)?,
         })
     }
 }
@@ -118,11 +110,11 @@ pub fn run(cfg: &AdminConfig, raw: &RawArgs) -> Result<u8> {
     let report = gather(
         &mut client,
         cfg,
-        raw.has("exact"),
+        raw.switch(&EXACT),
         limits.max_dead.is_some(),
     )?;
     let checks = judge(&report, &limits);
-    let text = if raw.has("json") {
+    let text = if raw.switch(&JSON) {
         format!("{:#}\n", to_json(&report, &checks))
     } else {
         render(&report, &checks)

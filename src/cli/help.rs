@@ -98,20 +98,24 @@ fn left(f: &Flag) -> String {
     s
 }
 
-/// The help line (with the note after a `;`, wrapped) and the default at the end.
+/// The help line (with the note after a `;`, wrapped), a choice's words and the default at
+/// the end.
 fn render_flag(out: &mut String, f: &Flag, column: usize) {
     let mut words: Vec<String> = f.help.split_whitespace().map(String::from).collect();
     if let (Some(note), Some(last)) = (f.note, words.last_mut()) {
         last.push(';');
         words.extend(note.split_whitespace().map(String::from));
     }
+    if let Some(choices) = f.choices() {
+        words.push(format!("[possible values: {}]", choices.join(", ")));
+    }
     if let Some(d) = f.default {
         words.push(format!("[default: {d}]"));
     }
-    // A flag without a note stays on one line, however long.
-    let width = match f.note {
-        Some(_) => WIDTH.saturating_sub(INDENT + column),
-        None => usize::MAX,
+    // A flag without a note or choices stays on one line, however long.
+    let width = match f.note.is_some() || f.choices().is_some() {
+        true => WIDTH.saturating_sub(INDENT + column),
+        false => usize::MAX,
     };
     for (i, line) in wrap(&words, width).iter().enumerate() {
         let head = if i == 0 { left(f) } else { String::new() };
@@ -159,6 +163,11 @@ mod tests {
         ));
         assert!(help.contains("e.g. DISPATCHBOX_BATCH_SIZE; flags win"));
         assert!(help.contains("[default: *=stdout]\n"));
+        assert!(help
+            .contains("    --limit N                 dead list: at most N events [default: 50]\n"));
+        let flat_choices = "[possible values: block, skip] [default: block]";
+        assert!(flat.contains(flat_choices), "{help}");
+        assert!(flat.contains("[possible values: DEBUG, INFO, WARNING, ERROR, CRITICAL]"));
         assert!(help.contains("    -h, --help                print this help\n"));
         assert!(help.lines().all(|l| l.chars().count() <= 110), "{help}");
         assert!(help.contains("Exit 0: delivered"), "{help}");

@@ -4,6 +4,7 @@
 
 pub(crate) mod defs;
 mod help;
+mod options;
 
 use defs::{Flag, Kind, DRAIN, FLAGS};
 
@@ -56,7 +57,7 @@ impl Command {
         }
     }
 
-    /// The command options (`Kind::Arg`, `Kind::ArgSecs`, `Kind::ArgSwitch`) it takes.
+    /// The command options (`Scope::Command`) it takes.
     fn options(self) -> &'static [&'static Flag] {
         use defs::*;
         const SELECT: &[&Flag] = &[&TYPE, &AGGREGATE, &SINCE, &ALL, &DRY_RUN];
@@ -112,14 +113,12 @@ impl RawArgs {
     /// supervisor resolved.
     pub fn give(&mut self, flag: &Flag, text: &str) {
         match flag.kind {
-            Kind::Whole { .. }
-            | Kind::Secs { .. }
-            | Kind::Text
-            | Kind::Arg
-            | Kind::ArgSecs { .. } => self.values.push((flag.name(), text.to_string())),
+            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Choice(_) | Kind::Text => {
+                self.values.push((flag.name(), text.to_string()))
+            }
             Kind::Routes => self.routes.push(text.to_string()),
-            Kind::Switch | Kind::ArgSwitch if flag.key == DRAIN.key => self.drain = text == "true",
-            Kind::Switch | Kind::ArgSwitch => {
+            Kind::Switch if flag.key == DRAIN.key => self.drain = text == "true",
+            Kind::Switch => {
                 if text == "true" {
                     self.switches.push(flag.name());
                 }
@@ -186,7 +185,20 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
         }
     }
     check_command_options(mode, &raw)?;
+    check_choices(&raw)?;
     Ok((mode, raw))
+}
+
+/// A choice flag given on the command line takes one of its words, whichever the mode (an
+/// admin command that does not read it refuses a wrong word too); its variable is checked
+/// where it is read.
+fn check_choices(raw: &RawArgs) -> Result<()> {
+    for f in FLAGS.iter().filter(|f| f.choices().is_some()) {
+        if let Some(v) = raw.get(f.name()) {
+            f.choice(f.key, v)?;
+        }
+    }
+    Ok(())
 }
 
 /// What the first positional arguments name: `help`, or an admin command.
@@ -273,7 +285,7 @@ fn read_flags(p: &mut pico_args::Arguments) -> Result<RawArgs> {
     raw.drain = p.contains(DRAIN.key);
     for f in FLAGS
         .iter()
-        .filter(|f| matches!(f.kind, Kind::Switch | Kind::ArgSwitch) && f.key != DRAIN.key)
+        .filter(|f| f.kind == Kind::Switch && f.key != DRAIN.key)
     {
         if p.contains(f.key) {
             raw.switches.push(f.name());
@@ -318,9 +330,7 @@ fn leftover(s: &str) -> Error {
         .find(|f| f.key == shown || f.short == Some(shown.as_str()));
     // A flag we know is left over only when it was given again (pico-args takes the first
     // occurrence), or, for a switch, given a value.
-    if let Some(f) =
-        flag.filter(|f| matches!(f.kind, Kind::Switch | Kind::ArgSwitch) && s.contains('='))
-    {
+    if let Some(f) = flag.filter(|f| f.kind == Kind::Switch && s.contains('=')) {
         return usage(format!("{} takes no value", f.key));
     }
     if flag.is_some() || shown == WORKER_INDEX {

@@ -1,6 +1,6 @@
 //! What a log line about an event names, as fields of their own in `--log-format json`:
 //! `event_id`, `event_type`, `aggregate_type`, `aggregate_id`, `route`, `attempt`, `outcome`
-//! (the README's "Logs" lists them). A call site hands them to the macros
+//! (docs/operations.md, "Logs", lists them). A call site hands them to the macros
 //! (`warn!(event: f, "...")`); text lines do not show them (their message says it all, as
 //! before), JSON lines add them after `msg`, so a log pipeline can select on them without
 //! parsing the message.

@@ -15,31 +15,50 @@ use std::sync::OnceLock;
 
 pub use duration::Bare;
 
-/// How a flag's value is read and checked.
+/// How a flag's value is read and checked (the same for a run flag and a command option).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
     /// A whole number in `min..=max`.
     Whole { min: i64, max: i64 },
     /// A duration in `min..=max` seconds, in the grammar of [`duration`] (`500ms`, `30s`,
-    /// `15m`); a bare number is seconds (`--poll-interval 0.5`, the original's contract).
-    Secs { min: f64, max: f64 },
-    /// Text checked by its own parser in `config.rs` (the DSN, the table, the log level).
+    /// `15m`); `bare` says whether a bare number is seconds (`--poll-interval 0.5`, the
+    /// original's contract) or refused (`prune --older-than 7`).
+    Secs { min: f64, max: f64, bare: Bare },
+    /// One of a fixed set of words (`--on-done keep|delete`), checked here; `--help`, the man
+    /// page, the completions and the reference list them.
+    Choice(Choices),
+    /// Text checked by its own parser (the DSN, the table, an event type).
     Text,
     /// `PATTERN=TARGET`, repeatable; the variable takes several, separated by `;` or newlines.
     Routes,
-    /// On when given (no value); the variable takes a boolean (1/0, true/false, yes/no).
+    /// On when given (no value); a run flag's variable takes a boolean (1/0, true/false,
+    /// yes/no).
     Switch,
     /// Answered at once (`--help`, `--version`); no variable.
     Info,
-    /// A value for an admin command (`dead list --limit 20`), checked by that command; command
-    /// line only, no variable: a threshold or a selection must be visible where it is used.
-    Arg,
-    /// A duration option of an admin command (`prune --older-than 7d`), command line only like
-    /// `Arg`, checked here; `bare` says whether a bare number is seconds or refused.
-    ArgSecs { min: f64, max: f64, bare: Bare },
-    /// A switch of an admin command (`--json`, `--yes`); command line only, no variable (a
-    /// `DISPATCHBOX_YES` left in an environment must never confirm a purge).
-    ArgSwitch,
+}
+
+/// The words a [`Kind::Choice`] flag takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Choices {
+    /// As listed, in this order; a value is one of them (given back as listed).
+    pub words: &'static [&'static str],
+    /// Whether `JSON` is `json` too.
+    pub any_case: bool,
+    /// Also taken, not listed: `(alias, word)`, e.g. `WARN` for `WARNING`.
+    pub aliases: &'static [(&'static str, &'static str)],
+}
+
+/// Who reads a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A run (the supervisor and its workers); the shared ones (`--dsn`, `--table`, ...) serve
+    /// the admin commands too. Also read from its `DISPATCHBOX_*` variable.
+    Run,
+    /// An admin command's option (`dead list --limit 20`): command line only, no variable, so a
+    /// threshold or a selection is visible where it is used and a stray `DISPATCHBOX_YES` can
+    /// never confirm a purge. `cli` says which command takes which.
+    Command,
 }
 
 /// One flag.
@@ -58,6 +77,7 @@ pub struct Flag {
     /// More, continuing the help line after a `;` (the two are then wrapped together).
     pub note: Option<&'static str>,
     pub kind: Kind,
+    pub scope: Scope,
 }
 
 impl Flag {
@@ -70,16 +90,13 @@ impl Flag {
     pub const fn takes_one_value(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Text | Kind::Arg | Kind::ArgSecs { .. }
+            Kind::Whole { .. } | Kind::Secs { .. } | Kind::Choice(_) | Kind::Text
         )
     }
 
     /// Whether it belongs to an admin command (no variable, not accepted when running).
     pub const fn is_command_option(&self) -> bool {
-        matches!(
-            self.kind,
-            Kind::Arg | Kind::ArgSwitch | Kind::ArgSecs { .. }
-        )
+        matches!(self.scope, Scope::Command)
     }
 
     /// Whether it configures a run (the supervisor and its workers): not `--help` or
@@ -88,13 +105,36 @@ impl Flag {
         !matches!(self.kind, Kind::Info) && !self.is_command_option()
     }
 
+    /// The words it takes, for a choice.
+    pub const fn choices(&self) -> Option<&'static [&'static str]> {
+        match self.kind {
+            Kind::Choice(c) => Some(c.words),
+            _ => None,
+        }
+    }
+
     /// `text` as this duration flag's seconds, range-checked; `who` (the flag or its variable)
     /// is named in errors.
     pub fn duration(&self, who: &str, text: &str) -> Result<f64> {
         match self.kind {
-            Kind::Secs { min, max } => duration::parse(who, text, min, max, Bare::Secs),
-            Kind::ArgSecs { min, max, bare } => duration::parse(who, text, min, max, bare),
+            Kind::Secs { min, max, bare } => duration::parse(who, text, min, max, bare),
             _ => Err(Error::Other(format!("{} is not a duration", self.key))),
+        }
+    }
+
+    /// `text` as this whole-number flag's value, range-checked; `who` is named in errors.
+    pub fn whole(&self, who: &str, text: &str) -> Result<i64> {
+        match self.kind {
+            Kind::Whole { min, max } => check::whole(who, text, min, max),
+            _ => Err(Error::Other(format!("{} is not a whole number", self.key))),
+        }
+    }
+
+    /// `text` as one of this choice flag's words (as listed); `who` is named in errors.
+    pub fn choice(&self, who: &str, text: &str) -> Result<&'static str> {
+        match self.kind {
+            Kind::Choice(c) => check::choice(who, text, &c),
+            _ => Err(Error::Other(format!("{} is not a choice", self.key))),
         }
     }
 
@@ -105,7 +145,7 @@ impl Flag {
             .get_or_init(|| {
                 FLAGS
                     .iter()
-                    .filter(|f| f.kind != Kind::Info && !f.is_command_option())
+                    .filter(|f| f.is_run_flag())
                     .map(|f| (f.key, env_name(f.name())))
                     .collect()
             })
@@ -129,18 +169,25 @@ pub(super) const fn whole(min: i64, max: i64) -> Kind {
     Kind::Whole { min, max }
 }
 
+/// A run flag's duration: a bare number is seconds.
 pub(super) const fn secs(min: f64, max: f64) -> Kind {
-    Kind::Secs { min, max }
-}
-
-/// The value of the admin command's duration option `key` (`--older-than`), in seconds.
-pub fn duration_arg(key: &str, text: &str) -> Result<f64> {
-    match FLAGS.iter().find(|f| f.key == key) {
-        Some(f) => f.duration(key, text),
-        None => Err(Error::Other(format!("{key} is not a flag"))),
+    Kind::Secs {
+        min,
+        max,
+        bare: Bare::Secs,
     }
 }
 
+/// A choice among `words`, in any case or exactly.
+pub(super) const fn choice(words: &'static [&'static str], any_case: bool) -> Kind {
+    Kind::Choice(Choices {
+        words,
+        any_case,
+        aliases: &[],
+    })
+}
+
+mod check;
 mod commands;
 mod duration;
 mod run;
@@ -228,6 +275,9 @@ mod tests {
             );
         }
         assert_eq!(JSON.env_var(), None);
+        assert_eq!(LIMIT.env_var(), None);
+        assert!(LIMIT.is_command_option() && !LIMIT.is_run_flag());
+        assert!(!HELP.is_run_flag() && HELP.env_var().is_none());
         assert_eq!(YES.env_var(), None);
         assert_eq!(FAIL_ON_DEAD.env_var(), Some("DISPATCHBOX_FAIL_ON_DEAD"));
     }
@@ -236,8 +286,7 @@ mod tests {
     fn durations_say_in_help_whether_a_bare_number_is_seconds() {
         for f in FLAGS {
             let bare = match f.kind {
-                Kind::Secs { .. } => Bare::Secs,
-                Kind::ArgSecs { bare, .. } => bare,
+                Kind::Secs { bare, .. } => bare,
                 _ => {
                     assert!(f.duration(f.key, "1s").is_err());
                     continue;
@@ -251,15 +300,16 @@ mod tests {
             assert_eq!(f.duration(f.key, "1.5s").unwrap(), 1.5, "{}", f.key);
             assert_eq!(f.duration(f.key, "1").is_ok(), bare == Bare::Secs);
         }
-        assert_eq!(duration_arg("--older-than", "2d").unwrap(), 172_800.0);
+        let arg = |f: &Flag, text| f.duration(f.key, text);
+        assert_eq!(arg(&OLDER_THAN, "2d").unwrap(), 172_800.0);
         assert_eq!(
-            duration_arg("--older-than", "7").unwrap_err().to_string(),
+            arg(&OLDER_THAN, "7").unwrap_err().to_string(),
             "--older-than 7: give a unit, e.g. 7d or 7h"
         );
-        assert_eq!(duration_arg("--since", "30m").unwrap(), 1800.0);
-        assert!(duration_arg("--since", "30").is_err());
-        assert_eq!(duration_arg("--max-lag", "60").unwrap(), 60.0);
-        assert_eq!(duration_arg("--max-lag", "5m").unwrap(), 300.0);
+        assert_eq!(arg(&SINCE, "30m").unwrap(), 1800.0);
+        assert!(arg(&SINCE, "30").is_err());
+        assert_eq!(arg(&MAX_LAG, "60").unwrap(), 60.0);
+        assert_eq!(arg(&MAX_LAG, "5m").unwrap(), 300.0);
         assert_eq!(POLL_INTERVAL.duration("x", "500ms").unwrap(), 0.5);
         assert_eq!(LEASE.duration("x", "1m").unwrap(), 60.0);
     }
@@ -269,12 +319,15 @@ mod tests {
         for f in FLAGS {
             let Some(d) = f.default else { continue };
             match f.kind {
-                Kind::Whole { min, max } => {
-                    let n: i64 = d.parse().unwrap();
-                    assert!(min <= n && n <= max, "{}", f.key);
+                Kind::Whole { .. } => {
+                    f.whole(f.key, d).unwrap();
                 }
                 Kind::Secs { .. } => {
                     f.duration(f.key, d).unwrap();
+                }
+                Kind::Choice(c) => {
+                    assert_eq!(f.choice(f.key, d).unwrap(), d, "{}", f.key);
+                    assert!(c.aliases.iter().all(|(_, w)| c.words.contains(w)));
                 }
                 _ => {}
             }

@@ -1,7 +1,7 @@
 //! The flags of a run (the supervisor and its workers), in `--help` order; the shared ones
 //! (`--dsn`, `--table`, `--log-level`, ...) serve the admin commands too.
 
-use super::{secs, whole, Flag, Kind, DAY};
+use super::{choice, secs, whole, Choices, Flag, Kind, Scope, DAY};
 
 pub const DSN: Flag = Flag {
     key: "--dsn",
@@ -15,6 +15,7 @@ pub const DSN: Flag = Flag {
          verify-ca, verify-full (with sslrootcert=FILE|system)",
     ),
     kind: Kind::Text,
+    scope: Scope::Run,
 };
 
 pub const DSN_FILE: Flag = Flag {
@@ -28,6 +29,7 @@ pub const DSN_FILE: Flag = Flag {
          trailing whitespace ignored",
     ),
     kind: Kind::Text,
+    scope: Scope::Run,
 };
 
 pub const PROCESSES: Flag = Flag {
@@ -38,6 +40,7 @@ pub const PROCESSES: Flag = Flag {
     help: "worker processes",
     note: None,
     kind: whole(1, 1024),
+    scope: Scope::Run,
 };
 
 pub const THREADS: Flag = Flag {
@@ -48,6 +51,7 @@ pub const THREADS: Flag = Flag {
     help: "handler threads per process",
     note: None,
     kind: whole(1, 4096),
+    scope: Scope::Run,
 };
 
 pub const BATCH_SIZE: Flag = Flag {
@@ -58,6 +62,7 @@ pub const BATCH_SIZE: Flag = Flag {
     help: "events claimed per round trip",
     note: None,
     kind: whole(1, 100_000),
+    scope: Scope::Run,
 };
 
 pub const POLL_INTERVAL: Flag = Flag {
@@ -68,6 +73,7 @@ pub const POLL_INTERVAL: Flag = Flag {
     help: "sleep when nothing is due",
     note: None,
     kind: secs(0.001, DAY),
+    scope: Scope::Run,
 };
 
 pub const MAX_ATTEMPTS: Flag = Flag {
@@ -78,6 +84,7 @@ pub const MAX_ATTEMPTS: Flag = Flag {
     help: "attempts before an event is dead",
     note: None,
     kind: whole(1, 1_000_000),
+    scope: Scope::Run,
 };
 
 pub const RETRY_BACKOFF: Flag = Flag {
@@ -88,6 +95,7 @@ pub const RETRY_BACKOFF: Flag = Flag {
     help: "first retry delay; doubles per attempt, ±25 % jitter",
     note: None,
     kind: secs(0.0, 30.0 * DAY),
+    scope: Scope::Run,
 };
 
 pub const RETRY_BACKOFF_MAX: Flag = Flag {
@@ -98,6 +106,7 @@ pub const RETRY_BACKOFF_MAX: Flag = Flag {
     help: "cap on the retry delay",
     note: None,
     kind: secs(0.0, 365.0 * DAY),
+    scope: Scope::Run,
 };
 
 pub const LEASE: Flag = Flag {
@@ -108,6 +117,7 @@ pub const LEASE: Flag = Flag {
     help: "how long a claim is held before another worker may take the event over",
     note: Some("extended while its handler runs"),
     kind: secs(1.0, DAY),
+    scope: Scope::Run,
 };
 
 pub const TABLE: Flag = Flag {
@@ -118,6 +128,7 @@ pub const TABLE: Flag = Flag {
     help: "outbox table, optionally schema.table",
     note: None,
     kind: Kind::Text,
+    scope: Scope::Run,
 };
 
 pub const ROUTE: Flag = Flag {
@@ -134,6 +145,7 @@ pub const ROUTE: Flag = Flag {
          several separated by `;`",
     ),
     kind: Kind::Routes,
+    scope: Scope::Run,
 };
 
 pub const EXEC_TIMEOUT: Flag = Flag {
@@ -144,6 +156,7 @@ pub const EXEC_TIMEOUT: Flag = Flag {
     help: "kill an exec target that runs longer",
     note: None,
     kind: secs(0.001, DAY),
+    scope: Scope::Run,
 };
 
 pub const PIPE_TIMEOUT: Flag = Flag {
@@ -157,6 +170,7 @@ pub const PIPE_TIMEOUT: Flag = Flag {
          is retried, what it never read is given back without using an attempt",
     ),
     kind: secs(0.001, DAY),
+    scope: Scope::Run,
 };
 
 pub const PIPE_WINDOW: Flag = Flag {
@@ -169,6 +183,7 @@ pub const PIPE_WINDOW: Flag = Flag {
         "answers may come in any order; 1 sends one event at a time and waits for its answer",
     ),
     kind: whole(1, 100_000),
+    scope: Scope::Run,
 };
 
 pub const PIPE_PROCESSES: Flag = Flag {
@@ -179,6 +194,7 @@ pub const PIPE_PROCESSES: Flag = Flag {
     help: "processes per pipe target in each worker process",
     note: Some("events go to them in turn; each has its own --pipe-window"),
     kind: whole(1, 1024),
+    scope: Scope::Run,
 };
 
 pub const WEBHOOK_CONFIG: Flag = Flag {
@@ -192,6 +208,7 @@ pub const WEBHOOK_CONFIG: Flag = Flag {
          `whsec_…` secret, environment only) signs the webhook routes without their own",
     ),
     kind: Kind::Text,
+    scope: Scope::Run,
 };
 
 /// The signing secret of webhook routes without their own: environment only, never a flag
@@ -209,6 +226,7 @@ pub const WEBHOOK_TIMEOUT: Flag = Flag {
          --webhook-config",
     ),
     kind: secs(0.001, DAY),
+    scope: Scope::Run,
 };
 
 pub const DRAIN: Flag = Flag {
@@ -219,6 +237,7 @@ pub const DRAIN: Flag = Flag {
     help: "exit 0 once no event is due (for cron)",
     note: None,
     kind: Kind::Switch,
+    scope: Scope::Run,
 };
 
 pub const NOTIFY: Flag = Flag {
@@ -226,14 +245,15 @@ pub const NOTIFY: Flag = Flag {
     short: None,
     value: Some("MODE"),
     default: Some("auto"),
-    help: "wake-ups by notification (LISTEN) besides polling: auto, on or off",
+    help: "wake-ups by notification (LISTEN) besides polling",
     note: Some(
         "workers: auto listens when the table has the insert trigger, on always, off never \
          (off behind a transaction-pooling PgBouncer: LISTEN needs a session). `migrate`: on \
          installs the trigger, off drops it, auto leaves it as it is. The trigger serializes \
-         the commits of inserting transactions (README, \"Wake-ups by notification\")",
+         the commits of inserting transactions (docs/guide.md, \"Wake-ups by notification\")",
     ),
-    kind: Kind::Text,
+    kind: choice(&["auto", "on", "off"], true),
+    scope: Scope::Run,
 };
 
 pub const MAX_RUNTIME: Flag = Flag {
@@ -244,6 +264,7 @@ pub const MAX_RUNTIME: Flag = Flag {
     help: "stop gracefully after this long (exit 5 if --drain had not finished)",
     note: None,
     kind: secs(0.001, 365.0 * DAY),
+    scope: Scope::Run,
 };
 
 pub const SHUTDOWN_TIMEOUT: Flag = Flag {
@@ -254,6 +275,7 @@ pub const SHUTDOWN_TIMEOUT: Flag = Flag {
     help: "on SIGTERM, wait this long for running handlers",
     note: None,
     kind: secs(0.0, DAY),
+    scope: Scope::Run,
 };
 
 pub const CONNECT_TIMEOUT: Flag = Flag {
@@ -264,6 +286,7 @@ pub const CONNECT_TIMEOUT: Flag = Flag {
     help: "keep retrying an unreachable database at start-up this long",
     note: None,
     kind: secs(0.0, DAY),
+    scope: Scope::Run,
 };
 
 pub const LOG_LEVEL: Flag = Flag {
@@ -271,9 +294,14 @@ pub const LOG_LEVEL: Flag = Flag {
     short: None,
     value: Some("LEVEL"),
     default: Some("INFO"),
-    help: "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    help: "the least severe level logged (any case; WARN is WARNING)",
     note: None,
-    kind: Kind::Text,
+    kind: Kind::Choice(Choices {
+        words: &["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        any_case: true,
+        aliases: &[("WARN", "WARNING")],
+    }),
+    scope: Scope::Run,
 };
 
 pub const LOG_FORMAT: Flag = Flag {
@@ -281,13 +309,14 @@ pub const LOG_FORMAT: Flag = Flag {
     short: None,
     value: Some("FORMAT"),
     default: Some("text"),
-    help: "text or json",
+    help: "the format of the log lines on stderr",
     note: Some(
         "json: one object per line with the fields ts, level, process, pid, msg; a line about \
          an event adds event_id, event_type, aggregate_type, aggregate_id, route, attempt and \
          outcome (those it knows)",
     ),
-    kind: Kind::Text,
+    kind: choice(&["text", "json"], true),
+    scope: Scope::Run,
 };
 
 pub const METRICS_ADDR: Flag = Flag {
@@ -298,6 +327,7 @@ pub const METRICS_ADDR: Flag = Flag {
     help: "serve /metrics (Prometheus), /healthz and /readyz over HTTP here",
     note: Some("off unless given; e.g. 127.0.0.1:9187"),
     kind: Kind::Text,
+    scope: Scope::Run,
 };
 
 pub const FAIL_ON_DEAD: Flag = Flag {
@@ -308,6 +338,7 @@ pub const FAIL_ON_DEAD: Flag = Flag {
     help: "exit 6 instead of 0 when an event went dead during the run (for cron)",
     note: None,
     kind: Kind::Switch,
+    scope: Scope::Run,
 };
 
 pub const ORDERED: Flag = Flag {
@@ -319,9 +350,10 @@ pub const ORDERED: Flag = Flag {
     note: Some(
         "no event is handed out while an earlier one (lower id) of its (aggregate_type, \
          aggregate_id) is pending, retrying or in flight; events without an aggregate are not \
-         ordered; `migrate --ordered` builds its index; see README \"Ordered delivery\"",
+         ordered; `migrate --ordered` builds its index; see docs/guide.md, \"Ordered delivery\"",
     ),
     kind: Kind::Switch,
+    scope: Scope::Run,
 };
 
 pub const ORDERED_DEAD: Flag = Flag {
@@ -334,7 +366,8 @@ pub const ORDERED_DEAD: Flag = Flag {
         "block: the later events of its aggregate wait until `dead retry` or `dead purge`; \
          skip: they go on",
     ),
-    kind: Kind::Text,
+    kind: choice(&["block", "skip"], false),
+    scope: Scope::Run,
 };
 
 pub const ON_DONE: Flag = Flag {
@@ -348,7 +381,8 @@ pub const ON_DONE: Flag = Flag {
          (`status` shows ~0 done, `prune` has nothing to do); retries and dead rows are kept \
          either way",
     ),
-    kind: Kind::Text,
+    kind: choice(&["keep", "delete"], false),
+    scope: Scope::Run,
 };
 
 pub const HELP: Flag = Flag {
@@ -359,6 +393,7 @@ pub const HELP: Flag = Flag {
     help: "print this help",
     note: None,
     kind: Kind::Info,
+    scope: Scope::Run,
 };
 
 pub const VERSION: Flag = Flag {
@@ -369,4 +404,5 @@ pub const VERSION: Flag = Flag {
     help: "print the version",
     note: None,
     kind: Kind::Info,
+    scope: Scope::Run,
 };
