@@ -50,10 +50,7 @@ impl Connector {
     /// `tls`: `None` when no TLS is to be set up at all (sslmode=disable, or only unix
     /// sockets).
     /// The server's NOTICE and WARNING messages on every connection become log lines.
-    pub(crate) fn new(
-        mut config: postgres::Config,
-        tls: Option<crate::dsn::LazyTls>,
-    ) -> Connector {
+    pub(crate) fn new(mut config: postgres::Config, tls: Option<crate::dsn::LazyTls>) -> Connector {
         config.notice_callback(crate::log::server_notice);
         Connector {
             config,
