@@ -8,6 +8,10 @@
 #   BENCH_RUNS         runs per figure; the median is shown (default 3)
 #   BENCH_WINDOW       the bridges' --window, also in --from-file mode (default 1000)
 #   BENCH_PIPE_FLAGS   extra dispatchbox flags for the pipe: drains, e.g. "--pipe-window 256"
+#   BENCH_COMPARE      another dispatchbox binary (e.g. an older build): each pipe: drain is
+#                      followed by the same drain with it (interleaved runs), and the summary
+#                      shows both
+#   BENCH_BROKERS      which brokers (default "nats rabbitmq")
 #
 # Each run: 20,000 order.created events, --batch-size 100, 1 worker (--processes 1, default
 # --threads), --drain, including start-up. Rows measured:
@@ -42,6 +46,10 @@ events=${BENCH_EVENTS:-20000}
 runs=${BENCH_RUNS:-3}
 window=${BENCH_WINDOW:-1000}
 read -r -a pipe_flags <<<"${BENCH_PIPE_FLAGS:-}"
+read -r -a brokers <<<"${BENCH_BROKERS:-nats rabbitmq}"
+for b in "${brokers[@]}"; do
+    [[ $b == nats || $b == rabbitmq ]] || { echo "bench-broker.sh: BENCH_BROKERS: unknown broker $b (nats, rabbitmq)" >&2; exit 2; }
+done
 for n in "$events" "$runs" "$window"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "bench-broker.sh: BENCH_EVENTS, BENCH_RUNS and BENCH_WINDOW must be positive numbers" >&2; exit 2; }
 done
@@ -52,6 +60,11 @@ bridges=$(readlink -f examples/bridges)
 say "cargo build --release"
 cargo build --release
 bin=$(readlink -f "${CARGO_TARGET_DIR:-target}/release/dispatchbox")
+compare=${BENCH_COMPARE:-}
+if [[ -n $compare ]]; then
+    [[ -x $compare ]] || { echo "bench-broker.sh: BENCH_COMPARE is not an executable: $compare" >&2; exit 2; }
+    compare=$(readlink -f "$compare")
+fi
 
 say "starting a throwaway PostgreSQL, NATS server (JetStream) and RabbitMQ node on 127.0.0.1"
 bindir=$(find_bindir)
@@ -92,13 +105,14 @@ count_at() {
 }
 
 # One drain with route $1 (label $2, run $3), extra flags after; sets $rate and checks the rows.
+# The binary is $exe (default: this build).
 run_n=0
 drain_once() {
     local route=$1 label=$2 r=$3 rc=0 t0 t1 ok
     shift 3
     load_events "$events"
     t0=$EPOCHREALTIME
-    "$bin" --dsn "$DSN" --drain --batch-size 100 --processes 1 --route "$route" \
+    "${exe:-$bin}" --dsn "$DSN" --drain --batch-size 100 --processes 1 --route "$route" \
         --poll-interval 0.05 --log-level warning "$@" >"$tmp/drain.out" 2>"$tmp/drain.err" || rc=$?
     t1=$EPOCHREALTIME
     rate=$(calc "$events / ($t1 - $t0)")
@@ -109,42 +123,57 @@ drain_once() {
 
 declare -A figure # figure[label] = median events/s
 declare -A counts # counts[label] = the last run's count at the broker
+# One run of kind $2 (broker $3) for label $1, run $4; sets $rate and $counted.
+run_kind() {
+    local label=$1 kind=$2 broker=$3 r=$4 run_id out
+    run_n=$((run_n + 1))
+    run_id=$run_n
+    counted=
+    case $kind in
+    stdout)
+        drain_once '*=stdout' "$label" "$r"
+        cp "$tmp/drain.out" "$tmp/events.jsonl"
+        ;;
+    ack) drain_once "*=pipe:$py $tmp/ack.py" "$label" "$r" "${pipe_flags[@]}" ;;
+    ceiling)
+        # shellcheck disable=SC2046 # the command line is split on purpose (no spaces in it)
+        out=$($(bridge_cmd "$broker" "$run_id") --from-file "$tmp/events.jsonl" 2>"$tmp/ceiling.err") ||
+            warn "$label run $r: the bridge failed: $(tail -n 3 "$tmp/ceiling.err")"
+        rate=$(echo "$out" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["events_per_s"])')
+        count_at "$broker" "$run_id"
+        ;;
+    pipe | pipe-compare)
+        if [[ $kind == pipe-compare ]]; then exe=$compare; fi
+        drain_once "*=pipe:$(bridge_cmd "$broker" "$run_id")" "$label" "$r" "${pipe_flags[@]}"
+        exe=
+        count_at "$broker" "$run_id"
+        ;;
+    esac
+    printf '  %-22s run %d: %8s events/s  %s\n' "$label" "$r" "$(fmt_int "$rate")" "$counted"
+}
+
+# Medians of $runs runs of kind $2 for label $1 (broker $3); with kind pipe and BENCH_COMPARE,
+# each run is followed by one with the other build (label "$3 compare").
 measure() {
-    local label=$1 kind=$2 broker=${3:-} r rates=() run_id
+    local label=$1 kind=$2 broker=${3:-} r rates=() others=()
     for r in $(seq 1 "$runs"); do
-        run_n=$((run_n + 1))
-        run_id=$run_n
-        counted=
-        case $kind in
-        stdout)
-            drain_once '*=stdout' "$label" "$r"
-            cp "$tmp/drain.out" "$tmp/events.jsonl"
-            ;;
-        ack) drain_once "*=pipe:$py $tmp/ack.py" "$label" "$r" "${pipe_flags[@]}" ;;
-        ceiling)
-            local out
-            # shellcheck disable=SC2046 # the command line is split on purpose (no spaces in it)
-            out=$($(bridge_cmd "$broker" "$run_id") --from-file "$tmp/events.jsonl" 2>"$tmp/ceiling.err") ||
-                warn "$label run $r: the bridge failed: $(tail -n 3 "$tmp/ceiling.err")"
-            rate=$(echo "$out" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["events_per_s"])')
-            count_at "$broker" "$run_id"
-            ;;
-        pipe)
-            drain_once "*=pipe:$(bridge_cmd "$broker" "$run_id")" "$label" "$r" "${pipe_flags[@]}"
-            count_at "$broker" "$run_id"
-            ;;
-        esac
+        run_kind "$label" "$kind" "$broker" "$r"
         rates+=("$rate")
-        printf '  %-22s run %d: %8s events/s  %s\n' "$label" "$r" "$(fmt_int "$rate")" "$counted"
+        counts[$label]=$counted
+        if [[ $kind == pipe && -n $compare ]]; then
+            run_kind "$broker compare" pipe-compare "$broker" "$r"
+            others+=("$rate")
+            counts[$broker compare]=$counted
+        fi
     done
     figure[$label]=$(median "${rates[@]}")
-    counts[$label]=$counted
+    if ((${#others[@]} > 0)); then figure[$broker compare]=$(median "${others[@]}"); fi
 }
 
 say "$events events, batch 100, 1 worker, median of $runs; bridges' --window $window; pipe: flags: ${BENCH_PIPE_FLAGS:-(none)}"
 measure stdout stdout
 measure "python ack loop" ack
-for broker in nats rabbitmq; do
+for broker in "${brokers[@]}"; do
     measure "$broker ceiling" ceiling "$broker"
     measure "$broker pipe:" pipe "$broker"
 done
@@ -155,9 +184,10 @@ printf '| %-22s | %9s | %-13s | %s |\n' --- ---: --- ---
 row() { printf '| %-22s | %9s | %-13s | %s |\n' "$1" "$(fmt_int "${figure[$1]}")" "$2" "${counts[$1]:-}"; }
 row stdout ""
 row "python ack loop" "$(calc "${figure[python ack loop]} / ${figure[stdout]}" | xargs printf '%.2f')x stdout"
-for broker in nats rabbitmq; do
+for broker in "${brokers[@]}"; do
     row "$broker ceiling" ""
     row "$broker pipe:" "$(calc "${figure[$broker pipe:]} / ${figure[$broker ceiling]}" | xargs printf '%.2f')x ceiling"
+    if [[ -n $compare ]]; then row "$broker compare" "$(calc "${figure[$broker compare]} / ${figure[$broker ceiling]}" | xargs printf '%.2f')x ceiling (BENCH_COMPARE)"; fi
 done
 echo
 echo "machine: $(nproc) cores, $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo '?');" \

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the one-file Dispatchbox: a static x86_64 Linux executable (musl libc, OpenSSL built
 # from source and linked in: the `vendored-openssl` feature, the `static` profile), checks
-# that it is static, and prints its path, size and sha256. Also packs it with LICENSE and
-# NOTICE (the OpenSSL license notice a vendored build must ship with) into a tarball.
+# that it is static, and prints its path, size and sha256. Also packs it with LICENSE, NOTICE
+# (the OpenSSL license notice a vendored build must ship with), the man page and the shell
+# completions (made by the built binary: `dispatchbox generate ...`) into a tarball:
+#   dispatchbox  LICENSE  NOTICE  man/dispatchbox.1
+#   completions/dispatchbox.bash  completions/_dispatchbox (zsh)  completions/dispatchbox.fish
 #
 #   scripts/build-static.sh            # then copy the printed binary anywhere and run it
 #
@@ -114,10 +117,19 @@ stage="${CARGO_TARGET_DIR:-target}/dist/$name"
 rm -rf "$stage"
 mkdir -p "$stage"
 cp "$bin" LICENSE NOTICE "$stage/"
+mkdir -p "$stage/man" "$stage/completions"
+"$bin" generate man >"$stage/man/dispatchbox.1"
+"$bin" generate complete-bash >"$stage/completions/dispatchbox.bash"
+"$bin" generate complete-zsh >"$stage/completions/_dispatchbox"
+"$bin" generate complete-fish >"$stage/completions/dispatchbox.fish"
+for f in man/dispatchbox.1 completions/dispatchbox.bash completions/_dispatchbox \
+    completions/dispatchbox.fish; do
+    [[ -s $stage/$f ]] || die "$f is empty"
+done
 tar -C "$(dirname "$stage")" -czf "$stage.tar.gz" "$name"
 
 size=$(stat -c %s "$bin")
 echo "binary:  $bin"
 echo "size:    $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f MB", s / 1e6 }'))"
 echo "sha256:  $(sha256sum "$bin" | cut -d' ' -f1)"
-echo "tarball: $stage.tar.gz (the binary, LICENSE, NOTICE)"
+echo "tarball: $stage.tar.gz (the binary, LICENSE, NOTICE, the man page, completions)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What the example bridges' tests and scripts/bench-broker.sh need besides PostgreSQL: the
-# brokers (Debian's nats-server and rabbitmq-server; no service is started by installing
-# them: the tests run private ones) and a Python virtual environment with the bridges'
-# pinned clients (examples/bridges/requirements.txt) in target/bridges-venv.
+# What the tests need besides PostgreSQL: for the example bridges' tests and
+# scripts/bench-broker.sh, the brokers (Debian's nats-server and rabbitmq-server; no service is
+# started by installing them: the tests run private ones) and a Python virtual environment
+# with the bridges' pinned clients (examples/bridges/requirements.txt) in target/bridges-venv;
+# for the tests of the generated man page and completions, man, groff, zsh and fish.
 #
 #   scripts/test-deps.sh        # once on a fresh machine, as root (run by .ci/run)
 #
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
 source scripts/lib/deps.sh
 
-ensure_packages nats-server rabbitmq-server python-venv
+ensure_packages nats-server rabbitmq-server python-venv man groff zsh fish
 
 venv=target/bridges-venv
 requirements=examples/bridges/requirements.txt

@@ -1,6 +1,7 @@
-//! The program's top: parse the command line, pick the mode (help, version, an admin command,
-//! a worker child, the supervisor), and map every error to its exit code. Nothing below this
-//! module exits the process except a worker that abandons its handler threads (`child.rs`).
+//! The program's top: parse the command line, pick the mode (help, version, `generate`, an
+//! admin command, a worker child, the supervisor), and map every error to its exit code.
+//! Nothing below this module exits the process except a worker that abandons its handler
+//! threads (`child.rs`).
 //!
 //! Usage errors are one line on stderr (escaped), or one JSON log line once the configuration
 //! chose JSON; other errors are logged. The codes are `error::exit`'s.
@@ -33,6 +34,10 @@ pub fn main_with(compiled: Router) -> ExitCode {
         }
         cli::Mode::Version => {
             let _ = std::io::stdout().write_all(version().as_bytes());
+            ExitCode::from(error::exit::OK)
+        }
+        cli::Mode::Generate(what) => {
+            let _ = std::io::stdout().write_all(cli::generate::render(what).as_bytes());
             ExitCode::from(error::exit::OK)
         }
         cli::Mode::Admin(command) => run_admin(command, &raw),

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct Connector {
     config: postgres::Config,
-    /// `None`: sslmode=disable, or only unix sockets: no TLS set-up at all (building a
-    /// native-tls connector reads the system's CA bundle, ~45 ms).
-    tls: Option<postgres_native_tls::MakeTlsConnector>,
+    /// `None`: sslmode=disable, or only unix sockets: no TLS set-up at all. Otherwise set up
+    /// on first use (building a native-tls connector reads the system's CA bundle, ~45 ms).
+    tls: Option<crate::dsn::LazyTls>,
     in_flight: Arc<Mutex<Option<InFlight>>>,
 }
 
@@ -50,10 +50,7 @@ impl Connector {
     /// `tls`: `None` when no TLS is to be set up at all (sslmode=disable, or only unix
     /// sockets).
     /// The server's NOTICE and WARNING messages on every connection become log lines.
-    pub(crate) fn new(
-        mut config: postgres::Config,
-        tls: Option<postgres_native_tls::MakeTlsConnector>,
-    ) -> Connector {
+    pub(crate) fn new(mut config: postgres::Config, tls: Option<crate::dsn::LazyTls>) -> Connector {
         config.notice_callback(crate::log::server_notice);
         Connector {
             config,

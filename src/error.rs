@@ -7,8 +7,8 @@ use postgres::error::SqlState;
 use std::fmt;
 
 /// Exit codes, in one table ([`exit::CODES`]): the constants, the EXIT CODES section of
-/// `--help` and (checked by a test) docs/operations.md's "Exit codes" table come from it. A cron
-/// wrapper can act on them.
+/// `--help`, the man page, docs/reference.md and (checked by a test) docs/operations.md's "Exit
+/// codes" table come from it. A cron wrapper can act on them.
 pub mod exit {
     /// One exit code: its number, its constant's name, and what it means (a docs table
     /// cell: Markdown, one line).

@@ -38,6 +38,7 @@ mod config_file;
 mod connect;
 mod dsn;
 mod error;
+mod event;
 mod handler;
 mod metrics;
 mod protocol;

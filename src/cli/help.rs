@@ -5,7 +5,7 @@
 use super::defs::{Flag, BATCH_SIZE, FLAGS};
 use crate::error::exit;
 
-const USAGE: &str = "\
+pub(super) const USAGE: &str = "\
 dispatchbox — deliver transactional-outbox events from PostgreSQL, at least once
 
 USAGE:
@@ -17,9 +17,11 @@ USAGE:
                                        look at dead events; requeue (attempts reset) or delete
     dispatchbox prune --older-than 7d  delete (or --archive) done events, in batches
     dispatchbox help                   print this help (like --help)
+    dispatchbox generate man|complete-bash|complete-zsh|complete-fish|reference
+                                       print the man page, a shell completion or docs/reference.md
 ";
 
-const EXEC_CONTRACT: &str = "
+pub(super) const EXEC_CONTRACT: &str = "
 EXEC TARGETS (--route 'PATTERN=exec:COMMAND ARGS...', run without a shell, once per event):
     stdin: the event as one JSON line; environment: DISPATCHBOX_EVENT_ID, DISPATCHBOX_EVENT_TYPE,
     DISPATCHBOX_AGGREGATE_TYPE, DISPATCHBOX_AGGREGATE_ID, DISPATCHBOX_ATTEMPT. Exit 0: delivered;
@@ -37,7 +39,7 @@ PIPE TARGETS (--route 'PATTERN=pipe:COMMAND ARGS...', long-running, --pipe-proce
     given back (no attempt). At a stop: outstanding events answered (or timed out), then EOF.
 ";
 
-const DURATIONS: &str = "
+pub(super) const DURATIONS: &str = "
 DURATIONS (every SECS and DURATION above): a number with a unit, decimals allowed: 250ms, 1.5s,
     15m, 12h, 7d (units ms, s, m, h, d, w). SECS also takes a bare number, as seconds
     (--poll-interval 0.5 = 500ms); DURATION needs the unit (`prune --older-than 7` is refused).
@@ -168,7 +170,8 @@ mod tests {
         let flat_choices = "[possible values: block, skip] [default: block]";
         assert!(flat.contains(flat_choices), "{help}");
         assert!(flat.contains("[possible values: DEBUG, INFO, WARNING, ERROR, CRITICAL]"));
-        assert!(help.contains("    -h, --help                print this help\n"));
+        assert!(help
+            .contains("    -h, --help                print this help (also `dispatchbox help`)\n"));
         assert!(help.lines().all(|l| l.chars().count() <= 110), "{help}");
         assert!(help.contains("Exit 0: delivered"), "{help}");
         assert!(help.contains("exit 65: permanent failure"), "{help}");

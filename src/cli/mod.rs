@@ -3,6 +3,7 @@
 //! Nothing is validated here beyond "is this a flag we know"; `config.rs` does the rest.
 
 pub(crate) mod defs;
+pub(crate) mod generate;
 mod help;
 mod options;
 
@@ -27,6 +28,8 @@ pub enum Mode {
     Worker(u32),
     Help,
     Version,
+    /// `dispatchbox generate man|complete-bash|...`: print a reference made from the flag table.
+    Generate(generate::What),
 }
 
 /// The admin commands (same binary, same connection options).
@@ -43,6 +46,32 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command, in `--help` order.
+    pub const ALL: [Command; 8] = [
+        Command::Migrate,
+        Command::Stats,
+        Command::Status,
+        Command::DeadList,
+        Command::DeadShow,
+        Command::DeadRetry,
+        Command::DeadPurge,
+        Command::Prune,
+    ];
+
+    /// What it does, in one line (the man page, the completions, the reference).
+    pub fn about(self) -> &'static str {
+        match self {
+            Command::Migrate => "create or upgrade the outbox table (idempotent)",
+            Command::Stats => "print the number of events per status (exact, a full scan)",
+            Command::Status => "counts, due backlog, lag, in flight, per type; a check",
+            Command::DeadList => "list dead events, newest first",
+            Command::DeadShow => "show one event, every column",
+            Command::DeadRetry => "requeue dead events (attempts reset)",
+            Command::DeadPurge => "delete dead events",
+            Command::Prune => "delete (or --archive) done events, in batches",
+        }
+    }
+
     /// As typed: `dead retry`.
     pub fn name(self) -> &'static str {
         match self {
@@ -58,7 +87,7 @@ impl Command {
     }
 
     /// The command options (`Scope::Command`) it takes.
-    fn options(self) -> &'static [&'static Flag] {
+    pub fn options(self) -> &'static [&'static Flag] {
         use defs::*;
         const SELECT: &[&Flag] = &[&TYPE, &AGGREGATE, &SINCE, &ALL, &DRY_RUN];
         match self {
@@ -74,7 +103,7 @@ impl Command {
     }
 
     /// Whether it takes positional arguments (event ids).
-    fn takes_ids(self) -> bool {
+    pub fn takes_ids(self) -> bool {
         matches!(
             self,
             Command::DeadShow | Command::DeadRetry | Command::DeadPurge
@@ -159,6 +188,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
         match command(&mut p)? {
             Some(Named::Admin(c)) => mode = Mode::Admin(c),
             Some(Named::Help) => mode = Mode::Help,
+            Some(Named::Generate(what)) => mode = Mode::Generate(what),
             None => {}
         }
     }
@@ -186,6 +216,9 @@ pub fn parse(args: Vec<OsString>) -> Result<(Mode, RawArgs)> {
     }
     check_command_options(mode, &raw)?;
     check_choices(&raw)?;
+    if matches!(mode, Mode::Generate(_)) && raw_given(&raw) {
+        return Err(usage("`generate` takes no options".into()));
+    }
     Ok((mode, raw))
 }
 
@@ -201,9 +234,15 @@ fn check_choices(raw: &RawArgs) -> Result<()> {
     Ok(())
 }
 
-/// What the first positional arguments name: `help`, or an admin command.
+/// Whether any flag was given.
+fn raw_given(raw: &RawArgs) -> bool {
+    !raw.values.is_empty() || !raw.routes.is_empty() || raw.drain || !raw.switches.is_empty()
+}
+
+/// What the first positional arguments name: `help`, `generate WHAT`, or an admin command.
 enum Named {
     Help,
+    Generate(generate::What),
     Admin(Command),
 }
 
@@ -213,6 +252,16 @@ fn command(p: &mut pico_args::Arguments) -> Result<Option<Named>> {
     let c = match next()?.as_deref() {
         None => return Ok(None),
         Some("help") => return Ok(Some(Named::Help)),
+        Some("generate") => {
+            let what = next()?;
+            return match what.as_deref().and_then(generate::What::parse) {
+                Some(w) => Ok(Some(Named::Generate(w))),
+                None => Err(usage(format!(
+                    "`generate` needs one of: {}",
+                    generate::What::NAMES.join(", ")
+                ))),
+            };
+        }
         Some("migrate") => Command::Migrate,
         Some("stats") => Command::Stats,
         Some("status") => Command::Status,
@@ -230,8 +279,8 @@ fn command(p: &mut pico_args::Arguments) -> Result<Option<Named>> {
         },
         // Not echoed: a misplaced DSN or password must not reach a terminal or a log.
         Some(_) => return Err(usage(
-            "unexpected argument: commands are migrate, stats, status, dead, prune, help; the DSN \
-             goes in --dsn"
+            "unexpected argument: commands are migrate, stats, status, dead, prune, help, generate; \
+             the DSN goes in --dsn"
                 .into(),
         )),
     };

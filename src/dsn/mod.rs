@@ -10,9 +10,11 @@
 //! never a value.
 
 mod env;
+mod lazy_tls;
 mod syntax;
 mod tls;
 
+pub use lazy_tls::LazyTls;
 pub use tls::SslMode;
 pub(crate) use tls::{cert_env_warning, check_cert_env};
 

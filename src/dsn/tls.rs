@@ -60,14 +60,9 @@ impl Dsn {
             config.ssl_mode(postgres::config::SslMode::Disable);
             return Ok(Connector::new(config, None));
         }
-        let tls = self
-            .tls_builder(mode)?
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot set up TLS: {e}")))?;
-        Ok(Connector::new(
-            config,
-            Some(postgres_native_tls::MakeTlsConnector::new(tls)),
-        ))
+        // Built on first use (see `lazy_tls`): with `prefer` and a server without TLS, never.
+        let tls = super::lazy_tls::LazyTls::new(self.tls_builder(mode)?);
+        Ok(Connector::new(config, Some(tls)))
     }
 
     /// Checks everything `connector` would, reading the certificate files, without building

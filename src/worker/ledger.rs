@@ -19,7 +19,6 @@ use super::lease_clock::LeaseClock;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::handler::Outcome;
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// The ledger's limits (from the configuration).
@@ -374,7 +373,7 @@ impl<'a> Ledger<'a> {
         self.clock.extended(sent);
         let mut lost = Vec::new();
         if kept.len() < held.len() {
-            let kept: HashSet<i64> = kept.into_iter().collect();
+            let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
             lost = held
                 .into_iter()
                 .filter(|(id, _)| !kept.contains(id))

@@ -1,11 +1,18 @@
 //! The handler threads: a fixed pool inside the worker's `std::thread::scope`, fed claimed
 //! events (jobs) through one channel and answering on the DB thread's inbox.
 //!
-//! Invariants: every job a thread takes is answered exactly once — `Done` with the handler's
-//! outcome (a panic becomes a failed attempt with its message; a streaming handler's outcome
-//! comes later through its `Reply`, which answers once even if dropped), `Unstarted` once the worker is
-//! stopping, or `Stale` when the lease clock says its lease is lost or about to expire. Closing
-//! the pool (`Pool::close`) takes back what is still queued; idle threads then end.
+//! A job is one event, or, for a handler that takes batches (`stdout`: one write for a claim's
+//! lines) or streams (`pipe:`: the lines written together), all of one claim's events for that
+//! route: one hand-off and one answer per claim instead of per event (each hand-off is a wake-up
+//! of a thread). Slow routes (webhook, `exec:`, compiled-in handlers) still get a job per
+//! event, spread over the threads.
+//!
+//! Invariants: every event a thread takes is answered exactly once — `Done` (or, for a batch,
+//! one `Batch` holding every event's `Done`) with the handler's outcome (a panic becomes a
+//! failed attempt with its message; a streaming handler's outcome comes later through its
+//! `Reply`, which answers once even if dropped), `Unstarted` once the worker is stopping, or
+//! `Stale` when the lease clock says its lease is lost or about to expire. Closing the pool
+//! (`Pool::close`) takes back what is still queued; idle threads then end.
 
 use super::lease_clock::LeaseClock;
 use super::{Done, Msg, Tag};

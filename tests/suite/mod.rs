@@ -13,6 +13,7 @@ mod docs;
 mod durations;
 mod exec;
 mod faults;
+mod generated;
 mod lifecycle;
 mod logging;
 pub(super) mod metrics;

@@ -48,7 +48,7 @@ pub const THREADS: Flag = Flag {
     short: None,
     value: Some("N"),
     default: Some("10"),
-    help: "handler threads per process",
+    help: "handler threads per process (the original's pool size)",
     note: None,
     kind: whole(1, 4096),
     scope: Scope::Run,
@@ -126,7 +126,10 @@ pub const TABLE: Flag = Flag {
     value: Some("NAME"),
     default: Some("outbox_event"),
     help: "outbox table, optionally schema.table",
-    note: None,
+    note: Some(
+        "taken literally (case-sensitive) and always quoted; `'`, `$` and control characters \
+         are refused (also in `prune --archive`)",
+    ),
     kind: Kind::Text,
     scope: Scope::Run,
 };
@@ -141,8 +144,9 @@ pub const ROUTE: Flag = Flag {
     help: "send event types matching PATTERN to TARGET",
     note: Some(
         "PATTERN is exact, a prefix (`order.*`) or `*`; TARGET is `stdout`, \
-         `exec:COMMAND ARGS...`, `pipe:COMMAND ARGS...` or an http:// or https:// URL (a webhook). Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes \
-         several separated by `;`",
+         `exec:COMMAND ARGS...`, `pipe:COMMAND ARGS...` or an http:// or https:// URL (a \
+         webhook). Repeatable (one target per pattern); DISPATCHBOX_ROUTE takes several \
+         separated by `;` or newlines",
     ),
     kind: Kind::Routes,
     scope: Scope::Run,
@@ -153,7 +157,7 @@ pub const EXEC_TIMEOUT: Flag = Flag {
     short: None,
     value: Some("SECS"),
     default: Some("30"),
-    help: "kill an exec target that runs longer",
+    help: "kill an exec target that runs longer (and retry its event)",
     note: None,
     kind: secs(0.001, DAY),
     scope: Scope::Run,
@@ -166,8 +170,9 @@ pub const PIPE_TIMEOUT: Flag = Flag {
     default: Some("30"),
     help: "restart a pipe target process that has not answered an event for this long",
     note: Some(
-        "counted from when the event was written; what the process had read and not answered \
-         is retried, what it never read is given back without using an attempt",
+        "counted from when the event was written (a process that takes no input for this long \
+         is restarted too); what the process had read and not answered is retried, what it \
+         never read is given back without using an attempt",
     ),
     kind: secs(0.001, DAY),
     scope: Scope::Run,
@@ -202,7 +207,8 @@ pub const WEBHOOK_CONFIG: Flag = Flag {
     short: None,
     value: Some("FILE"),
     default: None,
-    help: "per-route webhook secrets, headers, timeouts and CA files (JSON)",
+    help:
+        "per-route webhook secrets, headers, timeouts and CA files (JSON, keyed by the route's URL)",
     note: Some(
         "readable by its owner only (or 0640 owned by root). DISPATCHBOX_WEBHOOK_SECRET (a \
          `whsec_…` secret, environment only) signs the webhook routes without their own",
@@ -220,7 +226,7 @@ pub const WEBHOOK_TIMEOUT: Flag = Flag {
     short: None,
     value: Some("SECS"),
     default: Some("30"),
-    help: "give up on a webhook request after this long",
+    help: "retry a webhook request without a complete answer after this long",
     note: Some(
         "connecting (TLS handshake included) gets at most 10 s of it; per route in \
          --webhook-config",
@@ -234,7 +240,7 @@ pub const DRAIN: Flag = Flag {
     short: None,
     value: None,
     default: None,
-    help: "exit 0 once no event is due (for cron)",
+    help: "exit 0 once no event is due and none is leased (for cron)",
     note: None,
     kind: Kind::Switch,
     scope: Scope::Run,
@@ -284,7 +290,10 @@ pub const CONNECT_TIMEOUT: Flag = Flag {
     value: Some("SECS"),
     default: Some("30"),
     help: "keep retrying an unreachable database at start-up this long",
-    note: None,
+    note: Some(
+        "with --drain also during an outage; it also bounds each attempt, so a server that \
+         accepts and never answers ends in exit 3",
+    ),
     kind: secs(0.0, DAY),
     scope: Scope::Run,
 };
@@ -325,7 +334,10 @@ pub const METRICS_ADDR: Flag = Flag {
     value: Some("HOST:PORT"),
     default: None,
     help: "serve /metrics (Prometheus), /healthz and /readyz over HTTP here",
-    note: Some("off unless given; e.g. 127.0.0.1:9187"),
+    note: Some(
+        "off unless given; e.g. 127.0.0.1:9187 ([::1]:9187 for IPv6); no authentication: keep \
+         it on a private network; an address that cannot be bound is exit 2",
+    ),
     kind: Kind::Text,
     scope: Scope::Run,
 };
@@ -416,7 +428,7 @@ pub const HELP: Flag = Flag {
     short: Some("-h"),
     value: None,
     default: None,
-    help: "print this help",
+    help: "print this help (also `dispatchbox help`)",
     note: None,
     kind: Kind::Info,
     scope: Scope::Run,
@@ -427,7 +439,7 @@ pub const VERSION: Flag = Flag {
     short: Some("-V"),
     value: None,
     default: None,
-    help: "print the version",
+    help: "print the version, git revision, target and OpenSSL version",
     note: None,
     kind: Kind::Info,
     scope: Scope::Run,
