@@ -33,7 +33,7 @@ mod bridge;
 mod fields;
 
 pub(crate) use bridge::{install as install_bridge, server_notice};
-pub use fields::{EventFields, Outcome};
+pub use fields::{EventFields, EventOutcome};
 
 use std::fmt;
 use std::io::Write;
@@ -490,7 +490,7 @@ mod tests {
             .event_type(Some("order.created"))
             .route(Some("exec:/bin/x"))
             .attempt(3)
-            .outcome(Outcome::Dead);
+            .outcome(EventOutcome::Dead);
         let with = |format| {
             let mut l = line(Level::Warning, "event 7 is dead: x\ny");
             l.fields = Some(&f);

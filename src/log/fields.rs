@@ -13,7 +13,7 @@ use crate::handler::Event;
 
 /// What became of the event, as the line reports it (the `outcome` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum EventOutcome {
     /// The handler answered retry (or failed: an error, a panic, a timeout).
     Retry,
     /// The handler answered a permanent failure.
@@ -40,21 +40,21 @@ pub enum Outcome {
     TimedOut,
 }
 
-impl Outcome {
+impl EventOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Retry => "retry",
-            Outcome::Permanent => "permanent",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Abort => "abort",
-            Outcome::Dead => "dead",
-            Outcome::Deferred => "deferred",
-            Outcome::Held => "held",
-            Outcome::Probe => "probe",
-            Outcome::NotStarted => "not_started",
-            Outcome::LeaseLost => "lease_lost",
-            Outcome::InFlight => "in_flight",
-            Outcome::TimedOut => "timed_out",
+            EventOutcome::Retry => "retry",
+            EventOutcome::Permanent => "permanent",
+            EventOutcome::Unavailable => "unavailable",
+            EventOutcome::Abort => "abort",
+            EventOutcome::Dead => "dead",
+            EventOutcome::Deferred => "deferred",
+            EventOutcome::Held => "held",
+            EventOutcome::Probe => "probe",
+            EventOutcome::NotStarted => "not_started",
+            EventOutcome::LeaseLost => "lease_lost",
+            EventOutcome::InFlight => "in_flight",
+            EventOutcome::TimedOut => "timed_out",
         }
     }
 }
@@ -69,7 +69,7 @@ pub struct EventFields<'a> {
     /// `Some(None)`: no route takes the event.
     route: Option<Option<&'a str>>,
     attempt: Option<i32>,
-    outcome: Option<Outcome>,
+    outcome: Option<EventOutcome>,
 }
 
 impl<'a> EventFields<'a> {
@@ -115,7 +115,7 @@ impl<'a> EventFields<'a> {
         self
     }
 
-    pub fn outcome(mut self, o: Outcome) -> Self {
+    pub fn outcome(mut self, o: EventOutcome) -> Self {
         self.outcome = Some(o);
         self
     }
@@ -167,7 +167,7 @@ mod tests {
                 .aggregate(Some("order\n"), None)
                 .route(Some("stdout"))
                 .attempt(3)
-                .outcome(Outcome::Dead),
+                .outcome(EventOutcome::Dead),
         );
         assert_eq!(
             v,
@@ -187,7 +187,7 @@ mod tests {
             payload: "{}".into(),
             attempt: 2,
         };
-        let v = json(EventFields::of(&e).outcome(Outcome::NotStarted));
+        let v = json(EventFields::of(&e).outcome(EventOutcome::NotStarted));
         assert_eq!(v["event_id"], 9);
         assert_eq!(v["event_type"], "order.created");
         assert_eq!(v["aggregate_type"], "order");

@@ -179,7 +179,7 @@ impl<'a> DbThread<'a> {
                     let route = self.router.target(tag.event_type.as_deref());
                     let fields = tag.fields(id, token).route(route);
                     warn!(
-                        event: fields.outcome(log::Outcome::NotStarted),
+                        event: fields.outcome(log::EventOutcome::NotStarted),
                         "event {id} (attempt {token}) not started: {why}; giving it back"
                     );
                 }
@@ -241,7 +241,7 @@ impl<'a> DbThread<'a> {
             }
             Finished::Recorded => {}
             Finished::LeaseLost => info!(
-                event: about.outcome(log::Outcome::LeaseLost),
+                event: about.outcome(log::EventOutcome::LeaseLost),
                 "event {id} (attempt {token}) finished after another worker took its lease \
                  over; its result is not written (the other claim decides)"
             ),
@@ -252,13 +252,13 @@ impl<'a> DbThread<'a> {
             // Given back without using an attempt, due again after a pause during which this
             // worker claims nothing.
             Finished::Deferred { why, warn: true } => warn!(
-                event: about.outcome(log::Outcome::Deferred),
+                event: about.outcome(log::EventOutcome::Deferred),
                 "event {id}: {why}; not the event's fault: giving it back without using an \
                  attempt and pausing claims until deliveries succeed again (further events \
                  deferred meanwhile are logged at debug level)"
             ),
             Finished::Deferred { why, warn: false } => debug!(
-                event: about.outcome(log::Outcome::Deferred),
+                event: about.outcome(log::EventOutcome::Deferred),
                 "event {id}: {why}; given back without using an attempt"
             ),
         }
@@ -275,7 +275,7 @@ impl<'a> DbThread<'a> {
     ) {
         let c = self.ledger.results().batch().last().filter(|c| c.id == id);
         warn!(
-            event: about.outcome(log::Outcome::Dead),
+            event: about.outcome(log::EventOutcome::Dead),
             "{}",
             tally::dead_line(&DeadEvent {
                 id,

@@ -44,7 +44,7 @@ impl<'a> DbThread<'a> {
                         let ours = self.ledger.hold(id, token, wait);
                         self.counters.ended(id, token, &Ending::Held { ours }, None);
                         debug!(
-                            event: about.outcome(log::Outcome::Held),
+                            event: about.outcome(log::EventOutcome::Held),
                             "event {id}: {why}; waiting for its route ({:.1}s)",
                             wait.as_secs_f64()
                         );
@@ -119,7 +119,7 @@ impl<'a> DbThread<'a> {
                     event: log::EventFields::of(&c.event)
                         .attempt(c.token)
                         .route(target)
-                        .outcome(log::Outcome::Probe),
+                        .outcome(log::EventOutcome::Probe),
                     "probing route {} with event {}",
                     self.router.route_at(r),
                     c.event.id

@@ -309,7 +309,7 @@ fn start_streaming(items: Vec<Item>, handler: &dyn Handler, tx: &Sender<Msg>, st
             [(id, token)] => {
                 let fields = log::EventFields::id(id)
                     .attempt(token)
-                    .outcome(log::Outcome::Retry);
+                    .outcome(log::EventOutcome::Retry);
                 error!(event: fields, "event {id}: handler panicked while starting it: {msg}");
             }
             _ => {

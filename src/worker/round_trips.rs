@@ -100,7 +100,7 @@ impl DbThread<'_> {
         for (id, token, running) in self.ledger.overdue(Instant::now()) {
             let about = log::EventFields::id(id).attempt(token);
             warn!(
-                event: about.outcome(log::Outcome::InFlight),
+                event: about.outcome(log::EventOutcome::InFlight),
                 "event {id} (attempt {token}) has been in flight for {:.0}s; its lease is kept \
                  while its handler runs — is the handler stuck?",
                 running.as_secs_f64()
@@ -210,7 +210,7 @@ impl DbThread<'_> {
             let event_type = c.event.event_type.as_deref();
             let about = log::EventFields::of(&c.event).attempt(c.token).route(route);
             warn!(
-                event: about.outcome(log::Outcome::Dead),
+                event: about.outcome(log::EventOutcome::Dead),
                 "{}",
                 tally::dead_line(&DeadEvent {
                     id: c.event.id,

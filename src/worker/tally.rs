@@ -160,7 +160,7 @@ pub(super) fn failure_logged(
     token: i32,
     about: crate::log::EventFields<'_>,
 ) {
-    use crate::log::Outcome as O;
+    use crate::log::EventOutcome as O;
     let (e, o) = match outcome {
         Outcome::Delivered => return,
         Outcome::Abort(e) => {

@@ -327,7 +327,7 @@ impl Reader {
                 .filter(|_| cause.is_some() && killed_for == cause)
             {
                 Some(id) => warn!(
-                    event: log::EventFields::id(id).outcome(log::Outcome::TimedOut),
+                    event: log::EventFields::id(id).outcome(log::EventOutcome::TimedOut),
                     "{text}"
                 ),
                 None => warn!("{text}"),
