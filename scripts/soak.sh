@@ -125,18 +125,7 @@ daemon_start() {
         --metrics-addr "127.0.0.1:$metrics_port" "${extra[@]}" >/dev/null 2>>"$out/daemon.log" &
     live_pid=$!
     echo "$live_pid" >"$out/daemon.pid"
-    wait_ready "$live_pid" $((ready + 2)) "$out/daemon.log"
-}
-# Waits (up to 30 s) until the file $3 has $2 "worker ready" lines (the supervisor $1 alive).
-wait_ready() {
-    for _ in $(seq 1 3000); do
-        (($(grep -c "worker ready" "$3") >= $2)) && return 0
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.01
-    done
-    warn "no \"worker ready\" within 30 s; log:"
-    tail -n 20 "$3"
-    exit 1
+    wait_ready "$live_pid" $((ready + 2)) "$out/daemon.log" || exit 1
 }
 : >"$out/daemon.log"
 : >"$out/faults.log"

@@ -40,17 +40,6 @@ INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload) VAL
 SQL
 }
 
-# Waits (up to 30 s) until the supervisor $1 has $2 "worker ready" lines in file $3.
-wait_ready() {
-    for _ in $(seq 1 3000); do
-        (($(grep -c "worker ready" "$3") >= $2)) && return 0
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.01
-    done
-    warn "no \"worker ready\" within 30 s; stderr:"
-    sed 's/^/    /' "$3"
-    return 1
-}
 
 # One latency run: label $1, extra dispatchbox flags after it. Appends a summary row.
 latency_once() {

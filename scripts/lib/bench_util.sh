@@ -53,3 +53,15 @@ bench_start() {
         esac
     done
 }
+
+# Waits (up to 30 s) until the supervisor $1 has $2 "worker ready" lines in file $3.
+wait_ready() {
+    for _ in $(seq 1 3000); do
+        (($(grep -c "worker ready" "$3") >= $2)) && return 0
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.01
+    done
+    warn "no \"worker ready\" within 30 s; the last lines of $3:"
+    tail -n 20 "$3" | sed 's/^/    /'
+    return 1
+}
