@@ -13,6 +13,10 @@
 #   around the drain. Autovacuum work that starts after a drain is not in its figure.
 # Every drain must print each id once and leave every event done with attempts = 1 (keep) or
 # no row at all (delete).
+# Each repetition also runs the two-statement SQL ceiling (mode `ceiling`: pgbench, 2 clients,
+# the same $events rows, bench.sh's two_<batch>.sql), so every drain has a ceiling measured
+# under the same load beside it, and the summary gives the median of the per-repetition
+# ratios; its "relay" column is pgbench's own CPU.
 #
 # Uses bench.sh's psql_q, calc, median, fmt_int, ratio, warn, load_events, $tmp, $bin, $DSN,
 # $data, $events, $runs. cpu_summary_rows prints the summary table's rows.
@@ -64,14 +68,42 @@ pg_cpu() {
     calc "$ns / 1e9 + (${f[13]} + ${f[14]}) / $clk_tck"
 }
 
-# The modes each configuration runs in: keep, delete, and compare (BENCH_COMPARE, keep); set
-# by bench_cpu.
-cpu_modes=(keep delete)
+# The modes each configuration runs in: the SQL ceiling, keep, delete, and compare
+# (BENCH_COMPARE, keep); set by bench_cpu.
+cpu_modes=(ceiling keep delete)
+declare -A cpu_vs # [<processes>_<batch>_<mode>] = median of the per-repetition ratios to `ceiling`
+
+# The two-statement ceiling over $events rows: processes $1 (ignored: always 2 clients, as in
+# the ceiling section), batch $2, run $3; sets rate (pgbench's tps x batch), relay_us (pgbench's
+# CPU), pg_us.
+cpu_ceiling_once() {
+    local b=$2 r=$3 c0 c1 g0 g1 done_n tps per=$((events / $2 / 2))
+    load_events "$events"
+    g0=$(pg_cpu)
+    relay_cpu
+    c0=$relay_s
+    "$pgbench" -n -M prepared -c 2 -j 2 -t "$per" -h 127.0.0.1 -p "$port" -U postgres \
+        -f "$tmp/two_$b.sql" bench >"$tmp/cpu_ceiling.log" 2>&1 || { cat "$tmp/cpu_ceiling.log" >&2; warn "pgbench failed"; }
+    relay_cpu
+    c1=$relay_s
+    g1=$(pg_cpu)
+    tps=$(awk '/^tps = / { print $3; exit }' "$tmp/cpu_ceiling.log")
+    rate=$(calc "${tps:-0} * $b")
+    relay_us=$(calc "($c1 - $c0) * 1e6 / ($per * 2 * $b)")
+    pg_us=$(calc "($g1 - $g0) * 1e6 / ($per * 2 * $b)")
+    done_n=$(psql_q -c "SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1")
+    printf '  processes -, batch %3d, %-7s run %d: %7s rows/s    pgbench %5.2f µs/row    PostgreSQL %5.2f µs/row  (done with attempts=1: %s of %s claimed)\n' \
+        "$b" ceiling "$r" "$(fmt_int "$rate")" "$relay_us" "$pg_us" "$done_n" "$((per * 2 * b))"
+    if [[ $done_n != $((per * 2 * b)) ]]; then
+        warn "ceiling batch $b run $r: expected $((per * 2 * b)) rows done with attempts = 1"
+    fi
+}
 
 # One drain: processes $1, batch $2, mode $3 (see cpu_modes), run $4; sets rate, relay_us,
 # pg_us.
 cpu_once() {
     local p=$1 b=$2 mode=$3 r=$4 rc=0 t0 t1 c0 c1 g0 g1 left ok lines uniq_ids exe=$bin on_done=$3
+    if [[ $mode == ceiling ]]; then cpu_ceiling_once "$p" "$b" "$r"; return; fi
     if [[ $mode == compare ]]; then exe=$compare on_done=keep; fi
     load_events "$events"
     g0=$(pg_cpu)
@@ -110,13 +142,16 @@ bench_cpu() {
     for pb in "${cpu_configs[@]}"; do
         p=${pb%%:*}
         b=${pb##*:}
-        declare -A mode_rates=() relays=() pgs=()
+        declare -A mode_rates=() relays=() pgs=() vs=()
+        local top
         for r in $(seq 1 "$runs"); do
             for mode in "${cpu_modes[@]}"; do
                 cpu_once "$p" "$b" "$mode" "$r"
                 mode_rates[$mode]+=" $rate"
                 relays[$mode]+=" $relay_us"
                 pgs[$mode]+=" $pg_us"
+                [[ $mode == ceiling ]] && top=$rate
+                vs[$mode]+=" $(calc "$rate / $top")"
             done
         done
         for mode in "${cpu_modes[@]}"; do
@@ -127,22 +162,27 @@ bench_cpu() {
             cpu_relay[$key]=$(median ${relays[$mode]})
             # shellcheck disable=SC2086
             cpu_pg[$key]=$(median ${pgs[$mode]})
-            printf '  => processes %d, batch %3d, %-7s median %7s events/s, relay %.2f µs/event, PostgreSQL %.2f µs/event\n' \
-                "$p" "$b" "$mode" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}"
+            # shellcheck disable=SC2086
+            cpu_vs[$key]=$(median ${vs[$mode]})
+            printf '  => processes %d, batch %3d, %-7s median %7s events/s, relay %.2f µs/event, PostgreSQL %.2f µs/event, %.2f x the ceiling of its repetition (median)\n' \
+                "$p" "$b" "$mode" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}" "${cpu_vs[$key]}"
         done
     done
 }
 
 cpu_summary_rows() {
-    local pb p b mode key
+    local pb p b mode key what who
     for pb in "${cpu_configs[@]}"; do
         p=${pb%%:*}
         b=${pb##*:}
         for mode in "${cpu_modes[@]}"; do
             key=${p}_${b}_$mode
-            printf '| Dispatchbox --drain, %s events, %s: rate; CPU per event, relay / PostgreSQL | %d | %d | %s events/s; %.2f / %.2f µs | %s | - |\n' \
-                "$events" "$mode" "$p" "$b" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}" \
-                "$(ratio "${cpu_rate[$key]}" "${ceiling[two_$b]}")"
+            what="Dispatchbox --drain, $events events, $mode: rate; CPU per event, relay / PostgreSQL" who=$p
+            [[ $mode == ceiling ]] && who="2 clients" && what="SQL ceiling, two statements, $events rows, interleaved with the drains below: rate; CPU per row, pgbench / PostgreSQL"
+            # The last column: the median of the ratios to the ceiling run of the same repetition.
+            printf '| %s | %s | %d | %s/s; %.2f / %.2f µs | %s | %.2f x interleaved ceiling |\n' \
+                "$what" "$who" "$b" "$(fmt_int "${cpu_rate[$key]}")" "${cpu_relay[$key]}" "${cpu_pg[$key]}" \
+                "$(ratio "${cpu_rate[$key]}" "${ceiling[two_$b]}")" "${cpu_vs[$key]}"
         done
     done
 }

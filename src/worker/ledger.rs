@@ -7,8 +7,9 @@
 //! no database. The one shared piece is the `LeaseClock`, which the ledger keeps up to date
 //! for the handler threads (they ask it before starting an event).
 //!
-//! Invariants: at most `threads + batch_size` events are claimed and unfinished (a claim is
-//! made only when a whole batch fits); a result or a release leaves the books only after the
+//! Invariants: at most `threads + 2 × batch_size` events are claimed and unfinished (a claim
+//! is made only when a whole batch fits, and a second batch only while no event waits for a
+//! handler thread of its own: see [`Limits::room_for_a_batch`]); a result or a release leaves the books only after the
 //! database accepted it (`results_written`, `released`); a claim leaves `in_flight` once, and
 //! only for the token it was claimed with (news about an older claim of the same event is void).
 
@@ -16,37 +17,9 @@ use super::complete::Completer;
 use super::defer::Deferrals;
 use super::ids::{id_map, IdMap};
 use super::lease_clock::LeaseClock;
-use crate::backoff::Backoff;
-use crate::config::Config;
+pub(super) use super::limits::Limits;
 use crate::handler::Outcome;
 use std::time::{Duration, Instant};
-
-/// The ledger's limits (from the configuration).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Limits {
-    /// Events the worker runs at once: the handler threads, plus the windows of streaming
-    /// handlers (`pipe:`), which hold events in flight without a thread each.
-    pub threads: usize,
-    pub batch_size: usize,
-    pub lease: Duration,
-    pub poll_interval: Duration,
-    pub max_attempts: i32,
-    pub backoff: Backoff,
-}
-
-impl Limits {
-    /// `window`: the routes' streaming windows (`Router::window`).
-    pub fn of(cfg: &Config, window: usize) -> Limits {
-        Limits {
-            threads: cfg.threads + window,
-            batch_size: cfg.batch_size as usize,
-            lease: cfg.lease,
-            poll_interval: cfg.poll_interval,
-            max_attempts: cfg.max_attempts,
-            backoff: cfg.backoff,
-        }
-    }
-}
 
 /// An event claimed by this worker and not finished yet.
 struct Held {
@@ -54,6 +27,9 @@ struct Held {
     since: Instant,
     /// Already reported as running unusually long.
     reported: bool,
+    /// Handed over alone (a job of its own, waiting for a free handler thread), not with
+    /// its claim's other events of a batched or streaming route.
+    alone: bool,
     /// An extension found the lease taken over: not extended again, its result not written.
     lost: bool,
 }
@@ -86,6 +62,8 @@ pub(super) struct Ledger<'a> {
     clock: &'a LeaseClock,
     /// Claimed and handed to the pool, no result yet.
     in_flight: IdMap<Held>,
+    /// How many of them were handed over alone (`Held::alone`).
+    alone: usize,
     /// To be given back: (id, token).
     to_release: Vec<(i64, i32)>,
     results: Completer,
@@ -106,6 +84,7 @@ impl<'a> Ledger<'a> {
             limits,
             clock,
             in_flight: id_map(),
+            alone: 0,
             to_release: Vec::new(),
             results: Completer::new(limits.max_attempts, limits.backoff),
             deferrals: Deferrals::default(),
@@ -146,8 +125,8 @@ impl<'a> Ledger<'a> {
 
     // ---- claim ----
 
-    /// True when a whole batch fits and nothing holds claims back (stopping, idle after
-    /// finding nothing due, paused after deferrals).
+    /// True when a whole batch fits (`Limits::room_for_a_batch`) and nothing holds claims
+    /// back (stopping, idle after finding nothing due, paused after deferrals).
     pub fn can_claim(&self, now: Instant) -> bool {
         if self.stop_deadline.is_some()
             || self.idle_until.is_some_and(|t| t > now)
@@ -155,8 +134,8 @@ impl<'a> Ledger<'a> {
         {
             return false;
         }
-        let limit = self.limits.threads + self.limits.batch_size;
-        limit - self.in_flight.len().min(limit) >= self.limits.batch_size
+        self.limits
+            .room_for_a_batch(self.in_flight.len(), self.alone)
     }
 
     /// A claim returned (before its events are dispatched).
@@ -184,18 +163,21 @@ impl<'a> Ledger<'a> {
         self.idle_until = None;
     }
 
-    /// A claimed event goes to the handler threads.
-    pub fn dispatched(&mut self, id: i64, token: i32, now: Instant) {
+    /// A claimed event goes to the handler threads, `alone` (a job of its own) or with its
+    /// claim's other events for a batched or streaming route.
+    pub fn dispatched(&mut self, id: i64, token: i32, now: Instant, alone: bool) {
         self.claimed_total += 1;
-        self.in_flight.insert(
-            id,
-            Held {
-                token,
-                since: now,
-                reported: false,
-                lost: false,
-            },
-        );
+        let held = Held {
+            token,
+            since: now,
+            reported: false,
+            lost: false,
+            alone,
+        };
+        if let Some(old) = self.in_flight.insert(id, held) {
+            self.alone -= usize::from(old.alone);
+        }
+        self.alone += usize::from(alone);
     }
 
     /// A claimed event no route here takes (the claim filter prevents it normally).
@@ -272,7 +254,9 @@ impl<'a> Ledger<'a> {
     /// Removes the claim from `in_flight` if this token is the one held.
     fn take(&mut self, id: i64, token: i32) -> bool {
         if self.in_flight.get(&id).is_some_and(|h| h.token == token) {
-            self.in_flight.remove(&id);
+            if let Some(h) = self.in_flight.remove(&id) {
+                self.alone -= usize::from(h.alone);
+            }
             self.clock.forget(id, token);
             true
         } else {
@@ -451,6 +435,7 @@ impl<'a> Ledger<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backoff::Backoff;
 
     const LEASE: Duration = Duration::from_secs(30);
     const POLL: Duration = Duration::from_millis(500);
@@ -480,9 +465,10 @@ mod tests {
         let mut l = Ledger::new(limits(2, 3), &clock, t);
         assert!(l.can_claim(t));
         for id in 0..3 {
-            l.dispatched(id, 1, t);
+            l.dispatched(id, 1, t, true);
         }
-        // 3 of 5 slots used: 2 free, less than a batch.
+        // 3 of 5 slots used (no batch ahead: one event waits for a thread): 2 free, less
+        // than a batch.
         assert!(!l.can_claim(t));
         assert_eq!(l.finished(0, 1, Outcome::Delivered, t), Finished::Recorded);
         assert!(l.can_claim(t), "3 slots free again");
@@ -501,11 +487,44 @@ mod tests {
     }
 
     #[test]
+    fn a_second_batch_is_claimed_ahead_unless_events_wait_for_a_thread() {
+        let clock = LeaseClock::new(LEASE);
+        let t = Instant::now();
+        // A batched route: its claim is one job, taken at once.
+        let mut l = Ledger::new(limits(2, 3), &clock, t);
+        (0..3).for_each(|id| l.dispatched(id, 1, t, false));
+        assert!(l.can_claim(t), "the next batch while this one is handled");
+        (3..6).for_each(|id| l.dispatched(id, 1, t, false));
+        assert!(!l.can_claim(t), "never a third: 6 of 2 + 2 × 3");
+        assert_eq!(l.finished(0, 1, Outcome::Delivered, t), Finished::Recorded);
+        assert!(l.can_claim(t), "5 in flight, a batch fits in 8");
+
+        // A route with a job per event: 3 events for 2 threads, one waits for a thread.
+        let mut l = Ledger::new(limits(2, 3), &clock, t);
+        (0..3).for_each(|id| l.dispatched(id, 1, t, true));
+        assert!(!l.can_claim(t), "no claim ahead of a queue");
+        assert_eq!(l.finished(9, 1, Outcome::Delivered, t), Finished::Void);
+        assert!(!l.can_claim(t), "a void result frees nothing");
+        assert!(l.give_back(1, 1));
+        assert!(l.can_claim(t), "every event left has a thread: claim ahead");
+        (3..6).for_each(|id| l.dispatched(id, 1, t, true));
+        assert!(!l.can_claim(t));
+        // The same event claimed again under a new token replaces the old claim's count.
+        l.dispatched(3, 2, t, false);
+        assert_eq!(l.finished(3, 1, Outcome::Delivered, t), Finished::Void);
+        (0..6).for_each(|id| {
+            l.finished(id, 1, Outcome::Delivered, t);
+        });
+        assert!(l.finished(3, 2, Outcome::Delivered, t) == Finished::Recorded);
+        assert_eq!((l.in_flight(), l.alone), (0, 0));
+    }
+
+    #[test]
     fn a_result_for_another_token_is_void() {
         let clock = LeaseClock::new(LEASE);
         let t = Instant::now();
         let mut l = Ledger::new(limits(4, 4), &clock, t);
-        l.dispatched(7, 2, t);
+        l.dispatched(7, 2, t, true);
         assert_eq!(l.finished(7, 1, Outcome::Delivered, t), Finished::Void);
         assert_eq!(l.finished(8, 1, Outcome::Delivered, t), Finished::Void);
         assert!(!l.give_back(7, 3));
@@ -527,7 +546,7 @@ mod tests {
         let t = Instant::now();
         let mut l = Ledger::new(limits(4, 4), &clock, t);
         for id in 1..=3 {
-            l.dispatched(id, 1, t);
+            l.dispatched(id, 1, t, true);
         }
         assert_eq!(
             l.finished(1, 1, Outcome::Abort("gone".into()), t),
@@ -555,8 +574,8 @@ mod tests {
         let clock = LeaseClock::new(LEASE);
         let t = Instant::now();
         let mut l = Ledger::new(limits(4, 4), &clock, t);
-        l.dispatched(1, 1, t);
-        l.dispatched(2, 5, t);
+        l.dispatched(1, 1, t, true);
+        l.dispatched(2, 5, t, true);
         assert!(!l.extend_due(t) && l.extend_due(t + LEASE / 3));
         let mut held = l.to_extend();
         held.sort();
@@ -583,7 +602,7 @@ mod tests {
         let t = Instant::now();
         let mut l = Ledger::new(limits(1, 3), &clock, t);
         for id in 1..=4 {
-            l.dispatched(id, 1, t);
+            l.dispatched(id, 1, t, true);
         }
         l.stop(t + Duration::from_secs(5));
         assert!(l.stopping() && !l.stop_overdue(t));
@@ -608,8 +627,8 @@ mod tests {
         let clock = LeaseClock::new(LEASE);
         let t = Instant::now();
         let mut l = Ledger::new(limits(4, 2), &clock, t);
-        l.dispatched(1, 1, t);
-        l.dispatched(2, 1, t);
+        l.dispatched(1, 1, t, true);
+        l.dispatched(2, 1, t, true);
         l.finished(1, 1, Outcome::Delivered, t);
         assert!(l.can_claim(t));
         assert!(!l.must_flush(t), "the next claim carries them");
@@ -639,9 +658,9 @@ mod tests {
             idle >= t + POLL && idle <= t + POLL + POLL / 10,
             "jitter: up to 10 %"
         );
-        l.dispatched(1, 1, t);
-        l.dispatched(2, 1, t);
-        l.dispatched(3, 1, t);
+        l.dispatched(1, 1, t, true);
+        l.dispatched(2, 1, t, true);
+        l.dispatched(3, 1, t, true);
         assert_eq!(l.next_wake(t, None), Some(idle));
         l.finished(1, 1, Outcome::Delivered, t);
         let due = l.results().due_at().unwrap();
@@ -668,7 +687,7 @@ mod tests {
         let clock = LeaseClock::new(LEASE);
         let t = Instant::now();
         let mut l = Ledger::new(limits(4, 2), &clock, t);
-        l.dispatched(1, 3, t);
+        l.dispatched(1, 3, t, true);
         assert!(l.overdue(t + Duration::from_secs(299)).is_empty());
         let late = t + Duration::from_secs(301);
         assert_eq!(l.overdue(late), [(1, 3, Duration::from_secs(301))]);

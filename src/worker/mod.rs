@@ -6,9 +6,9 @@
 //!             extend leases of in-flight events, release unstarted ones at shutdown
 //! ```
 //! Invariants: no transaction is open while a handler runs (every statement autocommits);
-//! at most `threads + batch_size` events (plus the windows of streaming routes, `pipe:`) are
-//! claimed and not yet finished, so no event waits in the queue long enough for its lease to
-//! matter; results not yet written survive a lost
+//! at most `threads + 2 × batch_size` events (plus the windows of streaming routes, `pipe:`)
+//! are claimed and not yet finished, the second batch only while no event waits for a thread
+//! of its own, so no event waits in the queue long enough for its lease to matter; results not yet written survive a lost
 //! connection; at shutdown unstarted events are released (attempt given back) and all results
 //! are written before the process exits.
 //!
@@ -43,6 +43,7 @@ mod health;
 mod ids;
 mod lease_clock;
 mod ledger;
+mod limits;
 mod link;
 mod listen;
 mod outage;

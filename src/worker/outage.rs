@@ -76,7 +76,8 @@ impl<'a> DbThread<'a> {
             return false;
         };
         let (id, token) = (c.event.id, c.token);
-        self.ledger.dispatched(id, token, now);
+        // Given back at once: never waits for a thread.
+        self.ledger.dispatched(id, token, now, false);
         self.counters.dispatched(id, token, route);
         let ours = self.ledger.hold(id, token, wait);
         self.counters.ended(id, token, &Ending::Held { ours }, None);

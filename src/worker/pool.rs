@@ -58,7 +58,7 @@ impl Jobs {
         claim_sent: Instant,
     ) {
         let item = Item { event, token };
-        if handler.batched() || handler.window() > 0 {
+        if takes_claims(&**handler) {
             let same =
                 |j: &&mut Job| std::ptr::addr_eq(Arc::as_ptr(&j.handler), Arc::as_ptr(handler));
             if let Some(job) = self.ready.iter_mut().find(same) {
@@ -72,6 +72,12 @@ impl Jobs {
             claim_sent,
         });
     }
+}
+
+/// Whether `handler` gets a claim's events as one job (it takes batches or streams) rather
+/// than a job, and a thread, per event.
+pub(super) fn takes_claims(handler: &dyn Handler) -> bool {
+    handler.batched() || handler.window() > 0
 }
 
 /// What the handler threads share with the DB thread.

@@ -9,7 +9,7 @@
 
 use super::db_thread::DbThread;
 use super::drain::DrainLimits;
-use super::pool::Jobs;
+use super::pool::{self, Jobs};
 use super::tally::{self, DeadEvent};
 use super::Ended;
 use crate::config::Order;
@@ -232,7 +232,8 @@ impl DbThread<'_> {
             self.ledger.unroutable(id, token);
             return;
         };
-        self.ledger.dispatched(id, token, now);
+        let alone = !pool::takes_claims(&*handler);
+        self.ledger.dispatched(id, token, now, alone);
         self.counters.dispatched(id, token, route.unwrap_or("-"));
         jobs.add(c.event, token, &handler, claim_sent);
     }

@@ -96,19 +96,27 @@ pub struct Spawned {
 
 /// Starts `cmd` with stdin closed and stdout/stderr captured.
 pub fn spawn(cmd: &mut Command) -> Spawned {
+    spawn_with_stdout(cmd, Stdio::piped())
+}
+
+/// `spawn`, with stdout going to `to` (captured only when that is `Stdio::piped()`).
+pub fn spawn_with_stdout(cmd: &mut Command, to: Stdio) -> Spawned {
     let shown = show(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(to)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
-    let readers = vec![
-        collect(child.stdout.take().expect("piped"), Arc::clone(&stdout)),
-        collect(child.stderr.take().expect("piped"), Arc::clone(&stderr)),
-    ];
+    let mut readers = vec![collect(
+        child.stderr.take().expect("piped"),
+        Arc::clone(&stderr),
+    )];
+    if let Some(out) = child.stdout.take() {
+        readers.push(collect(out, Arc::clone(&stdout)));
+    }
     Spawned {
         child,
         cmd: shown,

@@ -21,7 +21,9 @@ mod cluster;
 mod db;
 mod ports;
 
-pub use binary::{bin_path, dispatchbox, remove_env, run, spawn, wait_until, Run, Spawned};
+pub use binary::{
+    bin_path, dispatchbox, remove_env, run, spawn, spawn_with_stdout, wait_until, Run, Spawned,
+};
 pub use cluster::{private_cluster, Cluster, PASSWORD};
 pub use db::{insert_events, local, local_test_db, shared, test_db, TestDb};
 pub use ports::refused_port;

@@ -6,6 +6,7 @@ mod admin_output;
 mod bad_input;
 mod brokers;
 mod choices;
+mod claim_ahead;
 mod cli;
 mod concurrency;
 mod connect;
