@@ -6,8 +6,10 @@
 #
 #   BENCH_EVENTS       events per run (default 20000)
 #   BENCH_RUNS         runs per figure; the median is shown (default 3)
-#   BENCH_WINDOW       the bridges' --window, also in --from-file mode (default 1000)
-#   BENCH_PIPE_FLAGS   extra dispatchbox flags for the pipe: drains, e.g. "--pipe-window 256"
+#   BENCH_WINDOW       the bridges' --window, also in --from-file mode, and the bridges' pipe:
+#                      drains' --pipe-window: the same window everywhere (default 1000)
+#   BENCH_PIPE_FLAGS   extra dispatchbox flags for the pipe: drains, e.g. "--pipe-window 4096"
+#                      (replaces BENCH_WINDOW's there)
 #   BENCH_COMPARE      another dispatchbox binary (e.g. an older build): each pipe: drain is
 #                      followed by the same drain with it (interleaved runs), and the summary
 #                      shows both
@@ -56,6 +58,11 @@ events=${BENCH_EVENTS:-20000}
 runs=${BENCH_RUNS:-3}
 window=${BENCH_WINDOW:-1000}
 read -r -a pipe_flags <<<"${BENCH_PIPE_FLAGS:-}"
+# Through a bridge, the window of events outstanding is the smaller of --pipe-window and the
+# bridge's --window: the same as the ceiling's only with --pipe-window as large.
+bridge_flags=(--pipe-window "$window")
+if [[ " ${pipe_flags[*]} " == *" --pipe-window "* ]]; then bridge_flags=(); fi
+bridge_flags+=("${pipe_flags[@]}")
 read -r -a brokers <<<"${BENCH_BROKERS:-nats rabbitmq}"
 for b in "${brokers[@]}"; do
     [[ $b == nats || $b == rabbitmq ]] || { echo "bench-broker.sh: BENCH_BROKERS: unknown broker $b (nats, rabbitmq)" >&2; exit 2; }
@@ -167,8 +174,8 @@ run_kind() {
         $cmd --from-file "$tmp/events.jsonl" >"$tmp/ceiling.out" 2>"$tmp/ceiling.err" ||
             warn "$label run $r: the bridge failed: $(tail -n 3 "$tmp/ceiling.err")"
         ;;
-    pipe) drain_once "*=pipe:$cmd" "${pipe_flags[@]}" ;;
-    compare) exe=$compare drain_once "*=pipe:$cmd" "${pipe_flags[@]}" ;;
+    pipe) drain_once "*=pipe:$cmd" "${bridge_flags[@]}" ;;
+    compare) exe=$compare drain_once "*=pipe:$cmd" "${bridge_flags[@]}" ;;
     esac
     t1=$EPOCHREALTIME
     split_end
@@ -262,7 +269,7 @@ measure_broker() {
     fi
 }
 
-say "$events events, batch 100, 1 worker, median of $runs; bridges' --window $window; pipe: flags: ${BENCH_PIPE_FLAGS:-(none)}; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "$events events, batch 100, 1 worker, median of $runs; bridges' --window $window; their pipe: drains' flags: ${bridge_flags[*]}; the ack loop's: ${pipe_flags[*]:-(none)}; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 split_wrapper
 measure stdout stdout
 measure "python ack loop" ack
