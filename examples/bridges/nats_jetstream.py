@@ -14,8 +14,9 @@ Many publishes are outstanding at once (at most --window; Dispatchbox's --pipe-w
 them too). Each answer names its event and is written when the broker has answered:
   ok ID              on the PubAck (the message is stored; also for a dropped duplicate)
   unavailable ID R   not connected, no stream answered, or no PubAck within --ack-timeout
-                     seconds: the broker is down (Dispatchbox pauses the route after a few
-                     such answers, and probes it)
+                     seconds (checked every tenth of it, at most 0.5 s apart): the broker
+                     is down (Dispatchbox pauses the route after a few such answers, and
+                     probes it)
   retry ID REASON    the broker refused this message (e.g. no stream for its subject)
 Answers go out in the order the broker acknowledges, not the order of the lines; all those
 ready at the same moment are written in one write, none is held back while the bridge waits.
@@ -121,6 +122,12 @@ class Publisher:
         self.idle = asyncio.Event()
         self.idle.set()
         self.needs_type = "{event_type}" in args.subject
+        # PubAck futures awaited -> when they are overdue, in publish order (so the oldest is
+        # first); one sweep a fraction of --ack-timeout apart fails the overdue ones. A timer
+        # per publish would cost ~10% of the bridge's CPU.
+        self.due = {}
+        self.sweeper = None
+        self.sweep_every = min(0.5, args.ack_timeout / 10)
 
     def subject(self, line):
         if not self.needs_type:
@@ -142,15 +149,26 @@ class Publisher:
         except Exception as e:  # noqa: BLE001 - not connected, buffer full: the broker is away
             self.finish(eid, "unavailable", f"publish failed: {type(e).__name__}: {e}")
             return
-        timer = self.loop.call_later(self.args.ack_timeout, self.expire, future)
-        future.add_done_callback(lambda f: self.acked(eid, f, timer))
+        self.due[future] = self.loop.time() + self.args.ack_timeout
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(self.sweep_every, self.sweep)
+        future.add_done_callback(lambda f: self.acked(eid, f))
 
-    def expire(self, future):
-        if not future.done():
-            future.set_exception(asyncio.TimeoutError())
+    def sweep(self):
+        """Fails the PubAcks overdue by now (their callbacks answer `unavailable`)."""
+        now = self.loop.time()
+        overdue = []
+        for future, due in self.due.items():
+            if due > now:
+                break
+            overdue.append(future)
+        for future in overdue:
+            if not future.done():
+                future.set_exception(asyncio.TimeoutError())
+        self.sweeper = self.loop.call_later(self.sweep_every, self.sweep) if self.due else None
 
-    def acked(self, eid, future, timer):
-        timer.cancel()
+    def acked(self, eid, future):
+        self.due.pop(future, None)
         if future.cancelled():
             self.finish(eid, "unavailable", "publish cancelled")
         elif isinstance(future.exception(), asyncio.TimeoutError):

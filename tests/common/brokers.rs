@@ -250,6 +250,17 @@ impl Nats {
         }
     }
 
+    /// `SIGSTOP` (`pause`) or `SIGCONT` (`resume`): connections stay open, nothing is answered
+    /// meanwhile.
+    pub fn pause(&self, pause: bool) {
+        if let Some(proc) = &self.proc {
+            let sig = if pause { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([sig, &proc.child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Starts it again on the same port with the same store (after [`Nats::kill9`]).
     pub fn restart(&mut self) {
         self.kill9();

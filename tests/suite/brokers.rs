@@ -266,6 +266,74 @@ fn rabbitmq_bridge_answers_many_lines_sent_before_any_answer() {
     bridge_answers_many_lines_sent_before_any_answer(&Rabbit::start());
 }
 
+/// The NATS bridge checks its PubAcks' deadlines in one sweep (not a timer per publish): a
+/// server that stops answering (SIGSTOP, the connection stays open) gets the events published
+/// meanwhile answered `unavailable` after `--ack-timeout`, and once it answers again the
+/// next event is `ok`.
+#[test]
+fn nats_bridge_answers_unavailable_when_no_puback_comes_within_ack_timeout() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let nats = Nats::start();
+    let line = |i: i64| {
+        format!(
+            "{{\"id\":{i},\"event_type\":\"order.created\",\"aggregate_type\":\"order\",\
+             \"aggregate_id\":\"{i}\",\"attempt\":1,\"payload\":{{}}}}\n"
+        )
+    };
+    /// The bridge, killed if the test fails before it exits.
+    struct Bridge(std::process::Child);
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Bridge(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {} --ack-timeout 1", nats.bridge("stopped")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let (tx, answers) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    thread::spawn(move || {
+        stdout
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    let answer = |what: &str| {
+        answers
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no answer for {what} within 30 s"))
+    };
+    stdin.write_all(line(1).as_bytes()).unwrap();
+    assert_eq!(answer("event 1"), "ok 1");
+    nats.pause(true);
+    stdin.write_all((line(2) + &line(3)).as_bytes()).unwrap();
+    let mut stalled = [answer("event 2"), answer("event 3")];
+    stalled.sort();
+    nats.pause(false);
+    assert_eq!(
+        stalled,
+        [
+            "unavailable 2 no PubAck within 1.0s",
+            "unavailable 3 no PubAck within 1.0s"
+        ]
+    );
+    stdin.write_all(line(4).as_bytes()).unwrap();
+    assert_eq!(answer("event 4"), "ok 4");
+    drop(stdin);
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn nats_bridge_drain_delivers_each_event_once() {
     drain_delivers_each_event_once(&Nats::start());
