@@ -118,11 +118,14 @@ impl Reader {
     fn take_answers(&mut self) -> Result<(), String> {
         let mut replies: Vec<(Reply, Outcome)> = Vec::new();
         let mut failed = None;
+        // The complete lines are taken in place and removed together at the end: removing
+        // each from the front would move the rest of the buffer once per answer.
+        let mut taken = 0;
         {
             let mut book = None;
-            while let Some(pos) = self.out.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.out.drain(..=pos).collect();
-                let line = &line[..line.len() - 1];
+            while let Some(len) = self.out[taken..].iter().position(|&b| b == b'\n') {
+                let line = &self.out[taken..taken + len];
+                taken += len + 1;
                 let (id, outcome) = match answer::parse(line) {
                     Ok(a) => a,
                     Err(answer::ProtocolError(why)) => {
@@ -144,6 +147,7 @@ impl Reader {
                     }
                 }
             }
+            self.out.drain(..taken);
             if failed.is_none() && self.out.len() > MAX_LINE {
                 failed = Some(format!(
                     "protocol error: an answer line longer than {MAX_LINE} bytes: `{}`",
