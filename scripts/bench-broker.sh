@@ -154,8 +154,9 @@ check_drain() {
 
 declare -A figure # figure[label] = median events/s
 declare -A counts # counts[label] = the last run's count at the broker
-declare -A cpu    # cpu[label/part] = median CPU µs per event; part: bridge broker pg relay
-declare -A rates cpus # this run's lists: rates[label], cpus[label/part]
+declare -A cpu    # cpu[label/part] = median; part: bridge broker pg relay (CPU µs per event),
+#                   wait idle (% of the bridge's life)
+declare -A rates cpus # every run's figures, space-separated: rates[label], cpus[label/part]
 parts=(bridge broker pg relay)
 
 # One timed run of kind $2 (broker $3) for label $1, run $4, id $5 (its stream / queue); sets
