@@ -28,7 +28,7 @@
 
 mod answer;
 mod book;
-mod process;
+mod live;
 mod reader;
 mod stderr;
 
@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::handler::{Event, Handler, Outcome, Reply};
 use crate::sink::process::{check_program, is_local_shortage, split_words};
 use crate::{debug, warn};
-use process::{lock, Live, Outgoing};
+use live::{lock, Live, Outgoing};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -17,7 +17,7 @@
 
 use super::answer;
 use super::book::was_read;
-use super::process::{lock, unread, Live, Reading};
+use super::live::{lock, unread, Live, Reading};
 use super::stderr::Stderr;
 use crate::handler::{Outcome, Reply};
 use crate::sink::process::{has_exited, poll_millis, unregister};
