@@ -10,22 +10,30 @@
 //! they share the work rather than wait on each other.
 //!
 //! A pass every [`PASS_EVERY`] (the first at start-up) goes on with a sweep of the primary
-//! key, or starts one: each statement reads a span of at most [`SPAN`] ids and removes the
-//! old done rows among them (`store::retain`), in its own transaction under a statement
-//! timeout of [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`], and is followed by a
-//! pause of [`PAUSE`] times its own duration (retention takes at most a third of the
-//! database time it could: a backlog of old rows never competes with delivery at full speed);
-//! a pass starts no statement after [`PASS_BUDGET`] (a backlog is worked off over several
-//! passes) and the next pass resumes the sweep where it stopped. A quick
-//! sweep stops at the first row created within the retention (`store::retain::quick_bound`):
-//! it reads the old rows only. A full sweep, once per retention (at least [`FULL_EVERY_MIN`]
-//! apart), reads the whole table, for rows whose `created_at` is out of id order.
+//! key, or starts one: each statement reads a span of ids and removes the old done rows among
+//! them (`store::retain`), in its own transaction under a statement timeout of
+//! [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`]. Retention yields to delivery
+//! (`pace`): while the workers' claims come back full (a backlog: they deliver as fast as
+//! they can), a span is 500 ids at most and statements start at least a second and twenty
+//! times their own duration apart, a floor that trims a table under permanent load and
+//! costs delivery next to nothing; while they are idle or trickling, spans of 5,000 ids each
+//! followed by a pause twice its duration (a third of the database time it could take).
+//! The load is what the workers report anyway (their claim counts on the board): no
+//! statement or message of its own. A pass starts no statement after [`PASS_BUDGET`] (a
+//! backlog is worked off over several passes) and the next pass resumes the sweep where it
+//! stopped. A quick sweep stops at the first row created within the retention
+//! (`store::retain::quick_bound`): it reads the old rows only. A full sweep, once per
+//! retention (at least [`FULL_EVERY_MIN`] apart), reads the whole table, for rows whose
+//! `created_at` is out of id order.
 //!
-//! Invariants: at most one statement of retention runs at any time; a failure (a read-only
-//! role, a standby, a timeout, a lost connection) costs one warning per streak of failures and
-//! the rest of that pass, never a worker's progress; only `done` rows are ever removed (the
-//! statement checks the status again under the row lock).
+//! Invariants: at most one statement of retention runs at any time, and none earlier than
+//! `pace` allows after the last (while the workers' claims come back full, none reads more
+//! than 500 ids); a failure (a read-only role, a standby, a timeout, a lost connection) costs
+//! one warning per streak of failures and the rest of that pass, never a worker's progress;
+//! only `done` rows are ever removed (the statement checks the status again under the row
+//! lock).
 
+use super::pace::{self, Ran, Step, Watch};
 use crate::admin::human_secs;
 use crate::admin::prune::archive_columns;
 use crate::cli::defs;
@@ -38,14 +46,12 @@ use crate::{info, warn};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Ids read per statement (and transaction), at most.
-const SPAN: i64 = 5000;
 /// Time between the starts of two passes.
 const PASS_EVERY: Duration = Duration::from_secs(10);
 /// A pass starts no new statement after this long.
 const PASS_BUDGET: Duration = Duration::from_secs(5);
-/// After each statement, a pause this many times as long as the statement took.
-const PAUSE: u32 = 2;
+/// While waiting for the next statement, the load is looked at again this often.
+const RECHECK: Duration = Duration::from_millis(100);
 /// A statement running longer is cancelled by the server.
 const STATEMENT_LIMIT: Duration = Duration::from_secs(5);
 const LOCK_LIMIT: Duration = Duration::from_secs(1);
@@ -73,6 +79,8 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
         columns: Vec::new(),
         board: Arc::clone(board),
         book: Book::default(),
+        watch: Watch::new(cfg.batch_size, Instant::now()),
+        last: None,
     };
     let verb = match &cfg.supervision.retain_archive {
         Some(to) => format!("moved to {to}"),
@@ -105,6 +113,10 @@ struct Retainer {
     columns: Vec<String>,
     board: Arc<Board>,
     book: Book,
+    /// The workers' load, from their claims.
+    watch: Watch,
+    /// The last statement, for the pause after it.
+    last: Option<Ran>,
 }
 
 impl Retainer {
@@ -174,16 +186,28 @@ impl Retainer {
         let archive = self.archive.as_ref().map(|t| (t, self.columns.as_slice()));
         let mut total = 0u64;
         while started.elapsed() < PASS_BUDGET {
+            let now = Instant::now();
+            let (claims, claimed) = self.board.claims();
+            let load = self.watch.observe(now, claims, claimed);
+            let n = match pace::next(load, self.last, now) {
+                Step::Run(n) => n,
+                Step::Wait(d) => {
+                    std::thread::sleep(d.min(RECHECK));
+                    continue;
+                }
+            };
             let span = Span {
                 older: self.older,
                 after: sweep.after,
                 below: sweep.below,
-                n: SPAN,
+                n,
             };
-            let took = Instant::now();
             let batch = retain::span(client, &self.table, span, archive);
+            self.last = Some(Ran {
+                at: now,
+                took: now.elapsed(),
+            });
             let batch = batch.inspect_err(|_| self.sweep = Some(sweep))?;
-            std::thread::sleep(took.elapsed() * PAUSE);
             let rows = u64::try_from(batch.rows).unwrap_or(0);
             total += rows;
             self.board.retained(rows);
