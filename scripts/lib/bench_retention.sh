@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154 # $events, $bin, $compare, $tmp, $runs, $ceiling come from bench.sh
 # bench.sh's retention section, sourced by it: whether --retain-done slows delivery. The
-# table holds $retain_events pending events and $retain_rows done rows delivered two hours
-# ago; a --processes 2 --batch-size 100 drain to '*=stdout' runs with --retain-done 1h (the
-# supervisor's retention starts with a full sweep at once, so it has old rows to delete
+# table holds $retain_rows done rows delivered two hours ago and after them $retain_events
+# pending events; a --processes 2 --batch-size 100 drain to '*=stdout' runs with
+# --retain-done 1h (the supervisor's retention starts at once, so it has old rows to delete
 # during the whole drain: its busiest moment) and without it, and with BENCH_COMPARE's
 # binary (--retain-done 1h) when set, interleaved, median of $runs. Rows the retention
 # removed during the drain are reported (dispatchbox_retention_removed_total is not scraped:
@@ -21,19 +21,20 @@ declare -A retention_rate    # [off|on|cmp] = median events/s
 declare -A retention_removed # [on|cmp] = old rows removed during each drain
 declare -A retention_clear   # [on|cmp] = seconds until the old rows were gone, at idle
 
-# Empties the table, loads $1 pending events (ids 1..$1) and $retain_rows old done rows after
-# them, then VACUUM ANALYZE and a CHECKPOINT.
+# Empties the table, loads $retain_rows old done rows (ids 1..$retain_rows: created before the
+# new events, as in a table that has been in use) and $1 pending events after them, then
+# VACUUM ANALYZE and a CHECKPOINT.
 retention_load() {
     psql_q -v n="$1" -v old="$retain_rows" >/dev/null <<'SQL'
 TRUNCATE outbox_event RESTART IDENTITY;
-INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
-FROM generate_series(1, :n::bigint) AS g;
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
                           created_at, delivered_at)
 SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g), 'done', 1,
        now() - interval '3 hours', now() - interval '2 hours'
 FROM generate_series(1, :old::bigint) AS g;
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
+SELECT 'order', g::text, 'order.created', jsonb_build_object('n', g)
+FROM generate_series(1, :n::bigint) AS g;
 VACUUM ANALYZE outbox_event;
 CHECKPOINT;
 SQL
@@ -52,8 +53,8 @@ retention_once() {
     t1=$EPOCHREALTIME
     rate=$(calc "$events / ($t1 - $t0)")
     IFS='|' read -r ok old < <(psql_q -c "SELECT
-        count(*) FILTER (WHERE id <= $events AND status = 'done' AND attempts = 1),
-        count(*) FILTER (WHERE id > $events) FROM outbox_event")
+        count(*) FILTER (WHERE id > $retain_rows AND status = 'done' AND attempts = 1),
+        count(*) FILTER (WHERE id <= $retain_rows) FROM outbox_event")
     removed=$((retain_rows - old))
     lines=$(wc -l <"$tmp/retain.out")
     uniq_ids=$(sed -n 's/^{"id":\([0-9]*\),.*/\1/p' "$tmp/retain.out" | sort -u | wc -l)
@@ -77,7 +78,7 @@ retention_idle() {
     retention_load 0
     t0=$EPOCHREALTIME
     "$exe" --dsn "$DSN" --processes 2 --retain-done 1h --route '*=stdout' --log-level warning \
-        >/dev/null 2>"$tmp/retain-idle.err" &
+        >"$tmp/retain-idle.out" 2>"$tmp/retain-idle.err" &
     pid=$!
     while ((left > 0)) && awk -v t="$(calc "$EPOCHREALTIME - $t0")" 'BEGIN { exit !(t < 600) }'; do
         sleep 0.2

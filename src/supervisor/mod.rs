@@ -27,6 +27,7 @@ mod pace;
 mod policy;
 mod retain;
 mod spawn;
+mod sweep;
 mod systemd;
 mod verdict;
 

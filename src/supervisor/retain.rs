@@ -24,7 +24,8 @@
 //! stopped. A quick sweep stops at the first row created within the retention
 //! (`store::retain::quick_bound`): it reads the old rows only. A full sweep, once per
 //! retention (at least [`FULL_EVERY_MIN`] apart), reads the whole table, for rows whose
-//! `created_at` is out of id order.
+//! `created_at` is out of id order; while the workers are busy none starts, and one under way
+//! is set aside until they are idle (`sweep`): the floor's few statements go to old rows.
 //!
 //! Invariants: at most one statement of retention runs at any time, and none earlier than
 //! `pace` allows after the last (while the workers' claims come back full, none reads more
@@ -33,7 +34,8 @@
 //! only `done` rows are ever removed (the statement checks the status again under the row
 //! lock).
 
-use super::pace::{self, Ran, Step, Watch};
+use super::pace::{self, Load, Ran, Step, Watch};
+use super::sweep::{Pick, Sweep, Sweeps};
 use crate::admin::human_secs;
 use crate::admin::prune::archive_columns;
 use crate::cli::defs;
@@ -68,9 +70,7 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
     let mut connector = cfg.dsn.connector()?;
     connector.cap_attempt_timeout(STATEMENT_LIMIT);
     let mut r = Retainer {
-        full_every: older.max(FULL_EVERY_MIN),
-        sweep: None,
-        last_full: None,
+        sweeps: Sweeps::new(older.max(FULL_EVERY_MIN)),
         connector,
         table: cfg.table.clone(),
         archive: cfg.supervision.retain_archive.clone(),
@@ -98,11 +98,8 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
 }
 
 struct Retainer {
-    full_every: Duration,
-    /// The sweep under way.
-    sweep: Option<Sweep>,
-    /// When the last full sweep started.
-    last_full: Option<Instant>,
+    /// Which sweep the next pass goes on with.
+    sweeps: Sweeps,
     connector: Connector,
     table: Table,
     archive: Option<Table>,
@@ -169,26 +166,16 @@ impl Retainer {
         let Some(client) = self.client.as_mut() else {
             return Err(Error::Database("not connected".into()));
         };
-        let mut sweep = match self.sweep {
-            Some(s) => s,
-            None if self
-                .last_full
-                .is_none_or(|t| t.elapsed() >= self.full_every) =>
-            {
-                self.last_full = Some(started);
-                Sweep::from_start(i64::MAX)
-            }
-            None => {
-                let bound = retain::quick_bound(client, &self.table, self.older)?;
-                Sweep::from_start(bound.unwrap_or(i64::MAX))
-            }
+        let busy = load(&self.board, &mut self.watch, started) == Load::Busy;
+        let mut sweep = match self.sweeps.pick(started, busy) {
+            Pick::Go(s) => s,
+            Pick::Quick => Sweep::quick(retain::quick_bound(client, &self.table, self.older)?),
         };
         let archive = self.archive.as_ref().map(|t| (t, self.columns.as_slice()));
         let mut total = 0u64;
         while started.elapsed() < PASS_BUDGET {
             let now = Instant::now();
-            let (claims, claimed) = self.board.claims();
-            let load = self.watch.observe(now, claims, claimed);
+            let load = load(&self.board, &mut self.watch, now);
             let n = match pace::next(load, self.last, now) {
                 Step::Run(n) => n,
                 Step::Wait(d) => {
@@ -207,19 +194,16 @@ impl Retainer {
                 at: now,
                 took: now.elapsed(),
             });
-            let batch = batch.inspect_err(|_| self.sweep = Some(sweep))?;
+            let batch = batch.inspect_err(|_| self.sweeps.stopped(sweep))?;
             let rows = u64::try_from(batch.rows).unwrap_or(0);
             total += rows;
             self.board.retained(rows);
             match batch.last_id {
                 Some(last) => sweep.after = last,
-                None => {
-                    self.sweep = None;
-                    return Ok(total);
-                }
+                None => return Ok(total),
             }
         }
-        self.sweep = Some(sweep);
+        self.sweeps.stopped(sweep);
         Ok(total)
     }
 
@@ -241,21 +225,10 @@ impl Retainer {
     }
 }
 
-/// Where a sweep of the primary key is: the next span starts after `after`; it ends at
-/// `below` (a quick sweep) or at the end of the table.
-#[derive(Clone, Copy, Debug)]
-struct Sweep {
-    after: i64,
-    below: i64,
-}
-
-impl Sweep {
-    fn from_start(below: i64) -> Sweep {
-        Sweep {
-            after: i64::MIN,
-            below,
-        }
-    }
+/// The workers' load at `now`, from what they reported to `board`.
+fn load(board: &Board, watch: &mut Watch, now: Instant) -> Load {
+    let (claims, claimed) = board.claims();
+    watch.observe(now, claims, claimed)
 }
 
 /// What the logs say and when: one INFO line about removed rows per [`LOG_EVERY`] at most
