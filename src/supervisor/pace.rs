@@ -10,6 +10,8 @@
 //! [`QUIET`] (nothing to claim at a long poll interval, or every slot taken by slow handlers:
 //! then the database is not what limits delivery). Until the first claims are reported (the
 //! workers are starting; a drain begins at once) it says busy, for at most [`UNHEARD`].
+//! (With `--order`, claims can come back short beside a backlog, its events held back behind
+//! their aggregates': retention may then go at its idle pace, as it always did.)
 //!
 //! [`next`] turns the load into the next statement: idle, a span of [`SPAN`] ids followed by
 //! a pause of [`PAUSE`] times the statement's duration (a third of the database time it
