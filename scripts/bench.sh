@@ -17,6 +17,7 @@
 #                    main drains and the signal timings: pipe, webhook, batch1000, big,
 #                    ordered, rss, latency, cpu, retention (default: all)
 #   BENCH_RETAIN_ROWS old done rows beside the events in the retention section (default 200000)
+#   BENCH_RETAIN_EVENTS events per drain in the retention section (default BENCH_EVENTS)
 #
 # Prints figures and never asserts timings: it exits 0 unless something could not run at
 # all. Correctness checks (every event done with attempts = 1, each id delivered once, no
@@ -36,7 +37,7 @@ for var in $(compgen -e); do
 done
 
 usage() {
-    sed -n '7,19s/^# \{0,1\}//p' "$0" >&2
+    sed -n '7,20s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -346,7 +347,7 @@ if want cpu; then
     bench_cpu
 fi
 if want retention; then
-    say "Retention: --retain-done 1h deleting $retain_rows old done rows during a drain of $events events, beside the same drain without it, median of $runs"
+    say "Retention: --retain-done 1h deleting $retain_rows old done rows during a drain of $retain_events events, beside the same drain without it, median of $runs; then at idle"
     bench_retention
 fi
 

@@ -127,6 +127,20 @@ impl Board {
         self.lock().retained += n;
     }
 
+    /// The workers' claim statements so far and the events they returned, summed like the
+    /// snapshot's (never less than an earlier answer), without copying the rest: the
+    /// retention's measure of the workers' load, read several times a second.
+    pub(crate) fn claims(&self) -> (u64, u64) {
+        let s = self.lock();
+        let all = s
+            .slots
+            .iter()
+            .flat_map(|b| std::iter::once(&b.base).chain(b.live.values().map(|(c, _)| c)));
+        all.fold((0, 0), |(n, e), c| {
+            (n.saturating_add(c.claims), e.saturating_add(c.claimed))
+        })
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         let s = self.lock();
         let mut snap = Snapshot {
@@ -238,6 +252,11 @@ mod tests {
         let second = b.tap(0);
         second.counts(&delivered(1));
         assert_eq!(total(&b), 8);
+        assert_eq!(b.claims(), (0, 0));
+        let mut claims = delivered(1);
+        (claims.claims, claims.claimed) = (3, 25);
+        second.counts(&claims);
+        assert_eq!(b.claims(), (3, 25));
         drop(first);
         assert_eq!(total(&b), 8);
         assert_eq!(

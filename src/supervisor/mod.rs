@@ -15,16 +15,19 @@
 //! round also tells systemd what changed, when it asked (`tell_systemd`: ready, stopping,
 //! watchdog). What happens to a slot whose child ended is `policy::decide`, a pure function;
 //! the phases gather its facts and carry out (and log) its decision. Beside the loop, with
-//! `--retain-done`, `retain` removes old done events on a thread and a connection of its own.
+//! `--retain-done`, `retain` removes old done events on a thread and a connection of its own,
+//! at the pace `pace` sets from the workers' load.
 //!
 //! Invariants: no secret in any child's argv (see `spawn`); a child that fails for a reason
 //! a restart cannot fix stops everything with that child's error (from its `fatal` report;
 //! log lines are never parsed) and exit code instead of being restarted forever (see
 //! `policy` for which reasons those are).
 
+mod pace;
 mod policy;
 mod retain;
 mod spawn;
+mod sweep;
 mod systemd;
 mod verdict;
 

@@ -10,22 +10,32 @@
 //! they share the work rather than wait on each other.
 //!
 //! A pass every [`PASS_EVERY`] (the first at start-up) goes on with a sweep of the primary
-//! key, or starts one: each statement reads a span of at most [`SPAN`] ids and removes the
-//! old done rows among them (`store::retain`), in its own transaction under a statement
-//! timeout of [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`], and is followed by a
-//! pause of [`PAUSE`] times its own duration (retention takes at most a third of the
-//! database time it could: a backlog of old rows never competes with delivery at full speed);
-//! a pass starts no statement after [`PASS_BUDGET`] (a backlog is worked off over several
-//! passes) and the next pass resumes the sweep where it stopped. A quick
-//! sweep stops at the first row created within the retention (`store::retain::quick_bound`):
-//! it reads the old rows only. A full sweep, once per retention (at least [`FULL_EVERY_MIN`]
-//! apart), reads the whole table, for rows whose `created_at` is out of id order.
+//! key, or starts one: each statement reads a span of ids and removes the old done rows among
+//! them (`store::retain`), in its own transaction under a statement timeout of
+//! [`STATEMENT_LIMIT`] and a lock timeout of [`LOCK_LIMIT`]. Retention yields to delivery
+//! (`pace`): while the workers' claims come back full (a backlog: they deliver as fast as
+//! they can), a span is 500 ids at most and statements start at least a second and twenty
+//! times their own duration apart, a floor that trims a table under permanent load and
+//! costs delivery next to nothing; while they are idle or trickling, spans of 5,000 ids each
+//! followed by a pause twice its duration (a third of the database time it could take).
+//! The load is what the workers report anyway (their claim counts on the board): no
+//! statement or message of its own. A pass starts no statement after [`PASS_BUDGET`] (a
+//! backlog is worked off over several passes) and the next pass resumes the sweep where it
+//! stopped. A quick sweep stops at the first row created within the retention
+//! (`store::retain::quick_bound`): it reads the old rows only. A full sweep, once per
+//! retention (at least [`FULL_EVERY_MIN`] apart), reads the whole table, for rows whose
+//! `created_at` is out of id order; while the workers are busy none starts, and one under way
+//! is set aside until they are idle (`sweep`): the floor's few statements go to old rows.
 //!
-//! Invariants: at most one statement of retention runs at any time; a failure (a read-only
-//! role, a standby, a timeout, a lost connection) costs one warning per streak of failures and
-//! the rest of that pass, never a worker's progress; only `done` rows are ever removed (the
-//! statement checks the status again under the row lock).
+//! Invariants: at most one statement of retention runs at any time, and none earlier than
+//! `pace` allows after the last (while the workers' claims come back full, none reads more
+//! than 500 ids); a failure (a read-only role, a standby, a timeout, a lost connection) costs
+//! one warning per streak of failures and the rest of that pass, never a worker's progress;
+//! only `done` rows are ever removed (the statement checks the status again under the row
+//! lock).
 
+use super::pace::{self, Load, Ran, Step, Watch};
+use super::sweep::{Pick, Sweep, Sweeps};
 use crate::admin::human_secs;
 use crate::admin::prune::archive_columns;
 use crate::cli::defs;
@@ -38,14 +48,12 @@ use crate::{info, warn};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Ids read per statement (and transaction), at most.
-const SPAN: i64 = 5000;
 /// Time between the starts of two passes.
 const PASS_EVERY: Duration = Duration::from_secs(10);
 /// A pass starts no new statement after this long.
 const PASS_BUDGET: Duration = Duration::from_secs(5);
-/// After each statement, a pause this many times as long as the statement took.
-const PAUSE: u32 = 2;
+/// While waiting for the next statement, the load is looked at again this often.
+const RECHECK: Duration = Duration::from_millis(100);
 /// A statement running longer is cancelled by the server.
 const STATEMENT_LIMIT: Duration = Duration::from_secs(5);
 const LOCK_LIMIT: Duration = Duration::from_secs(1);
@@ -62,9 +70,7 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
     let mut connector = cfg.dsn.connector()?;
     connector.cap_attempt_timeout(STATEMENT_LIMIT);
     let mut r = Retainer {
-        full_every: older.max(FULL_EVERY_MIN),
-        sweep: None,
-        last_full: None,
+        sweeps: Sweeps::new(older.max(FULL_EVERY_MIN)),
         connector,
         table: cfg.table.clone(),
         archive: cfg.supervision.retain_archive.clone(),
@@ -73,6 +79,8 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
         columns: Vec::new(),
         board: Arc::clone(board),
         book: Book::default(),
+        watch: Watch::new(cfg.batch_size, Instant::now()),
+        last: None,
     };
     let verb = match &cfg.supervision.retain_archive {
         Some(to) => format!("moved to {to}"),
@@ -90,11 +98,8 @@ pub(super) fn start(cfg: &Config, board: &Arc<Board>) -> Result<()> {
 }
 
 struct Retainer {
-    full_every: Duration,
-    /// The sweep under way.
-    sweep: Option<Sweep>,
-    /// When the last full sweep started.
-    last_full: Option<Instant>,
+    /// Which sweep the next pass goes on with.
+    sweeps: Sweeps,
     connector: Connector,
     table: Table,
     archive: Option<Table>,
@@ -105,6 +110,10 @@ struct Retainer {
     columns: Vec<String>,
     board: Arc<Board>,
     book: Book,
+    /// The workers' load, from their claims.
+    watch: Watch,
+    /// The last statement, for the pause after it.
+    last: Option<Ran>,
 }
 
 impl Retainer {
@@ -157,45 +166,44 @@ impl Retainer {
         let Some(client) = self.client.as_mut() else {
             return Err(Error::Database("not connected".into()));
         };
-        let mut sweep = match self.sweep {
-            Some(s) => s,
-            None if self
-                .last_full
-                .is_none_or(|t| t.elapsed() >= self.full_every) =>
-            {
-                self.last_full = Some(started);
-                Sweep::from_start(i64::MAX)
-            }
-            None => {
-                let bound = retain::quick_bound(client, &self.table, self.older)?;
-                Sweep::from_start(bound.unwrap_or(i64::MAX))
-            }
+        let busy = load(&self.board, &mut self.watch, started) == Load::Busy;
+        let mut sweep = match self.sweeps.pick(started, busy) {
+            Pick::Go(s) => s,
+            Pick::Quick => Sweep::quick(retain::quick_bound(client, &self.table, self.older)?),
         };
         let archive = self.archive.as_ref().map(|t| (t, self.columns.as_slice()));
         let mut total = 0u64;
         while started.elapsed() < PASS_BUDGET {
+            let now = Instant::now();
+            let load = load(&self.board, &mut self.watch, now);
+            let n = match pace::next(load, self.last, now) {
+                Step::Run(n) => n,
+                Step::Wait(d) => {
+                    std::thread::sleep(d.min(RECHECK));
+                    continue;
+                }
+            };
             let span = Span {
                 older: self.older,
                 after: sweep.after,
                 below: sweep.below,
-                n: SPAN,
+                n,
             };
-            let took = Instant::now();
             let batch = retain::span(client, &self.table, span, archive);
-            let batch = batch.inspect_err(|_| self.sweep = Some(sweep))?;
-            std::thread::sleep(took.elapsed() * PAUSE);
+            self.last = Some(Ran {
+                at: now,
+                took: now.elapsed(),
+            });
+            let batch = batch.inspect_err(|_| self.sweeps.stopped(sweep))?;
             let rows = u64::try_from(batch.rows).unwrap_or(0);
             total += rows;
             self.board.retained(rows);
             match batch.last_id {
                 Some(last) => sweep.after = last,
-                None => {
-                    self.sweep = None;
-                    return Ok(total);
-                }
+                None => return Ok(total),
             }
         }
-        self.sweep = Some(sweep);
+        self.sweeps.stopped(sweep);
         Ok(total)
     }
 
@@ -217,21 +225,10 @@ impl Retainer {
     }
 }
 
-/// Where a sweep of the primary key is: the next span starts after `after`; it ends at
-/// `below` (a quick sweep) or at the end of the table.
-#[derive(Clone, Copy, Debug)]
-struct Sweep {
-    after: i64,
-    below: i64,
-}
-
-impl Sweep {
-    fn from_start(below: i64) -> Sweep {
-        Sweep {
-            after: i64::MIN,
-            below,
-        }
-    }
+/// The workers' load at `now`, from what they reported to `board`.
+fn load(board: &Board, watch: &mut Watch, now: Instant) -> Load {
+    let (claims, claimed) = board.claims();
+    watch.observe(now, claims, claimed)
 }
 
 /// What the logs say and when: one INFO line about removed rows per [`LOG_EVERY`] at most

@@ -125,6 +125,61 @@ fn retention_removes_only_old_done_rows_on_one_connection_for_two_processes() {
     );
 }
 
+/// The rows the first INFO line about removed rows counts (the first pass's).
+fn first_removed(stderr: &str) -> Option<u64> {
+    let (_, rest) = stderr.split_once("retention: ")?;
+    let rest = &rest[..rest.find(" done event(s)")?];
+    match rest.parse() {
+        Ok(n) => Some(n),
+        Err(_) => first_removed(&stderr[stderr.find("retention: ")? + 11..]),
+    }
+}
+
+/// Issue 23 ("never slows delivery measurably"): beside a backlog (every claim comes back
+/// full), retention yields: spans of 500 ids at least a second apart, so its first pass (5 s)
+/// removes at most 2,500 rows where it used to take all 3,000 at once; and it is never
+/// starved: the old rows all go while the backlog is still there.
+#[test]
+fn under_a_backlog_retention_yields_to_delivery_and_still_removes_old_rows() {
+    let db = common::test_db();
+    db.migrate();
+    // Ids 1..3000: old done rows; above them the backlog, slow to deliver (one at a time,
+    // ~15 a second: minutes of full claims).
+    insert_rows(&db, 3000, "done", "3 hours", Some("2 hours"));
+    common::insert_events(&mut db.client(), "outbox_event", 2000, "order.created");
+    let (sup, port) = daemon(
+        &db,
+        &[
+            "--retain-done",
+            "1h",
+            "--batch-size",
+            "1",
+            "--threads",
+            "1",
+            "--route",
+            "order.*=exec:sleep 0.05",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(180),
+        "the old done rows are gone beside the backlog",
+        || old_done(&db) == 0,
+    );
+    let pending = db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending'");
+    wait_until(Duration::from_secs(60), "the removals counted", || {
+        value(&scrape(port), REMOVED, &[]) == 3000.0
+    });
+    sup.signal("TERM");
+    let out = sup.wait(Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(pending > 0, "the backlog lasted while the rows went\n{out}");
+    let first = first_removed(&out.stderr);
+    assert!(
+        first.is_some_and(|n| n <= 2500),
+        "the first pass took {first:?} rows beside the backlog\n{out}"
+    );
+}
+
 #[test]
 fn a_missing_archive_table_is_one_clear_warning_until_it_exists_then_rows_move() {
     let db = common::test_db();
