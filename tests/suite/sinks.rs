@@ -174,12 +174,14 @@ fn a_closed_stdout_gives_events_back_instead_of_failing_them() {
         db.count("SELECT count(*) FROM outbox_event WHERE locked_by IS NOT NULL"),
         0
     );
-    // What was not delivered is pending with its attempt given back.
+    // What was not delivered is pending with its attempt given back. (How many batches went
+    // into the pipe before `head` exited depends on the machine's load: a worker claims its
+    // next batch while it writes one, and is restarted after each failure.)
     let pending =
         db.count("SELECT count(*) FROM outbox_event WHERE status = 'pending' AND attempts = 0");
     let done = db.count("SELECT count(*) FROM outbox_event WHERE status = 'done'");
-    assert!(pending >= 150, "{pending} pending, {done} done\n{out}");
-    assert_eq!(pending + done, 200);
+    assert!(pending > 0, "{pending} pending, {done} done\n{out}");
+    assert_eq!(pending + done, 200, "{out}");
 }
 
 #[test]
