@@ -11,7 +11,7 @@
 #
 #   --quick         5 minutes, a sample every 10 s, a 30 s outage (the faults scaled down)
 #   SOAK_MINUTES    run time (default 60; 5 with --quick)
-#   SOAK_RATE       events/s (default 2000)      SOAK_CLIENTS  producer connections (default 4)
+#   SOAK_RATE       events/s (default 2000)      SOAK_CLIENTS  producer connections (default 16)
 #   SOAK_RETAIN     --retain-done (default 5m; 1m with --quick)
 #   SOAK_OUT        results (default target/soak)
 #   SOAK_FLAGS      more daemon flags (e.g. "--batch-size 100")
@@ -41,7 +41,7 @@ else
     minutes=${SOAK_MINUTES:-60} interval=60 outage=60 kill_every=240 retain=${SOAK_RETAIN:-5m}
 fi
 rate=${SOAK_RATE:-2000}
-clients=${SOAK_CLIENTS:-4}
+clients=${SOAK_CLIENTS:-16}
 faults=${SOAK_FAULTS:-on}
 reloptions=${SOAK_RELOPTIONS:-}
 prefill=${SOAK_PREFILL:-0}
