@@ -9,15 +9,16 @@
 //!
 //! Invariants: at most `threads + 2 × batch_size` events are claimed and unfinished (a claim
 //! is made only when a whole batch fits, and a second batch only while no event waits for a
-//! handler thread of its own: see [`Limits::room_for_a_batch`]); a result or a release leaves the books only after the
-//! database accepted it (`results_written`, `released`); a claim leaves `in_flight` once, and
-//! only for the token it was claimed with (news about an older claim of the same event is void).
+//! handler thread of its own: see [`Limits::room_for_a_batch`]); a result or a release leaves
+//! the books only after the database accepted it (`results_written`, `released`); a claim
+//! leaves `in_flight` once, and only for the token it was claimed with (news about an older
+//! claim of the same event is void).
 
 use super::complete::Completer;
 use super::defer::Deferrals;
 use super::ids::{id_map, IdMap};
 use super::lease_clock::LeaseClock;
-pub(super) use super::limits::Limits;
+use super::limits::Limits;
 use crate::handler::Outcome;
 use std::time::{Duration, Instant};
 
